@@ -1,0 +1,116 @@
+"""The one home of workarounds for old detectron2 builds on today's packages.
+
+Every workaround here serves **detectron2 v0.6** as installed from the ``pb1-detectron2`` source
+archive (pure Python, no compiled ``detectron2._C``; see ``tools/install_detectron2.py``), running
+on Pillow >= 10. Each one first checks that the installed detectron2 needs it, so on a current
+detectron2 built from GitHub (which has ``_C`` and no longer uses ``Image.LINEAR``) nothing here
+changes anything.
+
+:func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
+``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import types
+
+__all__ = ["HAS_D2_C", "D2_C_STUBBED", "PIL_LINEAR_ALIASED", "apply", "describe"]
+
+logger = logging.getLogger(__name__)
+
+#: True when a compiled ``detectron2._C`` is importable (official builds).
+HAS_D2_C: bool = False
+#: True when :func:`apply` installed the ``detectron2._C`` stub (v0.6 without compiled ops).
+D2_C_STUBBED: bool = False
+#: True when :func:`apply` restored ``PIL.Image.LINEAR`` (v0.6 on Pillow >= 10).
+PIL_LINEAR_ALIASED: bool = False
+
+
+class _MissingCompiledOps(types.ModuleType):
+    """Stand-in for ``detectron2._C`` when detectron2 was installed without its C++ ops.
+
+    detectron2 v0.6 imports ``_C`` at module level in ``layers/deform_conv.py``,
+    ``layers/roi_align_rotated.py``, ``layers/rotated_boxes.py`` and
+    ``evaluation/fast_eval_api.py``, so without it ``import detectron2.layers`` (and with it all
+    of ``detectron2.modeling``) fails, although RetinaNet needs none of those ops. This stub lets
+    those imports succeed; touching any compiled op raises an error that says what is missing.
+    """
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise RuntimeError(
+            f"detectron2._C.{name} is unavailable: this detectron2 was installed without its "
+            "compiled ops (pb1-detectron2 v0.6 archive). Install the official detectron2 to use "
+            "deformable convs, rotated boxes or COCOEvaluator(use_fast_impl=True)."
+        )
+
+
+def _detectron2_source(relpath: str) -> str:
+    """Text of a file inside the installed detectron2 package, read without importing it (its
+    import may be what fails); "" when there is no such file."""
+    import detectron2
+
+    path = os.path.join(detectron2.__path__[0], relpath)
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _stub_missing_d2_c() -> None:
+    """detectron2 v0.6 (pb1 archive): provide ``detectron2._C`` so its packages import."""
+    global HAS_D2_C, D2_C_STUBBED
+    existing = sys.modules.get("detectron2._C")
+    if isinstance(existing, _MissingCompiledOps):
+        return
+    if existing is not None or importlib.util.find_spec("detectron2._C") is not None:
+        HAS_D2_C = True
+        return
+    sys.modules["detectron2._C"] = _MissingCompiledOps("detectron2._C")
+    import detectron2
+
+    detectron2._C = sys.modules["detectron2._C"]  # type: ignore[attr-defined]
+    D2_C_STUBBED = True
+    logger.info("detectron2._C is not built; using retinafocal.compat's stub (v0.6 archive)")
+
+
+def _alias_pil_linear() -> None:
+    """detectron2 v0.6 on Pillow >= 10: ``Image.LINEAR`` was removed; it meant BILINEAR.
+
+    v0.6's ``data/transforms/transform.py`` uses it as a default argument, so
+    ``import detectron2.data`` fails without it. Pillow < 10 defined ``LINEAR = BILINEAR``.
+    """
+    global PIL_LINEAR_ALIASED
+    from PIL import Image
+
+    if hasattr(Image, "LINEAR"):
+        return
+    if "Image.LINEAR" not in _detectron2_source("data/transforms/transform.py"):
+        return
+    Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
+    PIL_LINEAR_ALIASED = True
+
+
+def apply() -> None:
+    """Apply every workaround the installed detectron2 needs. Idempotent."""
+    _stub_missing_d2_c()
+    _alias_pil_linear()
+
+
+def describe() -> str:
+    """One line saying which detectron2 is installed and which workarounds are active."""
+    import detectron2
+
+    parts = [
+        f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}",
+        f"_C={'compiled' if HAS_D2_C else 'absent'}",
+    ]
+    if D2_C_STUBBED:
+        parts.append("compat: _C stub")
+    if PIL_LINEAR_ALIASED:
+        parts.append("compat: PIL Image.LINEAR alias")
+    return ", ".join(parts)
