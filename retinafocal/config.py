@@ -54,6 +54,10 @@ def add_retinafocal_config(cfg: CN) -> None:
     # IoU threshold of the NMS run over anchor boxes scored by their loss before selection.
     _C.MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH = 0.5
 
+    # COCO-format datasets to register by name, with no code: a list of
+    # [name, json_file, image_root] triples; the names can then be used in DATASETS.TRAIN/TEST.
+    _C.DATASETS.COCO_JSON = []
+
     # What to do when a training image cannot be read: "error" (raise naming the file) or "skip"
     # (drop it, count it, and log the count every DATALOADER.LOG_SKIPPED_PERIOD iterations).
     _C.DATALOADER.ON_UNREADABLE_IMAGE = "error"
