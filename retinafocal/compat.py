@@ -17,7 +17,14 @@ import os
 import sys
 import types
 
-__all__ = ["HAS_D2_C", "D2_C_STUBBED", "PIL_LINEAR_ALIASED", "apply", "describe"]
+__all__ = [
+    "HAS_D2_C",
+    "D2_C_STUBBED",
+    "PIL_LINEAR_ALIASED",
+    "MAP_DATASET_RETRY_FIXED",
+    "apply",
+    "describe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +34,8 @@ HAS_D2_C: bool = False
 D2_C_STUBBED: bool = False
 #: True when :func:`apply` restored ``PIL.Image.LINEAR`` (v0.6 on Pillow >= 10).
 PIL_LINEAR_ALIASED: bool = False
+#: True when :func:`apply` replaced v0.6's ``MapDataset.__getitem__`` (Python >= 3.11).
+MAP_DATASET_RETRY_FIXED: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -95,10 +104,45 @@ def _alias_pil_linear() -> None:
     PIL_LINEAR_ALIASED = True
 
 
+def _fix_map_dataset_retry() -> None:
+    """detectron2 v0.6 on Python >= 3.11: ``MapDataset`` crashes when its map function returns
+    None (which is how a mapper skips a bad image), because it calls ``random.sample`` on a set,
+    which Python 3.11 rejects ("Population must be a sequence"). Current detectron2 samples from
+    ``list(...)``; this gives v0.6 the same retry loop.
+    """
+    global MAP_DATASET_RETRY_FIXED
+    if sys.version_info < (3, 11) or MAP_DATASET_RETRY_FIXED:
+        return
+    if "sample(self._fallback_candidates, k=1)" not in _detectron2_source("data/common.py"):
+        return
+    from detectron2.data.common import MapDataset
+
+    def __getitem__(self, idx):
+        retry_count = 0
+        cur_idx = int(idx)
+        while True:
+            data = self._map_func(self._dataset[cur_idx])
+            if data is not None:
+                self._fallback_candidates.add(cur_idx)
+                return data
+            # This index failed: draw another one among those not known to fail.
+            retry_count += 1
+            self._fallback_candidates.discard(cur_idx)
+            cur_idx = self._rng.choice(sorted(self._fallback_candidates))
+            if retry_count >= 3:
+                logging.getLogger("detectron2.data.common").warning(
+                    f"Failed to apply `_map_func` for idx: {idx}, retry count: {retry_count}"
+                )
+
+    MapDataset.__getitem__ = __getitem__
+    MAP_DATASET_RETRY_FIXED = True
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
     _alias_pil_linear()
+    _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
 
 
 def describe() -> str:
@@ -113,4 +157,6 @@ def describe() -> str:
         parts.append("compat: _C stub")
     if PIL_LINEAR_ALIASED:
         parts.append("compat: PIL Image.LINEAR alias")
+    if MAP_DATASET_RETRY_FIXED:
+        parts.append("compat: MapDataset retry on Python 3.11")
     return ", ".join(parts)
