@@ -21,7 +21,7 @@ def add_retinafocal_config(cfg: CN) -> None:
     # Name of the anchor matcher in retinafocal.modeling.ANCHOR_MATCHER_REGISTRY.
     _C.MODEL.RETINAFOCAL.MATCHER_NAME = "ChunkedIoUMatcher"
     # Max number of IoU values (GT x anchors) the matcher materialises at once; bounds its memory.
-    _C.MODEL.RETINAFOCAL.MATCHER_CHUNK_ELEMENTS = 16 * 1024 * 1024
+    _C.MODEL.RETINAFOCAL.MATCHER_CHUNK_ELEMENTS = 4 * 1024 * 1024
     # Also match each GT to its highest-IoU anchors when those fall below the fg threshold
     # (detectron2's allow_low_quality_matches; the paper does not use it, detectron2 does).
     _C.MODEL.RETINAFOCAL.ALLOW_LOW_QUALITY_MATCHES = True

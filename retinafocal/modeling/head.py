@@ -1,0 +1,151 @@
+"""RetinaNet heads and their registry."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, List, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.utils.registry import Registry
+
+__all__ = ["RETINAFOCAL_HEAD_REGISTRY", "build_retinafocal_head", "RetinaFocalHead"]
+
+logger = logging.getLogger(__name__)
+
+RETINAFOCAL_HEAD_REGISTRY = Registry("RETINAFOCAL_HEAD")
+RETINAFOCAL_HEAD_REGISTRY.__doc__ = """
+Registry for the dense heads of :class:`retinafocal.modeling.FocalRetinaNet`, selected by
+``cfg.MODEL.RETINAFOCAL.HEAD_NAME``.
+
+A member is an ``nn.Module`` built as ``Head(cfg, input_shape)``, where ``input_shape`` is the
+list of :class:`ShapeSpec` of the features in ``cfg.MODEL.RETINANET.IN_FEATURES`` (high to low
+resolution). Its ``forward(features: List[Tensor]) -> (logits, deltas)`` takes one (N, C, Hi, Wi)
+tensor per level and returns two lists with one tensor per level: class logits of shape
+(N, A*K, Hi, Wi) and box deltas of shape (N, A*4, Hi, Wi), A anchors per location and K classes.
+"""
+
+
+def build_retinafocal_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
+    """Build the head named by ``cfg.MODEL.RETINAFOCAL.HEAD_NAME``."""
+    name = cfg.MODEL.RETINAFOCAL.HEAD_NAME
+    return RETINAFOCAL_HEAD_REGISTRY.get(name)(cfg, input_shape)
+
+
+def _norm_factory(norm: Union[str, Callable], num_levels: int) -> Callable[[int], nn.Module]:
+    """Return ``channels -> norm module`` for the head's conv layers.
+
+    BatchNorm gets one set of statistics per level (detectron2's ``CycleBatchNormList``), because
+    the levels' activations have different statistics while the convs are shared. GroupNorm and
+    the other :func:`get_norm` types are shared across levels.
+    """
+    if norm in ("BN", "SyncBN"):
+        bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
+        return lambda c: CycleBatchNormList(length=num_levels, bn_class=bn_class, num_features=c)
+    return lambda c: get_norm(norm, c)
+
+
+@RETINAFOCAL_HEAD_REGISTRY.register()
+class RetinaFocalHead(nn.Module):
+    """The paper's head (Sec. 4, Fig. 3): two subnets with the same structure, not shared with
+    each other, each shared across all pyramid levels.
+
+    * class subnet: ``num_convs`` x (3x3 conv, ``conv_dim`` channels, [norm], ReLU), then a 3x3
+      conv to A*K sigmoid logits;
+    * box subnet: the same stack, then a 3x3 conv to A*4 class-agnostic box deltas.
+
+    Convs start from N(0, 0.01) weights and zero bias; the last class conv's bias is
+    ``-log((1 - pi) / pi)`` so every anchor starts with foreground probability ``pi`` (the prior
+    init of Sec. 4, which keeps the loss of the many background anchors from swamping the first
+    iterations). Parameter names equal those of detectron2's ``RetinaNetHead``, so its checkpoints
+    load unchanged.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        num_classes: int,
+        num_anchors: int,
+        conv_dims: List[int],
+        norm: Union[str, Callable] = "",
+        prior_prob: float = 0.01,
+    ):
+        """
+        Args:
+            input_shape: shapes of the input features, one per level.
+            num_classes: K, the number of foreground classes.
+            num_anchors: A, the number of anchors per location (equal on every level).
+            conv_dims: output channels of each conv of a subnet (its length is the depth).
+            norm: "" for none, "GN", "BN", "SyncBN", or anything :func:`get_norm` accepts.
+            prior_prob: pi, the initial foreground probability of every anchor.
+        """
+        super().__init__()
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        if len({s.channels for s in input_shape}) != 1:
+            raise ValueError(f"all head input levels need equal channels, got {input_shape}")
+        self._num_levels = len(input_shape)
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        make_norm = _norm_factory(norm, self._num_levels) if norm else None
+
+        def subnet() -> nn.Sequential:
+            layers: List[nn.Module] = []
+            in_channels = input_shape[0].channels
+            for out_channels in conv_dims:
+                layers.append(nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1))
+                if make_norm is not None:
+                    layers.append(make_norm(out_channels))
+                layers.append(nn.ReLU())
+                in_channels = out_channels
+            return nn.Sequential(*layers)
+
+        self.cls_subnet = subnet()
+        self.bbox_subnet = subnet()
+        last_dim = conv_dims[-1] if conv_dims else input_shape[0].channels
+        self.cls_score = nn.Conv2d(last_dim, num_anchors * num_classes, 3, stride=1, padding=1)
+        self.bbox_pred = nn.Conv2d(last_dim, num_anchors * 4, 3, stride=1, padding=1)
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                nn.init.constant_(module.bias, 0.0)
+        nn.init.constant_(self.cls_score.bias, -math.log((1.0 - prior_prob) / prior_prob))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        num_anchors = build_anchor_generator(cfg, input_shape).num_cell_anchors
+        if len(set(num_anchors)) != 1:
+            raise ValueError(
+                "MODEL.ANCHOR_GENERATOR gives a different number of anchors per level "
+                f"({num_anchors}); the shared head needs the same number on every level"
+            )
+        return {
+            "input_shape": input_shape,
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "num_anchors": num_anchors[0],
+            "conv_dims": [input_shape[0].channels] * cfg.MODEL.RETINANET.NUM_CONVS,
+            "norm": cfg.MODEL.RETINANET.NORM,
+            "prior_prob": cfg.MODEL.RETINANET.PRIOR_PROB,
+        }
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        Args:
+            features: one (N, C, Hi, Wi) tensor per level, high to low resolution.
+
+        Returns:
+            logits: one (N, A*K, Hi, Wi) tensor per level.
+            deltas: one (N, A*4, Hi, Wi) tensor per level, (dx, dy, dw, dh) per anchor.
+        """
+        if len(features) != self._num_levels:
+            raise ValueError(f"head built for {self._num_levels} levels, got {len(features)}")
+        logits = [self.cls_score(self.cls_subnet(f)) for f in features]
+        deltas = [self.bbox_pred(self.bbox_subnet(f)) for f in features]
+        return logits, deltas

@@ -1,0 +1,173 @@
+"""Anchor matchers and their registry."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.structures import Boxes, pairwise_iou
+from detectron2.utils.registry import Registry
+
+__all__ = ["ANCHOR_MATCHER_REGISTRY", "build_anchor_matcher", "ChunkedIoUMatcher"]
+
+ANCHOR_MATCHER_REGISTRY = Registry("RETINAFOCAL_ANCHOR_MATCHER")
+ANCHOR_MATCHER_REGISTRY.__doc__ = """
+Registry for anchor matchers of :class:`retinafocal.modeling.FocalRetinaNet`, selected by
+``cfg.MODEL.RETINAFOCAL.MATCHER_NAME``.
+
+A member is built as ``Matcher(cfg)`` and called as ``matcher(gt_boxes, anchors)`` with
+``gt_boxes`` an (M, 4) and ``anchors`` an (R, 4) tensor of XYXY boxes (M may be 0). It returns
+``(matched_idxs, match_labels)``, both of shape (R,): ``matched_idxs`` (int64) is the index in
+[0, M) of the ground truth each anchor is assigned to (any value when M == 0), and
+``match_labels`` (int8) is 1 = foreground, 0 = background, -1 = ignored.
+"""
+
+
+def build_anchor_matcher(cfg) -> nn.Module:
+    """Build the matcher named by ``cfg.MODEL.RETINAFOCAL.MATCHER_NAME``."""
+    return ANCHOR_MATCHER_REGISTRY.get(cfg.MODEL.RETINAFOCAL.MATCHER_NAME)(cfg)
+
+
+@ANCHOR_MATCHER_REGISTRY.register()
+class ChunkedIoUMatcher(nn.Module):
+    """The paper's IoU matcher (Sec. 4), with bounded memory.
+
+    Each anchor takes the ground-truth box it overlaps most. With the default thresholds
+    ``[0.4, 0.5]`` and labels ``[0, -1, 1]``: IoU >= 0.5 is foreground, IoU < 0.4 background, and
+    anchors in [0.4, 0.5) are ignored during training. With ``allow_low_quality_matches``, each
+    ground truth's highest-IoU anchors (ties included) are made foreground even below 0.5, so no
+    object is left without an anchor; a ground truth that overlaps no anchor at all (highest IoU
+    0) gets none. Results equal detectron2's ``Matcher`` applied to ``pairwise_iou``, except for
+    that last case, where detectron2 would make every anchor foreground.
+
+    Memory: the IoU matrix is never built whole. Anchors are processed in chunks of
+    ``max(1, chunk_elements // M)`` so that each (M, chunk) IoU block holds at most
+    ``chunk_elements`` values. ``pairwise_iou`` keeps about 8 float32 temporaries per value, so
+    peak working memory is bounded by about ``32 * chunk_elements`` bytes plus O(R + M) for the
+    outputs: 128 MiB for the default 4M elements, whatever the number of anchors and boxes
+    (500 GT x 250k anchors would otherwise need a 500 MB IoU matrix and several GB of
+    temporaries). The low-quality pass recomputes each block once more, so it costs one extra
+    IoU evaluation, not memory.
+
+    Example (thresholds [0.4, 0.5], labels [0, -1, 1], low-quality matches on)::
+
+        gt      = [[0, 0, 10, 10]]
+        anchors = [[0, 0, 10, 10],   # IoU 1.00 -> label 1
+                   [0, 0, 10, 12],   # IoU 0.83 -> label 1
+                   [0, 0, 10, 22],   # IoU 0.45 -> label -1 (ignored)
+                   [20, 20, 30, 30]] # IoU 0.00 -> label 0
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        thresholds: List[float],
+        labels: List[int],
+        allow_low_quality_matches: bool = False,
+        chunk_elements: int = 4 * 1024 * 1024,
+    ):
+        """
+        Args:
+            thresholds: increasing IoU thresholds splitting [0, 1] into len(thresholds) + 1
+                intervals, e.g. [0.4, 0.5].
+            labels: the label (-1, 0 or 1) of each interval, e.g. [0, -1, 1].
+            allow_low_quality_matches: see the class docstring.
+            chunk_elements: the most IoU values held at once.
+        """
+        super().__init__()
+        if any(b < a for a, b in zip(thresholds[:-1], thresholds[1:])):
+            raise ValueError(f"IoU thresholds must be increasing, got {thresholds}")
+        if len(labels) != len(thresholds) + 1:
+            raise ValueError(
+                f"need {len(thresholds) + 1} labels for thresholds {thresholds}, got {labels}"
+            )
+        if any(label not in (-1, 0, 1) for label in labels):
+            raise ValueError(f"labels must be -1, 0 or 1, got {labels}")
+        if chunk_elements < 1:
+            raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
+        self.thresholds = list(thresholds)
+        self.labels = list(labels)
+        self.allow_low_quality_matches = allow_low_quality_matches
+        self.chunk_elements = int(chunk_elements)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {
+            "thresholds": list(cfg.MODEL.RETINANET.IOU_THRESHOLDS),
+            "labels": list(cfg.MODEL.RETINANET.IOU_LABELS),
+            "allow_low_quality_matches": cfg.MODEL.RETINAFOCAL.ALLOW_LOW_QUALITY_MATCHES,
+            "chunk_elements": cfg.MODEL.RETINAFOCAL.MATCHER_CHUNK_ELEMENTS,
+        }
+
+    def _chunks(self, num_gt: int, num_anchors: int):
+        step = max(1, self.chunk_elements // max(num_gt, 1))
+        for start in range(0, num_anchors, step):
+            yield start, min(start + step, num_anchors)
+
+    @torch.no_grad()
+    def forward(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            gt_boxes: (M, 4) XYXY ground-truth boxes, M >= 0.
+            anchors: (R, 4) XYXY anchor boxes, R >= 0.
+
+        Returns:
+            matched_idxs: (R,) int64, the matched ground truth of each anchor (0 when M == 0).
+            match_labels: (R,) int8, 1 = foreground, 0 = background, -1 = ignored.
+        """
+        num_gt, num_anchors = gt_boxes.shape[0], anchors.shape[0]
+        device = anchors.device
+        if num_gt == 0:
+            # No object: every anchor is background, as if its IoU were 0.
+            label = self._label_of_iou(torch.zeros(num_anchors, device=device))
+            return torch.zeros(num_anchors, dtype=torch.int64, device=device), label
+
+        gt = Boxes(gt_boxes)
+        best_iou = torch.empty(num_anchors, dtype=torch.float32, device=device)
+        matched_idxs = torch.empty(num_anchors, dtype=torch.int64, device=device)
+        best_iou_per_gt = torch.zeros(num_gt, dtype=torch.float32, device=device)
+        for start, end in self._chunks(num_gt, num_anchors):
+            iou = pairwise_iou(gt, Boxes(anchors[start:end]))  # (M, chunk)
+            best_iou[start:end], matched_idxs[start:end] = iou.max(dim=0)
+            if self.allow_low_quality_matches:
+                torch.maximum(best_iou_per_gt, iou.max(dim=1).values, out=best_iou_per_gt)
+            del iou
+
+        match_labels = self._label_of_iou(best_iou)
+        if self.allow_low_quality_matches:
+            self._set_low_quality_matches(match_labels, gt, anchors, best_iou_per_gt)
+        return matched_idxs, match_labels
+
+    def _label_of_iou(self, best_iou: Tensor) -> Tensor:
+        """(R,) IoU of each anchor with its best ground truth -> (R,) int8 labels."""
+        match_labels = torch.full(best_iou.shape, self.labels[0], dtype=torch.int8,
+                                  device=best_iou.device)
+        for label, low in zip(self.labels[1:], self.thresholds):
+            match_labels[best_iou >= low] = label
+        return match_labels
+
+    def _set_low_quality_matches(
+        self, match_labels: Tensor, gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor
+    ) -> None:
+        """Make foreground each ground truth's highest-IoU anchors (ties included).
+
+        The anchor keeps its own best match in ``matched_idxs`` (which may be another ground truth
+        with the same IoU), as in detectron2. Ground truths that overlap no anchor are skipped.
+        """
+        target = best_iou_per_gt[:, None]
+        overlapping = target > 0
+        for start, end in self._chunks(len(gt), anchors.shape[0]):
+            iou = pairwise_iou(gt, Boxes(anchors[start:end]))
+            is_best = ((iou == target) & overlapping).any(dim=0)
+            match_labels[start:end][is_best] = 1
+            del iou
+
+    def extra_repr(self) -> str:
+        return (
+            f"thresholds={self.thresholds}, labels={self.labels}, "
+            f"allow_low_quality_matches={self.allow_low_quality_matches}, "
+            f"chunk_elements={self.chunk_elements}"
+        )

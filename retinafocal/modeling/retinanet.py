@@ -1,0 +1,380 @@
+"""The FocalRetinaNet meta-architecture."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_anchor_generator, build_backbone
+from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
+
+from ..losses import build_classification_loss
+from .diagnostics import imbalance_statistics
+from .head import build_retinafocal_head
+from .matcher import build_anchor_matcher
+
+__all__ = ["FocalRetinaNet"]
+
+logger = logging.getLogger(__name__)
+
+_BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
+_NORMALIZERS = ("num_pos", "ema")
+
+
+@META_ARCH_REGISTRY.register()
+class FocalRetinaNet(DenseDetector):
+    """RetinaNet as in :paper:`RetinaNet` (Lin et al., ICCV 2017), with swappable head, anchor
+    matcher and classification loss.
+
+    It reads the standard ``cfg.MODEL.RETINANET.*`` keys with detectron2's meaning, plus
+    ``cfg.MODEL.RETINAFOCAL.*`` (see :func:`retinafocal.add_retinafocal_config`), and has the
+    same parameters as detectron2's ``RetinaNet``: its checkpoints load with ``strict=True``.
+
+    Training (:meth:`losses`): the classification loss is summed over all non-ignored anchors
+    and, like the box loss over foreground anchors, divided by the number of foreground anchors
+    in the batch (the paper), or by detectron2's moving average of it (``loss_normalizer="ema"``).
+    Inference (:meth:`inference_single_image`): per level, the top ``test_topk_candidates``
+    (anchor, class) pairs scoring above ``test_score_thresh``; the levels merged; class-wise NMS;
+    at most ``max_detections_per_image`` results.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        anchor_matcher: nn.Module,
+        classification_loss: nn.Module,
+        num_classes: int,
+        smooth_l1_beta: float = 0.1,
+        box_reg_loss_type: str = "smooth_l1",
+        loss_normalizer: str = "num_pos",
+        loss_normalizer_momentum: float = 0.9,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.5,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        diagnostics_period: int = 0,
+        diagnostics_alpha: float = 0.25,
+        diagnostics_gamma: float = 2.0,
+        vis_period: int = 0,
+        input_format: str = "BGR",
+    ):
+        """
+        Args:
+            backbone: a detectron2 backbone producing ``head_in_features``.
+            head: maps the list of features to per-level (N, A*K, Hi, Wi) logits and
+                (N, A*4, Hi, Wi) deltas (see ``RETINAFOCAL_HEAD_REGISTRY``).
+            head_in_features: backbone outputs fed to the head, high to low resolution.
+            anchor_generator: detectron2 anchor generator for those features.
+            box2box_transform: encodes ground-truth boxes as deltas to anchors.
+            anchor_matcher: ``(gt (M, 4), anchors (R, 4)) -> (matched_idxs, match_labels)``
+                (see ``ANCHOR_MATCHER_REGISTRY``).
+            classification_loss: a member of ``CLASSIFICATION_LOSS_REGISTRY``.
+            num_classes: K, the number of foreground classes.
+            smooth_l1_beta: beta of the smooth-L1 box loss (0 = L1).
+            box_reg_loss_type: "smooth_l1", "l1", "giou", "diou" or "ciou".
+            loss_normalizer: "num_pos" (foreground anchors in the batch) or "ema" (detectron2's
+                moving average of it, starting at 100).
+            loss_normalizer_momentum: momentum of the "ema" normaliser.
+            test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
+                inference settings (paper: 0.05, 1000 per level, 0.5, 100).
+            pixel_mean, pixel_std: input normalisation, per channel.
+            diagnostics_period: record imbalance diagnostics every this many iterations (0: off).
+            diagnostics_alpha, diagnostics_gamma: focal-loss parameters the diagnostics use.
+            vis_period: visualise training predictions every this many iterations (0: off).
+            input_format: "BGR" or "RGB", for visualisation.
+        """
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        if box_reg_loss_type not in _BOX_LOSSES:
+            raise ValueError(f"box_reg_loss_type must be one of {_BOX_LOSSES}, got "
+                             f"{box_reg_loss_type!r}")
+        if loss_normalizer not in _NORMALIZERS:
+            raise ValueError(f"loss_normalizer must be one of {_NORMALIZERS}, got "
+                             f"{loss_normalizer!r}")
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator
+        self.box2box_transform = box2box_transform
+        self.anchor_matcher = anchor_matcher
+        self.classification_loss = classification_loss
+        # L1 is smooth L1 with beta = 0 (detectron2's smooth_l1_loss switches to |x| there).
+        self.box_reg_loss_type = "smooth_l1" if box_reg_loss_type == "l1" else box_reg_loss_type
+        self.smooth_l1_beta = 0.0 if box_reg_loss_type == "l1" else smooth_l1_beta
+        self.loss_normalizer_type = loss_normalizer
+        self.loss_normalizer_momentum = loss_normalizer_momentum
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.diagnostics_period = diagnostics_period
+        self.diagnostics_alpha = diagnostics_alpha
+        self.diagnostics_gamma = diagnostics_gamma
+        self.vis_period = vis_period
+        self.input_format = input_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        in_features = cfg.MODEL.RETINANET.IN_FEATURES
+        missing = [f for f in in_features if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.RETINANET.IN_FEATURES names {missing}, which the backbone does not "
+                f"produce (it produces {sorted(backbone_shape)})"
+            )
+        feature_shapes: List[ShapeSpec] = [backbone_shape[f] for f in in_features]
+        return {
+            "backbone": backbone,
+            "head": build_retinafocal_head(cfg, feature_shapes),
+            "head_in_features": in_features,
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "anchor_matcher": build_anchor_matcher(cfg),
+            "classification_loss": build_classification_loss(cfg),
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
+            "loss_normalizer": cfg.MODEL.RETINAFOCAL.LOSS_NORMALIZER,
+            "loss_normalizer_momentum": cfg.MODEL.RETINAFOCAL.LOSS_NORMALIZER_MOMENTUM,
+            "test_score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "diagnostics_period": cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD,
+            "diagnostics_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
+            "diagnostics_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    # ------------------------------------------------------------------ training
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: List[List[Tensor]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
+        self._check_finite(losses)
+        if self.vis_period > 0:
+            storage = get_event_storage()
+            if storage.iter % self.vis_period == 0:
+                with torch.no_grad():
+                    results = self.forward_inference(images, features, predictions)
+                self.visualize_training(self._batched_inputs_for_vis, results)
+        return losses
+
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        if self.training and self.vis_period > 0:
+            self._batched_inputs_for_vis = batched_inputs
+        return super().forward(batched_inputs)
+
+    @staticmethod
+    def _check_finite(losses: Dict[str, Tensor]) -> None:
+        """Raise a FloatingPointError naming every loss term that is NaN or infinite."""
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
+        raise FloatingPointError(
+            f"non-finite loss term(s) {bad} in FocalRetinaNet; all terms: "
+            f"{ {k: float(v) for k, v in losses.items()} }. Check the inputs for NaN/Inf "
+            "(images, boxes) and the learning rate."
+        )
+
+    @torch.no_grad()
+    def label_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        Args:
+            anchors: one Boxes per level, Ri anchors each (R = sum of Ri).
+            gt_instances: one Instances per image with ``gt_boxes`` and ``gt_classes``.
+
+        Returns:
+            gt_labels: per image, an (R,) int64 tensor; [0, K) = class of the matched object,
+                K = background, -1 = ignored.
+            matched_gt_boxes: per image, an (R, 4) tensor; the matched box of foreground anchors
+                (undefined elsewhere).
+        """
+        all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        gt_labels, matched_gt_boxes = [], []
+        for gt_per_image in gt_instances:
+            gt_box_tensor = gt_per_image.gt_boxes.tensor
+            matched_idxs, match_labels = self.anchor_matcher(gt_box_tensor, all_anchors)
+            if len(gt_per_image) > 0:
+                labels = gt_per_image.gt_classes[matched_idxs]
+                labels[match_labels == 0] = self.num_classes
+                labels[match_labels == -1] = -1
+                boxes = gt_box_tensor[matched_idxs]
+            else:
+                labels = torch.full_like(matched_idxs, self.num_classes)
+                labels[match_labels == -1] = -1
+                boxes = torch.zeros_like(all_anchors)
+            gt_labels.append(labels)
+            matched_gt_boxes.append(boxes)
+        return gt_labels, matched_gt_boxes
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[Tensor],
+        gt_labels: List[Tensor],
+        pred_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            anchors: one Boxes per level.
+            pred_logits: per level, (N, Ri, K) logits.
+            gt_labels: per image, (R,) labels from :meth:`label_anchors`.
+            pred_deltas: per level, (N, Ri, 4) box deltas.
+            gt_boxes: per image, (R, 4) matched ground-truth boxes.
+
+        Returns:
+            ``{"loss_cls": scalar, "loss_box_reg": scalar}``, both normalised.
+        """
+        num_images = len(gt_labels)
+        labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (labels >= 0) & (labels != self.num_classes)
+        num_pos = int(pos_mask.sum().item())
+        storage = get_event_storage()
+        storage.put_scalar("num_pos_anchors", num_pos / num_images)
+        if self.loss_normalizer_type == "ema":
+            normalizer = self._ema_update(
+                "loss_normalizer", max(num_pos, 1), 100, self.loss_normalizer_momentum
+            )
+        else:
+            normalizer = max(num_pos, 1)
+
+        logits = cat(pred_logits, dim=1)  # (N, R, K)
+        loss_cls = self.classification_loss(
+            logits, labels, anchor_boxes=Boxes.cat(anchors).tensor
+        )
+        if not getattr(self.classification_loss, "self_normalizing", False):
+            loss_cls = loss_cls / normalizer
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        if self.diagnostics_period > 0 and storage.iter % self.diagnostics_period == 0:
+            stats = imbalance_statistics(
+                logits.detach(), labels, alpha=self.diagnostics_alpha, gamma=self.diagnostics_gamma
+            )
+            storage.put_scalars(**{f"imbalance/{k}": v for k, v in stats.items()})
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
+
+    # ------------------------------------------------------------------ inference
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        return [
+            self.inference_single_image(
+                anchors,
+                [x[i] for x in pred_logits],
+                [x[i] for x in pred_deltas],
+                image_size,
+            )
+            for i, image_size in enumerate(images.image_sizes)
+        ]
+
+    def inference_single_image(
+        self,
+        anchors: List[Boxes],
+        logits: List[Tensor],
+        deltas: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Args:
+            anchors: one Boxes of Ri anchors per level.
+            logits: per level, (Ri, K) class logits of this image.
+            deltas: per level, (Ri, 4) box deltas of this image.
+            image_size: (height, width) of the image before padding.
+
+        Returns:
+            Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,),
+            sorted by score, D <= max_detections_per_image.
+        """
+        per_level = [
+            self._decode_level(anchors_i.tensor, logits_i, deltas_i)
+            for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas)
+        ]
+        boxes = cat([p[0] for p in per_level])
+        scores = cat([p[1] for p in per_level])
+        classes = cat([p[2] for p in per_level])
+        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
+        keep = keep[: self.max_detections_per_image]
+        result = Instances(image_size)
+        result.pred_boxes = Boxes(boxes[keep])
+        result.scores = scores[keep]
+        result.pred_classes = classes[keep]
+        return result
+
+    def _decode_level(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Top-k candidates of one level above the score threshold, decoded.
+
+        The threshold is first applied to the logits (sigmoid is monotonic), so only the few
+        candidates that pass are put through the sigmoid, not all Ri x K logits.
+
+        Args:
+            anchors: (Ri, 4); logits: (Ri, K); deltas: (Ri, 4).
+
+        Returns:
+            boxes (C, 4), scores (C,), classes (C,) int64, C <= test_topk_candidates.
+        """
+        flat = logits.reshape(-1)
+        thresh = self.test_score_thresh
+        if thresh <= 0:
+            candidates = torch.arange(flat.numel(), device=flat.device)
+        else:
+            # A small margin below logit(thresh) keeps float rounding from dropping a candidate
+            # that passes the exact test on the sigmoid below.
+            logit_thresh = math.log(thresh / (1 - thresh)) - 1e-4 if thresh < 1 else math.inf
+            candidates = torch.nonzero(flat > logit_thresh).squeeze(1)
+        scores = flat[candidates].sigmoid()
+        passing = scores > thresh
+        scores, candidates = scores[passing], candidates[passing]
+        num_topk = min(self.test_topk_candidates, scores.numel())
+        scores, order = scores.topk(num_topk)
+        candidates = candidates[order]
+        anchor_idxs = torch.div(candidates, self.num_classes, rounding_mode="floor")
+        classes = candidates % self.num_classes
+        boxes = self.box2box_transform.apply_deltas(deltas[anchor_idxs], anchors[anchor_idxs])
+        return boxes, scores, classes

@@ -1,0 +1,130 @@
+import json
+import subprocess
+import sys
+import textwrap
+import unittest
+
+import torch
+
+import retinafocal  # noqa: F401
+from detectron2.modeling.matcher import Matcher
+from detectron2.structures import Boxes, pairwise_iou
+from retinafocal.modeling.matcher import ANCHOR_MATCHER_REGISTRY, ChunkedIoUMatcher
+
+from .common import small_retinanet_cfg
+
+
+def paper_matcher(**kwargs) -> ChunkedIoUMatcher:
+    kwargs.setdefault("allow_low_quality_matches", True)
+    return ChunkedIoUMatcher(thresholds=[0.4, 0.5], labels=[0, -1, 1], **kwargs)
+
+
+def random_boxes(n: int, g: torch.Generator, scale: float = 100.0) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=g) * scale
+    return torch.cat([xy, xy + 1 + torch.rand(n, 2, generator=g) * scale / 2], dim=1)
+
+
+class TestChunkedIoUMatcher(unittest.TestCase):
+    def test_hand_computed(self):
+        gt = torch.tensor([[0.0, 0, 10, 10], [100, 100, 130, 130]])
+        anchors = torch.tensor(
+            [
+                [0.0, 0, 10, 10],  # IoU 1.0 with gt0 -> fg
+                [0, 0, 10, 12],  # IoU 100/120 = 0.83 -> fg
+                [0, 0, 10, 22],  # IoU 100/220 = 0.45 -> ignored
+                [50, 50, 60, 60],  # IoU 0 -> bg
+                [100, 100, 160, 160],  # IoU 900/3600 = 0.25 with gt1: bg, but gt1's best -> fg
+            ]
+        )
+        matched, labels = paper_matcher()(gt, anchors)
+        self.assertEqual(labels.tolist(), [1, 1, -1, 0, 1])
+        self.assertEqual(matched[[0, 1, 2, 4]].tolist(), [0, 0, 0, 1])
+        _, labels = paper_matcher(allow_low_quality_matches=False)(gt, anchors)
+        self.assertEqual(labels.tolist(), [1, 1, -1, 0, 0])
+
+    def test_equals_detectron2_matcher(self):
+        g = torch.Generator().manual_seed(0)
+        for trial in range(30):
+            gt = random_boxes(int(torch.randint(1, 30, (1,), generator=g)), g)
+            anchors = random_boxes(int(torch.randint(1, 400, (1,), generator=g)), g)
+            # Every GT overlaps some anchor (where it does not, we differ from detectron2 on
+            # purpose: see test_gt_overlapping_nothing_gets_no_anchor).
+            jitter = torch.rand(gt.shape, generator=g) * 0.4  # boxes are >= 1 wide
+            anchors = torch.cat([anchors, gt + jitter])
+            ref_idx, ref_labels = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)(
+                pairwise_iou(Boxes(gt), Boxes(anchors))
+            )
+            for chunk in (1, 7, 10**9):  # one anchor per chunk, ragged chunks, no chunking
+                with self.subTest(trial=trial, chunk=chunk):
+                    idx, labels = paper_matcher(chunk_elements=chunk)(gt, anchors)
+                    self.assertTrue(torch.equal(idx, ref_idx))
+                    self.assertTrue(torch.equal(labels, ref_labels))
+
+    def test_no_gt_all_background(self):
+        idx, labels = paper_matcher()(torch.zeros(0, 4), random_boxes(5, torch.Generator()))
+        self.assertEqual(labels.tolist(), [0] * 5)
+        self.assertEqual(idx.shape, (5,))
+
+    def test_no_anchors(self):
+        idx, labels = paper_matcher()(torch.tensor([[0.0, 0, 5, 5]]), torch.zeros(0, 4))
+        self.assertEqual(idx.shape, (0,))
+        self.assertEqual(labels.shape, (0,))
+
+    def test_gt_overlapping_nothing_gets_no_anchor(self):
+        # detectron2 would make every anchor foreground here (all tie at IoU 0).
+        gt = torch.tensor([[1000.0, 1000, 1010, 1010]])
+        anchors = random_boxes(6, torch.Generator().manual_seed(1))
+        _, labels = paper_matcher()(gt, anchors)
+        self.assertEqual(labels.tolist(), [0] * 6)
+
+    def test_invalid_arguments(self):
+        with self.assertRaisesRegex(ValueError, "increasing"):
+            ChunkedIoUMatcher(thresholds=[0.5, 0.4], labels=[0, -1, 1])
+        with self.assertRaisesRegex(ValueError, "labels"):
+            ChunkedIoUMatcher(thresholds=[0.4, 0.5], labels=[0, 1])
+
+    def test_built_from_registry(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.MATCHER_CHUNK_ELEMENTS = 123
+        matcher = ANCHOR_MATCHER_REGISTRY.get(cfg.MODEL.RETINAFOCAL.MATCHER_NAME)(cfg)
+        self.assertEqual(matcher.chunk_elements, 123)
+        self.assertEqual(matcher.thresholds, [0.4, 0.5])
+
+
+_MEMORY_PROBE = textwrap.dedent(
+    """
+    import json, resource, torch
+    import retinafocal
+    from retinafocal.modeling.matcher import ChunkedIoUMatcher
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    def boxes(n):
+        xy = torch.rand(n, 2, generator=g) * 1000
+        return torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 200], 1)
+    gt, anchors = boxes(500), boxes(250_000)
+    m = ChunkedIoUMatcher(thresholds=[0.4, 0.5], labels=[0, -1, 1],
+                          allow_low_quality_matches=True, chunk_elements=CHUNK)
+    m(gt[:2], anchors[:1000])  # warm up allocator and kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    idx, labels = m(gt, anchors)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_kib": after - before, "fg": int((labels == 1).sum())}))
+    """
+)
+
+
+class TestMatcherMemoryBound(unittest.TestCase):
+    def test_500_gt_250k_anchors_within_bound(self):
+        chunk = 1 << 20
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE.replace("CHUNK", str(chunk))],
+            check=True, capture_output=True, text=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        # Docstring bound: 32 bytes per IoU value of a chunk, plus O(R) outputs (idx int64,
+        # labels int8, best IoU float32: 13 bytes per anchor).
+        bound_kib = (32 * chunk + 13 * 250_000) / 1024
+        self.assertGreater(result["fg"], 0)
+        self.assertLessEqual(result["peak_kib"], bound_kib)
+        # The unchunked IoU matrix alone would be 500 MB.
+        self.assertLess(result["peak_kib"], 500e6 / 1024 / 10)

@@ -1,0 +1,193 @@
+import copy
+import math
+import unittest
+
+import torch
+
+import retinafocal  # noqa: F401
+from detectron2.config import instantiate
+from detectron2.modeling import build_model
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.utils.events import EventStorage
+from retinafocal.modeling import FocalRetinaNet, RetinaFocalHead
+
+from .common import make_inputs, small_retinanet_cfg
+
+
+def build(cfg, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def train_losses(model, inputs):
+    model.train()
+    with EventStorage(0):
+        return model(copy.deepcopy(inputs))
+
+
+class TestFocalRetinaNet(unittest.TestCase):
+    def test_registered_and_built_from_yacs(self):
+        model = build(small_retinanet_cfg())
+        self.assertIsInstance(model, FocalRetinaNet)
+        self.assertIsInstance(model.head, RetinaFocalHead)
+
+    def test_nine_anchors_covering_32_to_813_pixels(self):
+        cfg = small_retinanet_cfg()
+        model = build(cfg)
+        self.assertEqual(model.anchor_generator.num_cell_anchors, [9] * 5)
+        sides = []
+        for cell in model.anchor_generator.cell_anchors:
+            wh = cell[:, 2:] - cell[:, :2]
+            sides.append((wh[:, 0] * wh[:, 1]).sqrt())
+        sides = torch.cat(sides)
+        self.assertAlmostEqual(sides.min().item(), 32.0, places=3)
+        self.assertAlmostEqual(sides.max().item(), 512 * 2 ** (2 / 3), places=2)  # 812.7
+        self.assertAlmostEqual(512 * 2 ** (2 / 3), 812.75, places=2)
+        ratios = set()
+        for cell in model.anchor_generator.cell_anchors:
+            wh = cell[:, 2:] - cell[:, :2]
+            ratios.update(round(r, 3) for r in (wh[:, 1] / wh[:, 0]).tolist())
+        self.assertEqual(ratios, {0.5, 1.0, 2.0})
+
+    def test_prior_bias_is_minus_log_99(self):
+        model = build(small_retinanet_cfg())
+        bias = model.head.cls_score.bias
+        self.assertTrue(torch.allclose(bias, torch.full_like(bias, -math.log(99.0))))
+        for conv in [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)]:
+            self.assertLess(abs(conv.weight.std().item() - 0.01), 0.002)
+
+    def test_head_with_group_norm_trains(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINANET.NORM = "GN"
+        model = build(cfg)
+        self.assertTrue(any(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules()))
+        losses = train_losses(model, make_inputs())
+        sum(losses.values()).backward()
+        self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
+
+    def test_empty_ground_truth(self):
+        losses = train_losses(build(small_retinanet_cfg()), make_inputs(with_boxes=False))
+        self.assertGreater(losses["loss_cls"].item(), 0)
+        self.assertEqual(losses["loss_box_reg"].item(), 0)
+
+    def test_one_box_gives_both_losses(self):
+        inputs = make_inputs(num_images=1)
+        inputs[0]["instances"] = inputs[0]["instances"][:1]
+        losses = train_losses(build(small_retinanet_cfg()), inputs)
+        self.assertGreater(losses["loss_cls"].item(), 0)
+        self.assertGreater(losses["loss_box_reg"].item(), 0)
+
+    def test_normalised_by_positive_anchors(self):
+        model = build(small_retinanet_cfg())
+        inputs = make_inputs()
+        model.train()
+        with EventStorage(0) as storage:
+            losses = model(copy.deepcopy(inputs))
+            num_pos_per_image = storage.latest()["num_pos_anchors"][0]
+        calls = []
+        original = model.classification_loss.forward
+
+        def spy(*args, **kwargs):
+            calls.append(original(*args, **kwargs))
+            return calls[-1]
+
+        model.classification_loss.forward = spy
+        with EventStorage(0):
+            losses = model(copy.deepcopy(inputs))
+        expected = calls[0] / (num_pos_per_image * len(inputs))
+        self.assertTrue(torch.allclose(losses["loss_cls"], expected))
+
+    def test_nan_input_raises_floating_point_error(self):
+        inputs = make_inputs()
+        inputs[1]["image"][0, 5, 5] = float("nan")
+        with self.assertRaisesRegex(FloatingPointError, "loss_cls"):
+            train_losses(build(small_retinanet_cfg()), inputs)
+        inputs = make_inputs()
+        inputs[0]["image"][:, :4, :4] = float("inf")
+        with self.assertRaises(FloatingPointError):
+            train_losses(build(small_retinanet_cfg()), inputs)
+
+    def test_diagnostics_in_event_storage(self):
+        shares = {}
+        for gamma in (0.0, 2.0):
+            cfg = small_retinanet_cfg()
+            cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD = 1
+            cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = gamma
+            model = build(cfg)
+            model.train()
+            with EventStorage(0) as storage:
+                model(make_inputs())
+                latest = storage.latest()
+            for key in ("num_pos_anchors", "num_ignored_anchors", "cls_loss_share_easy_neg",
+                        "cls_loss_share_hard_neg"):
+                self.assertIn(f"imbalance/{key}", latest)
+            shares[gamma] = latest["imbalance/cls_loss_share_easy_neg"][0]
+        # At the prior init (p = 0.01) every negative is easy. Under CE their sheer number makes
+        # them most of the loss; the focal term (gamma = 2) removes nearly all of it (Sec. 3.2).
+        self.assertGreater(shares[0.0], 0.5)
+        self.assertLess(shares[2.0], 0.01)
+
+    def test_inference_output_format(self):
+        cfg = small_retinanet_cfg()
+        model = build(cfg)
+        with torch.no_grad():
+            model.head.cls_score.bias.zero_()  # p = 0.5 everywhere: many candidates
+        model.eval()
+        inputs = make_inputs(num_images=2)
+        inputs[1]["height"], inputs[1]["width"] = 192, 256  # rescaled output
+        with torch.no_grad():
+            outputs = model(inputs)
+        self.assertEqual(len(outputs), 2)
+        inst = outputs[1]["instances"]
+        self.assertEqual(inst.image_size, (192, 256))
+        self.assertGreater(len(inst), 0)
+        self.assertLessEqual(len(inst), cfg.TEST.DETECTIONS_PER_IMAGE)
+        self.assertTrue((inst.scores[:-1] >= inst.scores[1:]).all())
+        self.assertTrue((inst.scores > cfg.MODEL.RETINANET.SCORE_THRESH_TEST).all())
+
+    def test_score_threshold_above_every_score_gives_nothing(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.999
+        model = build(cfg).eval()
+        with torch.no_grad():
+            outputs = model(make_inputs(num_images=1))
+        self.assertEqual(len(outputs[0]["instances"]), 0)
+
+
+class TestLazyConfigModel(unittest.TestCase):
+    def test_lazy_and_yacs_build_the_same_module(self):
+        from detectron2.config import LazyConfig
+
+        lazy = LazyConfig.load("configs/common/models/retinanet.py").model
+        lazy.num_classes = 3
+        lazy.backbone.bottom_up.stages.depth = 18
+        del lazy.backbone.bottom_up.stages.stride_in_1x1  # not an argument of BasicBlock
+        lazy.backbone.top_block.in_channels = 512
+        lazy.backbone.out_channels = 32
+        lazy.head.input_shape = [lazy.head.input_shape[0].__class__(channels=32)] * 5
+        lazy.head.conv_dims = [32] * 4
+        lazy.diagnostics_period = 0
+        torch.manual_seed(0)
+        from_lazy = instantiate(lazy)
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+        from_yacs = build(cfg)
+        lazy_sd, yacs_sd = from_lazy.state_dict(), from_yacs.state_dict()
+        self.assertEqual(
+            {k: tuple(v.shape) for k, v in lazy_sd.items()},
+            {k: tuple(v.shape) for k, v in yacs_sd.items()},
+        )
+        from_lazy.load_state_dict(yacs_sd, strict=True)
+        inputs = make_inputs()
+        for m in (from_lazy, from_yacs):
+            with torch.no_grad():
+                m.head.cls_score.bias.zero_()
+        a, b = train_losses(from_lazy, inputs), train_losses(from_yacs, inputs)
+        for key in a:
+            self.assertTrue(torch.allclose(a[key], b[key]), key)
+        from_lazy.eval(), from_yacs.eval()
+        with torch.no_grad():
+            out_a, out_b = from_lazy(inputs), from_yacs(inputs)
+        for x, y in zip(out_a, out_b):
+            self.assertTrue(torch.equal(x["instances"].pred_boxes.tensor,
+                                        y["instances"].pred_boxes.tensor))
