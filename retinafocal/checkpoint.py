@@ -1,0 +1,202 @@
+"""A checkpointer whose files are always whole: a kill at any moment keeps the last good one.
+
+fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into ``model_XXXX.pth`` and then
+rewrites ``last_checkpoint`` in place. A job killed during the first step leaves a truncated
+checkpoint; killed during the second, an empty ``last_checkpoint``; and a resume then fails or
+starts from scratch. :class:`AtomicDetectionCheckpointer` writes each file under a temporary name
+in the same folder, flushes it to disk (``fsync``) and renames it over the final name
+(``os.replace``, atomic on POSIX and Windows within one file system), so every name always
+refers to a complete file: the new one or the previous one.
+
+It also refuses to silently resume from a damaged file: when ``last_checkpoint`` names a file
+that is missing or cannot be read (written by another tool, or a disk error), resuming falls
+back to the newest readable checkpoint in the folder, and says so.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import secrets
+import zipfile
+from typing import IO, Any, Callable, Dict, List
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["AtomicDetectionCheckpointer", "CorruptCheckpointError", "atomic_write"]
+
+# Temporary files are named ".<final name>.<pid>.<random>.tmp": hidden, never "*.pth" (so that
+# detectron2's get_all_checkpoint_files ignores them), and tied to the process that wrote them.
+_TMP_PATTERN = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read; the message names it."""
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
+    """Create or replace the file ``path`` with what ``write(f)`` writes, atomically.
+
+    ``write`` receives a binary file open in ``path``'s folder under a temporary name; the file
+    is flushed and fsynced, then renamed to ``path``. If anything fails (or the process is
+    killed) before the rename, ``path`` is untouched; the temporary file is removed on errors
+    (after a kill, by the next :meth:`AtomicDetectionCheckpointer.save`).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    # os.open with mode 0o666 lets the umask decide permissions, as a plain open() would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours (EPERM), or no kill() support: assume alive
+        return True
+    return True
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` (same constructor and methods) with atomic, durable saves.
+
+    Saving to a non-local ``save_dir`` (a ``PathManager`` URL) falls back to the parent's
+    non-atomic save.
+    """
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Save the model and checkpointables (and ``kwargs``) as ``<save_dir>/<name>.pth``, then
+        point ``last_checkpoint`` at it; each file is replaced atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not _is_local(self.save_dir):
+            super().save(name, **kwargs)
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if os.path.basename(save_file) != basename:
+            raise ValueError(f"Checkpoint name {name!r} must not contain a path separator")
+        self._remove_stale_temporaries()
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_checkpoint`` atomically (a kill never leaves it empty)."""
+        if not _is_local(self.save_dir):
+            super().tag_last_checkpoint(last_filename_basename)
+            return
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode("utf-8")),
+        )
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files left by killed processes (their pid no longer exists)."""
+        try:
+            names = os.listdir(self.save_dir)
+        except OSError:
+            return
+        for file_name in names:
+            match = _TMP_PATTERN.match(file_name)
+            if match and not _pid_alive(int(match.group("pid"))):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.save_dir, file_name))
+                    self.logger.info(f"Removed {file_name}, left by an interrupted save")
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        try:
+            return super().load(path, *args, **kwargs)
+        except BaseException:
+            # Current detectron2 keeps per-load state that it clears only on success, so one
+            # failed load would make every later load() fail its assert; v0.6 has no such state.
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
+            raise
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            return super()._load_file(filename)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+            if filename.endswith(".pth") and zipfile.is_zipfile(filename):
+                # A whole torch.save archive (its zip directory is intact): the failure is not
+                # damage (e.g. torch.load's weights_only refusing a type), so show it as it is.
+                raise
+            raise CorruptCheckpointError(
+                f"Checkpoint {filename} cannot be read; it is truncated or corrupt "
+                f"({type(e).__name__}: {e})"
+            ) from e
+
+    def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
+        files = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
+        return sorted(files, key=os.path.getmtime, reverse=True)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """As the parent's, but when resuming from a ``last_checkpoint`` that names a missing or
+        unreadable file, resume from the newest readable ``.pth`` in ``save_dir`` instead (with
+        an error in the log), or raise :class:`CorruptCheckpointError` if there is none."""
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        tagged = self.get_checkpoint_file()
+        if tagged and os.path.isfile(tagged):
+            try:
+                return self.load(tagged)
+            except CorruptCheckpointError as e:
+                error = str(e)
+        else:
+            error = f"last_checkpoint names {tagged or 'nothing'}, which does not exist"
+        self.logger.error(f"Cannot resume from the last checkpoint: {error}")
+        for candidate in self._complete_checkpoints_newest_first(os.path.abspath(tagged or "")):
+            try:
+                checkpoint = self.load(candidate)
+            except CorruptCheckpointError as e:
+                self.logger.error(str(e))
+                continue
+            self.logger.warning(f"Resumed from {candidate} instead")
+            return checkpoint
+        raise CorruptCheckpointError(
+            f"Cannot resume from {self.save_dir}: {error}, and no other checkpoint there is "
+            "readable. Start without --resume (or restore a checkpoint) to go on."
+        )

@@ -1,0 +1,324 @@
+"""Config overrides that fail loudly: unknown keys get a "did you mean", wrong types a clear error.
+
+* yacs (``CfgNode``): :func:`merge_yacs_overrides` replaces ``cfg.merge_from_list(opts)`` and
+  :func:`merge_yacs_file` replaces ``cfg.merge_from_file(path)``. yacs already rejects unknown
+  keys, but with no hint ("Non-existent key: SOLVER.MAX_ITERS"), and rejects ``SOLVER.BASE_LR 1``
+  because 1 is an int.
+* LazyConfig (omegaconf): :func:`apply_lazy_overrides` replaces ``LazyConfig.apply_overrides``,
+  which silently *creates* a misspelt key, so the override does nothing. Here an unknown key is
+  an error unless written with hydra's explicit add syntax (``+key=value``).
+
+Every problem in one call is reported at once. Type rules, shared by both: a value must have
+the type of the value it replaces, except that an int may replace a float, a list a tuple (and
+back), "true"/"false" (any case) a bool, and anything may replace or be replaced by None (the
+only way to tell what a None key wants is its documentation).
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import logging
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "ConfigKeyError",
+    "ConfigTypeError",
+    "suggest_keys",
+    "merge_yacs_overrides",
+    "merge_yacs_file",
+    "apply_lazy_overrides",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigKeyError(KeyError):
+    """An unknown config key; the message suggests the nearest valid keys."""
+
+    def __str__(self) -> str:  # KeyError's own __str__ would print the message's repr
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigTypeError(TypeError, ValueError):
+    """A config value of the wrong type; the message names the key, the expected type and the
+    value given. Also a ValueError, which is what yacs raises for a type mismatch."""
+
+
+def suggest_keys(key: str, valid_keys: Sequence[str], n: int = 3) -> List[str]:
+    """The valid keys nearest to ``key``, best first (possibly none).
+
+    Full dotted paths are compared with difflib's similarity ratio; so are the last components,
+    so that a key given without its prefix (``BASE_LR``) or under the wrong one
+    (``MODEL.BASE_LR``) still finds ``SOLVER.BASE_LR``.
+    """
+    key_l = key.lower()
+    leaf_l = key_l.rsplit(".", 1)[-1]
+    scored = []
+    for cand in valid_keys:
+        cand_l = cand.lower()
+        full = difflib.SequenceMatcher(None, key_l, cand_l).ratio()
+        leaf = difflib.SequenceMatcher(None, leaf_l, cand_l.rsplit(".", 1)[-1]).ratio()
+        # A near-identical last component is strong evidence; slightly below an exact path.
+        score = max(full, 0.95 * leaf if leaf >= 0.8 else 0.0)
+        if score >= 0.6:
+            scored.append((score, cand))
+    scored.sort(key=lambda sc: (-sc[0], sc[1]))
+    return [cand for _, cand in scored[:n]]
+
+
+def _unknown_key_message(key: str, valid_keys: Sequence[str], origin: str, hint: str = "") -> str:
+    suggestions = suggest_keys(key, valid_keys)
+    msg = f"Unknown config key '{key}' ({origin})."
+    if suggestions:
+        msg += " Did you mean: " + ", ".join(suggestions) + "?"
+    else:
+        msg += " No similar key exists."
+    return msg + hint
+
+
+def _coerce(value: Any, original: Any, key: str, origin: str) -> Any:
+    """``value`` converted to the type of ``original`` when the rules in the module docstring
+    allow it; raises ConfigTypeError otherwise."""
+    if original is None or value is None or type(value) is type(original):
+        return value
+    if isinstance(original, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(original, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(original)(value)
+    hint = " To pass it as text, quote it." if isinstance(original, str) else ""
+    raise ConfigTypeError(
+        f"Config key '{key}' expects type {type(original).__name__} (its value is {original!r}), "
+        f"but got {type(value).__name__} {value!r} ({origin}).{hint}"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# yacs
+# ------------------------------------------------------------------------------------------
+
+
+def _yacs_keys(node, prefix: str = "") -> Iterator[str]:
+    """Every full key path of a CfgNode, groups included."""
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        yield path
+        if isinstance(v, dict):
+            yield from _yacs_keys(v, path + ".")
+
+
+def _find_yacs_leaf(cfg, full_key: str) -> Tuple[Optional[Any], str]:
+    """(the node holding the key's last component, or None when the path is unknown; that
+    component)."""
+    parts = full_key.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return None, parts[-1]
+        node = node[part]
+    if not isinstance(node, dict):
+        return None, parts[-1]
+    if parts[-1] not in node and not (hasattr(node, "is_new_allowed") and node.is_new_allowed()):
+        return None, parts[-1]
+    return node, parts[-1]
+
+
+def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
+    """Apply command-line overrides ``[KEY, VALUE, KEY, VALUE, ...]`` to a yacs ``cfg`` in place.
+
+    Values are parsed as yacs does (Python literals; anything else stays a string). Deprecated
+    keys are ignored and renamed keys raise, as in yacs.
+
+    Raises:
+        ValueError: ``opts`` has odd length (the dangling item is named).
+        ConfigKeyError: unknown keys, each with the nearest valid keys.
+        ConfigTypeError: values of the wrong type (key, expected type, value given).
+    """
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ValueError(
+            f"Config overrides must be KEY VALUE pairs, but {len(opts)} items were given; "
+            f"'{opts[-1]}' has no value."
+        )
+    if cfg.is_frozen():
+        raise AttributeError("The config is frozen; apply overrides before cfg.freeze().")
+    valid_keys: Optional[List[str]] = None
+    key_errors: List[str] = []
+    type_errors: List[str] = []
+    updates = []
+    for full_key, raw in zip(opts[0::2], opts[1::2]):
+        origin = f"override '{full_key} {raw}'"
+        if cfg.key_is_deprecated(full_key):
+            continue
+        if cfg.key_is_renamed(full_key):
+            cfg.raise_key_rename_error(full_key)
+        node, leaf = _find_yacs_leaf(cfg, full_key)
+        if node is None:
+            valid_keys = valid_keys if valid_keys is not None else list(_yacs_keys(cfg))
+            key_errors.append(_unknown_key_message(full_key, valid_keys, origin))
+            continue
+        value = type(cfg)._decode_cfg_value(raw)
+        if leaf in node and isinstance(node[leaf], dict):
+            type_errors.append(
+                f"Config key '{full_key}' is a group of keys ({', '.join(list(node[leaf])[:5])}"
+                f"{', ...' if len(node[leaf]) > 5 else ''}); set one of them instead ({origin})."
+            )
+            continue
+        try:
+            value = _coerce(value, node.get(leaf), full_key, origin)
+        except ConfigTypeError as e:
+            type_errors.append(str(e))
+            continue
+        updates.append((node, leaf, value))
+    if key_errors:
+        raise ConfigKeyError("\n".join(key_errors + type_errors))
+    if type_errors:
+        raise ConfigTypeError("\n".join(type_errors))
+    for node, leaf, value in updates:
+        node[leaf] = value
+
+
+def merge_yacs_file(cfg, cfg_filename: str) -> None:
+    """``cfg.merge_from_file(cfg_filename)``, with unknown keys and type mismatches reported as
+    :class:`ConfigKeyError` (with suggestions) and :class:`ConfigTypeError`, naming the file.
+
+    yacs stops at the first bad key of a file, so one call reports one key.
+    """
+    valid_keys = list(_yacs_keys(cfg))
+    try:
+        cfg.merge_from_file(cfg_filename)
+    except KeyError as e:
+        message = str(e.args[0]) if e.args else ""
+        prefix = "Non-existent config key: "
+        if not message.startswith(prefix):
+            raise
+        key = message[len(prefix):].strip()
+        raise ConfigKeyError(
+            _unknown_key_message(key, valid_keys, f"in config file {cfg_filename}")
+        ) from e
+    except ValueError as e:
+        if "Type mismatch" not in str(e):
+            raise
+        raise ConfigTypeError(f"In config file {cfg_filename}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------
+# LazyConfig (omegaconf)
+# ------------------------------------------------------------------------------------------
+
+_ABSENT = object()
+
+
+def _lazy_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every full key path of a plain-container config; list items are addressed by index."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return
+    for k, v in items:
+        path = f"{prefix}{k}"
+        yield path
+        yield from _lazy_keys(v, path + ".")
+
+
+def _lazy_lookup(container: Any, key: str) -> Any:
+    """The value at a dotted path of a plain-container config, or _ABSENT."""
+    node = container
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _ABSENT
+    return node
+
+
+def _parse_lazy_overrides(opts: List[str]) -> List[Tuple[str, Any, bool, str]]:
+    """(key, value, is an explicit add, original text) per override; hydra's grammar when
+    hydra is installed, else ``key=value`` with the value read as a Python literal."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+    except ImportError:
+        OverridesParser = None
+    if OverridesParser is not None:
+        parsed = []
+        for o in OverridesParser.create().parse_overrides(opts):
+            if o.is_delete():
+                raise ValueError(f"Deleting config keys is not supported ('{o.input_line}').")
+            explicit_add = o.is_add() or o.is_force_add()
+            parsed.append((o.key_or_group, o.value(), explicit_add, o.input_line))
+        return parsed
+    parsed = []
+    for text in opts:
+        if "=" not in text:
+            raise ValueError(f"Config override '{text}' is not of the form key=value.")
+        key, raw = text.split("=", 1)
+        explicit_add = key.startswith("+")
+        key = key.lstrip("+")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        parsed.append((key, value, explicit_add, text))
+    return parsed
+
+
+def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
+    """Apply ``key=value`` overrides to a LazyConfig (omegaconf ``DictConfig``) in place.
+
+    Like detectron2's ``LazyConfig.apply_overrides``, but a key that does not exist raises
+    :class:`ConfigKeyError` with the nearest valid keys, unless written ``+key=value`` (hydra's
+    syntax for adding a key), and a value of the wrong type raises :class:`ConfigTypeError`.
+    Values that are interpolations (``${...}``) or missing (``???``) accept any type.
+
+    Returns:
+        ``cfg``, for chaining.
+    """
+    from omegaconf import OmegaConf
+
+    opts = list(opts or [])
+    container = OmegaConf.to_container(cfg, resolve=False)
+    valid_keys: Optional[List[str]] = None
+    key_errors: List[str] = []
+    type_errors: List[str] = []
+    updates = []
+    for key, value, explicit_add, text in _parse_lazy_overrides(opts):
+        origin = f"override '{text}'"
+        current = _lazy_lookup(container, key)
+        parent = _lazy_lookup(container, key.rsplit(".", 1)[0]) if "." in key else container
+        if current is _ABSENT and not explicit_add:
+            valid_keys = valid_keys if valid_keys is not None else list(_lazy_keys(container))
+            hint = f" To add a new key, write '+{text}'."
+            key_errors.append(_unknown_key_message(key, valid_keys, origin, hint))
+            continue
+        if current is _ABSENT and not isinstance(parent, dict):
+            # detectron2's check: adding a.b.c needs a.b to be a config, not a value.
+            type_errors.append(f"Cannot add '{key}': its parent is not a config ({origin}).")
+            continue
+        if isinstance(current, str) and (current == "???" or "${" in current):
+            current = None  # missing or interpolated: the type is not known here
+        if isinstance(current, dict) and not isinstance(value, dict):
+            type_errors.append(
+                f"Config key '{key}' is a group of keys ({', '.join(list(current)[:5])}); "
+                f"set one of them instead ({origin})."
+            )
+            continue
+        if current is not _ABSENT and not isinstance(current, dict):
+            try:
+                value = _coerce(value, current, key, origin)
+            except ConfigTypeError as e:
+                type_errors.append(str(e))
+                continue
+        updates.append((key, value))
+    if key_errors:
+        raise ConfigKeyError("\n".join(key_errors + type_errors))
+    if type_errors:
+        raise ConfigTypeError("\n".join(type_errors))
+    for key, value in updates:
+        OmegaConf.update(cfg, key, value, merge=True)
+    return cfg

@@ -1,0 +1,240 @@
+"""A dataset mapper that survives bad images: unreadable files and unusual pixel formats.
+
+detectron2's ``DatasetMapper`` reads each image with ``read_image``; a corrupt or missing file
+raises deep inside a data-loader worker, and a 16-bit grayscale PNG silently saturates to white
+(Pillow clips 16-bit values when converting to RGB). :class:`RobustDatasetMapper` is the same
+mapper with two changes:
+
+* images are read by :func:`read_image_converted`, which rescales 16-bit and float images to
+  8 bits and converts grayscale, palette, alpha and CMYK images to the model's input format;
+* an image that cannot be read (missing, undecodable, or of another size than its dataset dict
+  says) either raises :class:`UnreadableImageError` naming the file (``on_unreadable="error"``,
+  the default) or is skipped (``"skip"``): the mapper returns None, which makes detectron2's
+  ``MapDataset`` draw another image, and counts it.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import List, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["UnreadableImageError", "read_image_converted", "RobustDatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+_ON_UNREADABLE_CHOICES = ("error", "skip")
+
+
+class UnreadableImageError(OSError):
+    """An image file cannot be used for training; the message names the file and the cause."""
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Rescale 16-bit integer ("I;16*", "I") and float ("F") images to 8-bit "L".
+
+    Integer images are taken to span 16 bits (value / 257, so 65535 -> 255) unless all values
+    already fit in 8 bits; float images are taken to span [0, 1] unless some value exceeds 1, in
+    which case they are clipped to [0, 255]. Pillow's own conversion clips at 255 instead, which
+    turns a typical 16-bit image white.
+    """
+    mode = image.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return image
+    array = np.asarray(image).astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if array.size and array.max() <= 1.0 else 1.0
+    else:
+        scale = 1.0 / 257.0 if array.size and array.max() > 255 else 1.0
+    array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(array, mode="L")
+
+
+def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
+    """Read an image as detectron2's ``read_image`` does, converting any Pillow mode.
+
+    EXIF orientation is applied; 16-bit / float images are rescaled (:func:`_to_8bit`); palette
+    images with transparency and alpha images lose their alpha channel (their colour channels
+    are kept as stored).
+
+    Args:
+        file_name: path of the image (any path ``PathManager`` opens).
+        format: "BGR", "RGB", "L", ... as for ``read_image``; None keeps the file's mode.
+
+    Returns:
+        (H, W, C) uint8 array in ``format`` ((H, W) for single-channel images with format None).
+
+    Raises:
+        UnreadableImageError: naming the file, when it is missing or cannot be decoded.
+    """
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            image.load()  # decode now, while the file is open, so errors surface here
+    except Exception as e:  # noqa: BLE001 -- every decoding failure means the same to a user
+        raise UnreadableImageError(
+            f"Cannot read image {file_name}: {type(e).__name__}: {e}. Check the file, or set "
+            "DATALOADER.ON_UNREADABLE_IMAGE to 'skip' to train without unreadable images."
+        ) from e
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 -- a broken EXIF block: keep the stored orientation
+        pass
+    image = _to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA")  # palette transparency -> alpha, dropped just below
+    if format is not None and image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("L" if format == "L" else "RGB")
+    return utils.convert_PIL_to_numpy(image, format)
+
+
+class RobustDatasetMapper(DatasetMapper):
+    """detectron2's ``DatasetMapper`` with tolerant image reading and a policy for bad files.
+
+    Built like its parent: ``RobustDatasetMapper(cfg, is_train=True)``, reading
+    ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` and ``cfg.DATALOADER.LOG_SKIPPED_PERIOD`` in
+    addition, or with explicit keyword arguments.
+
+    Skipping applies to training only: at inference (``is_train=False``) a skipped image would
+    be replaced by another one and evaluated twice, so unreadable images always raise there.
+
+    Counting is per process: each data-loader worker holds its own copy of the mapper. The
+    first skipped image is logged at once, by name; later ones are summed up (count so far,
+    files since the last message) at most once every ``log_skipped_period`` images mapped.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        on_unreadable: str = "error",
+        log_skipped_period: int = 20,
+        **kwargs,
+    ):
+        """
+        Args:
+            is_train: whether it maps training data (see above for what it changes).
+            on_unreadable: "error" (raise :class:`UnreadableImageError` naming the file) or
+                "skip" (return None and count it).
+            log_skipped_period: the most images mapped between two summaries of skipped images.
+            kwargs: the arguments of ``DatasetMapper.__init__`` (``augmentations``,
+                ``image_format``, ...).
+        """
+        if on_unreadable not in _ON_UNREADABLE_CHOICES:
+            raise ValueError(
+                f"on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of "
+                f"{_ON_UNREADABLE_CHOICES}, got {on_unreadable!r}"
+            )
+        if log_skipped_period < 1:
+            raise ValueError(
+                f"log_skipped_period (DATALOADER.LOG_SKIPPED_PERIOD) must be >= 1, "
+                f"got {log_skipped_period}"
+            )
+        super().__init__(is_train, **kwargs)
+        self.on_unreadable = on_unreadable if is_train else "error"
+        self.log_skipped_period = log_skipped_period
+        #: Images skipped so far by this process.
+        self.num_skipped = 0
+        self._num_mapped = 0
+        self._last_summary_at = 0
+        self._skipped_since_summary: List[str] = []
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        ret["on_unreadable"] = cfg.DATALOADER.ON_UNREADABLE_IMAGE
+        ret["log_skipped_period"] = cfg.DATALOADER.LOG_SKIPPED_PERIOD
+        return ret
+
+    def _read_checked_image(self, dataset_dict: dict) -> np.ndarray:
+        """The converted image, of the size the dict says; raises UnreadableImageError."""
+        file_name = dataset_dict["file_name"]
+        image = read_image_converted(file_name, format=self.image_format)
+        try:
+            utils.check_image_size(dataset_dict, image)
+        except utils.SizeMismatchError as e:
+            raise UnreadableImageError(f"Image {file_name} does not match its annotation: {e}")
+        return image
+
+    def _skip(self, file_name: str, error: Exception) -> None:
+        self.num_skipped += 1
+        if self.num_skipped == 1:
+            logger.warning(
+                f"Skipped unreadable image {file_name} ({error.__cause__ or error}). "
+                "DATALOADER.ON_UNREADABLE_IMAGE is 'skip': training goes on with other images; "
+                f"the count is logged at most every {self.log_skipped_period} images."
+            )
+            self._last_summary_at = self._num_mapped
+        else:
+            self._skipped_since_summary.append(file_name)
+
+    def _log_skipped_summary(self) -> None:
+        due = self._num_mapped - self._last_summary_at >= self.log_skipped_period
+        if not self._skipped_since_summary or not due:
+            return
+        files = self._skipped_since_summary
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        logger.warning(
+            f"{self.num_skipped} unreadable image(s) skipped so far by this data loader process "
+            f"(out of {self._num_mapped} mapped); since the last report: {shown}"
+        )
+        self._skipped_since_summary = []
+        self._last_summary_at = self._num_mapped
+
+    def __call__(self, dataset_dict: dict) -> Optional[dict]:
+        """
+        Args:
+            dataset_dict: one image's dict in detectron2's dataset format.
+
+        Returns:
+            The model's input dict (``image``: (C, H, W) uint8 tensor, ``instances`` when
+            training), or None when the image is unreadable and ``on_unreadable`` is "skip".
+        """
+        self._num_mapped += 1
+        dataset_dict = copy.deepcopy(dataset_dict)  # modified below; the dataset keeps its own
+        try:
+            image = self._read_checked_image(dataset_dict)
+        except UnreadableImageError as e:
+            if self.on_unreadable == "error":
+                raise
+            self._skip(dataset_dict["file_name"], e)
+            return None
+        finally:
+            self._log_skipped_summary()
+        return self._map_image(dataset_dict, image)
+
+    def _map_image(self, dataset_dict: dict, image: np.ndarray) -> dict:
+        """Augment ``image`` and its annotations and convert them to the model's inputs; the
+        same steps as ``DatasetMapper.__call__`` after its image read."""
+        sem_seg_gt = None
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+        image_shape = image.shape[:2]  # (H, W)
+        # Tensors travel between data-loader processes through shared memory, not pickling.
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg_gt is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            dataset_dict.pop("sem_seg_file_name", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
