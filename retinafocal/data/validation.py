@@ -441,7 +441,7 @@ def _check_structure(data: Any, report: ValidationReport) -> bool:
             found = type(data[key]).__name__ if key in data else "missing"
             report.add("bad_structure", example=f"'{key}' must be a list, found {found}")
             ok = False
-    if ok and not data["categories"]:
+    if isinstance(data.get("categories"), list) and not data["categories"]:
         report.add("bad_structure", example="'categories' is empty")
         ok = False
     return ok

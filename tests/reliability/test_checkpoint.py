@@ -1,0 +1,187 @@
+"""AtomicDetectionCheckpointer: an interrupted save never damages the last good checkpoint."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from unittest import mock
+
+import torch
+
+import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
+from detectron2.checkpoint import DetectionCheckpointer
+from retinafocal import checkpoint as rf_checkpoint
+from retinafocal.checkpoint import AtomicDetectionCheckpointer, CorruptCheckpointError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def half_write_then_fail(obj, f):
+    """Stands in for torch.save: writes half of the real bytes, then fails (a disk full, a
+    kill)."""
+    import io
+
+    buffer = io.BytesIO()
+    _REAL_TORCH_SAVE(obj, buffer)
+    data = buffer.getvalue()
+    f.write(data[: len(data) // 2])
+    raise _Interrupted()
+
+
+_REAL_TORCH_SAVE = torch.save
+
+
+class TestAtomicCheckpointer(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="retinafocal_ckpt_")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 3)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.5)
+
+    def checkpointer(self, cls=AtomicDetectionCheckpointer, model=None):
+        model = model if model is not None else self.model
+        return cls(model, self.dir, optimizer=self.optimizer, scheduler=self.scheduler)
+
+    def fresh_resume(self):
+        """Resume into a new model, as a restarted job would; returns (model, extra data)."""
+        model = torch.nn.Linear(4, 3)
+        extra = AtomicDetectionCheckpointer(model, self.dir).resume_or_load("", resume=True)
+        return model, extra
+
+    def test_round_trip_and_no_leftovers(self):
+        self.checkpointer().save("model_0000004", iteration=4)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["last_checkpoint", "model_0000004.pth"])
+        model, extra = self.fresh_resume()
+        self.assertEqual(extra["iteration"], 4)
+        self.assertTrue(torch.equal(model.weight, self.model.weight))
+        # Same content as detectron2's own checkpointer writes.
+        plain = torch.load(os.path.join(self.dir, "model_0000004.pth"))
+        self.assertEqual(set(plain), {"model", "optimizer", "scheduler", "iteration"})
+
+    def test_interrupted_save_keeps_previous_checkpoint(self):
+        checkpointer = self.checkpointer()
+        checkpointer.save("model_0000001", iteration=1)
+        reference = self.model.weight.detach().clone()
+        with torch.no_grad():
+            self.model.weight.add_(1.0)
+        self.assertTrue(hasattr(rf_checkpoint.torch, "save"))
+        with mock.patch.object(rf_checkpoint.torch, "save", half_write_then_fail):
+            with self.assertRaises(_Interrupted):
+                checkpointer.save("model_0000002", iteration=2)
+            with self.assertRaises(_Interrupted):
+                checkpointer.save("model_0000001", iteration=2)  # overwriting the same name
+        self.assertEqual(sorted(os.listdir(self.dir)), ["last_checkpoint", "model_0000001.pth"])
+        model, extra = self.fresh_resume()
+        self.assertEqual(extra["iteration"], 1)
+        self.assertTrue(torch.equal(model.weight, reference))
+
+    def test_plain_checkpointer_is_damaged_by_the_same_interruption(self):
+        # The reference behaviour this class fixes: the test above would fail with it.
+        checkpointer = self.checkpointer(cls=DetectionCheckpointer)
+        checkpointer.save("model_final", iteration=1)
+        with mock.patch.object(rf_checkpoint.torch, "save", half_write_then_fail):
+            with self.assertRaises(_Interrupted):
+                checkpointer.save("model_final", iteration=2)
+        with self.assertRaises(CorruptCheckpointError):
+            self.fresh_resume()
+
+    def test_interrupted_tag_keeps_previous_tag(self):
+        checkpointer = self.checkpointer()
+        checkpointer.save("model_0000001", iteration=1)
+        real_replace = os.replace
+
+        def fail_on_tag(src, dst):
+            if os.path.basename(dst) == "last_checkpoint":
+                raise _Interrupted()
+            real_replace(src, dst)
+
+        with mock.patch.object(rf_checkpoint.os, "replace", fail_on_tag):
+            with self.assertRaises(_Interrupted):
+                checkpointer.save("model_0000002", iteration=2)
+        with open(os.path.join(self.dir, "last_checkpoint")) as f:
+            self.assertEqual(f.read(), "model_0000001.pth")
+        self.assertEqual(self.fresh_resume()[1]["iteration"], 1)
+
+    def test_resume_falls_back_past_a_damaged_file(self):
+        checkpointer = self.checkpointer()
+        checkpointer.save("model_0000001", iteration=1)
+        checkpointer.save("model_0000002", iteration=2)
+        path = os.path.join(self.dir, "model_0000002.pth")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 3)
+        with self.assertLogs("fvcore.common.checkpoint", "ERROR") as logs:
+            extra = self.fresh_resume()[1]
+        self.assertEqual(extra["iteration"], 1)
+        self.assertIn(path, "\n".join(logs.output))
+        os.remove(os.path.join(self.dir, "model_0000001.pth"))
+        with self.assertRaisesRegex(CorruptCheckpointError, "no other checkpoint"):
+            self.fresh_resume()
+
+    def test_non_resume_load_is_unchanged(self):
+        self.checkpointer().save("model_0000001", iteration=1)
+        model = torch.nn.Linear(4, 3)
+        extra = AtomicDetectionCheckpointer(model, self.dir).resume_or_load(
+            os.path.join(self.dir, "model_0000001.pth"), resume=False
+        )
+        self.assertTrue(torch.equal(model.weight, self.model.weight))
+        self.assertEqual(extra["iteration"], 1)
+
+
+class TestKillDuringSave(unittest.TestCase):
+    def test_sigkill_mid_write_then_resume(self):
+        save_dir = tempfile.mkdtemp(prefix="retinafocal_kill_")
+        self.addCleanup(shutil.rmtree, save_dir, ignore_errors=True)
+        signal_file = os.path.join(save_dir, "writing")
+        child = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "checkpoint_writer.py"), save_dir, signal_file],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(child.kill)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(signal_file):
+            if child.poll() is not None:
+                self.fail(f"the writer exited early:\n{child.stderr.read().decode()}")
+            self.assertLess(time.monotonic(), deadline, "the writer never reached its save")
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        self.assertEqual(child.returncode, -signal.SIGKILL)
+
+        leftovers = [n for n in os.listdir(save_dir) if n.endswith(".tmp")]
+        self.assertEqual(len(leftovers), 1)  # the half-written temporary file
+        self.assertGreater(os.path.getsize(os.path.join(save_dir, leftovers[0])), 0)
+
+        # Resume as the restarted job does: the last complete checkpoint, all of its state.
+        sys.path.insert(0, HERE)
+        self.addCleanup(sys.path.remove, HERE)
+        import checkpoint_writer
+
+        model, optimizer, scheduler, checkpointer = checkpoint_writer.build(save_dir)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        extra = checkpointer.resume_or_load("", resume=True)
+        self.assertEqual(extra["iteration"], 2)
+        self.assertEqual(scheduler.last_epoch, 1)
+        self.assertAlmostEqual(optimizer.param_groups[0]["lr"], 0.05)
+        self.assertGreater(sum(p.abs().sum().item() for p in model.parameters()), 0)
+        for name in ("model_0000001.pth", "model_final.pth"):
+            torch.load(os.path.join(save_dir, name))  # every named checkpoint is whole
+
+        # The next save goes on from there and clears the dead process's temporary file.
+        checkpointer.save("model_0000003", iteration=3)
+        self.assertFalse([n for n in os.listdir(save_dir) if n.endswith(".tmp")])
+
+
+if __name__ == "__main__":
+    unittest.main()

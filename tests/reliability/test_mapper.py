@@ -1,0 +1,173 @@
+"""RobustDatasetMapper: unusual pixel formats converted, unreadable images raised or skipped."""
+import logging
+import os
+import shutil
+import tempfile
+import unittest
+from unittest import mock
+
+import numpy as np
+import torch
+from PIL import Image
+
+import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
+from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import detection_utils
+from retinafocal.config import add_retinafocal_config
+from retinafocal.data import validation
+from retinafocal.data.mapper import RobustDatasetMapper, UnreadableImageError, read_image_converted
+from retinafocal.data.validation import load_coco_json_checked
+
+from .broken_coco import HEIGHT, WIDTH, write_broken_coco
+
+LOGGER = "retinafocal.data.mapper"
+
+
+def make_cfg(**dataloader):
+    cfg = get_cfg()
+    add_retinafocal_config(cfg)
+    cfg.INPUT.MIN_SIZE_TRAIN = (HEIGHT,)
+    cfg.INPUT.MAX_SIZE_TRAIN = WIDTH
+    cfg.INPUT.RANDOM_FLIP = "none"
+    for key, value in dataloader.items():
+        assert key in cfg.DATALOADER, key
+        cfg.DATALOADER[key] = value
+    return cfg
+
+
+class _BrokenDatasetTest(unittest.TestCase):
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix="retinafocal_mapper_")
+        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
+        patcher = mock.patch.dict(os.environ, {"RETINAFOCAL_CACHE_DIR": self.root})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        validation._MEMORY_CACHE.clear()
+        self.json_file, self.image_root, _ = write_broken_coco(self.root)
+        self.dicts = load_coco_json_checked(self.json_file, self.image_root, "mapper_test")
+        self.by_id = {d["image_id"]: d for d in self.dicts}
+        self.image_dir = self.image_root
+
+    def path(self, name):
+        return os.path.join(self.image_dir, name)
+
+
+class TestReadImageConverted(_BrokenDatasetTest):
+    def test_plain_rgb_matches_detectron2(self):
+        for fmt in ("BGR", "RGB"):
+            ours = read_image_converted(self.path("good2.png"), fmt)
+            theirs = detection_utils.read_image(self.path("good2.png"), fmt)
+            np.testing.assert_array_equal(ours, theirs)
+
+    def test_grayscale_becomes_three_equal_channels(self):
+        gray = np.asarray(Image.open(self.path("gray.png")))
+        image = read_image_converted(self.path("gray.png"), "BGR")
+        self.assertEqual(image.shape, (HEIGHT, WIDTH, 3))
+        for c in range(3):
+            np.testing.assert_array_equal(image[..., c], gray)
+
+    def test_alpha_dropped_colour_kept(self):
+        rgba = np.asarray(Image.open(self.path("rgba.png")))
+        image = read_image_converted(self.path("rgba.png"), "BGR")
+        np.testing.assert_array_equal(image, rgba[..., 2::-1])
+
+    def test_16bit_rescaled_not_saturated(self):
+        raw = np.asarray(Image.open(self.path("gray16.png"))).astype(np.float64)
+        self.assertGreater(raw.max(), 255)
+        image = read_image_converted(self.path("gray16.png"), "RGB")
+        np.testing.assert_array_equal(image[..., 0], np.rint(raw / 257).astype(np.uint8))
+        # detectron2's own reader clips at 255 instead: most pixels come out white.
+        saturated = detection_utils.read_image(self.path("gray16.png"), "RGB")
+        self.assertGreater((saturated == 255).mean(), 0.9)
+        self.assertLess((image == 255).mean(), 0.1)
+
+    def test_float_image_in_unit_range_scaled(self):
+        path = os.path.join(self.root, "float.tif")
+        Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32), mode="F").save(path)
+        image = read_image_converted(path, "L")
+        np.testing.assert_array_equal(image[..., 0], [[0, 128], [255, 64]])
+
+    def test_palette_with_transparency(self):
+        path = os.path.join(self.root, "palette.png")
+        im = Image.new("P", (4, 3), 1)
+        im.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+        im.save(path, transparency=0)
+        image = read_image_converted(path, "RGB")
+        self.assertEqual(image.shape, (3, 4, 3))
+        np.testing.assert_array_equal(image[0, 0], [200, 100, 50])
+
+    def test_unreadable_raises_naming_file(self):
+        for name in ("does_not_exist.jpg", "corrupt.jpg", "truncated.jpg"):
+            with self.subTest(name=name), self.assertRaises(UnreadableImageError) as ctx:
+                read_image_converted(self.path(name), "BGR")
+            self.assertIn(self.path(name), str(ctx.exception))
+
+
+class TestRobustDatasetMapper(_BrokenDatasetTest):
+    def test_from_config_reads_the_switches(self):
+        mapper = RobustDatasetMapper(
+            make_cfg(ON_UNREADABLE_IMAGE="skip", LOG_SKIPPED_PERIOD=7), is_train=True
+        )
+        self.assertEqual((mapper.on_unreadable, mapper.log_skipped_period), ("skip", 7))
+        self.assertEqual(RobustDatasetMapper(make_cfg()).on_unreadable, "error")
+        with self.assertRaisesRegex(ValueError, "ON_UNREADABLE_IMAGE"):
+            RobustDatasetMapper(make_cfg(ON_UNREADABLE_IMAGE="ignore"))
+
+    def test_same_output_as_detectron2_on_good_images(self):
+        cfg = make_cfg()
+        ours, theirs = RobustDatasetMapper(cfg, is_train=True), DatasetMapper(cfg, is_train=True)
+        for image_id in (1, 8, 10):
+            a, b = ours(self.by_id[image_id]), theirs(self.by_id[image_id])
+            self.assertTrue(torch.equal(a["image"], b["image"]))
+            self.assertTrue(a["instances"].gt_boxes.tensor.equal(b["instances"].gt_boxes.tensor))
+            self.assertTrue(a["instances"].gt_classes.equal(b["instances"].gt_classes))
+        self.assertEqual(len(ours(self.by_id[8])["instances"]), 0)  # background image
+
+    def test_error_policy_names_the_file(self):
+        mapper = RobustDatasetMapper(make_cfg(), is_train=True)
+        for image_id, name in ((5, "does_not_exist.jpg"), (6, "corrupt.jpg"), (9, "small.png")):
+            with self.subTest(name=name), self.assertRaises(UnreadableImageError) as ctx:
+                mapper(self.by_id[image_id])
+            self.assertIn(name, str(ctx.exception))
+        self.assertEqual(mapper.num_skipped, 0)
+
+    def test_skip_policy_counts_and_logs(self):
+        mapper = RobustDatasetMapper(
+            make_cfg(ON_UNREADABLE_IMAGE="skip", LOG_SKIPPED_PERIOD=2), is_train=True
+        )
+        with self.assertLogs(LOGGER, logging.WARNING) as logs:
+            results = {image_id: mapper(d) for image_id, d in sorted(self.by_id.items())}
+        skipped = sorted(i for i, r in results.items() if r is None)
+        self.assertEqual(skipped, [5, 6, 7, 9])
+        self.assertEqual(mapper.num_skipped, 4)
+        self.assertIn("does_not_exist.jpg", logs.output[0])  # the first one at once, by name
+        # Later ones in periodic summaries carrying the running count.
+        text = "\n".join(logs.output)
+        self.assertIn("4 unreadable image(s) skipped so far", text)
+        for name in ("corrupt.jpg", "truncated.jpg", "small.png"):
+            self.assertIn(name, text)
+
+    def test_inference_never_skips(self):
+        mapper = RobustDatasetMapper(make_cfg(ON_UNREADABLE_IMAGE="skip"), is_train=False)
+        self.assertEqual(mapper.on_unreadable, "error")
+        with self.assertRaises(UnreadableImageError):
+            mapper(self.by_id[6])
+
+    def test_train_loader_skips_unreadable_images(self):
+        cfg = make_cfg(ON_UNREADABLE_IMAGE="skip", LOG_SKIPPED_PERIOD=1)
+        mapper = RobustDatasetMapper(cfg, is_train=True)
+        loader = build_detection_train_loader(
+            cfg, dataset=self.dicts, mapper=mapper, total_batch_size=2, num_workers=0
+        )
+        seen = []
+        with self.assertLogs(LOGGER, logging.WARNING):
+            for _, batch in zip(range(6), loader):
+                self.assertEqual(len(batch), 2)
+                seen += [d["image_id"] for d in batch]
+        self.assertGreater(mapper.num_skipped, 0)
+        self.assertFalse({5, 6, 7, 9} & set(seen))
+
+
+if __name__ == "__main__":
+    unittest.main()
