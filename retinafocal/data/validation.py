@@ -345,6 +345,22 @@ def _png_bit_depth(f) -> int:
     return head[24]
 
 
+def _exif_orientation(im: Image.Image, image_format: str) -> Optional[int]:
+    """The EXIF orientation tag, read without decoding pixels."""
+    try:
+        if image_format == "PNG":
+            # Pillow's PngImageFile.getexif() decodes the whole image to look for an eXIf chunk
+            # after the pixel data; use only what the header held.
+            exif = Image.Exif()
+            if "exif" in im.info:
+                exif.load(im.info["exif"])
+        else:
+            exif = im.getexif()
+        return exif.get(_EXIF_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 -- broken EXIF blocks do not stop detectron2's read_image
+        return None
+
+
 def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optional[str]:
     if mode in _MODES_16BIT or bit_depth == 16:
         return "converted_16bit"
@@ -372,10 +388,7 @@ def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
                 mode = im.mode
                 width, height = im.size
                 has_transparency = "transparency" in im.info
-                try:
-                    orientation = im.getexif().get(_EXIF_ORIENTATION_TAG)
-                except Exception:  # broken EXIF blocks do not stop detectron2's read_image
-                    orientation = None
+                orientation = _exif_orientation(im, image_format)
             must_decode = full_decode or image_format not in ("JPEG", "PNG")
             if not must_decode and not _has_end_marker(f, image_format):
                 must_decode = True  # maybe truncated, maybe trailing bytes: decoding tells
