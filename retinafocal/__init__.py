@@ -9,8 +9,9 @@ from . import compat
 
 compat.apply()
 
+from . import losses, modeling  # noqa: E402  (register the model parts)
 from .config import add_retinafocal_config  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["add_retinafocal_config", "compat", "__version__"]
+__all__ = ["add_retinafocal_config", "compat", "losses", "modeling", "__version__"]
