@@ -1,0 +1,30 @@
+"""The focal-loss family: fused label-based losses, a torchvision-compatible focal loss, and the
+paper's alternatives (alpha-balanced CE, FL*, hinge, OHEM), selectable by name.
+
+``build_classification_loss(cfg)`` builds ``cfg.MODEL.RETINAFOCAL.LOSS.NAME`` from
+:data:`CLASSIFICATION_LOSS_REGISTRY`; importing this package registers every loss below.
+"""
+from .build import CLASSIFICATION_LOSS_REGISTRY, build_classification_loss
+from .classification import BalancedCELoss, FocalLoss, FocalLossStar, HingeLoss
+from .functional import (
+    label_focal_loss,
+    label_focal_loss_star,
+    label_hinge_loss,
+    sigmoid_focal_loss,
+)
+from .ohem import OHEMLoss, ohem_select
+
+__all__ = [
+    "CLASSIFICATION_LOSS_REGISTRY",
+    "build_classification_loss",
+    "sigmoid_focal_loss",
+    "label_focal_loss",
+    "label_focal_loss_star",
+    "label_hinge_loss",
+    "FocalLoss",
+    "BalancedCELoss",
+    "FocalLossStar",
+    "HingeLoss",
+    "OHEMLoss",
+    "ohem_select",
+]

@@ -1,0 +1,195 @@
+"""Functional forms of the focal-loss family.
+
+* :func:`sigmoid_focal_loss`: drop-in for ``torchvision.ops.sigmoid_focal_loss`` (float targets of
+  any shape), computed with one analytic-gradient pass instead of an autograd graph.
+* :func:`label_focal_loss`, :func:`label_focal_loss_star`, :func:`label_hinge_loss`: the fused,
+  label-based forms a dense detector uses. They take logits (..., K) and one integer label per
+  anchor, never build a one-hot matrix, and hold one gradient-sized buffer between forward and
+  backward.
+
+Label convention everywhere: a value in [0, K) is the anchor's class (a positive for that class
+and a negative for the others), K is background (a negative for every class), -1 is ignored (no
+loss, zero gradient).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._fused import REDUCTIONS, FocalStarTerms, FocalTerms, HingeTerms, fused_label_loss
+
+__all__ = [
+    "sigmoid_focal_loss",
+    "label_focal_loss",
+    "label_focal_loss_star",
+    "label_hinge_loss",
+]
+
+
+class _SigmoidFocalLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str):
+        dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+        loss, grad = terms(inputs.to(dtype), targets.to(dtype), True)
+        ctx.grad = grad.to(inputs.dtype)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return loss.to(inputs.dtype)
+        total = loss.sum() if reduction == "sum" else loss.mean()
+        return total.to(inputs.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        grad = ctx.grad
+        if ctx.reduction == "mean":
+            grad_output = grad_output / max(grad.numel(), 1)
+        return grad * grad_output, None, None, None
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> Tensor:
+    """Focal loss of Lin et al. (2017), with ``torchvision.ops.sigmoid_focal_loss``'s signature.
+
+    Args:
+        inputs: logits of any shape (float16/bfloat16/float32/float64).
+        targets: same shape; binary targets, 0 = negative, 1 = positive (soft values in [0, 1]
+            follow torchvision's formulas).
+        alpha: weight of positives in [0, 1]; negatives get 1 - alpha; ``alpha < 0`` disables it.
+        gamma: focusing parameter >= 0; 0 gives (alpha-balanced) binary cross-entropy.
+        reduction: "none" (same shape as inputs) | "mean" (over all elements) | "sum".
+
+    Returns:
+        The loss in the dtype of ``inputs`` (computed in fp32, float64 for float64 inputs).
+
+    Unlike torchvision's, the value and gradient come from one pass with stable formulas, so they
+    stay finite for large logits (torchvision's gradient turns NaN for gamma < 1 once sigmoid
+    saturates). The gradient is first order only; when ``targets`` requires grad the function
+    falls back to torchvision-style autograd formulas.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"sigmoid_focal_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}"
+        )
+    if inputs.shape != targets.shape:
+        raise ValueError(
+            f"sigmoid_focal_loss: inputs {tuple(inputs.shape)} and targets "
+            f"{tuple(targets.shape)} must have the same shape"
+        )
+    terms = FocalTerms(alpha, gamma)
+    if targets.requires_grad and torch.is_grad_enabled():
+        return _autograd_focal_loss(inputs, targets, alpha, gamma, reduction)
+    if torch.is_grad_enabled() and inputs.requires_grad:
+        return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
+    with torch.no_grad():
+        dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+        loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
+        if reduction == "sum":
+            loss = loss.sum()
+        elif reduction == "mean":
+            loss = loss.mean()
+        return loss.to(inputs.dtype)
+
+
+def _autograd_focal_loss(
+    inputs: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str
+) -> Tensor:
+    """Plain autograd version, for the rare case of differentiable targets."""
+    p = torch.sigmoid(inputs)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    q = p * (1 - targets) + (1 - p) * targets
+    loss = ce * q**gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean() if reduction == "mean" else loss
+
+
+def _check_gamma_alpha(alpha: float, gamma: float, where: str) -> None:
+    if gamma < 0:
+        raise ValueError(f"{where}: gamma must be >= 0, got {gamma}")
+    if alpha > 1:
+        raise ValueError(f"{where}: alpha must be in [0, 1] (or < 0 to disable), got {alpha}")
+
+
+def label_focal_loss(
+    logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "sum",
+    compile: bool = False,
+) -> Tensor:
+    """Sigmoid focal loss of logits against one integer label per anchor, fused.
+
+    Args:
+        logits: (..., K), typically (N, R, K) for N images and R anchors; fp16/bf16/fp32/fp64.
+        labels: (...) integer: class in [0, K) = positive for that class, K = background,
+            -1 = ignored.
+        alpha, gamma: as in :func:`sigmoid_focal_loss`; ``gamma = 0`` is alpha-balanced CE
+            exactly, ``alpha < 0`` disables the alpha weighting.
+        reduction: "sum" (over non-ignored anchors and all classes; what a detector normalises
+            by its number of positives), "mean" (that sum / (non-ignored anchors * K)), or
+            "none" ((..., K) elementwise losses, 0 for ignored anchors).
+        compile: run the pass through ``torch.compile`` (first call pays the compile time;
+            falls back to eager if compilation fails).
+
+    Returns:
+        fp32 loss (float64 for float64 logits). It equals ``sigmoid_focal_loss`` on the one-hot
+        targets of the non-ignored anchors. The backward pass scales a gradient computed in the
+        forward pass, so it may run only once per forward (no ``retain_graph`` reuse).
+    """
+    _check_gamma_alpha(alpha, gamma, "label_focal_loss")
+    return fused_label_loss(
+        logits, labels, FocalTerms(alpha, gamma), reduction, compile, "label_focal_loss"
+    )
+
+
+def label_focal_loss_star(
+    logits: Tensor,
+    labels: Tensor,
+    gamma: float = 2.0,
+    beta: float = 1.0,
+    reduction: str = "sum",
+    compile: bool = False,
+) -> Tensor:
+    """FL* of the paper's Appendix A, label-based and fused.
+
+    With ``x_t = x`` for the anchor's class and ``-x`` otherwise,
+    ``p*_t = sigmoid(gamma * x_t + beta)`` and ``FL* = -log(p*_t) / gamma``. The paper used
+    gamma = 2, beta = 1. Shapes, labels and reductions as in :func:`label_focal_loss`.
+    """
+    if gamma <= 0:
+        raise ValueError(f"label_focal_loss_star: gamma must be > 0, got {gamma}")
+    return fused_label_loss(
+        logits, labels, FocalStarTerms(gamma, beta), reduction, compile, "label_focal_loss_star"
+    )
+
+
+def label_hinge_loss(
+    logits: Tensor,
+    labels: Tensor,
+    margin: float = 0.5,
+    reduction: str = "sum",
+    compile: bool = False,
+) -> Tensor:
+    """Hinge loss on p_t (paper, Sec. 5.1): ``max(0, margin - p_t)`` per (anchor, class).
+
+    p_t = sigmoid(x) for the anchor's class and 1 - sigmoid(x) for the other classes, so an
+    element costs nothing once its p_t reaches ``margin`` and at most ``margin`` otherwise; its
+    gradient, ``-p_t (1 - p_t)`` along x_t, vanishes for confidently wrong elements, which is
+    consistent with the paper finding this loss hard to train. Shapes, labels and reductions as
+    in :func:`label_focal_loss`.
+    """
+    if not 0.0 < margin <= 1.0:
+        raise ValueError(f"label_hinge_loss: margin must be in (0, 1], got {margin}")
+    return fused_label_loss(
+        logits, labels, HingeTerms(margin), reduction, compile, "label_hinge_loss"
+    )

@@ -1,0 +1,194 @@
+"""Online hard example mining for the dense detector (paper, Sec. 5.1 and Table 1d)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from detectron2.config import configurable
+from torch import Tensor, nn
+from torchvision.ops import nms
+
+from ._fused import FocalTerms, anchor_losses, check_labels, fused_label_loss
+from .build import CLASSIFICATION_LOSS_REGISTRY
+
+__all__ = ["OHEMLoss", "ohem_select"]
+
+
+def _top_after_nms(boxes: Tensor, scores: Tensor, k: int, nms_thresh: float) -> Tensor:
+    """Indices of the first ``k`` boxes kept by greedy NMS in decreasing score order.
+
+    Greedy NMS decides a box from the higher-scoring boxes only, so running it on the m best
+    boxes gives exactly the head of the full result. We grow m until k boxes survive, instead of
+    running NMS over ~10^5 anchors (quadratic in the worst case).
+    """
+    n = scores.numel()
+    if k <= 0 or n == 0:
+        return torch.empty(0, dtype=torch.long, device=scores.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    m = min(n, 8 * k)
+    while True:
+        cand = order[:m]
+        keep = nms(boxes[cand].float(), scores[cand].float(), nms_thresh)
+        if keep.numel() >= k or m == n:
+            return cand[keep[:k]]
+        m = min(n, 4 * m)
+
+
+def ohem_select(
+    losses: Tensor,
+    labels: Tensor,
+    anchor_boxes: Tensor,
+    num_classes: int,
+    batch_size: int,
+    neg_pos_ratio: float = 0.0,
+    nms_thresh: float = 0.5,
+) -> Tensor:
+    """Pick one image's OHEM minibatch.
+
+    Args:
+        losses: (R,) per-anchor loss used as the hardness score.
+        labels: (R,) int: [0, K) = positive, K = background, -1 = ignored (never picked).
+        anchor_boxes: (R, 4) XYXY boxes of the anchors, for the NMS.
+        num_classes: K.
+        batch_size: B, the most anchors picked.
+        neg_pos_ratio: 0 picks the B highest-loss anchors surviving one NMS over all valid
+            anchors. r > 0 picks like SSD: NMS runs separately over positives and over negatives
+            (so neither suppresses the other); the floor(B / (1 + r)) highest-loss surviving
+            positives are taken, then floor(r * P) highest-loss surviving negatives for the P
+            positives taken (fewer if fewer survive). An image without positives then gives
+            nothing, which is what enforcing the ratio means.
+        nms_thresh: IoU above which a lower-loss anchor is suppressed.
+
+    Returns:
+        (S,) int64 indices into the R anchors, S <= B.
+    """
+    valid = labels >= 0
+    if neg_pos_ratio <= 0:
+        idx = torch.nonzero(valid).squeeze(1)
+        return idx[_top_after_nms(anchor_boxes[idx], losses[idx], batch_size, nms_thresh)]
+    pos = torch.nonzero(valid & (labels < num_classes)).squeeze(1)
+    neg = torch.nonzero(labels == num_classes).squeeze(1)
+    max_pos = int(batch_size // (1 + neg_pos_ratio))
+    pos = pos[_top_after_nms(anchor_boxes[pos], losses[pos], max_pos, nms_thresh)]
+    num_neg = min(int(neg_pos_ratio * pos.numel()), batch_size - pos.numel())
+    neg = neg[_top_after_nms(anchor_boxes[neg], losses[neg], num_neg, nms_thresh)]
+    return torch.cat([pos, neg])
+
+
+@CLASSIFICATION_LOSS_REGISTRY.register()
+class OHEMLoss(nn.Module):
+    """Sigmoid CE over a per-image minibatch of the hardest anchors (the paper's OHEM baseline).
+
+    For each image: (1) score every non-ignored anchor by its CE summed over the K classes;
+    (2) NMS the anchor boxes by that score at ``nms_thresh``; (3) keep the ``batch_size_per_image``
+    highest-loss anchors, optionally at 1:``neg_pos_ratio`` positives to negatives (see
+    :func:`ohem_select`); (4) the loss is the CE of the kept anchors (summed over classes),
+    averaged over all kept anchors of the batch, as the paper averages over the minibatch.
+    Hence ``self_normalizing = True``. Plain CE, no alpha weighting: the sampling does the
+    balancing. Only the kept anchors receive gradient.
+    """
+
+    self_normalizing = True
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        batch_size_per_image: int = 128,
+        neg_pos_ratio: float = 0.0,
+        nms_thresh: float = 0.5,
+        compile: bool = False,
+    ):
+        """
+        Args:
+            batch_size_per_image: anchors kept per image (B; the paper tried 128 to 512).
+            neg_pos_ratio: negatives per positive (3 = the paper's 1:3); 0 = pick by loss only.
+            nms_thresh: IoU threshold of the NMS over anchor boxes.
+            compile: score anchors with the torch.compile'd fused pass.
+        """
+        super().__init__()
+        if batch_size_per_image <= 0:
+            raise ValueError(
+                "OHEMLoss: batch_size_per_image (cfg.MODEL.RETINAFOCAL.LOSS."
+                f"OHEM_BATCH_SIZE_PER_IMAGE) must be > 0, got {batch_size_per_image}"
+            )
+        if neg_pos_ratio < 0:
+            raise ValueError(
+                "OHEMLoss: neg_pos_ratio (cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO) must be "
+                f">= 0, got {neg_pos_ratio}"
+            )
+        if not 0.0 < nms_thresh <= 1.0:
+            raise ValueError(
+                "OHEMLoss: nms_thresh (cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH) must be in "
+                f"(0, 1], got {nms_thresh}"
+            )
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.neg_pos_ratio = float(neg_pos_ratio)
+        self.nms_thresh = float(nms_thresh)
+        self.compile = bool(compile)
+        self._ce = FocalTerms(alpha=-1.0, gamma=0.0)
+
+    @classmethod
+    def from_config(cls, cfg):
+        loss = cfg.MODEL.RETINAFOCAL.LOSS
+        return {
+            "batch_size_per_image": loss.OHEM_BATCH_SIZE_PER_IMAGE,
+            "neg_pos_ratio": loss.OHEM_NEG_POS_RATIO,
+            "nms_thresh": loss.OHEM_NMS_THRESH,
+            "compile": loss.COMPILE,
+        }
+
+    def select(self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Tensor) -> Tensor:
+        """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient."""
+        n, r, k = pred_logits.shape
+        scores = anchor_losses(pred_logits, gt_labels, self._ce, self.compile)
+        picked = [
+            ohem_select(
+                scores[i],
+                gt_labels[i],
+                anchor_boxes,
+                k,
+                self.batch_size_per_image,
+                self.neg_pos_ratio,
+                self.nms_thresh,
+            )
+            + i * r
+            for i in range(n)
+        ]
+        return torch.cat(picked) if picked else gt_labels.new_empty(0)
+
+    def forward(
+        self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
+    ) -> Tensor:
+        """
+        Args:
+            pred_logits: (N, R, K) logits.
+            gt_labels: (N, R) int64; [0, K) = class, K = background, -1 = ignored.
+            anchor_boxes: (R, 4) XYXY anchor boxes; required.
+
+        Returns:
+            fp32 scalar: mean over the picked anchors of their CE summed over classes
+            (0, still attached to the graph, when nothing is picked).
+        """
+        check_labels(pred_logits, gt_labels, "OHEMLoss")
+        if pred_logits.dim() != 3:
+            raise ValueError(f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}")
+        if anchor_boxes is None:
+            raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
+        if anchor_boxes.shape != (pred_logits.shape[1], 4):
+            raise ValueError(
+                f"OHEMLoss: anchor_boxes must be (R={pred_logits.shape[1]}, 4), "
+                f"got {tuple(anchor_boxes.shape)}"
+            )
+        flat = pred_logits.reshape(-1, pred_logits.shape[-1])
+        idx = self.select(pred_logits, gt_labels, anchor_boxes)
+        if idx.numel() == 0:
+            return flat[:0].float().sum()
+        total = fused_label_loss(flat[idx], gt_labels.reshape(-1)[idx], self._ce, "sum")
+        return total / idx.numel()
+
+    def extra_repr(self) -> str:
+        return (
+            f"batch_size_per_image={self.batch_size_per_image}, "
+            f"neg_pos_ratio={self.neg_pos_ratio}, nms_thresh={self.nms_thresh}"
+        )

@@ -1,0 +1,178 @@
+"""Every registered loss builds from a config, honours its keys and the call contract."""
+import logging
+import unittest
+from unittest import mock
+
+import torch
+
+import retinafocal  # noqa: F401  (compat before detectron2)
+from detectron2.config import get_cfg
+from retinafocal import add_retinafocal_config
+from retinafocal.losses import (
+    CLASSIFICATION_LOSS_REGISTRY,
+    BalancedCELoss,
+    FocalLoss,
+    FocalLossStar,
+    HingeLoss,
+    OHEMLoss,
+    build_classification_loss,
+    label_focal_loss,
+    label_focal_loss_star,
+    label_hinge_loss,
+)
+from retinafocal.losses import _fused
+
+EXPECTED = {
+    "FocalLoss": (FocalLoss, False),
+    "BalancedCELoss": (BalancedCELoss, False),
+    "FocalLossStar": (FocalLossStar, False),
+    "HingeLoss": (HingeLoss, False),
+    "OHEMLoss": (OHEMLoss, True),
+}
+
+
+def _cfg(name):
+    cfg = get_cfg()
+    add_retinafocal_config(cfg)
+    cfg.MODEL.RETINAFOCAL.LOSS.NAME = name
+    return cfg
+
+
+def _batch(seed=0, n=2, r=40, k=3):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, r, k, generator=gen) * 2
+    labels = torch.randint(-1, k + 1, (n, r), generator=gen)
+    labels[:, 0] = 0  # at least one positive per image
+    xy = torch.rand(r, 2, generator=gen) * 100
+    boxes = torch.cat([xy, xy + 10 + torch.rand(r, 2, generator=gen) * 20], dim=1)
+    return logits, labels, boxes
+
+
+class TestRegistry(unittest.TestCase):
+    def test_every_name_is_registered(self):
+        self.assertEqual({name for name, _ in CLASSIFICATION_LOSS_REGISTRY}, set(EXPECTED))
+
+    def test_builds_each_loss_and_follows_the_contract(self):
+        logits, labels, boxes = _batch()
+        for name, (cls, self_normalizing) in EXPECTED.items():
+            with self.subTest(name=name):
+                loss_fn = build_classification_loss(_cfg(name))
+                self.assertIs(type(loss_fn), cls)
+                self.assertIs(loss_fn.self_normalizing, self_normalizing)
+                x = logits.half().requires_grad_()
+                loss = loss_fn(x, labels, anchor_boxes=boxes)
+                self.assertEqual(loss.shape, ())
+                self.assertEqual(loss.dtype, torch.float32)
+                loss.backward()
+                self.assertEqual(x.grad.dtype, torch.float16)
+                self.assertTrue(torch.isfinite(x.grad).all())
+                self.assertTrue((x.grad[labels < 0] == 0).all())
+
+    def test_config_values_reach_the_losses(self):
+        logits, labels, _ = _batch(1)
+        cfg = _cfg("FocalLoss")
+        cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.6
+        cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 1.5
+        torch.testing.assert_close(
+            build_classification_loss(cfg)(logits, labels),
+            label_focal_loss(logits, labels, alpha=0.6, gamma=1.5),
+        )
+        cfg.MODEL.RETINAFOCAL.LOSS.NAME = "BalancedCELoss"
+        torch.testing.assert_close(
+            build_classification_loss(cfg)(logits, labels),
+            label_focal_loss(logits, labels, alpha=0.6, gamma=0.0),
+        )
+        cfg.MODEL.RETINAFOCAL.LOSS.NAME = "FocalLossStar"
+        cfg.MODEL.RETINAFOCAL.LOSS.FL_STAR_GAMMA = 3.0
+        cfg.MODEL.RETINAFOCAL.LOSS.FL_STAR_BETA = -0.5
+        torch.testing.assert_close(
+            build_classification_loss(cfg)(logits, labels),
+            label_focal_loss_star(logits, labels, gamma=3.0, beta=-0.5),
+        )
+        cfg.MODEL.RETINAFOCAL.LOSS.NAME = "HingeLoss"
+        cfg.MODEL.RETINAFOCAL.LOSS.HINGE_MARGIN = 0.7
+        torch.testing.assert_close(
+            build_classification_loss(cfg)(logits, labels),
+            label_hinge_loss(logits, labels, margin=0.7),
+        )
+        cfg.MODEL.RETINAFOCAL.LOSS.NAME = "OHEMLoss"
+        cfg.MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE = 16
+        cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO = 3.0
+        cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH = 0.7
+        ohem = build_classification_loss(cfg)
+        self.assertEqual(
+            (ohem.batch_size_per_image, ohem.neg_pos_ratio, ohem.nms_thresh), (16, 3.0, 0.7)
+        )
+
+    def test_both_construction_paths_agree(self):
+        logits, labels, boxes = _batch(2)
+        cfg = _cfg("OHEMLoss")
+        from_cfg = OHEMLoss(cfg)
+        direct = OHEMLoss(batch_size_per_image=128, neg_pos_ratio=0.0, nms_thresh=0.5)
+        torch.testing.assert_close(
+            from_cfg(logits, labels, anchor_boxes=boxes), direct(logits, labels, anchor_boxes=boxes)
+        )
+        torch.testing.assert_close(
+            FocalLoss(cfg)(logits, labels), FocalLoss(alpha=0.25, gamma=2.0)(logits, labels)
+        )
+
+    def test_bad_config_names_the_key(self):
+        cfg = _cfg("FocalLos")
+        with self.assertRaisesRegex(KeyError, r"LOSS.NAME='FocalLos'.*'FocalLoss'"):
+            build_classification_loss(cfg)
+        cfg = _cfg("FocalLoss")
+        cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = -1.0
+        with self.assertRaisesRegex(ValueError, "FOCAL_LOSS_GAMMA"):
+            build_classification_loss(cfg)
+        cfg = _cfg("FocalLossStar")
+        cfg.MODEL.RETINAFOCAL.LOSS.FL_STAR_GAMMA = 0.0
+        with self.assertRaisesRegex(ValueError, "FL_STAR_GAMMA"):
+            build_classification_loss(cfg)
+        cfg = _cfg("HingeLoss")
+        cfg.MODEL.RETINAFOCAL.LOSS.HINGE_MARGIN = 0.0
+        with self.assertRaisesRegex(ValueError, "HINGE_MARGIN"):
+            build_classification_loss(cfg)
+        cfg = _cfg("OHEMLoss")
+        cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH = 0.0
+        with self.assertRaisesRegex(ValueError, "OHEM_NMS_THRESH"):
+            build_classification_loss(cfg)
+
+
+class TestCompileFallback(unittest.TestCase):
+    """compile=True must give the eager result, with one warning, when compilation fails.
+    torch.compile itself is mocked: a real compile costs ~20 s, which stays in the benchmark."""
+
+    def setUp(self):
+        self.assertTrue(hasattr(_fused, "_compiled") and hasattr(_fused, "_compile_failed"))
+        self._saved = (dict(_fused._compiled), dict(_fused._compile_failed))
+        _fused._compiled.clear()
+        _fused._compile_failed.clear()
+
+    def tearDown(self):
+        _fused._compiled.clear()
+        _fused._compile_failed.clear()
+        _fused._compiled.update(self._saved[0])
+        _fused._compile_failed.update(self._saved[1])
+
+    def test_falls_back_to_eager_and_warns_once(self):
+        def broken_compile(fn, *args, **kwargs):
+            def run(*a, **k):
+                raise RuntimeError("no C++ compiler")
+
+            return run
+
+        logits, labels, _ = _batch(3)
+        expected = label_focal_loss(logits, labels)
+        loss_fn = FocalLoss(alpha=0.25, gamma=2.0, compile=True)
+        with mock.patch.object(torch, "compile", broken_compile):
+            with self.assertLogs(_fused.logger, level=logging.WARNING) as logs:
+                first = loss_fn(logits.requires_grad_(), labels)
+                second = loss_fn(logits, labels)
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn("no C++ compiler", logs.output[0])
+        torch.testing.assert_close(first, expected)
+        torch.testing.assert_close(second, expected)
+
+
+if __name__ == "__main__":
+    unittest.main()
