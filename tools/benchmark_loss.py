@@ -20,6 +20,7 @@ Usage:
     python tools/benchmark_loss.py                    # CPU, 2 threads
     python tools/benchmark_loss.py --device cuda      # GPU (written for it, untested here)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -220,9 +221,7 @@ def run_worker(args) -> dict:
         "num_anchors": logits.shape[1],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "device_name": (
-            torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
-        ),
+        "device_name": (torch.cuda.get_device_name() if device == "cuda" else _cpu_name()),
     }
 
 
@@ -246,7 +245,9 @@ def run_impl(impl: str, argv, args) -> dict:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="retinafocal_inductor_") as cache:
-        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile: what a fresh machine pays
+        # Cold compile caches: the first call then shows what a fresh machine pays.
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", impl]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -4,6 +4,7 @@ paper's alternatives (alpha-balanced CE, FL*, hinge, OHEM), selectable by name.
 ``build_classification_loss(cfg)`` builds ``cfg.MODEL.RETINAFOCAL.LOSS.NAME`` from
 :data:`CLASSIFICATION_LOSS_REGISTRY`; importing this package registers every loss below.
 """
+
 from .build import CLASSIFICATION_LOSS_REGISTRY, build_classification_loss
 from .classification import BalancedCELoss, FocalLoss, FocalLossStar, HingeLoss
 from .functional import (

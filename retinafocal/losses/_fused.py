@@ -13,11 +13,14 @@ Runners execute either eagerly, over row chunks small enough that their temporar
 ``torch.compile`` as one fused kernel (C++/OpenMP on CPU, Triton on GPU). Compilation happens on
 first use, is cached per runner, and falls back to eager for good if it fails.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -38,11 +41,17 @@ __all__ = [
 
 REDUCTIONS = ("none", "mean", "sum")
 
-# Eager runners on CPU work on this many elements at a time (4 MiB per fp32 temporary). Small
-# enough that the ~20 live temporaries of a chunk are recycled by malloc instead of being mapped
-# and page-faulted afresh for every (anchors x K) intermediate; large enough that each op's
-# thread synchronisation stays cheap, which dominates with smaller chunks on a busy machine.
-_EAGER_CHUNK_ELEMENTS = 1 << 20
+# Eager runners on CPU split the rows between torch.get_num_threads() Python threads, each
+# walking chunks of at most this many elements: below ATen's intra-op grain size (32768), so every
+# op runs inline on its thread. Large ops would instead meet at an OpenMP barrier after each of
+# the ~50 elementwise steps, which on a machine shared with other processes stalled for
+# milliseconds per op (the eager pass ran 5-20x slower than this layout there). Chunks this small
+# also keep the temporaries in cache and recycle them through malloc rather than page-faulting
+# fresh (anchors x K) buffers.
+_EAGER_CPU_CHUNK_ELEMENTS = 1 << 15
+_MAX_EAGER_THREADS = 8
+# On GPUs the caching allocator recycles temporaries anyway; chunks there only bound their memory.
+_EAGER_GPU_CHUNK_ELEMENTS = 1 << 23
 
 # Gradient buffers at least this large are backed by transparent huge pages on Linux CPU: the
 # first touch of a fresh 4 KiB-page mapping costs ~7x the write itself on the machines we measured
@@ -88,8 +97,8 @@ class FocalTerms:
     """Sigmoid focal loss, ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` per element.
 
     With p = sigmoid(x), p_t = p if t = 1 else 1 - p, alpha_t = alpha if t = 1 else 1 - alpha
-    (no weighting when alpha < 0). Soft targets follow torchvision's definition:
-    ``ce = BCE(x, t)``, ``1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)``.
+    (no weighting when alpha < 0). Soft targets follow torchvision's definition: ``ce = BCE(x, t)``,
+    ``1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)``.
     With q = 1 - p_t the derivative is
 
         d FL / d x = alpha_t q^gamma [ (p - t) + gamma * ce * (1 - 2t) * p (1 - p) / q ],
@@ -131,7 +140,8 @@ class FocalTerms:
 
 
 class FocalStarTerms:
-    """FL* (paper, Appendix A): ``x_t = x`` if t = 1 else ``-x``; ``p*_t = sigmoid(gamma x_t + beta)``;
+    """FL* (paper, Appendix A): ``x_t = x`` if t = 1 else ``-x``;
+    ``p*_t = sigmoid(gamma x_t + beta)``;
     ``FL* = -log(p*_t) / gamma = softplus(-(gamma x_t + beta)) / gamma``;
     ``d FL* / d x = -s * sigmoid(-(gamma x_t + beta))`` with s = +1 (t = 1) or -1 (t = 0).
     """
@@ -230,16 +240,46 @@ _compiled: Dict[str, Callable[..., None]] = {}
 _compile_failed: Dict[str, bool] = {}
 
 
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_key: Tuple[int, int] = (0, 0)
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads, recreated after a fork or a thread change."""
+    global _pool, _pool_key
+    key = (os.getpid(), workers)
+    if _pool is None or _pool_key != key:
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retinafocal-loss")
+        _pool_key = key
+    return _pool
+
+
 def _run_eager(name: str, terms, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> None:
     runner = _RUNNERS[name]
     rows = x.shape[0]
-    if x.device.type == "cpu":
-        step = max(1, _EAGER_CHUNK_ELEMENTS // max(1, x.shape[1]))
-    else:
-        step = max(1, rows)  # the GPU caching allocator already recycles the temporaries
-    for start in range(0, rows, step):
-        sl = slice(start, start + step)
-        runner(terms, x[sl], labels[sl], *(o[sl] for o in outs))
+    on_cpu = x.device.type == "cpu"
+    chunk = _EAGER_CPU_CHUNK_ELEMENTS if on_cpu else _EAGER_GPU_CHUNK_ELEMENTS
+    step = max(1, chunk // max(1, x.shape[1]))
+
+    def work(lo: int, hi: int) -> None:
+        with torch.no_grad():  # grad mode is per thread; the pool's threads start with it on
+            for start in range(lo, hi, step):
+                sl = slice(start, min(start + step, hi))
+                runner(terms, x[sl], labels[sl], *(o[sl] for o in outs))
+
+    # Beyond ~8 threads the per-op Python overhead, serialised by the GIL, stops paying off.
+    workers = min(torch.get_num_threads(), _MAX_EAGER_THREADS, -(-rows // step)) if on_cpu else 1
+    if workers <= 1:
+        work(0, rows)
+        return
+    # Contiguous, chunk-aligned row ranges; the calling thread takes the first one itself.
+    per_worker = -(-rows // (workers * step)) * step
+    ranges = [(lo, min(lo + per_worker, rows)) for lo in range(0, rows, per_worker)]
+    pool = _thread_pool(workers - 1)
+    futures = [pool.submit(work, lo, hi) for lo, hi in ranges[1:]]
+    work(*ranges[0])
+    for future in futures:
+        future.result()
 
 
 def _run(
@@ -276,6 +316,12 @@ def _run(
 # ------------------------------------------------------------------------------------------------
 
 
+def _is_compiling() -> bool:
+    """True while torch.compile traces us (an mmap there would break the graph)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 def _empty_gradient(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """An uninitialised tensor for a large gradient, huge-page backed on Linux CPU.
 
@@ -287,7 +333,7 @@ def _empty_gradient(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.de
         device.type != "cpu"
         or nbytes < _HUGE_PAGE_MIN_BYTES
         or not hasattr(mmap, "MADV_HUGEPAGE")
-        or torch.compiler.is_compiling()
+        or _is_compiling()
     ):
         return torch.empty(shape, dtype=dtype, device=device)
     size = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE

@@ -1,4 +1,5 @@
 """The classification-loss registry and its builder."""
+
 from __future__ import annotations
 
 from detectron2.config import CfgNode

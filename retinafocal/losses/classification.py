@@ -4,6 +4,7 @@ All of them return the loss summed over non-ignored anchors (``self_normalizing 
 meta-architecture divides by its normaliser. See :data:`CLASSIFICATION_LOSS_REGISTRY` for the
 call contract.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -11,6 +11,7 @@ Label convention everywhere: a value in [0, K) is the anchor's class (a positive
 and a negative for the others), K is background (a negative for every class), -1 is ignored (no
 loss, zero gradient).
 """
+
 from __future__ import annotations
 
 import torch
@@ -143,8 +144,8 @@ def label_focal_loss(
 
     Returns:
         fp32 loss (float64 for float64 logits). It equals ``sigmoid_focal_loss`` on the one-hot
-        targets of the non-ignored anchors. The backward pass scales a gradient computed in the
-        forward pass, so it may run only once per forward (no ``retain_graph`` reuse).
+        targets of the non-ignored anchors. The gradient (in the logits' dtype) is computed in
+        the forward pass and only scaled by the backward pass; it is first-order only.
     """
     _check_gamma_alpha(alpha, gamma, "label_focal_loss")
     return fused_label_loss(

@@ -1,4 +1,5 @@
 """Online hard example mining for the dense detector (paper, Sec. 5.1 and Table 1d)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -172,7 +173,9 @@ class OHEMLoss(nn.Module):
         """
         check_labels(pred_logits, gt_labels, "OHEMLoss")
         if pred_logits.dim() != 3:
-            raise ValueError(f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}")
+            raise ValueError(
+                f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
+            )
         if anchor_boxes is None:
             raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
         if anchor_boxes.shape != (pred_logits.shape[1], 4):

@@ -1,5 +1,6 @@
 """The focal loss against torchvision's and fvcore's, the fused label-based form against the
 one-hot reference, gradients, low precision, and the paper's numbers."""
+
 import itertools
 import math
 import unittest
@@ -63,9 +64,7 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
                 ours, ours_grad = _value_and_grad(
                     sigmoid_focal_loss, logits, targets, alpha, gamma, reduction
                 )
-                theirs, theirs_grad = _value_and_grad(
-                    ref, logits, targets, alpha, gamma, reduction
-                )
+                theirs, theirs_grad = _value_and_grad(ref, logits, targets, alpha, gamma, reduction)
                 exact, exact_grad = _value_and_grad(
                     _stable_focal_loss, logits.double(), targets.double(), alpha, gamma, reduction
                 )
@@ -98,7 +97,9 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
         logits = torch.randn(32, 5, generator=gen) * 2
         targets = torch.rand(32, 5, generator=gen)
         for gamma in GAMMAS:
-            ours, ours_grad = _value_and_grad(sigmoid_focal_loss, logits, targets, 0.25, gamma, "sum")
+            ours, ours_grad = _value_and_grad(
+                sigmoid_focal_loss, logits, targets, 0.25, gamma, "sum"
+            )
             theirs, theirs_grad = _value_and_grad(
                 torchvision.ops.sigmoid_focal_loss, logits, targets, 0.25, gamma, "sum"
             )
@@ -198,14 +199,23 @@ class TestFusedLabelLoss(unittest.TestCase):
     def test_gradcheck_float64(self):
         logits, labels = self._data(6, n=2, r=5, k=4, scale=2.0)
         x = logits.double().requires_grad_()
-        for gamma, alpha, reduction in ((2.0, 0.25, "sum"), (0.5, 0.75, "mean"), (5.0, -1.0, "none")):
+        for gamma, alpha, reduction in (
+            (2.0, 0.25, "sum"),
+            (0.5, 0.75, "mean"),
+            (5.0, -1.0, "none"),
+        ):
             with self.subTest(gamma=gamma, alpha=alpha, reduction=reduction):
                 self.assertTrue(
                     torch.autograd.gradcheck(
-                        lambda z: label_focal_loss(z, labels, alpha, gamma, reduction), (x,)
+                        lambda z, a=alpha, g=gamma, r=reduction: label_focal_loss(
+                            z, labels, a, g, r
+                        ),
+                        (x,),
                     )
                 )
-        self.assertTrue(torch.autograd.gradcheck(lambda z: sigmoid_focal_loss(z, z.detach() > 0), (x,)))
+        self.assertTrue(
+            torch.autograd.gradcheck(lambda z: sigmoid_focal_loss(z, z.detach() > 0), (x,))
+        )
 
     def test_low_precision_is_finite_and_accumulates_in_fp32(self):
         gen = torch.Generator().manual_seed(7)
@@ -235,7 +245,9 @@ class TestFusedLabelLoss(unittest.TestCase):
         x = torch.randn(1, 4, 3, requires_grad=True)
         ignored = torch.full((1, 4), -1)
         for reduction in REDUCTIONS:
-            self.assertEqual(label_focal_loss(x, ignored, reduction=reduction).abs().sum().item(), 0)
+            self.assertEqual(
+                label_focal_loss(x, ignored, reduction=reduction).abs().sum().item(), 0
+            )
         label_focal_loss(x, ignored).backward()
         self.assertTrue((x.grad == 0).all())
 

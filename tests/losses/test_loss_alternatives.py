@@ -1,4 +1,5 @@
 """The paper's other losses: FL*, the hinge on p_t and OHEM, on hand-built cases."""
+
 import math
 import unittest
 
@@ -27,8 +28,12 @@ class TestFocalLossStar(unittest.TestCase):
         labels = torch.tensor([[0, 2]])
         loss = label_focal_loss_star(x, labels, gamma=2.0, beta=1.0, reduction="none")
         expected = torch.tensor(
-            [[[math.log1p(math.exp(-1)) / 2, math.log(2) / 2],
-              [math.log1p(math.exp(-3)) / 2, math.log(2) / 2]]],
+            [
+                [
+                    [math.log1p(math.exp(-1)) / 2, math.log(2) / 2],
+                    [math.log1p(math.exp(-3)) / 2, math.log(2) / 2],
+                ]
+            ],
             dtype=torch.float64,
         )
         torch.testing.assert_close(loss, expected)
@@ -102,9 +107,7 @@ class TestOHEM(unittest.TestCase):
     def test_nms_removes_duplicate_hard_anchor(self):
         """One class (K = 1), all anchors background. Anchor 1 nearly duplicates anchor 0
         (IoU 0.95) and is the second hardest; with B = 2 the NMS drops it for anchor 2."""
-        boxes = self._boxes(
-            [0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30], [40, 40, 50, 50]
-        )
+        boxes = self._boxes([0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30], [40, 40, 50, 50])
         logits = torch.tensor([[[5.0], [4.0], [3.0], [-2.0]]], requires_grad=True)
         labels = torch.ones(1, 4, dtype=torch.long)  # K = 1: background
         loss_fn = OHEMLoss(batch_size_per_image=2, neg_pos_ratio=0.0, nms_thresh=0.5)

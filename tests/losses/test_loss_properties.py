@@ -1,5 +1,6 @@
 """Property tests: random shapes (zero anchors included), all-ignored batches and extreme logits
 never crash or produce NaN, and the fused losses keep their invariants."""
+
 import unittest
 
 import torch
@@ -86,9 +87,7 @@ class TestLossProperties(unittest.TestCase):
         per_element = label_focal_loss(logits, labels, reduction="none")
         self.assertTrue(torch.isfinite(per_element).all())
         total = label_focal_loss(logits, labels, reduction="sum")
-        torch.testing.assert_close(
-            total.double(), per_element.double().sum(), rtol=1e-5, atol=1e-5
-        )
+        torch.testing.assert_close(total.double(), per_element.double().sum(), rtol=1e-5, atol=1e-5)
         valid = labels >= 0
         one_hot = torch.nn.functional.one_hot(labels[valid], k + 1)[:, :k].to(logits.dtype)
         reference = sigmoid_focal_loss(logits[valid], one_hot, reduction="none")

@@ -1,12 +1,16 @@
 """Every registered loss builds from a config, honours its keys and the call contract."""
+
 import logging
 import unittest
 from unittest import mock
 
 import torch
 
+# isort: off
 import retinafocal  # noqa: F401  (compat before detectron2)
 from detectron2.config import get_cfg
+
+# isort: on
 from retinafocal import add_retinafocal_config
 from retinafocal.losses import (
     CLASSIFICATION_LOSS_REGISTRY,
@@ -15,12 +19,12 @@ from retinafocal.losses import (
     FocalLossStar,
     HingeLoss,
     OHEMLoss,
+    _fused,
     build_classification_loss,
     label_focal_loss,
     label_focal_loss_star,
     label_hinge_loss,
 )
-from retinafocal.losses import _fused
 
 EXPECTED = {
     "FocalLoss": (FocalLoss, False),
