@@ -467,7 +467,8 @@ def _check_categories(categories: List[Any], report: ValidationReport) -> set:
             report.add("bad_structure", example=f"categories[{i}] lacks an integer 'id' or 'name'")
             continue
         if cat["id"] in seen:
-            report.add("duplicate_category_id", cat["id"], f"categories[{i}] repeats id {cat['id']}")
+            example = f"categories[{i}] repeats id {cat['id']}"
+            report.add("duplicate_category_id", cat["id"], example)
         seen.add(cat["id"])
     return seen
 
@@ -503,17 +504,17 @@ def _check_annotations(
     category_ids: set,
     report: ValidationReport,
 ) -> None:
+    """Ids, categories, images and boxes of every annotation; then the background images."""
     seen: set = set()
     images_with_boxes: set = set()
+    known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict) or not all(
             _is_id(ann.get(k)) for k in ("id", "image_id", "category_id")
         ):
             ann_id = ann.get("id") if isinstance(ann, dict) else None
-            report.add(
-                "malformed_annotation", ann_id, f"annotations[{i}] lacks an integer id, "
-                "image_id or category_id",
-            )
+            example = f"annotations[{i}] lacks an integer id, image_id or category_id"
+            report.add("malformed_annotation", ann_id, example)
             continue
         ann_id = ann["id"]
         if ann_id in seen:
@@ -525,13 +526,13 @@ def _check_annotations(
                 "unknown_category_id",
                 ann_id,
                 f"annotation {ann_id}: category_id {ann['category_id']!r} not among "
-                f"{sorted(category_ids, key=str)[:10]}",
+                f"{known_categories}",
             )
             continue
         img = images.get(ann["image_id"])
         if img is None:
-            report.add("orphan_annotation", ann_id, f"annotation {ann_id}: image_id "
-                       f"{ann['image_id']!r} matches no image")
+            example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
+            report.add("orphan_annotation", ann_id, example)
             continue
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
         if outcome != BOX_OK:
@@ -704,7 +705,9 @@ def _load_without_invalid_boxes(json_file: str, image_root: str, dataset_name: s
     with open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     data["annotations"] = [
-        a for a in data.get("annotations", []) if fix_coco_box(a.get("bbox"), 1, 1)[0] != BOX_INVALID
+        a
+        for a in data.get("annotations", [])
+        if fix_coco_box(a.get("bbox"), 1, 1)[0] != BOX_INVALID
     ]
     fd, tmp = tempfile.mkstemp(prefix="retinafocal_", suffix="_" + os.path.basename(json_file))
     try:
