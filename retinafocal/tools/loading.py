@@ -1,0 +1,194 @@
+"""A ready-to-run model from a yacs (``.yaml``) or LazyConfig (``.py``) config.
+
+Both kinds of config are accepted everywhere a tool takes ``--config-file``: ``.yaml`` files are
+merged into detectron2's defaults plus :func:`retinafocal.add_retinafocal_config` and take
+``KEY VALUE`` overrides; ``.py`` files are LazyConfigs and take ``key=value`` overrides. The
+functions here hide the difference (where the weights, device, input format, test-time resize
+and test dataset are written) from the tools.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import retinafocal  # noqa: F401  (first: compat for old detectron2)
+import retinafocal.modeling  # noqa: F401  (registers FocalRetinaNet in META_ARCH_REGISTRY)
+import detectron2.data.transforms as T
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model as build_yacs_model
+from torch import nn
+
+from ..config_overrides import apply_lazy_overrides, merge_yacs_file, merge_yacs_overrides
+from . import ToolError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "load_config",
+    "is_lazy",
+    "set_score_threshold",
+    "set_device",
+    "build_model",
+    "weights_path",
+    "input_format",
+    "test_augmentation",
+    "test_dataset_name",
+    "dataset_metadata",
+]
+
+
+def load_config(config_file: str, opts: Optional[Sequence[str]] = None) -> Any:
+    """Load ``config_file`` and apply command-line overrides.
+
+    Returns:
+        a yacs ``CfgNode`` (not frozen: tools still adjust it) for ``.yaml``/``.yml`` files, an
+        omegaconf ``DictConfig`` for ``.py`` LazyConfig files.
+
+    Raises:
+        ToolError: the file does not exist or has another extension.
+    """
+    if not os.path.isfile(config_file):
+        raise ToolError(f"config file {config_file!r} does not exist")
+    ext = os.path.splitext(config_file)[1].lower()
+    if ext == ".py":
+        cfg = apply_lazy_overrides(LazyConfig.load(config_file), list(opts or []))
+    elif ext in (".yaml", ".yml"):
+        cfg = get_cfg()
+        retinafocal.add_retinafocal_config(cfg)
+        merge_yacs_file(cfg, config_file)
+        merge_yacs_overrides(cfg, list(opts or []))
+    else:
+        raise ToolError(
+            f"config file {config_file!r}: expected a .yaml (yacs) or .py (LazyConfig) file"
+        )
+    _register_config_datasets(cfg)
+    return cfg
+
+
+def _register_config_datasets(cfg: Any) -> None:
+    """Register the COCO json datasets the config lists, for their metadata (class names and
+    category ids). A tool that only runs the model does not need the files, so a missing one
+    is a warning, not an error."""
+    from ..data import register_coco_json_datasets
+
+    entries = (
+        (cfg.get("datasets", None) or {}).get("coco_json", None)
+        if is_lazy(cfg)
+        else cfg.DATASETS.COCO_JSON
+    )
+    try:
+        register_coco_json_datasets(entries or [])
+    except FileNotFoundError as e:
+        logger.warning(f"dataset metadata unavailable, class names will not be shown: {e}")
+
+
+def is_lazy(cfg: Any) -> bool:
+    """True for a LazyConfig (omegaconf), False for a yacs ``CfgNode``."""
+    return not isinstance(cfg, CfgNode)
+
+
+def set_score_threshold(cfg: Any, threshold: float) -> None:
+    """Make the model keep detections scoring above ``threshold`` (the test-time threshold of
+    RetinaNet-style models; both retinafocal's and detectron2's read the same keys)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ToolError(f"the confidence threshold must be in [0, 1), got {threshold}")
+    if is_lazy(cfg):
+        if "test_score_thresh" not in cfg.model:
+            raise ToolError("this LazyConfig's model has no 'test_score_thresh' to set")
+        cfg.model.test_score_thresh = threshold
+    else:
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
+
+
+def set_device(cfg: Any, device: str) -> None:
+    """Run the model on ``device`` ("cpu", "cuda", "cuda:1", ...)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ToolError(f"--device {device}: CUDA is not available on this machine")
+    if is_lazy(cfg):
+        cfg.train.device = device
+    else:
+        cfg.MODEL.DEVICE = device
+
+
+def weights_path(cfg: Any) -> str:
+    """The checkpoint the config names ("" for none): ``MODEL.WEIGHTS`` or
+    ``train.init_checkpoint``."""
+    if is_lazy(cfg):
+        return str(cfg.train.get("init_checkpoint", "") or "")
+    return cfg.MODEL.WEIGHTS
+
+
+def build_model(cfg: Any, load_weights: bool = True) -> nn.Module:
+    """Build the config's model on its device, in eval mode, with its weights loaded.
+
+    Raises:
+        ToolError: ``load_weights`` and the weights file is a local path that does not exist.
+    """
+    if is_lazy(cfg):
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+    else:
+        model = build_yacs_model(cfg)
+    weights = weights_path(cfg)
+    if load_weights and weights:
+        if "://" not in weights and not os.path.isfile(weights):
+            raise ToolError(f"weights file {weights!r} does not exist")
+        DetectionCheckpointer(model).load(weights)
+    model.eval()
+    return model
+
+
+def input_format(cfg: Any) -> str:
+    """Channel order the model expects: "BGR" or "RGB"."""
+    if is_lazy(cfg):
+        return str(cfg.model.get("input_format", "BGR"))
+    return cfg.INPUT.FORMAT
+
+
+def test_augmentation(cfg: Any) -> Optional[T.Augmentation]:
+    """The test-time resize of the config, None for none.
+
+    yacs: ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST`` (as detectron2's ``DefaultPredictor``;
+    ``MIN_SIZE_TEST`` 0 means no resize).
+    LazyConfig: the first augmentation of ``dataloader.test.mapper.augmentations`` when there is
+    one, else the paper's 800 / 1333.
+    """
+    if not is_lazy(cfg):
+        if cfg.INPUT.MIN_SIZE_TEST == 0:
+            return None
+        return T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+    try:
+        augs = cfg.dataloader.test.mapper.augmentations
+    except (AttributeError, KeyError):
+        augs = None
+    if augs:
+        return instantiate(augs[0])
+    return T.ResizeShortestEdge([800, 800], 1333)
+
+
+def test_dataset_name(cfg: Any) -> Optional[str]:
+    """Name of the config's (first) test dataset, or None when it names none."""
+    if is_lazy(cfg):
+        try:
+            names = cfg.dataloader.test.dataset.names
+        except (AttributeError, KeyError):
+            return None
+        if isinstance(names, str):
+            return names
+        return names[0] if names else None
+    return cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+
+
+def dataset_metadata(cfg: Any):
+    """detectron2 ``Metadata`` of the config's test dataset (class names, COCO category ids);
+    an empty one when the config names no dataset."""
+    name = test_dataset_name(cfg)
+    return MetadataCatalog.get(name if name else "__retinafocal_tools_unnamed")
