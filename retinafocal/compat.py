@@ -22,6 +22,7 @@ __all__ = [
     "D2_C_STUBBED",
     "PIL_LINEAR_ALIASED",
     "MAP_DATASET_RETRY_FIXED",
+    "TRAINER_STATE_FIXED",
     "apply",
     "describe",
 ]
@@ -36,6 +37,8 @@ D2_C_STUBBED: bool = False
 PIL_LINEAR_ALIASED: bool = False
 #: True when :func:`apply` replaced v0.6's ``MapDataset.__getitem__`` (Python >= 3.11).
 MAP_DATASET_RETRY_FIXED: bool = False
+#: True when :func:`apply` gave v0.6's ``DefaultTrainer`` the optimizer in its checkpoints.
+TRAINER_STATE_FIXED: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -47,6 +50,20 @@ class _MissingCompiledOps(types.ModuleType):
     of ``detectron2.modeling``) fails, although RetinaNet needs none of those ops. This stub lets
     those imports succeed; touching any compiled op raises an error that says what is missing.
     """
+
+    # v0.6's collect_env_info (logged by default_setup, so by every train_net.py run) asks the
+    # imported _C for its build info; these answer instead of raising.
+    @staticmethod
+    def get_compiler_version() -> str:
+        return "none (detectron2 built without its C++ ops)"
+
+    @staticmethod
+    def get_cuda_version() -> str:
+        return "none (detectron2 built without its C++ ops)"
+
+    @staticmethod
+    def has_cuda() -> bool:
+        return False
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -138,11 +155,39 @@ def _fix_map_dataset_retry() -> None:
     MAP_DATASET_RETRY_FIXED = True
 
 
+def _fix_default_trainer_state() -> None:
+    """detectron2 v0.6: ``DefaultTrainer`` checkpoints hold the iteration and the hooks' state
+    (LR scheduler) but not its inner ``SimpleTrainer``'s (optimizer: momentum buffers and the
+    current LR; AMP grad scaler), so ``--resume`` restarts with fresh momentum and, until the
+    scheduler's next step, the LR of iteration 0. Current detectron2 saves and loads the inner
+    trainer's state under ``"_trainer"``; this gives v0.6 the same two methods.
+    """
+    global TRAINER_STATE_FIXED
+    from detectron2.engine import DefaultTrainer, TrainerBase
+
+    if TRAINER_STATE_FIXED or "state_dict" in DefaultTrainer.__dict__:
+        return
+
+    def state_dict(self):
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        TrainerBase.load_state_dict(self, state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
+    DefaultTrainer.state_dict = state_dict
+    DefaultTrainer.load_state_dict = load_state_dict
+    TRAINER_STATE_FIXED = True
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
     _alias_pil_linear()
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
+    _fix_default_trainer_state()  # imports detectron2.engine: likewise
 
 
 def describe() -> str:
@@ -159,4 +204,6 @@ def describe() -> str:
         parts.append("compat: PIL Image.LINEAR alias")
     if MAP_DATASET_RETRY_FIXED:
         parts.append("compat: MapDataset retry on Python 3.11")
+    if TRAINER_STATE_FIXED:
+        parts.append("compat: DefaultTrainer checkpoints the optimizer")
     return ", ".join(parts)

@@ -1,0 +1,16 @@
+"""Paper Table 1e: ResNet-50-FPN, 1x, trained and tested at shorter side 700 px (longer side at
+most 1166 px, the 800/1333 ratio of the 800 px recipe)."""
+from ..retinanet_R50_FPN_1x import (  # noqa: F401
+    dataloader,
+    datasets,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
+
+dataloader.train.mapper.augmentations[0].short_edge_length = (700,)
+dataloader.train.mapper.augmentations[0].max_size = 1166
+dataloader.test.mapper.augmentations[0].short_edge_length = 700
+dataloader.test.mapper.augmentations[0].max_size = 1166
+train.output_dir = "output/coco/retinanet_R50_FPN_1x_700"

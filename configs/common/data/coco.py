@@ -1,0 +1,50 @@
+"""COCO 2017 detection data (``$DETECTRON2_DATASETS/coco``, see datasets/README.md): shorter
+side 800 px, horizontal flip (paper, Sec. 4.1), 16 images per batch, COCO AP on val."""
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from omegaconf import OmegaConf
+
+from retinafocal.data import RobustDatasetMapper
+from retinafocal.engine import build_evaluator
+
+dataloader = OmegaConf.create()
+
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train"),
+    mapper=L(RobustDatasetMapper)(
+        is_train=True,
+        augmentations=[
+            L(T.ResizeShortestEdge)(short_edge_length=(800,), sample_style="choice", max_size=1333),
+            L(T.RandomFlip)(horizontal=True),
+        ],
+        image_format="BGR",
+        use_instance_mask=False,
+        on_unreadable="error",
+    ),
+    total_batch_size=16,
+    num_workers=4,
+)
+
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    mapper=L(RobustDatasetMapper)(
+        is_train=False,
+        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
+        image_format="${...train.mapper.image_format}",
+    ),
+    num_workers=4,
+)
+
+# COCO AP with per-category AP in the log; pycocotools when detectron2's C++ ops are absent.
+dataloader.evaluator = L(build_evaluator)(
+    dataset_name="${..test.dataset.names}", output_dir="${...train.output_dir}/inference"
+)
+
+# COCO-format datasets to register before the loaders are built, with no code:
+# [[name, json_file, image_root], ...], the counterpart of the yacs key DATASETS.COCO_JSON.
+datasets = dict(coco_json=[])

@@ -1,0 +1,311 @@
+"""The embedded detection dataset: coloured shapes on textured backgrounds, in COCO format.
+
+A newcomer has neither COCO nor ImageNet weights, so the default configs train on this
+procedurally generated set instead. Each image holds many small objects of several classes on a
+busy background, so most anchors are easy background and the foreground/background imbalance
+that the focal loss addresses is real, while a small network can still learn the task in minutes
+on a CPU.
+
+The output is fully determined by the seed: image ``i`` of a split is drawn from its own random
+generator seeded by ``(seed, split, i)``, so a split of ``n`` images is the prefix of any larger
+one and a generated file never depends on how many were asked for.
+
+Layout written under ``root`` (``$DETECTRON2_DATASETS/shapes`` for the registered splits)::
+
+    root/
+      train/000000.png ...
+      val/000000.png ...
+      annotations/instances_train.json   # COCO format; written last, so its presence means
+      annotations/instances_val.json     # the split is complete
+
+Use :func:`ensure_shapes_split` to generate a split when it is missing, or the command line::
+
+    python -m retinafocal.data.shapes --root datasets/shapes --split val --num-images 200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "ShapesSpec",
+    "DEFAULT_SPLITS",
+    "draw_shapes_image",
+    "generate_shapes_split",
+    "ensure_shapes_split",
+    "shapes_json_path",
+]
+
+#: Category names; the COCO category id of ``SHAPE_CLASSES[i]`` is ``i + 1``. The colour of an
+#: object is drawn independently of its class, so the network has to learn the outline.
+SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
+
+# Saturated object colours (RGB). Backgrounds stay darker and greyer, but a palette colour can
+# still appear faintly in the texture, so colour alone does not separate object from background.
+_PALETTE = np.array(
+    [
+        [230, 40, 40],
+        [40, 200, 60],
+        [50, 90, 240],
+        [240, 220, 40],
+        [220, 60, 220],
+        [40, 220, 220],
+        [250, 140, 30],
+        [245, 245, 245],
+    ],
+    dtype=np.float32,
+)
+
+# Offsets that separate the random streams of the splits for the same seed.
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    """What one split looks like. Every field takes part in the cache key of a generated split.
+
+    Attributes:
+        image_size: side of the square images, in pixels.
+        min_objects, max_objects: number of objects per image, drawn uniformly (inclusive).
+        min_object_size, max_object_size: side of an object's box, in pixels (inclusive).
+        max_overlap: largest allowed IoU between a new object's box and any earlier one; objects
+            barely touch, so every box stays a well-defined target.
+        seed: base seed of the split's random streams.
+    """
+
+    image_size: int = 128
+    min_objects: int = 3
+    max_objects: int = 10
+    min_object_size: int = 10
+    max_object_size: int = 36
+    max_overlap: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"ShapesSpec.image_size must be >= 16, got {self.image_size}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(
+                f"ShapesSpec needs 1 <= min_objects <= max_objects, got "
+                f"{self.min_objects}, {self.max_objects}"
+            )
+        if not 4 <= self.min_object_size <= self.max_object_size <= self.image_size:
+            raise ValueError(
+                "ShapesSpec needs 4 <= min_object_size <= max_object_size <= image_size, got "
+                f"{self.min_object_size}, {self.max_object_size}, {self.image_size}"
+            )
+
+
+#: The registered splits: name suffix -> (number of images, spec).
+DEFAULT_SPLITS: Dict[str, Tuple[int, ShapesSpec]] = {
+    "train": (2000, ShapesSpec(seed=0)),
+    "val": (200, ShapesSpec(seed=0)),
+}
+
+
+def _textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A (size, size, 3) float32 image in [0, 255]: a dim random tint, low-frequency blotches,
+    a few faint lines and pixel noise, so that background anchors are not trivially flat."""
+    tint = rng.uniform(20, 110, size=3).astype(np.float32)
+    # Low-frequency blotches: a coarse random grid upsampled bilinearly by PIL.
+    cells = int(rng.integers(3, 7))
+    coarse = rng.uniform(-35, 35, size=(cells, cells, 3)).astype(np.float32)
+    coarse_img = Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8))
+    blotches = np.asarray(coarse_img.resize((size, size), Image.BILINEAR), np.float32) - 128
+    img = tint + blotches
+    # Faint straight stripes, in one random direction.
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    period = rng.uniform(6, 20)
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period))
+    img += stripes[..., None] * rng.uniform(4, 14)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    return np.clip(img, 0, 255)
+
+
+def _shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, float]]:
+    """Polygon vertices of a shape whose pixels fill exactly columns ``[x0, x0 + side)`` and rows
+    ``[y0, y0 + side)``. PIL fills pixel centres, so the far edge is at ``x0 + side - 1``."""
+    x1, y1 = x0 + side - 1, y0 + side - 1
+    xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
+    if kind == "square":
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    if kind == "triangle":
+        return [(xm, y0), (x1, y1), (x0, y1)]
+    if kind == "diamond":
+        return [(xm, y0), (x1, ym), (xm, y1), (x0, ym)]
+    if kind == "cross":
+        t = side / 6  # half the bar thickness: bars are one third of the side
+        return [
+            (xm - t, y0), (xm + t, y0), (xm + t, ym - t), (x1, ym - t),
+            (x1, ym + t), (xm + t, ym + t), (xm + t, y1), (xm - t, y1),
+            (xm - t, ym + t), (x0, ym + t), (x0, ym - t), (xm - t, ym - t),
+        ]  # fmt: skip
+    raise ValueError(f"no polygon outline for shape {kind!r}")
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one XYXY box (4,) with (N, 4) XYXY boxes -> (N,)."""
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / (area + areas - inter)
+
+
+def draw_shapes_image(
+    spec: ShapesSpec, rng: np.random.Generator
+) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
+    """Draw one image.
+
+    Returns:
+        image: (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``.
+        objects: list of ``(category_index, [x, y, w, h])``; the category index points into
+            :data:`SHAPE_CLASSES`, the box is in absolute pixels (COCO XYWH) and encloses exactly
+            the drawn pixels of the object.
+    """
+    size = spec.image_size
+    canvas = Image.fromarray(_textured_background(rng, size).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    wanted = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+    placed = np.zeros((0, 4), dtype=np.float32)
+    objects: List[Tuple[int, List[float]]] = []
+    # Rejection sampling: crowded images may end with fewer objects than wanted.
+    for _ in range(wanted * 20):
+        if len(objects) == wanted:
+            break
+        side = int(rng.integers(spec.min_object_size, spec.max_object_size + 1))
+        x0 = int(rng.integers(0, size - side + 1))
+        y0 = int(rng.integers(0, size - side + 1))
+        box = np.array([x0, y0, x0 + side, y0 + side], dtype=np.float32)
+        if len(placed) and _iou(box, placed).max() > spec.max_overlap:
+            continue
+        cls = int(rng.integers(len(SHAPE_CLASSES)))
+        # Jitter the palette colour so that no class or colour is a single RGB value.
+        color = np.clip(_PALETTE[rng.integers(len(_PALETTE))] + rng.normal(0, 12, 3), 0, 255)
+        fill = tuple(int(c) for c in color)
+        kind = SHAPE_CLASSES[cls]
+        if kind == "circle":
+            draw.ellipse([x0, y0, x0 + side - 1, y0 + side - 1], fill=fill)
+        else:
+            draw.polygon(_shape_outline(kind, x0, y0, side), fill=fill)
+        placed = np.concatenate([placed, box[None]])
+        objects.append((cls, [float(x0), float(y0), float(side), float(side)]))
+    return np.asarray(canvas), objects
+
+
+def shapes_json_path(root: str, split: str) -> str:
+    """Path of the COCO json of ``split`` under ``root``."""
+    return os.path.join(root, "annotations", f"instances_{split}.json")
+
+
+def _split_seed(spec: ShapesSpec, split: str, index: int) -> List[int]:
+    return [spec.seed, _SPLIT_STREAM.get(split, 3), index]
+
+
+def generate_shapes_split(
+    root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
+) -> str:
+    """Write ``num_images`` images of ``split`` and their COCO json under ``root``.
+
+    The json is written last and atomically (temporary file + rename): a split whose json exists
+    is complete, and an interrupted run leaves no json, so the next call starts over.
+
+    Returns:
+        the path of the json file.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    image_dir = os.path.join(root, split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+
+    images: List[dict] = []
+    annotations: List[dict] = []
+    indices: Sequence[int] = range(num_images)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"generating shapes/{split}", unit="img")
+    for i in indices:
+        rng = np.random.default_rng(_split_seed(spec, split, i))
+        pixels, objects = draw_shapes_image(spec, rng)
+        file_name = f"{i:06d}.png"
+        # compress_level=1: these textures compress poorly anyway; speed matters more.
+        Image.fromarray(pixels).save(os.path.join(image_dir, file_name), compress_level=1)
+        size = spec.image_size
+        images.append({"id": i + 1, "file_name": file_name, "height": size, "width": size})
+        for cls, bbox in objects:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "info": {
+            "description": "retinafocal embedded shapes dataset",
+            "split": split,
+            "num_images": num_images,
+            "spec": asdict(spec),
+        },
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "shape"}
+            for i, name in enumerate(SHAPE_CLASSES)
+        ],
+    }
+    json_path = shapes_json_path(root, split)
+    tmp_path = f"{json_path}.tmp.{os.getpid()}"
+    with open(tmp_path, "w") as f:
+        json.dump(coco, f)
+    os.replace(tmp_path, json_path)
+    return json_path
+
+
+def _existing_split_matches(json_path: str, num_images: int, spec: ShapesSpec) -> bool:
+    if not os.path.isfile(json_path):
+        return False
+    with open(json_path) as f:
+        info = json.load(f).get("info", {})
+    return info.get("num_images") == num_images and info.get("spec") == asdict(spec)
+
+
+def ensure_shapes_split(
+    root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
+) -> str:
+    """Return the json path of ``split`` under ``root``, generating the split first when it is
+    missing or was generated with another size or spec."""
+    json_path = shapes_json_path(root, split)
+    if not _existing_split_matches(json_path, num_images, spec):
+        generate_shapes_split(root, split, num_images, spec, progress=progress)
+    return json_path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.path.join("datasets", "shapes"))
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num-images", type=int, default=DEFAULT_SPLITS["train"][0])
+    parser.add_argument("--image-size", type=int, default=ShapesSpec.image_size)
+    parser.add_argument("--seed", type=int, default=ShapesSpec.seed)
+    args = parser.parse_args(argv)
+    spec = ShapesSpec(image_size=args.image_size, seed=args.seed)
+    print(generate_shapes_split(args.root, args.split, args.num_images, spec))
+
+
+if __name__ == "__main__":
+    main()

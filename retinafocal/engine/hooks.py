@@ -1,0 +1,120 @@
+"""Training hooks: a PNG of the model's predictions on a few validation images."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image
+
+__all__ = ["draw_predictions", "PredictionImageWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
+    """Tile (H, W, 3) uint8 images of equal size into one (R*H', C*W', 3) image."""
+    h = max(img.shape[0] for row in rows for img in row)
+    w = max(img.shape[1] for row in rows for img in row)
+    out = np.full(
+        (len(rows) * (h + pad) - pad, max(len(r) for r in rows) * (w + pad) - pad, 3),
+        255,
+        dtype=np.uint8,
+    )
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            y, x = r * (h + pad), c * (w + pad)
+            out[y : y + img.shape[0], x : x + img.shape[1]] = img
+    return out
+
+
+@torch.no_grad()
+def draw_predictions(
+    model: torch.nn.Module,
+    dataset_dicts: Sequence[Dict[str, Any]],
+    mapper: Callable[[Dict[str, Any]], Dict[str, Any]],
+    metadata: Any,
+    *,
+    score_thresh: float = 0.5,
+    scale: float = 2.0,
+) -> np.ndarray:
+    """Run ``model`` on the images of ``dataset_dicts`` and draw one figure.
+
+    Top row: ground truth; bottom row: predictions with score >= ``score_thresh``.
+
+    Args:
+        model: a detectron2 meta-architecture; run in eval mode, then put back in its mode.
+        dataset_dicts: detectron2 dataset dicts (``file_name``, ``annotations``, ...).
+        mapper: the test-time dataset mapper, turning a dataset dict into the model's input.
+        metadata: the dataset's metadata (``thing_classes`` label the boxes).
+
+    Returns:
+        (H, W, 3) uint8 RGB image.
+    """
+    was_training = model.training
+    model.eval()
+    truths, preds = [], []
+    try:
+        for d in dataset_dicts:
+            rgb = read_image(d["file_name"], format="RGB")
+            truths.append(Visualizer(rgb, metadata, scale=scale).draw_dataset_dict(d).get_image())
+            instances = model([mapper(dict(d))])[0]["instances"].to("cpu")
+            instances = instances[instances.scores >= score_thresh]
+            vis = Visualizer(rgb, metadata, scale=scale)
+            preds.append(vis.draw_instance_predictions(instances).get_image())
+    finally:
+        model.train(was_training)
+    return _tile([truths, preds])
+
+
+class PredictionImageWriter(HookBase):
+    """After training, write ``output_path``: a PNG of predictions on the first
+    ``num_images`` images of ``dataset_name`` (see :func:`draw_predictions`)."""
+
+    def __init__(
+        self,
+        *,
+        dataset_name: str,
+        mapper: Callable[[Dict[str, Any]], Dict[str, Any]],
+        output_path: str,
+        num_images: int = 4,
+        score_thresh: float = 0.5,
+    ) -> None:
+        self._dataset_name = dataset_name
+        self._mapper = mapper
+        self._output_path = output_path
+        self._num_images = num_images
+        self._score_thresh = score_thresh
+
+    def write(self, model: torch.nn.Module) -> str:
+        """Draw and save the figure; returns its path."""
+        dicts: List[Dict[str, Any]] = DatasetCatalog.get(self._dataset_name)[: self._num_images]
+        figure = draw_predictions(
+            model,
+            dicts,
+            self._mapper,
+            MetadataCatalog.get(self._dataset_name),
+            score_thresh=self._score_thresh,
+        )
+        os.makedirs(os.path.dirname(self._output_path) or ".", exist_ok=True)
+        Image.fromarray(figure).save(self._output_path)
+        logger.info(
+            f"Wrote predictions on {len(dicts)} images of {self._dataset_name} "
+            f"(top: ground truth, bottom: score >= {self._score_thresh}) to {self._output_path}"
+        )
+        return self._output_path
+
+    def after_train(self) -> None:
+        # Like detectron2's EvalHook: nothing to show after a run that stopped early.
+        if self.trainer.iter + 1 < self.trainer.max_iter or not comm.is_main_process():
+            return
+        model = self.trainer.model
+        # DistributedDataParallel wraps the detector; draw with the detector itself.
+        self.write(getattr(model, "module", model))

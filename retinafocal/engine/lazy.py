@@ -1,0 +1,127 @@
+"""The training loop for LazyConfig (``.py``) configs.
+
+The same features as the yacs :class:`~retinafocal.engine.trainer.Trainer`: a checked
+``SimpleTrainer`` / ``AMPTrainer``, an atomic checkpointer with ``--resume``, the LR scheduler,
+periodic COCO evaluation, detectron2's writers (console with ETA, ``metrics.json``, TensorBoard)
+and the predictions PNG. A config provides what detectron2's ``configs/common/train.py`` does:
+
+- ``model``, ``optimizer`` (its ``params.model`` is filled in here), ``lr_multiplier``;
+- ``dataloader.train``, ``dataloader.test``, ``dataloader.evaluator``;
+- ``train``: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp.enabled``, ``ddp``,
+  ``checkpointer`` (PeriodicCheckpointer arguments), ``eval_period``, ``log_period``, ``device``;
+- optionally ``datasets.coco_json``: ``[[name, json_file, image_root], ...]`` to register, the
+  counterpart of the yacs key ``DATASETS.COCO_JSON``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Optional, Tuple
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from ..checkpoint import AtomicDetectionCheckpointer
+from ..data.datasets import ensure_dataset_files, register_coco_json_datasets
+from .hooks import PredictionImageWriter
+from .train_loop import checked_trainer
+
+__all__ = [
+    "register_lazy_datasets",
+    "build_lazy_model",
+    "build_lazy_trainer",
+    "lazy_test",
+    "lazy_train",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def register_lazy_datasets(cfg: Any) -> None:
+    """Register the datasets listed in ``cfg.datasets.coco_json`` (if any)."""
+    datasets = cfg.get("datasets", None)
+    if datasets is not None:
+        register_coco_json_datasets(datasets.get("coco_json", None) or [])
+
+
+def _test_dataset_name(cfg: Any) -> str:
+    names = cfg.dataloader.test.dataset.names
+    return names if isinstance(names, str) else names[0]
+
+
+def build_lazy_model(cfg: Any) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` on ``cfg.train.device``."""
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    return model
+
+
+def lazy_test(cfg: Any, model: torch.nn.Module) -> OrderedDict:
+    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``."""
+    data_loader = instantiate(cfg.dataloader.test)
+    ensure_dataset_files(_test_dataset_name(cfg))
+    results = inference_on_dataset(model, data_loader, instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_lazy_trainer(cfg: Any) -> Tuple[SimpleTrainer, AtomicDetectionCheckpointer]:
+    """Build the model, optimizer, data loader, checked trainer, checkpointer and hooks of
+    ``cfg``. :func:`lazy_train` then loads weights or resumes, and trains; other hooks can be
+    registered in between.
+
+    The last evaluation's results are kept in ``trainer.last_eval_results`` (None before any).
+    """
+    model = build_lazy_model(cfg)
+    logger.info(f"Model:\n{model}")
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+
+    trainer = checked_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.checkpointer = checkpointer
+    trainer.last_eval_results = None
+
+    def test_and_keep() -> OrderedDict:
+        trainer.last_eval_results = lazy_test(cfg, model)
+        return trainer.last_eval_results
+
+    main = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+            PredictionImageWriter(
+                dataset_name=_test_dataset_name(cfg),
+                mapper=instantiate(cfg.dataloader.test.mapper),
+                output_path=os.path.join(cfg.train.output_dir, "predictions.png"),
+            ),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if main
+            else None,
+        ]
+    )
+    return trainer, checkpointer
+
+
+def lazy_train(cfg: Any, *, resume: bool = False) -> Optional[OrderedDict]:
+    """Train as ``cfg`` says; returns the results of the final evaluation."""
+    trainer, checkpointer = build_lazy_trainer(cfg)
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    # A checkpoint stores the iteration that had just finished.
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer.last_eval_results

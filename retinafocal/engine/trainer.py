@@ -1,0 +1,96 @@
+"""The trainer for yacs configs: detectron2's ``DefaultTrainer`` with retinafocal's parts."""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Any, List, Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.evaluation import COCOEvaluator
+
+from .. import compat
+from ..checkpoint import AtomicDetectionCheckpointer
+from ..data import RobustDatasetMapper
+from ..data.datasets import ensure_dataset_files
+from .hooks import PredictionImageWriter
+from .train_loop import checked_trainer
+
+__all__ = ["Trainer", "build_evaluator"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:
+    """COCO AP with per-category AP in the log; detectron2's C++ COCOeval when it is built,
+    pycocotools otherwise."""
+    # COCOEvaluator reads the dataset's json when it is built, so the embedded dataset must
+    # exist by then even if no loader has touched it yet.
+    ensure_dataset_files(dataset_name)
+    return COCOEvaluator(
+        dataset_name, tasks=("bbox",), output_dir=output_dir, use_fast_impl=compat.HAS_D2_C
+    )
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` (data loading, LR schedule, checkpointing, periodic
+    evaluation, writers) with:
+
+    - :class:`RobustDatasetMapper` for training and test data;
+    - COCO evaluation (:func:`build_evaluator`);
+    - a training loop that names non-finite losses (:mod:`retinafocal.engine.train_loop`);
+    - checkpoints written atomically (:class:`AtomicDetectionCheckpointer`);
+    - a PNG of predictions on a few images of the first test set after training.
+    """
+
+    def build_hooks(self) -> List[Optional[HookBase]]:
+        # DefaultTrainer.__init__ calls this once model, optimizer, loader and checkpointer exist
+        # and before any hook captures them: the place to swap in retinafocal's versions of the
+        # training loop and the checkpointer.
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        plain = self._trainer
+        self._trainer = checked_trainer(
+            plain.model,
+            plain.data_loader,
+            plain.optimizer,
+            amp=self.cfg.SOLVER.AMP.ENABLED,
+            checkpointer=self.checkpointer,
+        )
+        ret = super().build_hooks()
+        if self.cfg.DATASETS.TEST:
+            ret.append(
+                PredictionImageWriter(
+                    dataset_name=self.cfg.DATASETS.TEST[0],
+                    mapper=RobustDatasetMapper(self.cfg, is_train=False),
+                    output_path=os.path.join(self.cfg.OUTPUT_DIR, "predictions.png"),
+                )
+            )
+        return ret
+
+    def train(self) -> Optional[OrderedDict]:
+        """Train, then return the results of the final evaluation (None without test sets)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=RobustDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> COCOEvaluator:
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(dataset_name, output_folder)

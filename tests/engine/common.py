@@ -1,0 +1,145 @@
+"""Helpers of the engine tests: tiny datasets and in-process ``train_net.py`` runs."""
+import importlib
+import json
+import os
+import sys
+import uuid
+from typing import Dict, List, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+import retinafocal  # noqa: F401  (compat first)
+from retinafocal.data.shapes import ShapesSpec, generate_shapes_split
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+#: Tiny images and few, large objects: enough for 2 iterations and an evaluation.
+TINY_SPEC = ShapesSpec(
+    image_size=64, min_objects=1, max_objects=3, min_object_size=12, max_object_size=28
+)
+TINY_SIZE = 64
+
+
+def train_net():
+    """The repository's ``train_net.py`` as a module."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    return importlib.import_module("train_net")
+
+
+def run_train_net(argv: Sequence[str]):
+    """Run ``python train_net.py <argv>`` in this process (no launch: one process, no GPU);
+    returns what ``main`` returns (the evaluation results)."""
+    module = train_net()
+    from detectron2.engine import default_argument_parser
+
+    return module.main(default_argument_parser().parse_args(list(argv)))
+
+
+def tiny_shapes(root: str, num_train: int = 4, num_val: int = 2) -> Dict[str, List[str]]:
+    """Generate a tiny embedded dataset under ``root``; returns ``{"train": [name, json, images],
+    "val": [...]}`` with fresh dataset names (DatasetCatalog is process-global)."""
+    tag = uuid.uuid4().hex[:8]
+    out = {}
+    for split, n in (("train", num_train), ("val", num_val)):
+        json_file = generate_shapes_split(root, split, n, TINY_SPEC, progress=False)
+        out[split] = [f"tiny_shapes_{split}_{tag}", json_file, os.path.join(root, split)]
+    return out
+
+
+def write_coco_json(root: str, num_images: int = 3) -> List[str]:
+    """Write a COCO-format dataset by hand: 64 px images with one or two filled rectangles of
+    two classes ("red", "blue"). Returns ``[name, json_file, image_root]``."""
+    image_root = os.path.join(root, "images")
+    os.makedirs(image_root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i in range(num_images):
+        img = Image.new("RGB", (TINY_SIZE, TINY_SIZE), (30, 30, 30))
+        draw = ImageDraw.Draw(img)
+        for k in range(1 + i % 2):
+            x, y = int(rng.integers(0, 30)), int(rng.integers(0, 30))
+            w, h = int(rng.integers(10, 30)), int(rng.integers(10, 30))
+            cat = 1 + k
+            color = (220, 40, 40) if cat == 1 else (40, 40, 220)
+            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=color)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+        file_name = f"img{i}.jpg"
+        img.save(os.path.join(image_root, file_name))
+        images.append({"id": i + 1, "file_name": file_name, "width": TINY_SIZE, "height": TINY_SIZE})
+    categories = [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
+    json_file = os.path.join(root, "instances.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return [f"handwritten_{uuid.uuid4().hex[:8]}", json_file, image_root]
+
+
+def yacs_tiny_overrides(
+    data: Dict[str, List[str]], output_dir: str, *, iters: int = 2, num_classes: int = 5
+) -> List[str]:
+    """``KEY VALUE`` overrides that shrink any yacs config to a CPU smoke run on ``data``."""
+    return [
+        "DATASETS.COCO_JSON", repr([data["train"], data["val"]]),
+        "DATASETS.TRAIN", repr((data["train"][0],)),
+        "DATASETS.TEST", repr((data["val"][0],)),
+        "INPUT.MIN_SIZE_TRAIN", f"({TINY_SIZE},)",
+        "INPUT.MAX_SIZE_TRAIN", str(TINY_SIZE),
+        "INPUT.MIN_SIZE_TEST", str(TINY_SIZE),
+        "INPUT.MAX_SIZE_TEST", str(TINY_SIZE),
+        "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.MAX_ITER", str(iters),
+        # No ImageNet weights here: a deep ResNet with FrozenBN at random init overflows, so the
+        # smoke run trains its BatchNorm instead.
+        "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.NORM", "BN",
+        "MODEL.DEVICE", "cpu",
+        "MODEL.RETINANET.NUM_CLASSES", str(num_classes),
+        "DATALOADER.NUM_WORKERS", "0",
+        "OUTPUT_DIR", output_dir,
+    ]  # fmt: skip
+
+
+def lazy_tiny_overrides(
+    data: Dict[str, List[str]], output_dir: str, *, iters: int = 2, num_classes: int = 5
+) -> List[str]:
+    """``key=value`` overrides that shrink any LazyConfig to a CPU smoke run on ``data``."""
+    return [
+        f"datasets.coco_json={[data['train'], data['val']]!r}",
+        f"dataloader.train.dataset.names={data['train'][0]}",
+        f"dataloader.test.dataset.names={data['val'][0]}",
+        f"dataloader.train.mapper.augmentations.0.short_edge_length=[{TINY_SIZE}]",
+        f"dataloader.train.mapper.augmentations.0.max_size={TINY_SIZE}",
+        f"dataloader.test.mapper.augmentations.0.short_edge_length={TINY_SIZE}",
+        f"dataloader.test.mapper.augmentations.0.max_size={TINY_SIZE}",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        f"model.num_classes={num_classes}",
+        f"train.max_iter={iters}",
+        "train.device=cpu",
+        "train.init_checkpoint=''",
+        "model.backbone.bottom_up.stem.norm=BN",
+        "model.backbone.bottom_up.stages.norm=BN",
+        f"train.output_dir='{output_dir}'",
+    ]
+
+
+def all_configs() -> List[str]:
+    """Every trainable config under configs/ (leaves and bases; not the common/ fragments)."""
+    found = []
+    for dirpath, _, files in os.walk(CONFIG_DIR):
+        if os.path.relpath(dirpath, CONFIG_DIR).split(os.sep)[0] == "common":
+            continue
+        found += [os.path.join(dirpath, f) for f in files if f.endswith((".yaml", ".py"))]
+    return sorted(found)

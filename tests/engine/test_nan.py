@@ -1,0 +1,93 @@
+"""A NaN in an input image stops training with a FloatingPointError that names the iteration,
+the non-finite loss terms and the last good checkpoint, before the weights are touched."""
+import os
+import shutil
+import tempfile
+import unittest
+
+import retinafocal  # noqa: F401  (compat first, before detectron2)
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine import HookBase
+
+from retinafocal import add_retinafocal_config
+from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
+from retinafocal.data import register_coco_json_datasets
+from retinafocal.engine import NonFiniteLossError, Trainer
+
+from .common import CONFIG_DIR, tiny_shapes, yacs_tiny_overrides
+
+POISONED_ITER = 2
+
+
+def _poison_from(loader, first_poisoned: int):
+    """Yield the loader's batches; from batch ``first_poisoned`` on, the first image is float with
+    one NaN pixel (the model normalises float images like uint8 ones)."""
+    for i, batch in enumerate(loader):
+        if i >= first_poisoned:
+            image = batch[0]["image"].float()
+            image[0, 0, 0] = float("nan")
+            batch[0]["image"] = image
+        yield batch
+
+
+class _PoisonedTrainer(Trainer):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return _poison_from(super().build_train_loader(cfg), POISONED_ITER)
+
+
+class _WeightsAfterStep(HookBase):
+    def after_step(self):
+        model = self.trainer.model
+        self.weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+class TestNonFiniteLoss(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.mkdtemp(prefix="rf_nan_")
+        self.data = tiny_shapes(os.path.join(self._tmp, "data"))
+
+    def tearDown(self):
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def test_nan_input_raises_named_error_before_the_step(self):
+        output_dir = os.path.join(self._tmp, "out")
+        cfg = get_cfg()
+        add_retinafocal_config(cfg)
+        merge_yacs_file(cfg, os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml"))
+        merge_yacs_overrides(cfg, yacs_tiny_overrides(self.data, output_dir, iters=5) + [
+            "SOLVER.CHECKPOINT_PERIOD", "2",
+        ])  # fmt: skip
+        register_coco_json_datasets(cfg.DATASETS.COCO_JSON)
+        cfg.freeze()
+
+        trainer = _PoisonedTrainer(cfg)
+        weights = _WeightsAfterStep()
+        trainer.register_hooks([weights])
+        trainer.resume_or_load(resume=False)
+        with self.assertRaises(FloatingPointError) as caught:
+            trainer.train()
+
+        err = caught.exception
+        self.assertIsInstance(err, NonFiniteLossError)
+        self.assertEqual(err.iteration, POISONED_ITER)
+        checkpoint = os.path.join(output_dir, "model_0000001.pth")
+        self.assertEqual(err.checkpoint, checkpoint)
+        message = str(err)
+        self.assertIn(f"iteration {POISONED_ITER}", message)
+        self.assertIn("loss_cls", message)
+        self.assertIn(checkpoint, message)
+
+        # The failing iteration did not step the optimizer: the parameters are those after
+        # iteration 1, which the named checkpoint holds, and finite. (BatchNorm's running
+        # statistics did see the NaN in the forward pass; the checkpoint is the state to use.)
+        saved = torch.load(checkpoint, weights_only=False)["model"]
+        for k, v in trainer.model.named_parameters():
+            self.assertTrue(torch.isfinite(v.float()).all(), k)
+            torch.testing.assert_close(v, weights.weights[k], msg=k)
+            torch.testing.assert_close(v, torch.as_tensor(saved[k]), msg=k)
+
+
+if __name__ == "__main__":
+    unittest.main()
