@@ -7,14 +7,15 @@ anchors. fvcore and torchvision run the way detectron2's RetinaNet feeds them: g
 non-ignored anchors, build a one-hot target, sum the elementwise loss. retinafocal runs its fused
 label-based loss on the full (N, R, K) logits, eagerly and under torch.compile.
 
-Each implementation runs in a fresh subprocess, so its memory is measured alone:
+Each implementation's memory and first call are measured in a fresh subprocess of its own:
   * CPU: resident-set growth. After a warm-up call the worker records its RSS, resets the kernel's
     peak-RSS mark (``/proc/self/clear_refs``), runs one forward+backward and reads the new peak
     (``VmHWM``). Peak extra memory = peak - RSS before the call, i.e. everything the loss and its
     gradient allocate on top of the inputs.
   * CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
-The compiled column also reports its first call, which includes compilation (a cold inductor cache
-in a temporary directory, so the figure is what a fresh machine pays).
+The first call of the compiled column includes compilation (with a cold inductor cache in a
+temporary directory: what a fresh machine pays). Times come from one more subprocess that runs
+every implementation round-robin, so load from other processes drifts over all columns alike.
 
 Usage:
     python tools/benchmark_loss.py                    # CPU, 2 threads
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=float, default=0.25)
     parser.add_argument("--gamma", type=float, default=2.0)
     parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated columns")
-    parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=IMPLS + ("timing",), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -152,11 +153,17 @@ def _sync(torch, device):
         torch.cuda.synchronize()
 
 
-def run_worker(args) -> dict:
+def _setup(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    logits, labels = _make_inputs(args, torch)
+    return torch, *_make_inputs(args, torch)
+
+
+def run_memory_worker(args) -> dict:
+    """One implementation alone: first call (compilation included), then the peak extra memory
+    of one more forward+backward."""
+    torch, logits, labels = _setup(args)
     step = _make_step(args.worker, args, torch)
     device = args.device
 
@@ -167,7 +174,6 @@ def run_worker(args) -> dict:
     value = float(loss)
     logits.grad = None
 
-    # Peak extra memory of one forward+backward.
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -187,16 +193,33 @@ def run_worker(args) -> dict:
             memory_method = "ru_maxrss (lifetime peak, includes the warm-up)"
         step(logits, labels)
         peak_extra = _rss_bytes("VmHWM") - base
-    logits.grad = None
+    return {
+        "first_call_s": first_call,
+        "peak_extra_bytes": peak_extra,
+        "memory_method": memory_method,
+        "loss": value,
+    }
 
-    times = []
-    for _ in range(args.repeats):
-        _sync(torch, device)
-        t0 = time.perf_counter()
+
+def run_timing_worker(args, impls) -> dict:
+    """All implementations in one process, timed round-robin (rotating the order each round) so
+    that load from other processes drifts over every column alike."""
+    torch, logits, labels = _setup(args)
+    device = args.device
+    steps = {impl: _make_step(impl, args, torch) for impl in impls}
+    for step in steps.values():  # warm-up, compilation included
         step(logits, labels)
-        _sync(torch, device)
-        times.append(time.perf_counter() - t0)
         logits.grad = None
+    times = {impl: [] for impl in impls}
+    for rnd in range(args.repeats):
+        order = impls[rnd % len(impls) :] + impls[: rnd % len(impls)]
+        for impl in order:
+            _sync(torch, device)
+            t0 = time.perf_counter()
+            steps[impl](logits, labels)
+            _sync(torch, device)
+            times[impl].append(time.perf_counter() - t0)
+            logits.grad = None
 
     # What streaming the logits in and a same-sized gradient out costs on this device: one copy.
     src = logits.detach()
@@ -209,14 +232,8 @@ def run_worker(args) -> dict:
         dst.copy_(src)
         _sync(torch, device)
         copies.append(time.perf_counter() - t0)
-
     return {
-        "impl": args.worker,
-        "median_s": statistics.median(times),
-        "first_call_s": first_call,
-        "peak_extra_bytes": peak_extra,
-        "memory_method": memory_method,
-        "loss": value,
+        "median_s": {impl: statistics.median(t) for impl, t in times.items()},
         "stream_s": min(copies),
         "num_anchors": logits.shape[1],
         "torch": torch.__version__,
@@ -241,18 +258,18 @@ def _cpu_name() -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_impl(impl: str, argv, args) -> dict:
+def run_subprocess(worker: str, argv, args) -> dict:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="retinafocal_inductor_") as cache:
         # Cold compile caches: the first call then shows what a fresh machine pays.
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
         env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
-        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", impl]
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", worker]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
-        raise SystemExit(f"benchmark worker for {impl} failed (exit {proc.returncode})")
+        raise SystemExit(f"benchmark worker {worker} failed (exit {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -295,31 +312,37 @@ def format_table(results: dict, args) -> str:
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_worker(args)))
-        return
     impls = [i for i in args.impls.split(",") if i]
     unknown = set(impls) - set(IMPLS)
     if unknown:
         raise SystemExit(f"--impls: unknown {sorted(unknown)}; choose from {IMPLS}")
+    if args.worker == "timing":
+        print(json.dumps(run_timing_worker(args, impls)))
+        return
+    if args.worker:
+        print(json.dumps(run_memory_worker(args)))
+        return
     results = {}
     for impl in impls:
-        print(f"running {TITLES[impl]} ...", file=sys.stderr, flush=True)
-        results[impl] = run_impl(impl, argv, args)
-    any_result = next(iter(results.values()))
-    r = any_result["num_anchors"]
+        print(f"memory, first call: {TITLES[impl]} ...", file=sys.stderr, flush=True)
+        results[impl] = run_subprocess(impl, argv, args)
+    print("timing, all implementations round-robin ...", file=sys.stderr, flush=True)
+    timing = run_subprocess("timing", argv, args)
+    for impl in impls:
+        results[impl]["median_s"] = timing["median_s"][impl]
+        results[impl]["stream_s"] = timing["stream_s"]
     n, k = args.images, args.classes
     print(
         f"Focal loss forward+backward, {n} images of {args.height}x{args.width} -> "
-        f"R = {r} anchors/image (P3-P7, 9 per location), K = {k}, {args.dtype}, "
-        f"{args.pos_frac:.1%} positive, {args.ignore_frac:.0%} ignored anchors"
+        f"R = {timing['num_anchors']} anchors/image (P3-P7, 9 per location), K = {k}, "
+        f"{args.dtype}, {args.pos_frac:.1%} positive, {args.ignore_frac:.0%} ignored anchors"
     )
-    where = any_result["device_name"]
-    threads = f", {any_result['threads']} threads" if args.device == "cpu" else ""
+    threads = f", {timing['threads']} threads" if args.device == "cpu" else ""
+    memory_method = next(iter(results.values()))["memory_method"]
     print(
-        f"device: {args.device} ({where}{threads}), torch {any_result['torch']}, "
-        f"median of {args.repeats} calls; memory: {any_result['memory_method']}; "
-        f"stream time = one copy of the logits: {any_result['stream_s'] * 1e3:.1f} ms"
+        f"device: {args.device} ({timing['device_name']}{threads}), torch {timing['torch']}; "
+        f"time: median of {args.repeats} round-robin calls; memory: {memory_method}; "
+        f"stream time = one copy of the logits: {timing['stream_s'] * 1e3:.1f} ms"
     )
     print(format_table(results, args))
 

@@ -110,7 +110,6 @@ class FocalTerms:
     def __init__(self, alpha: float, gamma: float):
         self.alpha = float(alpha)
         self.gamma = float(gamma)
-        self.key = ("focal", self.alpha, self.gamma)
 
     def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
         p, p_neg, log1p_e = _sigmoid_parts(x)
@@ -149,12 +148,11 @@ class FocalStarTerms:
     def __init__(self, gamma: float, beta: float):
         self.gamma = float(gamma)
         self.beta = float(beta)
-        self.key = ("focal_star", self.gamma, self.beta)
 
     def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
         s = 2.0 * t - 1.0
         z = (self.gamma * s) * x + self.beta
-        p_z, p_neg_z, log1p_e = _sigmoid_parts(z)
+        _, p_neg_z, log1p_e = _sigmoid_parts(z)
         loss = (torch.clamp_min(-z, 0.0) + log1p_e) * (1.0 / self.gamma)
         return loss, (-s * p_neg_z if need_grad else None)
 
@@ -167,7 +165,6 @@ class HingeTerms:
 
     def __init__(self, margin: float):
         self.margin = float(margin)
-        self.key = ("hinge", self.margin)
 
     def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
         s = 2.0 * t - 1.0

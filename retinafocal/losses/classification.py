@@ -12,7 +12,7 @@ from typing import Optional
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-from ._fused import FocalStarTerms, FocalTerms, HingeTerms, fused_label_loss
+from ._fused import FocalStarTerms, FocalTerms, HingeTerms, anchor_losses, fused_label_loss
 from .build import CLASSIFICATION_LOSS_REGISTRY
 
 __all__ = ["FocalLoss", "BalancedCELoss", "FocalLossStar", "HingeLoss"]
@@ -44,8 +44,13 @@ class _FusedSumLoss(nn.Module):
             pred_logits, gt_labels, self.terms, "sum", self.compile, type(self).__name__
         )
 
+    def anchor_losses(self, pred_logits: Tensor, gt_labels: Tensor) -> Tensor:
+        """(N, R) fp32 loss of each anchor summed over its K classes (0 for ignored anchors),
+        without gradient and without an (N, R, K) temporary: for diagnostics."""
+        return anchor_losses(pred_logits, gt_labels, self.terms, self.compile)
+
     def extra_repr(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in vars(self.terms).items() if k != "key")
+        params = ", ".join(f"{k}={v}" for k, v in vars(self.terms).items())
         return f"{params}, compile={self.compile}"
 
 

@@ -139,10 +139,15 @@ class OHEMLoss(nn.Module):
             "compile": loss.COMPILE,
         }
 
+    def anchor_losses(self, pred_logits: Tensor, gt_labels: Tensor) -> Tensor:
+        """(N, R) fp32 CE of each anchor summed over its K classes (0 for ignored anchors): the
+        hardness score OHEM ranks by; no gradient."""
+        return anchor_losses(pred_logits, gt_labels, self._ce, self.compile)
+
     def select(self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Tensor) -> Tensor:
         """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient."""
         n, r, k = pred_logits.shape
-        scores = anchor_losses(pred_logits, gt_labels, self._ce, self.compile)
+        scores = self.anchor_losses(pred_logits, gt_labels)
         picked = [
             ohem_select(
                 scores[i],

@@ -71,6 +71,12 @@ class TestRegistry(unittest.TestCase):
                 self.assertEqual(x.grad.dtype, torch.float16)
                 self.assertTrue(torch.isfinite(x.grad).all())
                 self.assertTrue((x.grad[labels < 0] == 0).all())
+                per_anchor = loss_fn.anchor_losses(x, labels)
+                self.assertEqual(per_anchor.shape, labels.shape)
+                self.assertFalse(per_anchor.requires_grad)
+                self.assertTrue((per_anchor[labels < 0] == 0).all())
+                if not self_normalizing:
+                    torch.testing.assert_close(per_anchor.sum(), loss.detach())
 
     def test_config_values_reach_the_losses(self):
         logits, labels, _ = _batch(1)
