@@ -134,6 +134,12 @@ class TestKillDuringCheckpointThenResume(_TrainNetTest):
             metrics = [json.loads(line) for line in f if line.strip()]
         lr_at_5 = [m["lr"] for m in metrics if m.get("iteration") == 5][-1]
         self.assertAlmostEqual(lr_at_5, self.expected_lr_after(5, opts), places=12)
+        # The optimizer (momentum buffers, current LR) is part of every checkpoint.
+        optimizer = final["trainer"]["_trainer"]["optimizer"]
+        self.assertTrue(optimizer["state"])
+        self.assertAlmostEqual(
+            optimizer["param_groups"][0]["lr"], self.expected_lr_after(6, opts), places=12
+        )
 
     def expected_lr_after(self, steps, opts):
         """The LR of an uninterrupted run after ``steps`` scheduler steps."""
