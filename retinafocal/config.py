@@ -59,6 +59,7 @@ def add_retinafocal_config(cfg: CN) -> None:
     _C.DATASETS.COCO_JSON = []
 
     # What to do when a training image cannot be read: "error" (raise naming the file) or "skip"
-    # (drop it, count it, and log the count every DATALOADER.LOG_SKIPPED_PERIOD iterations).
+    # (drop it, count it, and log the running count every DATALOADER.LOG_SKIPPED_PERIOD images
+    # mapped, per data-loader worker).
     _C.DATALOADER.ON_UNREADABLE_IMAGE = "error"
     _C.DATALOADER.LOG_SKIPPED_PERIOD = 20
