@@ -239,14 +239,29 @@ class TestDemoRuns(unittest.TestCase):
                 "model.backbone.bottom_up.stages.depth = 18\n"
                 "del model.backbone.bottom_up.stages.stride_in_1x1\n"
                 "model.backbone.top_block.in_channels = 512\n"
+                "from detectron2.layers import ShapeSpec\n"
+                "model.backbone.out_channels = 32\n"
+                "model.head.input_shape = [ShapeSpec(channels=32)] * 5\n"
+                "model.head.conv_dims = [32] * 4\n"
                 "model.num_classes = 3\n"
-                "model.head.prior_prob = 0.6\n"
                 "model.max_detections_per_image = 4\n"
                 "model.diagnostics_period = 0\n"
                 "train = dict(device='cpu', init_checkpoint='')\n"
+                "from omegaconf import OmegaConf\n"
+                "import detectron2.data.transforms as T\n"
+                "from detectron2.config import LazyCall as L\n"
+                "dataloader = OmegaConf.create()\n"
+                "dataloader.test = dict(mapper=dict(augmentations=[\n"
+                "    L(T.ResizeShortestEdge)(short_edge_length=64, max_size=256)]))\n"
             )
+        cfg = loading.load_config(path)
+        aug = loading.test_augmentation(cfg)
+        self.assertEqual((aug.short_edge_length, aug.max_size), ((64, 64), 256))
+        loading.set_score_threshold(cfg, 0.25)
+        self.assertEqual(cfg.model.test_score_thresh, 0.25)
+        # Threshold 0: every candidate passes, so exactly max_detections_per_image remain.
         summary, results, _ = self.demo(os.path.join(self.images, "im2.png"), config=path,
-                                        confidence_threshold=0.5)
+                                        confidence_threshold=0.0)
         self.assertEqual(len(results), 4)
         self.assertEqual({r["category_id"] for r in results} - {0, 1, 2}, set())
 

@@ -1,0 +1,127 @@
+import json
+import math
+import unittest
+
+import torch
+from torch import nn
+
+import retinafocal  # noqa: F401
+from detectron2.layers import FrozenBatchNorm2d
+from retinafocal.tools import benchmark as B
+from retinafocal.tools.peers import torchvision_retinanet
+
+
+class TestBenchmarkParts(unittest.TestCase):
+    def test_calibration_normalises_every_frozen_bn_input(self):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3), FrozenBatchNorm2d(8), nn.ReLU(),
+                            nn.Conv2d(8, 4, 3), FrozenBatchNorm2d(4))
+        x = torch.randn(2, 3, 12, 12) * 50 + 7
+        self.assertEqual(B.calibrate_frozen_batchnorm(net, lambda: net(x)), 2)
+        with torch.no_grad():
+            first = net[:2](x)
+            out = net(x)
+        for y in (first, out):
+            self.assertTrue(torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(y.shape[1]),
+                                           atol=1e-4))
+            self.assertTrue(torch.allclose(y.var(dim=(0, 2, 3), unbiased=False),
+                                           torch.ones(y.shape[1]), atol=1e-3))
+
+    def test_rounds_rotate_and_warmup_is_dropped(self):
+        calls = []
+        tasks = {name: (lambda r, n=name: calls.append((r, n))) for name in "abc"}
+        times = B.time_interleaved(tasks, warmup=1, iters=3)
+        self.assertEqual([n for _, n in calls],
+                         list("abc") + list("bca") + list("cab") + list("abc"))
+        for clock in ("wall", "cpu"):
+            self.assertEqual({n: len(t) for n, t in times[clock].items()},
+                             {"a": 3, "b": 3, "c": 3})
+
+    def test_same_detections_ignores_the_order_of_ties(self):
+        dets = {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 3, 3]]),
+                "scores": torch.tensor([0.7, 0.7, 0.6]), "classes": torch.tensor([1, 0, 2])}
+        swapped = {k: v[[1, 0, 2]] for k, v in dets.items()}
+        self.assertTrue(B._same_detections(dets, swapped))
+        other = dict(dets, classes=torch.tensor([2, 0, 2]))
+        self.assertFalse(B._same_detections(dets, other))
+        moved = dict(dets, boxes=dets["boxes"] + torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, 0],
+                                                                [0, 0, 0, 0]]))
+        self.assertFalse(B._same_detections(dets, moved))
+
+    def test_table_ratios_and_targets(self):
+        settings = B.BenchmarkSettings()
+        figures = {
+            "train_iter_s": {"retinafocal": 0.8, "detectron2": 1.0, "torchvision": 0.5},
+            "latency_ms": {"retinafocal": 90.0, "detectron2": 100.0, "torchvision": 180.0},
+            "train_peak_mib": {"retinafocal": 700.0, "detectron2": 1000.0, "torchvision": 800.0},
+        }
+        table = B.format_table(figures, settings)
+        train_row = next(line for line in table.splitlines() if "training iteration" in line)
+        self.assertEqual([c.strip() for c in train_row.split("|")[-3:-1]], ["0.80x", "1.60x"])
+        checks = {(c["figure"], c["peer"]): c for c in B.check_targets(figures)}
+        self.assertTrue(checks[("train_iter_s", "detectron2")]["met"])  # 0.80 <= 0.85
+        self.assertFalse(checks[("latency_ms", "detectron2")]["met"])  # 0.90 > 0.85
+        self.assertTrue(checks[("train_peak_mib", "detectron2")]["met"])  # 0.70 <= 0.80
+        self.assertFalse(checks[("train_iter_s", "torchvision")]["met"])  # 1.6: behind
+        self.assertTrue(checks[("latency_ms", "torchvision")]["met"])
+        self.assertAlmostEqual(checks[("train_peak_mib", "torchvision")]["ratio"], 0.875)
+        self.assertIsNone(B.check_targets({})[0]["met"])
+
+    def test_settings_are_validated(self):
+        with self.assertRaisesRegex(ValueError, "unknown detector"):
+            B.BenchmarkSettings(detectors=("retinafocal", "yolo"))
+        with self.assertRaisesRegex(ValueError, "train_iters"):
+            B.BenchmarkSettings(train_iters=0)
+
+    def test_torchvision_peer_is_set_up_like_its_pretrained_builds(self):
+        model = torchvision_retinanet(num_classes=80)
+        body = model.backbone.body
+        self.assertFalse(any(isinstance(m, nn.BatchNorm2d) for m in body.modules()))
+        trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+        self.assertEqual(trainable, {"layer2", "layer3", "layer4"})
+        self.assertEqual(model.head.classification_head.num_classes, 80)
+
+
+class TestBenchmarkRun(unittest.TestCase):
+    """A whole (tiny) run: the three R50 RetinaNets on 64 x 96 images, one round each."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.settings = B.BenchmarkSettings(
+            height=64, width=96, train_batch=2, throughput_batch=2, train_warmup=0,
+            train_iters=1, latency_warmup=0, latency_iters=2, throughput_warmup=0,
+            throughput_iters=1, memory=False,
+        )
+        cls.result = B.run_benchmark(cls.settings, log=lambda m: None)
+
+    def test_ours_gives_detectron2s_detections(self):
+        times = self.result["raw"]["times"]
+        self.assertTrue(times["same_detections_as_detectron2"])
+        # The threshold regime gives the post-processing candidates to work on.
+        self.assertEqual(set(times["detections_per_image"].values()), {100})
+
+    def test_training_steps_are_finite(self):
+        losses = self.result["raw"]["times"]["train_losses"]
+        self.assertEqual(set(losses), set(B.DETECTORS))
+        self.assertTrue(all(math.isfinite(v) for vs in losses.values() for v in vs))
+
+    def test_figures_ratios_and_json(self):
+        figures = self.result["figures"]
+        for figure in ("train_iter_s", "latency_ms", "throughput_img_s"):
+            self.assertEqual(set(figures[figure]), set(B.DETECTORS))
+            self.assertTrue(all(v > 0 for v in figures[figure].values()))
+        ratio = self.result["ratios"]["ours/detectron2"]["latency_ms"]
+        self.assertAlmostEqual(
+            ratio, figures["latency_ms"]["retinafocal"] / figures["latency_ms"]["detectron2"])
+        self.assertEqual(len(self.result["raw"]["times"]["latency_s"]["wall"]["torchvision"]), 2)
+        json.dumps(self.result)  # the report is json-ready
+
+    def test_memory_measured_in_a_fresh_process(self):
+        mem = B.measure_memory("detectron2", "inference", self.settings)
+        model = B.build_detector("detectron2", self.settings).model
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        # The subprocess's peak holds at least the model, on top of what it held before.
+        self.assertGreater(mem["peak_rss_mib"] - mem["start_rss_mib"], weights / 2**20)
+
+if __name__ == "__main__":
+    unittest.main()
