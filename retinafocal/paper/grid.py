@@ -1,0 +1,570 @@
+"""The ablation grid of the paper's Table 1, as runs to train and rows to report.
+
+A :class:`RunSpec` is one training (or evaluation-only) job: a config file plus ``KEY VALUE``
+overrides, a seed and an output name. A :class:`Row` is one line of a report table: which run it
+shows, what it varies, and the paper's number for that setting. Several rows may share one run:
+the focal-loss model with gamma = 2, alpha = .25 and 9 anchors is the FL row of Sec. 5.1, Table 1b,
+Table 1c and Table 1d at once, and Table 1e and Figure 4 evaluate it.
+
+Two grids:
+
+* ``shapes`` (``make paper``): a miniature on the embedded shapes dataset, sized to finish within
+  an hour on 2 CPU cores (see :data:`SHAPES_SCHEDULE` for the arithmetic), with a justified
+  subset of each table's rows; ``shapes-full`` has every row of Table 1 at the same schedule.
+* ``coco``: every row of Table 1 at full size, with the COCO configs of ``configs/COCO``, for a
+  GPU cluster.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .references import TABLE_1A, TABLE_1B, TABLE_1C, TABLE_1D, TABLE_1E, PaperAP
+
+__all__ = [
+    "RunSpec",
+    "Row",
+    "Grid",
+    "SECTIONS",
+    "GRID_NAMES",
+    "SHAPES_SCHEDULE",
+    "anchor_sizes",
+    "build_grid",
+    "shapes_grid",
+    "coco_grid",
+    "run_name",
+]
+
+#: The report's sections, in order.
+SECTIONS: Tuple[str, ...] = ("init", "1a", "1b", "1c", "1d", "1e")
+
+GRID_NAMES: Tuple[str, ...] = ("shapes", "shapes-full", "coco")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One job of the grid.
+
+    Attributes:
+        name: unique name; its outputs go to ``<runs dir>/<name>/``.
+        config_file: yacs config (``.yaml``) the overrides apply to.
+        opts: ``KEY VALUE`` overrides, flattened (``("SOLVER.MAX_ITER", "300", ...)``).
+        seed: the config's ``SEED``; every run of a grid shares it, so runs differ only in what
+            they ablate (same initial weights where shapes agree, same data order).
+        max_iter: training iterations (for the schedule estimate and the report); 0 for an
+            evaluation-only run.
+        eval_of: for an evaluation-only run, the name of the training run whose final weights
+            it evaluates; None for a training run.
+        description: one line for logs and the report.
+    """
+
+    name: str
+    config_file: str
+    opts: Tuple[str, ...] = ()
+    seed: int = 0
+    max_iter: int = 0
+    eval_of: Optional[str] = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or os.sep in self.name or self.name.startswith("."):
+            raise ValueError(f"RunSpec.name must be a plain directory name, got {self.name!r}")
+        if len(self.opts) % 2:
+            raise ValueError(
+                f"RunSpec {self.name!r}: opts must be KEY VALUE pairs, got an odd number "
+                f"({len(self.opts)}): {list(self.opts)}"
+            )
+
+    @property
+    def eval_only(self) -> bool:
+        return self.eval_of is not None
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that determines the run's result; a stored result with
+        another fingerprint is stale and the run is done again."""
+        payload = json.dumps(
+            {k: v for k, v in asdict(self).items() if k != "description"}, sort_keys=True
+        )
+        return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a report table.
+
+    Attributes:
+        section: one of :data:`SECTIONS`.
+        run: name of the :class:`RunSpec` whose result the row shows.
+        label: what the row varies, as shown in the table ("alpha = 0.75").
+        params: the varied values, for ordering and for picking the best alpha per gamma
+            (keys such as ``alpha``, ``gamma``, ``scales``, ``ratios``, ``method``, ``size``).
+        paper: the paper's numbers for this setting; None when the paper has no such row.
+        paper_label: the paper's setting when it differs from ``label`` (Table 1b's alpha), or
+            what the paper says instead of a number.
+    """
+
+    section: str
+    run: str
+    label: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    paper: Optional[PaperAP] = None
+    paper_label: str = ""
+
+
+@dataclass
+class Grid:
+    """Runs, report rows, and what to say about them.
+
+    Attributes:
+        name: the grid's name (one of :data:`GRID_NAMES` for the built-in ones).
+        runs: training runs before the evaluation-only runs that depend on them.
+        rows: the report's rows, in table order within each section.
+        loss_analysis_run: the training run whose final model Figure 4 analyses (None: skip).
+        loss_analysis_dataset: dataset for Figure 4 (None: the config's first test set).
+        notes: per section, markdown that says what was run, which subset and why, and how it
+            differs from the paper.
+        schedule: markdown describing the training schedule.
+    """
+
+    name: str
+    runs: List[RunSpec]
+    rows: List[Row]
+    loss_analysis_run: Optional[str] = None
+    loss_analysis_dataset: Optional[str] = None
+    notes: Dict[str, str] = field(default_factory=dict)
+    schedule: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def run(self, name: str) -> RunSpec:
+        for spec in self.runs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"grid {self.name!r} has no run named {name!r}")
+
+    def rows_of(self, section: str) -> List[Row]:
+        return [row for row in self.rows if row.section == section]
+
+    def validate(self) -> None:
+        """Raise ValueError on duplicate run names, rows naming unknown runs or sections, and
+        evaluation-only runs of unknown or later runs."""
+        seen: Dict[str, RunSpec] = {}
+        for spec in self.runs:
+            if spec.name in seen:
+                raise ValueError(f"grid {self.name!r}: duplicate run name {spec.name!r}")
+            if spec.eval_of is not None:
+                parent = seen.get(spec.eval_of)
+                if parent is None or parent.eval_only:
+                    raise ValueError(
+                        f"grid {self.name!r}: run {spec.name!r} evaluates {spec.eval_of!r}, "
+                        "which is not a training run listed before it"
+                    )
+            seen[spec.name] = spec
+        for row in self.rows:
+            if row.section not in SECTIONS:
+                raise ValueError(
+                    f"grid {self.name!r}: row {row.label!r} has unknown section "
+                    f"{row.section!r}; sections are {SECTIONS}"
+                )
+            if row.run not in seen:
+                raise ValueError(
+                    f"grid {self.name!r}: row {row.section}/{row.label!r} names unknown run "
+                    f"{row.run!r}"
+                )
+        for name in (self.loss_analysis_run,):
+            if name is not None and (name not in seen or seen[name].eval_only):
+                raise ValueError(
+                    f"grid {self.name!r}: loss_analysis_run {name!r} is not a training run"
+                )
+
+
+def _fmt(value: float) -> str:
+    """A number for a run name: 0.25 -> "0p25", 2.0 -> "2"."""
+    text = f"{value:g}"
+    return text.replace(".", "p").replace("-", "m")
+
+
+def run_name(kind: str, **params: float) -> str:
+    """The canonical run name of a setting, e.g. ``run_name("fl", g=2, a=0.25)`` ->
+    ``"fl_g2_a0p25"``; parameters appear in the order given."""
+    return "_".join([kind] + [f"{k}{_fmt(v)}" for k, v in params.items()])
+
+
+def anchor_sizes(base_sizes: Sequence[float], num_scales: int) -> List[List[float]]:
+    """Anchor sizes per level for ``num_scales`` scales per octave: ``base * 2**(k / S)`` for
+    k = 0 .. S-1, the paper's scales (S = 3 gives 2^0, 2^(1/3), 2^(2/3)).
+
+    Args:
+        base_sizes: the smallest anchor size of each level, e.g. [32, 64, 128, 256, 512].
+        num_scales: S >= 1.
+
+    Returns:
+        One list of S sizes per level.
+    """
+    if num_scales < 1:
+        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+    return [[float(b) * 2.0 ** (k / num_scales) for k in range(num_scales)] for b in base_sizes]
+
+
+_ASPECT_RATIOS = {1: [[1.0]], 3: [[0.5, 1.0, 2.0]]}
+
+
+def _fl(alpha: float, gamma: float) -> Tuple[str, ...]:
+    return (
+        "MODEL.RETINAFOCAL.LOSS.NAME", "FocalLoss",
+        "MODEL.RETINANET.FOCAL_LOSS_ALPHA", repr(float(alpha)),
+        "MODEL.RETINANET.FOCAL_LOSS_GAMMA", repr(float(gamma)),
+    )  # fmt: skip
+
+
+def _ce(alpha: float) -> Tuple[str, ...]:
+    # FOCAL_LOSS_GAMMA 0 as well: the imbalance diagnostics then measure the loss actually used.
+    return (
+        "MODEL.RETINAFOCAL.LOSS.NAME", "BalancedCELoss",
+        "MODEL.RETINANET.FOCAL_LOSS_ALPHA", repr(float(alpha)),
+        "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0",
+    )  # fmt: skip
+
+
+def _ohem(batch: int, ratio: float, nms: float) -> Tuple[str, ...]:
+    return (
+        "MODEL.RETINAFOCAL.LOSS.NAME", "OHEMLoss",
+        "MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE", str(int(batch)),
+        "MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO", repr(float(ratio)),
+        "MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH", repr(float(nms)),
+    )  # fmt: skip
+
+
+def _anchors(base_sizes: Sequence[float], scales: int, ratios: int) -> Tuple[str, ...]:
+    return (
+        "MODEL.ANCHOR_GENERATOR.SIZES", repr(anchor_sizes(base_sizes, scales)),
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", repr(_ASPECT_RATIOS[ratios]),
+    )  # fmt: skip
+
+
+_NO_PRIOR = ("MODEL.RETINANET.PRIOR_PROB", "0.5")
+
+
+class _GridBuilder:
+    """Collects runs (deduplicated by name: a setting shared by several tables is trained once)
+    and rows."""
+
+    def __init__(self, base_opts: Tuple[str, ...], seed: int, max_iter: int):
+        self.base_opts = base_opts
+        self.seed = seed
+        self.max_iter = max_iter
+        self.runs: Dict[str, RunSpec] = {}
+        self.rows: List[Row] = []
+
+    def train(self, name: str, config_file: str, opts: Tuple[str, ...], description: str) -> str:
+        if name not in self.runs:
+            self.runs[name] = RunSpec(
+                name=name,
+                config_file=config_file,
+                opts=self.base_opts + opts,
+                seed=self.seed,
+                max_iter=self.max_iter,
+                description=description,
+            )
+        return name
+
+    def evaluate(self, name: str, of: str, opts: Tuple[str, ...], description: str) -> str:
+        parent = self.runs[of]
+        self.runs[name] = RunSpec(
+            name=name,
+            config_file=parent.config_file,
+            opts=parent.opts + opts,
+            seed=self.seed,
+            eval_of=of,
+            description=description,
+        )
+        return name
+
+    def row(self, section: str, run: str, label: str, params: Dict[str, Any],
+            paper: Optional[PaperAP], paper_label: str = "") -> None:  # fmt: skip
+        self.rows.append(Row(section, run, label, params, paper, paper_label))
+
+    def ordered_runs(self) -> List[RunSpec]:
+        trains = [r for r in self.runs.values() if not r.eval_only]
+        evals = [r for r in self.runs.values() if r.eval_only]
+        return trains + evals
+
+
+# --------------------------------------------------------------------------- shapes (miniature)
+EMBEDDED_CONFIG = os.path.join("configs", "Embedded", "retinanet_R18_FPN_shapes.yaml")
+
+#: The embedded recipe's smallest anchor per level (P3, P4) and its input size.
+_SHAPES_BASE_ANCHORS = (12.0, 24.0)
+_SHAPES_TRAIN_SIZE = 128
+
+#: Iterations per run of the ``shapes`` grid. The arithmetic is in :data:`SHAPES_SCHEDULE`.
+SHAPES_MAX_ITER = 250
+
+#: How the miniature's length was chosen (figures measured on this project's 2-core machine).
+SHAPES_SCHEDULE = (
+    "Every training run uses the embedded recipe (`configs/Embedded/retinanet_R18_FPN_shapes.yaml`:"
+    " ResNet-18-FPN from scratch, 128 px, batch 16, SGD lr 0.02 with warm-up and cosine decay) "
+    "with `FocalRetinaNet` and a shorter schedule: {max_iter} iterations instead of 1200, warm-up "
+    "{warmup} iterations (the recipe's 1/12), seed {seed} for every run. The length comes from the "
+    "one-hour budget on 2 CPU cores: {num_train} training runs x {max_iter} iterations at about "
+    "0.45 s/iteration, plus about 45 s per run for start-up and the COCO evaluation of the 200 "
+    "validation images, plus {num_eval} evaluation-only runs (Table 1e) and Figure 4."
+)
+
+
+def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
+                config_file: str = EMBEDDED_CONFIG) -> Grid:  # fmt: skip
+    """The miniature of Table 1 on the embedded shapes dataset.
+
+    Args:
+        max_iter: training iterations of every run.
+        full: every row of Table 1 (``shapes-full``) instead of the justified subset.
+        seed: ``SEED`` of every run.
+        config_file: the embedded recipe the runs override.
+    """
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    warmup = max(1, round(max_iter * 100 / 1200))
+    base = (
+        "MODEL.META_ARCHITECTURE", "FocalRetinaNet",
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.WARMUP_ITERS", str(warmup),
+        # Only the final checkpoint: a run is short, and a period of max_iter would write
+        # model_<max_iter - 1>.pth next to model_final.pth, the same weights twice.
+        "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
+    )  # fmt: skip
+    b = _GridBuilder(base, seed, max_iter)
+    cfg = config_file
+    anchors = _SHAPES_BASE_ANCHORS
+
+    def fl(alpha: float, gamma: float) -> str:
+        return b.train(run_name("fl", g=gamma, a=alpha), cfg, _fl(alpha, gamma),
+                       f"focal loss, gamma {gamma:g}, alpha {alpha:g}")  # fmt: skip
+
+    def ce(alpha: float) -> str:
+        return b.train(run_name("ce", a=alpha), cfg, _ce(alpha),
+                       f"alpha-balanced CE, alpha {alpha:g}")  # fmt: skip
+
+    default_fl = fl(0.25, 2.0)
+
+    # Sec. 5.1: CE with and without the prior, and FL. alpha = .5 weighs both classes equally:
+    # standard CE scaled by 1/2, which is also the paper's CE-with-prior number (1a, alpha .5).
+    no_prior = b.train("ce_a0p5_noprior", cfg, _ce(0.5) + _NO_PRIOR,
+                       "alpha-balanced CE, alpha 0.5, no prior (last class bias 0, pi = 0.5)")
+    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
+          None, "diverges (Sec. 5.1)")  # fmt: skip
+    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
+          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
+    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
+          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+
+    alphas_1a = sorted(TABLE_1A) if full else [0.25, 0.5, 0.75, 0.99]
+    for a in alphas_1a:
+        b.row("1a", ce(a), f"alpha = {a:g}", {"alpha": a, "gamma": 0.0}, TABLE_1A[a])
+
+    # 1b: gamma = 0 is Table 1a (its best alpha is picked from the 1a runs).
+    for a in alphas_1a:
+        paper_alpha, paper = TABLE_1B[0.0]
+        b.row("1b", ce(a), f"gamma = 0, alpha = {a:g}", {"gamma": 0.0, "alpha": a}, paper,
+              f"alpha = {paper_alpha:g}")  # fmt: skip
+    if full:
+        gamma_alphas = {g: [0.25, 0.5, 0.75] for g in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)}
+    else:
+        gamma_alphas = {0.5: [0.5], 1.0: [0.25, 0.5], 2.0: [0.25, 0.5], 5.0: [0.25]}
+    for g, alphas in gamma_alphas.items():
+        paper_alpha, paper = TABLE_1B[g]
+        for a in alphas:
+            b.row("1b", fl(a, g), f"gamma = {g:g}, alpha = {a:g}", {"gamma": g, "alpha": a},
+                  paper, f"alpha = {paper_alpha:g}")  # fmt: skip
+
+    anchor_settings = sorted(TABLE_1C) if full else [(1, 1), (2, 3), (3, 3)]
+    for scales, ratios in anchor_settings:
+        if (scales, ratios) == (3, 3):
+            name = default_fl  # the recipe's own anchors
+        else:
+            name = b.train(run_name("fl_anchors", s=scales, r=ratios), cfg,
+                           _fl(0.25, 2.0) + _anchors(anchors, scales, ratios),
+                           f"focal loss, {scales} scale(s) x {ratios} aspect ratio(s)")  # fmt: skip
+        b.row("1c", name, f"{scales} scale(s) x {ratios} ratio(s) = {scales * ratios} anchors",
+              {"scales": scales, "ratios": ratios}, TABLE_1C[(scales, ratios)])  # fmt: skip
+
+    ohem_settings = (
+        [k for k in TABLE_1D if k[0] != "FL"]
+        if full
+        else [("OHEM", 128, 0.5), ("OHEM", 512, 0.5), ("OHEM 1:3", 128, 0.5),
+              ("OHEM 1:3", 512, 0.5)]  # fmt: skip
+    )
+    for method, batch, nms in ohem_settings:
+        ratio = 3.0 if method == "OHEM 1:3" else 0.0
+        name = b.train(run_name("ohem", b=batch, r=ratio, n=nms), cfg, _ohem(batch, ratio, nms),
+                       f"{method}, batch {batch} per image, NMS {nms:g}")  # fmt: skip
+        b.row("1d", name, f"{method}, batch {batch}, NMS {nms:g}",
+              {"method": method, "batch": batch, "nms": nms}, TABLE_1D[(method, batch, nms)])
+    b.row("1d", default_fl, "FL (gamma 2, alpha .25)", {"method": "FL"},
+          TABLE_1D[("FL", None, None)])
+
+    # 1e: the paper trains and tests at 400..800 px; we test the 128 px model at the same
+    # fractions of its training size (0.5 .. 1.0).
+    # The training size is the FL run's own final evaluation.
+    for paper_size in sorted(TABLE_1E):
+        size = int(round(_SHAPES_TRAIN_SIZE * paper_size / 800))
+        name = default_fl if size == _SHAPES_TRAIN_SIZE else b.evaluate(
+            f"{default_fl}_test{size}", default_fl,
+            ("INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)),
+            f"the FL model evaluated at {size} px")  # fmt: skip
+        b.row("1e", name, f"test {size} px (x{size / _SHAPES_TRAIN_SIZE:.3g} of training)",
+              {"size": size}, TABLE_1E[paper_size], f"{paper_size} px")  # fmt: skip
+
+    runs = b.ordered_runs()
+    num_train = sum(not r.eval_only for r in runs)
+    schedule = SHAPES_SCHEDULE.format(
+        max_iter=max_iter, warmup=warmup, seed=seed, num_train=num_train,
+        num_eval=len(runs) - num_train,
+    )  # fmt: skip
+    notes = {
+        "init": (
+            "Three runs with the same recipe: alpha-balanced CE at alpha = .5 (standard CE up to "
+            "a factor 1/2) with the last classification bias at 0 (pi = 0.5, no prior) and with "
+            "the prior pi = 0.01, and the focal loss. A run *diverges* when a loss becomes NaN or "
+            "infinite (training stops there) or a logged loss exceeds 10x the first logged one. "
+            "Imbalance is milder here than on COCO: about 2.9k anchors x 5 classes per image "
+            "versus about 100k x 80, so the initial CE of the no-prior run is about 10^2 times "
+            "the positives' loss here against about 10^4-10^5 there."
+        ),
+        "1a": (
+            "alpha in {" + ", ".join(f"{a:g}" for a in alphas_1a) + "}"
+            + ("" if full else ": the two ends where the paper's AP drops (.25, .99), its best "
+               "(.75) and the unweighted point (.5); .1, .9 and .999 are in `shapes-full`.")
+        ),  # fmt: skip
+        "1b": (
+            "For each gamma the best alpha among those tried (bold); gamma = 0 takes the best "
+            "alpha of Table 1a. "
+            + ("" if full else "Alpha grid {.25, .5} at gamma = 1 and 2, where the paper's best "
+               "alpha moves from .5 to .25; gamma = .5 and 5 use the paper's best alpha (.5 and "
+               ".25). gamma = .1 and .2, and alpha .75, are in `shapes-full`.")
+        ),  # fmt: skip
+        "1c": (
+            "Scales per octave 2^(k/S), k < S, from the recipe's smallest anchors (12 and 24 px "
+            "on P3 and P4); ratios {1:1} or {1:2, 1:1, 2:1}."
+        ),
+        "1d": (
+            "OHEM scores anchors by plain CE, runs NMS over the anchor boxes, and trains on the "
+            "hardest `batch` anchors per image (with a 1:3 positive:negative ratio or none); "
+            "batch 128 and 512 keep 4% and 18% of an image's 2880 anchors here, against about "
+            "0.1-0.5% of COCO's 100k. The paper's Table 1d uses ResNet-101-FPN; ours the R18 "
+            "recipe."
+        ),
+        "1e": (
+            "Only the test size varies: the 128 px focal-loss model is evaluated at 0.5x .. 1x "
+            "of its training size, the fractions that 400 .. 800 px are of the paper's 800 px. "
+            "The paper trains a model at each scale (and times it on a GPU); our times are CPU "
+            "ms per image at batch 1, measured by detectron2's evaluator (its 'pure compute "
+            "time': model forward and post-processing, after 5 warm-up images)."
+        ),
+    }
+    return Grid(
+        name="shapes-full" if full else "shapes",
+        runs=runs,
+        rows=b.rows,
+        loss_analysis_run=default_fl,
+        notes=notes,
+        schedule=schedule,
+    )
+
+
+# --------------------------------------------------------------------------- COCO (full size)
+_COCO_BASE_ANCHORS = (32.0, 64.0, 128.0, 256.0, 512.0)
+
+
+def _coco_config(depth: int, size: int) -> str:
+    if size == 800:
+        return os.path.join("configs", "COCO", f"retinanet_R{depth}_FPN_1x.yaml")
+    return os.path.join("configs", "COCO", "scales", f"retinanet_R{depth}_FPN_1x_{size}.yaml")
+
+
+def coco_grid(*, seed: int = 0) -> Grid:
+    """Every row of Table 1 on COCO at the paper's settings: ResNet-50-FPN (ResNet-101-FPN for
+    Table 1d) trained and tested at 600 px with the 1x schedule; Table 1e trains a model at each
+    scale. Output directories come from the runner, not from the configs."""
+    b = _GridBuilder((), seed, 90000)
+    r50, r101 = _coco_config(50, 600), _coco_config(101, 600)
+
+    def fl(alpha: float, gamma: float, cfg: str = r50, tag: str = "") -> str:
+        return b.train(run_name("fl" + tag, g=gamma, a=alpha), cfg, _fl(alpha, gamma),
+                       f"focal loss, gamma {gamma:g}, alpha {alpha:g}")  # fmt: skip
+
+    def ce(alpha: float) -> str:
+        return b.train(run_name("ce", a=alpha), r50, _ce(alpha), f"alpha-balanced CE, {alpha:g}")
+
+    default_fl = fl(0.25, 2.0)
+    no_prior = b.train("ce_a0p5_noprior", r50, _ce(0.5) + _NO_PRIOR, "CE, no prior init")
+    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
+          None, "diverges (Sec. 5.1)")  # fmt: skip
+    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
+          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
+    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
+          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+    for a in sorted(TABLE_1A):
+        b.row("1a", ce(a), f"alpha = {a:g}", {"alpha": a, "gamma": 0.0}, TABLE_1A[a])
+        paper_alpha, paper = TABLE_1B[0.0]
+        b.row("1b", ce(a), f"gamma = 0, alpha = {a:g}", {"gamma": 0.0, "alpha": a}, paper,
+              f"alpha = {paper_alpha:g}")  # fmt: skip
+    for g in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0):
+        paper_alpha, paper = TABLE_1B[g]
+        for a in (0.25, 0.5, 0.75):
+            b.row("1b", fl(a, g), f"gamma = {g:g}, alpha = {a:g}", {"gamma": g, "alpha": a},
+                  paper, f"alpha = {paper_alpha:g}")  # fmt: skip
+    for scales, ratios in sorted(TABLE_1C):
+        name = default_fl if (scales, ratios) == (3, 3) else b.train(
+            run_name("fl_anchors", s=scales, r=ratios), r50,
+            _fl(0.25, 2.0) + _anchors(_COCO_BASE_ANCHORS, scales, ratios),
+            f"focal loss, {scales} scale(s) x {ratios} aspect ratio(s)")  # fmt: skip
+        b.row("1c", name, f"{scales} scale(s) x {ratios} ratio(s) = {scales * ratios} anchors",
+              {"scales": scales, "ratios": ratios}, TABLE_1C[(scales, ratios)])  # fmt: skip
+    for method, batch, nms in TABLE_1D:
+        if method == "FL":
+            name = fl(0.25, 2.0, r101, "_R101")
+            b.row("1d", name, "FL (gamma 2, alpha .25)", {"method": "FL"},
+                  TABLE_1D[("FL", None, None)])  # fmt: skip
+            continue
+        ratio = 3.0 if method == "OHEM 1:3" else 0.0
+        name = b.train(run_name("ohem_R101", b=batch, r=ratio, n=nms), r101,
+                       _ohem(batch, ratio, nms), f"{method}, batch {batch}, NMS {nms:g}")
+        b.row("1d", name, f"{method}, batch {batch}, NMS {nms:g}",
+              {"method": method, "batch": batch, "nms": nms}, TABLE_1D[(method, batch, nms)])
+    for size in sorted(TABLE_1E):
+        name = default_fl if size == 600 else fl(0.25, 2.0, _coco_config(50, size), f"_{size}")
+        b.row("1e", name, f"train and test {size} px", {"size": size}, TABLE_1E[size])
+    notes = {
+        "init": "ResNet-50-FPN, 600 px, 1x; CE at alpha = .5 with and without the prior init.",
+        "1a": "Every alpha of the paper's Table 1a.",
+        "1b": "gamma over the paper's values, alpha in {.25, .5, .75}; the best alpha is bold.",
+        "1c": "Every anchor setting of the paper's Table 1c.",
+        "1d": "ResNet-101-FPN, as in the paper; every OHEM setting of Table 1d.",
+        "1e": "ResNet-50-FPN trained and tested at each scale; times on the cluster's GPUs.",
+    }
+    return Grid(
+        name="coco",
+        runs=b.ordered_runs(),
+        rows=b.rows,
+        loss_analysis_run=default_fl,
+        notes=notes,
+        schedule="The paper's 1x schedule of each COCO config (90k iterations at 16 images).",
+    )
+
+
+def build_grid(name: str, **kwargs: Any) -> Grid:
+    """Build a grid by name: "shapes", "shapes-full" or "coco"; keyword arguments go to its
+    builder (``max_iter`` and ``seed`` for the shapes grids, ``seed`` for coco)."""
+    if name == "shapes":
+        return shapes_grid(**kwargs)
+    if name == "shapes-full":
+        return shapes_grid(full=True, **kwargs)
+    if name == "coco":
+        kwargs.pop("max_iter", None)
+        return coco_grid(**kwargs)
+    raise ValueError(f"unknown grid {name!r}; choose one of {GRID_NAMES}")

@@ -1,0 +1,117 @@
+"""The whole reproduction as one call: run the grid, analyse the loss of the focal-loss model
+(Figure 4), write the report. ``tools/paper.py`` is its command line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional, Sequence
+
+from .grid import Grid
+from .loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
+from .report import ReportInputs, write_report
+from .runner import GridRunner, LaunchOptions, RunResult, load_results
+
+__all__ = ["figure4_step", "reproduce"]
+
+logger = logging.getLogger(__name__)
+
+
+def figure4_step(grid: Grid, results: Dict[str, RunResult], runs_dir: str, output_dir: str, *,
+                 num_images: int = 200, gammas: Sequence[float] = DEFAULT_GAMMAS,
+                 cwd: Optional[str] = None) -> Optional[Dict[str, Any]]:  # fmt: skip
+    """Analyse the final model of ``grid.loss_analysis_run`` into ``<output_dir>/figure4/``,
+    unless an analysis of that same run (fingerprint), image count and gammas is stored there.
+
+    Returns the analysis, or None when the run has no usable model (missing or diverged).
+    """
+    name = grid.loss_analysis_run
+    result = results.get(name) if name else None
+    weights = os.path.join(runs_dir, name, "model_final.pth") if name else ""
+    if result is None or result.diverged or not os.path.isfile(weights):
+        logger.info(f"Figure 4: skipped, run {name!r} has no final model")
+        return None
+    spec = grid.run(name)
+    key = {"run": name, "fingerprint": spec.fingerprint(), "num_images": num_images,
+           "gammas": [float(g) for g in gammas]}  # fmt: skip
+    fig_dir = os.path.join(output_dir, "figure4")
+    json_path = os.path.join(fig_dir, "loss_cdf.json")
+    if os.path.isfile(json_path):
+        with open(json_path) as f:
+            stored = json.load(f)
+        if stored.get("source") == key:
+            logger.info(f"Figure 4: reusing {json_path}")
+            return stored
+    logger.info(f"Figure 4: analysing {weights} on {num_images} images")
+    start = time.time()
+    config_file = spec.config_file
+    if cwd and not os.path.isabs(config_file):
+        config_file = os.path.join(cwd, config_file)
+    analysis = analyze_model(
+        config_file,
+        list(spec.opts) + ["MODEL.WEIGHTS", weights],
+        dataset=grid.loss_analysis_dataset,
+        num_images=num_images,
+        gammas=gammas,
+    )
+    analysis["source"] = key
+    analysis["seconds"] = round(time.time() - start, 1)
+    write_analysis(analysis, fig_dir, title=f"Figure 4 from run {name}")
+    return analysis
+
+
+def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int = 1,
+              report_only: bool = False, only: Optional[Sequence[str]] = None,
+              loss_num_images: int = 200,
+              command: str = "make paper") -> Dict[str, Any]:  # fmt: skip
+    """Run ``grid`` (runs under ``<output_dir>/runs``), Figure 4 and the report.
+
+    Args:
+        report_only: do not run anything; report what is stored.
+        only: run just these runs of the grid.
+        loss_num_images: images for Figure 4.
+        command: how the report says it was made.
+
+    Returns:
+        ``{"report": path or None, "results": {...}, "failures": {...}}``; on machines other than
+        the first (``launch.machine_rank > 0``) only the runs are done.
+    """
+    start = time.time()
+    runs_dir = os.path.join(output_dir, "runs")
+    failures: Dict[str, str] = {}
+    if report_only:
+        results = load_results(grid, runs_dir)
+        failures = {s.name: "not run yet" for s in grid.runs if s.name not in results}
+    else:
+        runner = GridRunner(grid, runs_dir, launch, jobs=jobs, only=only)
+        results = runner.run()
+        failures = dict(runner.failures)
+        for spec in grid.runs:
+            if spec.name not in results and spec.name not in failures:
+                failures[spec.name] = "not run (excluded by --only)"
+    if launch.machine_rank != 0:
+        return {"report": None, "results": results, "failures": failures}
+    analysis = None
+    try:
+        analysis = figure4_step(grid, results, runs_dir, output_dir,
+                                num_images=loss_num_images, cwd=launch.cwd)  # fmt: skip
+    except Exception as e:  # noqa: BLE001  (the report is still written, saying why)
+        logger.exception("Figure 4 failed")
+        failures["figure4"] = f"loss analysis failed: {type(e).__name__}: {e}"
+    png = os.path.join(output_dir, "figure4", "loss_cdf.png")
+    report = write_report(
+        ReportInputs(
+            grid=grid,
+            results=results,
+            failures=failures,
+            output_dir=output_dir,
+            runs_dir=runs_dir,
+            loss_analysis=analysis,
+            loss_analysis_png=png if analysis is not None else None,
+            command=command,
+            elapsed_seconds=None if report_only else time.time() - start,
+        )
+    )
+    logger.info(f"Report written to {report}")
+    return {"report": report, "results": results, "failures": failures}

@@ -1,0 +1,145 @@
+"""The ablation grids: structure, shared runs, and every run's overrides valid for its config."""
+import os
+import unittest
+
+import retinafocal  # noqa: F401  (compat first)
+from detectron2.config import get_cfg
+
+from retinafocal import add_retinafocal_config
+from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
+from retinafocal.paper.grid import (
+    SECTIONS,
+    Grid,
+    Row,
+    RunSpec,
+    anchor_sizes,
+    build_grid,
+    run_name,
+)
+
+from .common import REPO_ROOT
+
+
+def _merged(spec: RunSpec):
+    cfg = get_cfg()
+    add_retinafocal_config(cfg)
+    merge_yacs_file(cfg, os.path.join(REPO_ROOT, spec.config_file))
+    merge_yacs_overrides(cfg, list(spec.opts) + ["SEED", str(spec.seed)])
+    return cfg
+
+
+class TestHelpers(unittest.TestCase):
+    def test_anchor_sizes(self):
+        self.assertEqual(anchor_sizes([12], 1), [[12.0]])
+        sizes = anchor_sizes([12, 24], 2)
+        self.assertAlmostEqual(sizes[0][1], 12 * 2**0.5)
+        self.assertAlmostEqual(sizes[1][1], 24 * 2**0.5)
+        three = anchor_sizes([32], 3)[0]
+        self.assertAlmostEqual(three[2] / three[0], 2 ** (2 / 3))
+        with self.assertRaises(ValueError):
+            anchor_sizes([32], 0)
+
+    def test_run_name(self):
+        self.assertEqual(run_name("fl", g=2.0, a=0.25), "fl_g2_a0p25")
+        self.assertEqual(run_name("ce", a=0.999), "ce_a0p999")
+
+    def test_fingerprint_follows_the_settings(self):
+        a = RunSpec("x", "c.yaml", ("SOLVER.MAX_ITER", "10"), max_iter=10)
+        self.assertEqual(a.fingerprint(), RunSpec("x", "c.yaml", ("SOLVER.MAX_ITER", "10"),
+                                                  max_iter=10, description="other").fingerprint())
+        self.assertNotEqual(a.fingerprint(), RunSpec("x", "c.yaml", ("SOLVER.MAX_ITER", "11"),
+                                                      max_iter=10).fingerprint())
+        self.assertNotEqual(a.fingerprint(), RunSpec("x", "c.yaml", ("SOLVER.MAX_ITER", "10"),
+                                                     max_iter=10, seed=1).fingerprint())
+
+    def test_invalid_grids(self):
+        run = RunSpec("a", "c.yaml")
+        with self.assertRaisesRegex(ValueError, "unknown run 'b'"):
+            Grid("g", [run], [Row("1a", "b", "x")])
+        with self.assertRaisesRegex(ValueError, "unknown section"):
+            Grid("g", [run], [Row("9z", "a", "x")])
+        with self.assertRaisesRegex(ValueError, "duplicate"):
+            Grid("g", [run, run], [])
+        with self.assertRaisesRegex(ValueError, "not a training run listed before"):
+            Grid("g", [RunSpec("e", "c.yaml", eval_of="a"), run], [])
+        with self.assertRaisesRegex(ValueError, "KEY VALUE"):
+            RunSpec("a", "c.yaml", ("ONLY_A_KEY",))
+        with self.assertRaisesRegex(ValueError, "unknown grid"):
+            build_grid("imagenet")
+
+
+class TestShapesGrid(unittest.TestCase):
+    def setUp(self):
+        self.grid = build_grid("shapes", max_iter=40)
+
+    def test_every_section_has_rows(self):
+        for section in SECTIONS:
+            self.assertTrue(self.grid.rows_of(section), section)
+
+    def test_focal_loss_run_is_shared(self):
+        fl = self.grid.loss_analysis_run
+        self.assertEqual(fl, "fl_g2_a0p25")
+        sections = {row.section for row in self.grid.rows if row.run == fl}
+        self.assertEqual(sections, set(SECTIONS) - {"1a"})  # 1a is CE only
+
+    def test_subsets_and_paper_rows(self):
+        alphas = [r.params["alpha"] for r in self.grid.rows_of("1a")]
+        self.assertEqual(alphas, [0.25, 0.5, 0.75, 0.99])
+        self.assertTrue(all(r.paper is not None for s in ("1a", "1b", "1c", "1d", "1e")
+                            for r in self.grid.rows_of(s)))  # fmt: skip
+        gammas = {r.params["gamma"] for r in self.grid.rows_of("1b")}
+        self.assertEqual(gammas, {0.0, 0.5, 1.0, 2.0, 5.0})
+        anchors = {(r.params["scales"], r.params["ratios"]) for r in self.grid.rows_of("1c")}
+        self.assertEqual(anchors, {(1, 1), (2, 3), (3, 3)})
+        sizes = [r.params["size"] for r in self.grid.rows_of("1e")]
+        self.assertEqual(sizes, [64, 80, 96, 112, 128])
+
+    def test_full_grid_has_every_paper_row(self):
+        full = build_grid("shapes-full", max_iter=40)
+        self.assertEqual(len(full.rows_of("1a")), 7)
+        self.assertEqual(len(full.rows_of("1c")), 7)
+        self.assertEqual(len(full.rows_of("1d")), 10)
+
+    def test_overrides_reach_the_config(self):
+        for spec in self.grid.runs:
+            with self.subTest(run=spec.name):
+                cfg = _merged(spec)
+                self.assertEqual(cfg.MODEL.META_ARCHITECTURE, "FocalRetinaNet")
+                self.assertEqual(cfg.SOLVER.MAX_ITER, 40)
+                self.assertEqual(cfg.SEED, 0)
+        cfg = _merged(self.grid.run("ce_a0p5_noprior"))
+        self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, 0.5)
+        self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.NAME, "BalancedCELoss")
+        cfg = _merged(self.grid.run("fl_anchors_s1_r1"))
+        self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.SIZES, [[12.0], [24.0]])
+        self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, [[1.0]])
+        cfg = _merged(self.grid.run("ohem_b512_r3_n0p5"))
+        self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE, 512)
+        self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO, 3.0)
+        test64 = self.grid.run("fl_g2_a0p25_test64")
+        self.assertEqual(test64.eval_of, "fl_g2_a0p25")
+        self.assertEqual(_merged(test64).INPUT.MIN_SIZE_TEST, 64)
+
+
+class TestCocoGrid(unittest.TestCase):
+    def test_configs_exist_and_overrides_apply(self):
+        grid = build_grid("coco")
+        self.assertEqual(len(grid.rows_of("1a")), 7)
+        self.assertEqual(len(grid.rows_of("1d")), 10)
+        configs = {spec.config_file for spec in grid.runs}
+        for config in configs:
+            self.assertTrue(os.path.isfile(os.path.join(REPO_ROOT, config)), config)
+        # One run per config is enough to check the keys; the rest share them.
+        checked = set()
+        for spec in grid.runs:
+            if spec.config_file in checked:
+                continue
+            checked.add(spec.config_file)
+            cfg = _merged(spec)
+            self.assertEqual(cfg.SOLVER.MAX_ITER, 90000)
+        self.assertEqual(_merged(grid.run("fl_g2_a0p25")).INPUT.MIN_SIZE_TEST, 600)
+        self.assertEqual(_merged(grid.run("fl_R101_g2_a0p25")).MODEL.RESNETS.DEPTH, 101)
+
+
+if __name__ == "__main__":
+    unittest.main()

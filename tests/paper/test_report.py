@@ -1,0 +1,192 @@
+"""The report writer: on fake results of the shapes grid (every claim decided by the numbers
+given), and end to end on a two-run grid of 2-iteration train_net.py runs."""
+import math
+import os
+import shutil
+import tempfile
+import time
+import unittest
+
+import retinafocal  # noqa: F401  (compat first)
+from retinafocal.paper.grid import build_grid
+from retinafocal.paper.pipeline import reproduce
+from retinafocal.paper.report import (
+    CLEAR_MARGIN_AP,
+    ReportInputs,
+    evaluate_claims,
+    kendall_tau,
+    write_report,
+)
+from retinafocal.paper.runner import LaunchOptions, RunResult, load_results
+
+from .common import REPO_ROOT, TRAIN_NET, tiny_shapes, two_run_grid
+
+
+def _analysis(neg_fraction_by_gamma):
+    gammas = list(neg_fraction_by_gamma)
+    return {
+        "gammas": [float(g) for g in gammas], "num_images": 3, "num_positives": 10,
+        "num_negatives": 1000, "num_negatives_total": 1000, "negatives_sampled": False,
+        "dataset": "fake_val",
+        "half_loss_fraction": {"positives": {g: 0.4 for g in gammas},
+                               "negatives": dict(neg_fraction_by_gamma)},
+    }  # fmt: skip
+
+
+def _fake_results(grid, ap_of, diverged=()):
+    results = {}
+    for spec in grid.runs:
+        ap = ap_of(spec.name)
+        r = RunResult(name=spec.name, fingerprint=spec.fingerprint(), ap=ap, ap50=ap + 15,
+                      ap75=ap - 2, max_iter=spec.max_iter, iterations=spec.max_iter,
+                      s_per_iter=0.5, wall_seconds=150.0, inference_ms=20.0,
+                      loss_history=[[19, 3.0, 2.0], [39, 1.0, 0.6]])  # fmt: skip
+        if spec.name in diverged:
+            r.diverged, r.nan_iter, r.ap = True, 12, math.nan
+        if spec.eval_of:
+            size = int(spec.name.rsplit("test", 1)[1])
+            r.inference_ms = size / 10.0
+        results[spec.name] = r
+    return results
+
+
+class TestKendallTau(unittest.TestCase):
+    def test_hand_cases(self):
+        self.assertEqual(kendall_tau([1, 2, 3], [10, 20, 30]), 1.0)
+        self.assertEqual(kendall_tau([1, 2, 3], [3, 2, 1]), -1.0)
+        self.assertAlmostEqual(kendall_tau([1, 2, 3], [1, 3, 2]), 1 / 3)
+        self.assertTrue(math.isnan(kendall_tau([1], [1])))
+        with self.assertRaises(ValueError):
+            kendall_tau([1, 2], [1])
+
+
+class TestReportOnFakeResults(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="rf_report_")
+        self.grid = build_grid("shapes", max_iter=100)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _inputs(self, results, analysis):
+        return ReportInputs(grid=self.grid, results=results, output_dir=self.tmp,
+                            runs_dir=os.path.join(self.tmp, "runs"), loss_analysis=analysis,
+                            failures={"figure4": "x"} if analysis is None else {})  # fmt: skip
+
+    def test_every_claim_reproduced(self):
+        def ap(name):
+            if name.startswith("ce_a0p5_noprior"):
+                return 0.2
+            if name.startswith("fl_g2_a0p25"):
+                return 20.0
+            if name.startswith("ohem"):
+                return 15.0
+            if name == "fl_anchors_s1_r1":
+                return 14.0
+            if name.startswith("ce"):
+                return 12.0 + (0.5 if name == "ce_a0p75" else 0.0)
+            return 16.0
+
+        results = _fake_results(self.grid, ap)
+        inputs = self._inputs(results, _analysis({"0": 0.3, "0.5": 0.2, "1": 0.1, "2": 0.04}))
+        claims = {c.key: c for c in evaluate_claims(inputs)}
+        self.assertEqual(set(claims), {"init", "fl_vs_ce", "fl_vs_ohem", "anchors", "figure4"})
+        for key, claim in claims.items():
+            self.assertIs(claim.holds, True, f"{key}: {claim.ours}")
+        self.assertIn("+7.5 AP", claims["fl_vs_ce"].ours)  # 20.0 - 12.5
+        self.assertIn("alpha = 0.75", claims["fl_vs_ce"].ours)
+
+        path = write_report(inputs)
+        with open(path) as f:
+            text = f.read()
+        for title in ("Section 5.1", "Table 1a", "Table 1b", "Table 1c", "Table 1d", "Table 1e",
+                      "Figure 1", "Figure 4", "## Claims"):  # fmt: skip
+            self.assertIn(title, text)
+        self.assertNotIn("not reproduced", text)
+        # Our numbers next to the paper's, with the citation.
+        self.assertIn("| alpha = 0.75 | 12.5 | 27.5 | 10.5 |", text)
+        self.assertIn("| 31.1 | 49.4 | 33.0 |", text)
+        self.assertIn("Table 1a", text)
+        self.assertIn("arXiv:1708.02002", text)
+        self.assertIn("fails (AP < 1)", text)  # the no-prior row
+        self.assertIn("| 2 | 40% | 4% |", text)  # Figure 4: gamma, positives, negatives
+        for png in ("figure1.png", "init_losses.png", "table1e_speed_accuracy.png"):
+            self.assertTrue(os.path.isfile(os.path.join(self.tmp, png)), png)
+        self.assertIn("Ordering by AP", text)
+        with open(os.path.join(self.tmp, "HEADLINE.md")) as f:
+            self.assertIn("reproduced", f.read())
+
+    def test_claims_that_do_not_reproduce_say_so_with_numbers(self):
+        def ap(name):
+            if name.startswith("ohem"):
+                return 21.0  # OHEM beats FL
+            if name == "fl_anchors_s1_r1":
+                return 25.0  # 1 anchor beats 9
+            if name.startswith("ce"):
+                return 19.5  # within the margin of FL
+            return 20.0
+
+        results = _fake_results(self.grid, ap)  # no-prior CE trains (19.5 AP)
+        inputs = self._inputs(results, _analysis({"0": 0.3, "2": 0.25}))
+        claims = {c.key: c for c in evaluate_claims(inputs)}
+        for key in ("init", "fl_vs_ce", "fl_vs_ohem", "anchors", "figure4"):
+            self.assertIs(claims[key].holds, False, key)
+        self.assertIn("+0.5 AP", claims["fl_vs_ce"].ours)
+        self.assertLess(0.5, CLEAR_MARGIN_AP)
+        self.assertIn("-1.0 AP", claims["fl_vs_ohem"].ours)
+        self.assertIn("-5.0 AP", claims["anchors"].ours)
+        text = open(write_report(inputs)).read()
+        self.assertIn("**not reproduced**", text)
+        self.assertIn("first logged loss 3.000, largest 3.000", text)
+
+    def test_diverged_and_missing_runs(self):
+        results = _fake_results(self.grid, lambda n: 10.0, diverged=("ce_a0p5_noprior",))
+        del results["ohem_b512_r3_n0p5"]
+        inputs = self._inputs(results, None)
+        inputs.failures["ohem_b512_r3_n0p5"] = "exit code 1: boom"
+        claims = {c.key: c for c in evaluate_claims(inputs)}
+        self.assertIs(claims["init"].holds, True)
+        self.assertIn("diverged", claims["init"].ours)
+        self.assertNotIn("figure4", claims)
+        text = open(write_report(inputs)).read()
+        self.assertIn("**diverged** (non-finite loss at iter 12)", text)
+        self.assertIn("no result: exit code 1: boom", text)
+        self.assertIn("Not computed", text)
+
+
+class TestReportEndToEnd(unittest.TestCase):
+    """Two 2-iteration train_net.py runs on a tiny dataset, Figure 4 and the report; then a
+    second call that finds both runs done."""
+
+    def test_two_run_grid(self):
+        tmp = tempfile.mkdtemp(prefix="rf_paper_e2e_")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        grid = two_run_grid(tiny_shapes(os.path.join(tmp, "data")), iters=2)
+        out = os.path.join(tmp, "report")
+        launch = LaunchOptions(train_net=TRAIN_NET, threads=2, cwd=REPO_ROOT)
+        first = reproduce(grid, out, launch, loss_num_images=2, command="test")
+        self.assertEqual(first["failures"], {})
+        for name in ("fl", "ce"):
+            r = first["results"][name]
+            self.assertEqual(r.iterations, 2)
+            self.assertFalse(r.diverged)
+            self.assertTrue(all(math.isfinite(h[1]) for h in r.loss_history))
+            self.assertTrue(math.isfinite(r.ap), f"{name}: AP {r.ap}")
+            self.assertTrue(math.isfinite(r.inference_ms))
+        with open(first["report"]) as f:
+            text = f.read()
+        for title in ("Section 5.1", "Table 1a", "Table 1b", "Figure 1", "Figure 4"):
+            self.assertIn(title, text)
+        self.assertIn("![Figure 4](figure4_loss_cdf.png)", text)
+        self.assertEqual(set(load_results(grid, os.path.join(out, "runs"))), {"fl", "ce"})
+
+        result_file = os.path.join(out, "runs", "fl", "result.json")
+        stamp = os.path.getmtime(result_file)
+        time.sleep(0.01)
+        second = reproduce(grid, out, launch, loss_num_images=2, command="test")
+        self.assertEqual(os.path.getmtime(result_file), stamp)  # not run again
+        self.assertEqual(second["results"]["fl"].ap, first["results"]["fl"].ap)
+
+
+if __name__ == "__main__":
+    unittest.main()

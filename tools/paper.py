@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Reproduce the focal-loss paper's ablations (Table 1a-1e), Figure 1 and Figure 4, and write
+``reports/paper/REPORT.md``.
+
+    python tools/paper.py                  # the miniature on the embedded dataset (make paper)
+    python tools/paper.py --plan           # list the runs and the time estimate; run nothing
+    python tools/paper.py --report-only    # rewrite the report from stored results
+    python tools/paper.py --grid shapes-full   # every row of Table 1, miniature schedule
+    python tools/paper.py --grid coco --num-gpus 8 --num-machines 2 --machine-rank 0 \\
+        --dist-url tcp://host:port         # full size on COCO; run it on every machine
+
+Runs are seeded and resumable: a run with a stored result for the same settings is not run
+again, an interrupted one continues from its last checkpoint.
+"""
+import argparse
+import logging
+import math
+import os
+import shlex
+import sys
+
+import retinafocal  # noqa: F401  (first: compat, registries)
+from retinafocal.paper.grid import GRID_NAMES, SHAPES_MAX_ITER, build_grid
+from retinafocal.paper.pipeline import reproduce
+from retinafocal.paper.runner import LaunchOptions
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Planning figures for --plan, measured on this project's 2-core machine (see grid.py).
+PLAN_S_PER_ITER = 0.45
+PLAN_RUN_OVERHEAD_S = 45.0
+PLAN_EVAL_RUN_S = 35.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])  # fmt: skip
+    p.add_argument("--grid", default="shapes", choices=GRID_NAMES)
+    p.add_argument("--output", default=os.path.join(REPO_ROOT, "reports", "paper"),
+                   help="report directory; runs go to <output>/runs")  # fmt: skip
+    p.add_argument("--max-iter", type=int, default=SHAPES_MAX_ITER,
+                   help="iterations per run of the shapes grids (coco: the configs' schedule)")
+    p.add_argument("--seed", type=int, default=0, help="SEED of every run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at the same time on this machine")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads per run (default: CPU cores / jobs)")  # fmt: skip
+    p.add_argument("--only", nargs="+", metavar="RUN", help="run just these runs")
+    p.add_argument("--report-only", action="store_true", help="run nothing; rewrite the report")
+    p.add_argument("--plan", action="store_true", help="print the runs and a time estimate")
+    p.add_argument("--loss-num-images", type=int, default=200, help="images for Figure 4")
+    p.add_argument("--train-net", default=os.path.join(REPO_ROOT, "train_net.py"))
+    # detectron2's launch, passed through to train_net.py.
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto")
+    return p.parse_args(argv)
+
+
+def plan(grid, launch) -> str:
+    lines = []
+    train_s = 0.0
+    for spec in grid.runs:
+        weights = f"<runs>/{spec.eval_of}/model_final.pth" if spec.eval_only else None
+        cmd = launch.command(spec, os.path.join("<output>", "runs", spec.name), weights)
+        lines.append(f"{spec.name}: {spec.description}\n    {shlex.join(cmd)}")
+        train_s += (PLAN_EVAL_RUN_S if spec.eval_only
+                    else spec.max_iter * PLAN_S_PER_ITER + PLAN_RUN_OVERHEAD_S)  # fmt: skip
+    num_train = sum(not s.eval_only for s in grid.runs)
+    lines.append(
+        f"\n{len(grid.runs)} runs ({num_train} training, {len(grid.runs) - num_train} "
+        f"evaluation-only). Estimate at {PLAN_S_PER_ITER} s/iter, {PLAN_RUN_OVERHEAD_S:.0f} s "
+        f"start-up + evaluation per training run, {PLAN_EVAL_RUN_S:.0f} s per evaluation-only "
+        f"run (2 CPU cores): {math.ceil(train_s / 60)} min, plus about 1 min for Figure 4."
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[paper %(asctime)s] %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stdout)  # fmt: skip
+    if args.grid == "coco" and args.jobs != 1:
+        raise SystemExit("--jobs must be 1 with --grid coco (each run uses every GPU)")
+    kwargs = {"seed": args.seed}
+    if args.grid != "coco":
+        kwargs["max_iter"] = args.max_iter
+    grid = build_grid(args.grid, **kwargs)
+    threads = args.threads
+    if not threads and args.grid != "coco":  # GPU runs: leave the environment's threads alone
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    launch = LaunchOptions(
+        train_net=os.path.abspath(args.train_net),
+        num_gpus=args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        threads=threads,
+        cwd=REPO_ROOT,
+    )
+    if args.plan:
+        print(plan(grid, launch))
+        return 0
+    command = "python tools/paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    out = reproduce(
+        grid,
+        os.path.abspath(args.output),
+        launch,
+        jobs=args.jobs,
+        report_only=args.report_only,
+        only=args.only,
+        loss_num_images=args.loss_num_images,
+        command="make paper" if not (argv or sys.argv[1:]) else command.strip(),
+    )
+    failed = {k: v for k, v in out["failures"].items() if not v.startswith("not run")}
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(sorted(failed)), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
