@@ -10,7 +10,8 @@
         --dist-url tcp://host:port         # full size on COCO; run it on every machine
 
 Runs are seeded and resumable: a run with a stored result for the same settings is not run
-again, an interrupted one continues from its last checkpoint.
+again, an interrupted one continues from its last checkpoint. With several machines, --output
+must be on a filesystem they all share.
 """
 import argparse
 import logging
@@ -27,9 +28,9 @@ from retinafocal.paper.runner import LaunchOptions
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Planning figures for --plan, measured on this project's 2-core machine (see grid.py).
-PLAN_S_PER_ITER = 0.45
-PLAN_RUN_OVERHEAD_S = 45.0
-PLAN_EVAL_RUN_S = 35.0
+PLAN_S_PER_ITER = 0.4
+PLAN_RUN_OVERHEAD_S = 20.0
+PLAN_EVAL_RUN_S = 15.0
 
 
 def parse_args(argv=None):

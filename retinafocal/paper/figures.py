@@ -97,8 +97,9 @@ def plot_loss_histories(histories: Dict[str, Sequence[Sequence[float]]], path: s
         if not history:
             continue
         h = np.asarray(history, dtype=np.float64)
-        ax.plot(h[:, 0], h[:, 1], marker="o", markersize=3, label=f"{label}: total")
-        ax.plot(h[:, 0], h[:, 2], linestyle="--", alpha=0.7, label=f"{label}: classification")
+        (line,) = ax.plot(h[:, 0], h[:, 1], marker="o", markersize=3, label=f"{label}: total")
+        ax.plot(h[:, 0], h[:, 2], linestyle="--", alpha=0.7, color=line.get_color(),
+                label=f"{label}: classification")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (median of 20 iterations)")

@@ -382,7 +382,8 @@ def _section_1e(v: _View, output_dir: str) -> Tuple[str, List[str]]:
         p = row.paper
         lines.append([row.label] + cells[:3] + [_num(ms, 1)] + _paper_cells(row)[:3]
                      + [_num(p.time_ms, 0) if p else "–", row.paper_label])  # fmt: skip
-        ours.append((ms, _ap(r), str(row.params.get("size", row.label))))
+        size = row.params.get("size")
+        ours.append((ms, _ap(r), f"{size} px" if size is not None else row.label))
         if p is not None:
             paper.append((p.time_ms or math.nan, p.ap, row.paper_label or row.label))
     header = ["setting", "AP", "AP50", "AP75", "ms / image (CPU)", "paper AP", "AP50", "AP75",

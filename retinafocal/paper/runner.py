@@ -153,7 +153,7 @@ _PURE_COMPUTE = re.compile(
     r"Total inference pure compute time: .*\(([0-9.eE+-]+) s / iter per device"
 )
 _TRAIN_SPEED = re.compile(r"Overall training speed: (\d+) iterations in .*\(([0-9.eE+-]+) s / it\)")
-_TRAIN_TIME = re.compile(r"Total training time: (\d+):(\d+):(\d+)")
+_TRAIN_TIME = re.compile(r"Total training time: (?:(\d+) days?, )?(\d+):(\d+):(\d+)")
 # The iteration in a non-finite-loss message, e.g. retinafocal's NonFiniteLossError ("Loss became
 # NaN or infinite at iteration 7") or detectron2's ("Loss became infinite or NaN at iteration=7").
 _NONFINITE_ITER = re.compile(
@@ -198,8 +198,8 @@ def parse_log(path: str) -> Dict:
             out["train_iterations"], out["s_per_iter"] = int(m.group(1)), float(m.group(2))
         m = _TRAIN_TIME.search(line)
         if m:
-            h, mi, s = (int(g) for g in m.groups())
-            out["train_seconds"] = float(h * 3600 + mi * 60 + s)
+            d, h, mi, s = (int(g or 0) for g in m.groups())
+            out["train_seconds"] = float(((d * 24 + h) * 60 + mi) * 60 + s)
         if _FP_ERROR.search(line):
             out["floating_point_error"] = True
         m = _NONFINITE_ITER.search(line)
@@ -344,6 +344,10 @@ class _Active:
 class GridRunner:
     """Runs the grid's jobs, ``jobs`` at a time, in order, each after the run it evaluates.
 
+    With several machines, every machine runs the same grid in the same order (detectron2's
+    ``launch`` joins them per run); ``runs_dir`` must be on a filesystem they share, so that
+    they agree on which runs are done.
+
     Args:
         grid: what to run.
         runs_dir: one sub-directory per run.
@@ -466,7 +470,12 @@ class GridRunner:
             spec, active.run_dir, returncode=active.process.returncode, wall_seconds=wall
         )
         if self.launch.machine_rank != 0:
-            # Only the first machine evaluates and owns the results.
+            # The first machine owns the results. Here a finished process only has to let the
+            # runs that depend on it start, in step with the first machine.
+            if active.process.returncode == 0:
+                self.results[spec.name] = RunResult(name=spec.name, fingerprint=spec.fingerprint())
+            else:
+                self.failures[spec.name] = f"exit code {active.process.returncode}"
             return
         if result is None:
             self.failures[spec.name] = reason

@@ -118,6 +118,15 @@ class TestRunner(unittest.TestCase):
         with self.assertRaisesRegex(KeyError, "nope"):
             GridRunner(Grid("t", runs, []), self.runs, self.launch, only=["nope"])
 
+    def test_other_machines_run_in_step_but_write_no_results(self):
+        self.launch.machine_rank = 1
+        runs = [_spec("a"), _spec("a_eval", eval_of="a")]
+        runner, _ = self.run_grid(runs)
+        self.assertEqual([c[0] for c in self.calls()], ["a", "a_eval"])
+        self.assertEqual(runner.failures, {})
+        self.assertFalse(os.path.exists(os.path.join(self.runs, "a", "result.json")))
+        self.assertTrue(os.path.exists(os.path.join(self.runs, "a", "stdout.1.log")))
+
     def test_missing_train_net(self):
         with self.assertRaisesRegex(FileNotFoundError, "train_net"):
             GridRunner(Grid("t", [], []), self.runs, LaunchOptions(train_net="/no/train_net.py"))
@@ -140,8 +149,12 @@ class TestParsing(unittest.TestCase):
             with open(path, "w") as f:
                 f.write("copypaste: Task: bbox\ncopypaste: AP,AP50\ncopypaste: 1.0,2.0\n"
                         "copypaste: Task: segm\ncopypaste: AP\ncopypaste: 9.0\n"
-                        "copypaste: Task: bbox\ncopypaste: AP,AP50\ncopypaste: 3.5,nan\n")
+                        "copypaste: Task: bbox\ncopypaste: AP,AP50\ncopypaste: 3.5,nan\n"
+                        "Total training time: 1 day, 2:03:04 (0:00:10 on hooks)\n"
+                        "Loss became infinite or NaN at iteration=17!\n")
             out = parse_log(path)
+        self.assertEqual(out["train_seconds"], 86400 + 2 * 3600 + 3 * 60 + 4)
+        self.assertEqual(out["nan_iter"], 17)  # detectron2's own message
         self.assertEqual(out["bbox"]["AP"], 3.5)
         self.assertTrue(math.isnan(out["bbox"]["AP50"]))
 
