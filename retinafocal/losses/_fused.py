@@ -103,13 +103,15 @@ class FocalTerms:
 
         d FL / d x = alpha_t q^gamma [ (p - t) + gamma * ce * (1 - 2t) * p (1 - p) / q ],
 
-    where p (1 - p) / q lies in [0, 1] (it is p or 1 - p for hard targets). gamma = 0 takes a
+    where p (1 - p) / q lies in [0, 1]. For hard targets (``hard_targets=True``, the label-based
+    losses) it is simply p or 1 - p, which saves a division per element. gamma = 0 takes a
     separate branch, so it is exactly alpha-balanced CE.
     """
 
-    def __init__(self, alpha: float, gamma: float):
+    def __init__(self, alpha: float, gamma: float, hard_targets: bool = False):
         self.alpha = float(alpha)
         self.gamma = float(gamma)
+        self.hard_targets = bool(hard_targets)
 
     def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
         p, p_neg, log1p_e = _sigmoid_parts(x)
@@ -129,7 +131,10 @@ class FocalTerms:
             mod = q * q if self.gamma == 2.0 else torch.pow(q, self.gamma)
             loss = ce * mod
             if need_grad:
-                r = torch.where(q > 0, p * p_neg / q, 0.0)
+                if self.hard_targets:
+                    r = t * p + not_t * p_neg
+                else:
+                    r = torch.where(q > 0, p * p_neg / q, 0.0)
                 grad = mod * (d_ce + (self.gamma * ce) * (not_t - t) * r)
         if a_t is not None:
             loss = a_t * loss

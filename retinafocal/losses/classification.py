@@ -50,7 +50,9 @@ class _FusedSumLoss(nn.Module):
         return anchor_losses(pred_logits, gt_labels, self.terms, self.compile)
 
     def extra_repr(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in vars(self.terms).items())
+        params = ", ".join(
+            f"{k}={v}" for k, v in vars(self.terms).items() if k != "hard_targets"
+        )
         return f"{params}, compile={self.compile}"
 
 
@@ -80,7 +82,7 @@ class FocalLoss(_FusedSumLoss):
             raise ValueError(
                 f"FocalLoss: gamma (cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA) must be >= 0, got {gamma}"
             )
-        super().__init__(FocalTerms(alpha, gamma), compile)
+        super().__init__(FocalTerms(alpha, gamma, hard_targets=True), compile)
 
     @classmethod
     def from_config(cls, cfg):
@@ -104,7 +106,7 @@ class BalancedCELoss(_FusedSumLoss):
             compile: run the fused pass through torch.compile.
         """
         _check_alpha(alpha, "BalancedCELoss")
-        super().__init__(FocalTerms(alpha, 0.0), compile)
+        super().__init__(FocalTerms(alpha, 0.0, hard_targets=True), compile)
 
     @classmethod
     def from_config(cls, cfg):

@@ -149,7 +149,12 @@ def label_focal_loss(
     """
     _check_gamma_alpha(alpha, gamma, "label_focal_loss")
     return fused_label_loss(
-        logits, labels, FocalTerms(alpha, gamma), reduction, compile, "label_focal_loss"
+        logits,
+        labels,
+        FocalTerms(alpha, gamma, hard_targets=True),
+        reduction,
+        compile,
+        "label_focal_loss",
     )
 
 

@@ -127,7 +127,7 @@ class OHEMLoss(nn.Module):
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.nms_thresh = float(nms_thresh)
         self.compile = bool(compile)
-        self._ce = FocalTerms(alpha=-1.0, gamma=0.0)
+        self._ce = FocalTerms(alpha=-1.0, gamma=0.0, hard_targets=True)
 
     @classmethod
     def from_config(cls, cfg):
