@@ -69,6 +69,10 @@ def plan(grid, launch) -> str:
         train_s += (PLAN_EVAL_RUN_S if spec.eval_only
                     else spec.max_iter * PLAN_S_PER_ITER + PLAN_RUN_OVERHEAD_S)  # fmt: skip
     num_train = sum(not s.eval_only for s in grid.runs)
+    if grid.name == "coco":
+        lines.append(f"\n{len(grid.runs)} runs, each the 1x schedule of its COCO config on "
+                     "the GPUs given (--num-gpus x --num-machines).")  # fmt: skip
+        return "\n".join(lines)
     lines.append(
         f"\n{len(grid.runs)} runs ({num_train} training, {len(grid.runs) - num_train} "
         f"evaluation-only). Estimate at {PLAN_S_PER_ITER} s/iter, {PLAN_RUN_OVERHEAD_S:.0f} s "
@@ -113,6 +117,7 @@ def main(argv=None) -> int:
         only=args.only,
         loss_num_images=args.loss_num_images,
         command="make paper" if not (argv or sys.argv[1:]) else command.strip(),
+        headline_dir=REPO_ROOT,  # HEADLINE.md is for the README
     )
     failed = {k: v for k, v in out["failures"].items() if not v.startswith("not run")}
     if failed:

@@ -127,6 +127,8 @@ class Grid:
         notes: per section, markdown that says what was run, which subset and why, and how it
             differs from the paper.
         schedule: markdown describing the training schedule.
+        datasets: registered datasets to generate before any run starts (the embedded splits),
+            so that parallel runs never write the same files at once.
     """
 
     name: str
@@ -136,6 +138,7 @@ class Grid:
     loss_analysis_dataset: Optional[str] = None
     notes: Dict[str, str] = field(default_factory=dict)
     schedule: str = ""
+    datasets: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -475,6 +478,7 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
         loss_analysis_run=default_fl,
         notes=notes,
         schedule=schedule,
+        datasets=("shapes_train", "shapes_val"),
     )
 
 

@@ -63,8 +63,8 @@ def figure4_step(grid: Grid, results: Dict[str, RunResult], runs_dir: str, outpu
 
 def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int = 1,
               report_only: bool = False, only: Optional[Sequence[str]] = None,
-              loss_num_images: int = 200,
-              command: str = "make paper") -> Dict[str, Any]:  # fmt: skip
+              loss_num_images: int = 200, command: str = "make paper",
+              headline_dir: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
     """Run ``grid`` (runs under ``<output_dir>/runs``), Figure 4 and the report.
 
     Args:
@@ -72,6 +72,8 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
         only: run just these runs of the grid.
         loss_num_images: images for Figure 4.
         command: how the report says it was made.
+        headline_dir: where ``HEADLINE.md`` will be pasted (the repository root, for the
+            README); its links are made relative to it.
 
     Returns:
         ``{"report": path or None, "results": {...}, "failures": {...}}``; on machines other than
@@ -84,6 +86,11 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
         results = load_results(grid, runs_dir)
         failures = {s.name: "not run yet" for s in grid.runs if s.name not in results}
     else:
+        if launch.machine_rank == 0:
+            from ..data.datasets import ensure_dataset_files
+
+            for name in grid.datasets:
+                ensure_dataset_files(name)
         runner = GridRunner(grid, runs_dir, launch, jobs=jobs, only=only)
         results = runner.run()
         failures = dict(runner.failures)
@@ -111,6 +118,7 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
             loss_analysis_png=png if analysis is not None else None,
             command=command,
             elapsed_seconds=None if report_only else time.time() - start,
+            headline_dir=headline_dir,
         )
     )
     logger.info(f"Report written to {report}")

@@ -89,6 +89,9 @@ class ReportInputs:
         runs_dir: where the runs are (linked from the report).
         command: the command that regenerates the report.
         elapsed_seconds: wall time of the invocation that ran the grid, if known.
+        headline_dir: the directory whose markdown ``HEADLINE.md`` is meant for (the
+            repository root, for the README); its links are relative to it. Default: next to
+            the report.
     """
 
     grid: Grid
@@ -100,6 +103,7 @@ class ReportInputs:
     loss_analysis_png: Optional[str] = None
     command: str = "make paper"
     elapsed_seconds: Optional[float] = None
+    headline_dir: Optional[str] = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -561,17 +565,24 @@ def write_report(inputs: ReportInputs) -> str:
 
 
 def _write_headline(inputs: ReportInputs, claims: List[Claim]) -> str:
-    """``HEADLINE.md``: the claims table and the two figures, for the README."""
+    """``HEADLINE.md``: the claims table and the two figures, for the README (links relative
+    to ``inputs.headline_dir``)."""
+    base = os.path.relpath(inputs.output_dir, inputs.headline_dir or inputs.output_dir)
+
+    def link(name: str) -> str:
+        return name if base == "." else f"{base}/{name}".replace(os.sep, "/")
+
     lines = [
         f"Measured by `{inputs.command}` (grid `{inputs.grid.name}`); details in "
-        "[REPORT.md](REPORT.md).\n",
+        f"[REPORT.md]({link('REPORT.md')}).\n",
         _table(["claim (paper)", "ours", "verdict"],
                [[f"{c.statement} ({c.paper})", c.ours, _verdict(c.holds)] for c in claims]),
         "",
-        "![Figure 1: focal loss against p_t](figure1.png)",
+        f"![Figure 1: focal loss against p_t]({link('figure1.png')})",
     ]  # fmt: skip
     if os.path.isfile(os.path.join(inputs.output_dir, "figure4_loss_cdf.png")):
-        lines.append("![Figure 4: loss CDFs of positives and negatives](figure4_loss_cdf.png)")
+        lines.append(f"![Figure 4: loss CDFs of positives and negatives]"
+                     f"({link('figure4_loss_cdf.png')})")  # fmt: skip
     path = os.path.join(inputs.output_dir, "HEADLINE.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -114,7 +114,13 @@ class TestReportOnFakeResults(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(self.tmp, png)), png)
         self.assertIn("Ordering by AP", text)
         with open(os.path.join(self.tmp, "HEADLINE.md")) as f:
-            self.assertIn("reproduced", f.read())
+            headline = f.read()
+        self.assertIn("reproduced", headline)
+        self.assertIn("](figure1.png)", headline)
+        inputs.headline_dir = os.path.dirname(self.tmp)  # links from the README's directory
+        write_report(inputs)
+        with open(os.path.join(self.tmp, "HEADLINE.md")) as f:
+            self.assertIn(f"]({os.path.basename(self.tmp)}/figure1.png)", f.read())
 
     def test_claims_that_do_not_reproduce_say_so_with_numbers(self):
         def ap(name):
