@@ -22,7 +22,7 @@ What is in no component (input normalisation, torchvision's in-model resize) is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 import retinafocal  # noqa: F401  (first: compat for old detectron2)
 
 from . import ToolError
+from .tables import markdown_table
 
 __all__ = [
     "COMPONENTS",
@@ -145,9 +146,9 @@ def analyze_model(model: nn.Module, image: Tensor) -> Tuple[List[ComponentCost],
             by_module[f"model.{m}"] for m in subtracted)
         params = sum(_params(model, m) for m in added) - sum(_params(model, m) for m in subtracted)
         costs.append(ComponentCost(name, int(params), int(flops)))
-    costs.append(ComponentCost(
-        "other", total_params - sum(c.params for c in costs), total_flops - sum(c.flops for c in costs)
-    ))
+    other_params = total_params - sum(c.params for c in costs)
+    other_flops = total_flops - sum(c.flops for c in costs)
+    costs.append(ComponentCost("other", other_params, other_flops))
     costs.append(ComponentCost("total", total_params, total_flops))
     return costs, {k: int(v) for k, v in counter.by_operator().items()}
 
@@ -162,12 +163,7 @@ def format_analysis(costs: Sequence[ComponentCost], by_operator: Optional[Dict[s
          f"{100 * c.flops / total.flops:.1f}%" if total.flops else "-"]
         for c in costs if not (c.name == "other" and c.params == 0 and c.flops == 0)
     ]
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda cells: "| " + " | ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-    sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
-                         for i, w in enumerate(widths)) + "|"
-    lines = ([title] if title else []) + [fmt(header), sep] + [fmt(r) for r in rows]
+    lines = ([title] if title else []) + [markdown_table(header, rows)]
     if by_operator:
         ops = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(by_operator.items(),
                                                                    key=lambda kv: -kv[1]))

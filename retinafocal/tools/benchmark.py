@@ -47,7 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -56,8 +56,12 @@ from torch import Tensor, nn
 import retinafocal  # noqa: F401  (first: compat for old detectron2)
 import retinafocal.modeling  # noqa: F401  (registers FocalRetinaNet)
 
+from .tables import markdown_table
+
 __all__ = [
     "DETECTORS",
+    "OURS_VARIANTS",
+    "fold_frozen_batchnorm",
     "BenchmarkSettings",
     "Sample",
     "make_samples",
@@ -73,6 +77,14 @@ __all__ = [
 
 #: Detector names, ours first: the ratio columns divide ours by each of the others.
 DETECTORS = ("retinafocal", "detectron2", "torchvision")
+
+#: Candidate optimisations that ``--ours-variants`` applies to retinafocal's model alone, to
+#: measure what they would gain before anything changes in retinafocal.modeling:
+#: "channels_last": NHWC weights and activations (oneDNN / cuDNN convolutions without layout
+#: reorders); "fold_frozen_bn": each frozen BatchNorm folded into the convolution before it, for
+#: inference only (training keeps the paper's parametrisation); "inplace_relu": the head's ReLUs
+#: overwrite their input (same results; one activation fewer kept per conv for backward).
+OURS_VARIANTS = ("channels_last", "fold_frozen_bn", "inplace_relu")
 
 _PAPER_LR = 0.01
 _WARMUP_FACTOR = 0.001
@@ -104,6 +116,8 @@ class BenchmarkSettings:
     detectors: Tuple[str, ...] = DETECTORS
     # Extra yacs overrides for retinafocal only, e.g. ("MODEL.RETINAFOCAL.LOSS.COMPILE", "True").
     ours_opts: Tuple[str, ...] = ()
+    # Candidate optimisations applied to retinafocal's model only (see OURS_VARIANTS).
+    ours_variants: Tuple[str, ...] = ()
     memory: bool = True  # also measure peak memory in subprocesses
     # Training iterations in a memory subprocess: the second one is the first to hold the
     # optimiser's momentum while gradients are computed. Inference peaks in its first pass.
@@ -123,8 +137,12 @@ class BenchmarkSettings:
                      "throughput_iters", "memory_iters", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown = [v for v in self.ours_variants if v not in OURS_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; choose among {OURS_VARIANTS}")
         self.detectors = tuple(self.detectors)
         self.ours_opts = tuple(self.ours_opts)
+        self.ours_variants = tuple(self.ours_variants)
 
 
 @dataclass
@@ -373,15 +391,60 @@ def _torchvision_model(settings: BenchmarkSettings) -> nn.Module:
     return model
 
 
+def _to_channels_last(model: nn.Module) -> None:
+    """NHWC weights, and NHWC images into the backbone (convolutions then keep that layout)."""
+    model.to(memory_format=torch.channels_last)
+
+    def convert(module, inputs):
+        return (inputs[0].contiguous(memory_format=torch.channels_last),) + tuple(inputs[1:])
+
+    model.backbone.register_forward_pre_hook(convert)
+
+
+@torch.no_grad()
+def fold_frozen_batchnorm(model: nn.Module) -> Callable[[], None]:
+    """Fold every frozen BN that follows a detectron2 ``Conv2d`` into that conv's weight and
+    bias (exact up to rounding: ``(W x) * s + b == (W * s) x + b``). Returns a function that
+    undoes it."""
+    from detectron2.layers import Conv2d, FrozenBatchNorm2d
+
+    undo = []
+    for conv in model.modules():
+        if not (isinstance(conv, Conv2d) and isinstance(conv.norm, FrozenBatchNorm2d)):
+            continue
+        norm = conv.norm
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        undo.append((conv, conv.weight.detach().clone(), conv.bias, norm))
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+        conv.norm = None
+
+    @torch.no_grad()
+    def restore() -> None:
+        for conv, weight, bias, norm in undo:
+            conv.weight.copy_(weight)
+            conv.bias = bias
+            conv.norm = norm
+
+    return restore
+
+
 def build_detector(name: str, settings: BenchmarkSettings) -> Detector:
     """Build one of :data:`DETECTORS`, randomly initialised with ``settings.seed``."""
     from detectron2.modeling import build_model
 
     torch.manual_seed(settings.seed)
     if name == "retinafocal":
-        return Detectron2StyleDetector(
-            name, build_model(_detectron2_cfg(settings, "FocalRetinaNet")), settings.device
-        )
+        model = build_model(_detectron2_cfg(settings, "FocalRetinaNet"))
+        if "channels_last" in settings.ours_variants:
+            _to_channels_last(model)
+        if "inplace_relu" in settings.ours_variants:
+            for module in model.head.modules():
+                if isinstance(module, nn.ReLU):
+                    module.inplace = True
+        return Detectron2StyleDetector(name, model, settings.device)
     if name == "detectron2":
         return Detectron2StyleDetector(
             name, build_model(_detectron2_cfg(settings, "RetinaNet")), settings.device
@@ -410,6 +473,14 @@ def _set_inference_bias(detectors: Dict[str, Detector], settings: BenchmarkSetti
     with torch.no_grad():
         for det in detectors.values():
             det.class_bias().fill_(value)
+
+
+def _fold_for_inference(detectors: Dict[str, Detector], settings: BenchmarkSettings
+                        ) -> Callable[[], None]:
+    """Apply the "fold_frozen_bn" variant to retinafocal's model; returns its undo."""
+    if "fold_frozen_bn" in settings.ours_variants and "retinafocal" in detectors:
+        return fold_frozen_batchnorm(detectors["retinafocal"].model)
+    return lambda: None
 
 
 def _restore_prior_bias(detectors: Dict[str, Detector]) -> None:
@@ -451,39 +522,24 @@ def time_interleaved(
     return {"wall": wall, "cpu": cpu}
 
 
-def _canonical(dets: Dict[str, Tensor], min_score: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Detections scoring above ``min_score``, in an order that does not depend on how ties in
-    score were broken: by score, then class, then box corners."""
-    import numpy as np
-
-    keep = dets["scores"].cpu() > min_score
-    scores, classes = dets["scores"].cpu()[keep], dets["classes"].cpu()[keep]
-    boxes = dets["boxes"].cpu()[keep]
-    keys = [boxes[:, i].numpy() for i in (3, 2, 1, 0)] + [classes.numpy(), -scores.numpy()]
-    order = torch.as_tensor(np.lexsort(keys))
-    return scores[order], classes[order], boxes[order]
-
-
-def _same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor], atol: float = 1e-3) -> bool:
-    """Equal detections up to the order of equal scores: same number, same scores, and the same
-    (class, box) for every detection not tied with the last kept score (which of several tied
+def _same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> bool:
+    """Equal detections within rounding (boxes 0.01 px, scores 1e-5), in any order among equal
+    scores; detections tied with the last kept score are left out (which of several tied
     candidates makes the cut is arbitrary)."""
+    from .export import Detections, compare_detections
+
     if len(a["scores"]) != len(b["scores"]):
         return False
     if len(a["scores"]) == 0:
         return True
-    if not torch.allclose(a["scores"].sort().values.cpu(), b["scores"].sort().values.cpu(),
-                          atol=1e-6):
-        return False
-    cut = float(a["scores"].min()) + 1e-6
-    sa, ca, ba = _canonical(a, cut)
-    sb, cb, bb = _canonical(b, cut)
-    return (
-        len(sa) == len(sb)
-        and torch.equal(ca, cb)
-        and torch.allclose(sa, sb, atol=1e-6)
-        and torch.allclose(ba, bb, atol=atol)
-    )
+    cut = float(torch.minimum(a["scores"].min(), b["scores"].min())) + 1e-5
+
+    def above(d: Dict[str, Tensor]) -> Detections:
+        keep = d["scores"].cpu() > cut
+        return Detections(d["boxes"].cpu()[keep], d["scores"].cpu()[keep],
+                          d["classes"].cpu()[keep])
+
+    return compare_detections(above(a), above(b), box_atol=1e-2, score_atol=1e-5) is None
 
 
 def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
@@ -498,6 +554,7 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
     out: Dict[str, Any] = {"detections_per_image": {}}
 
     _set_inference_bias(detectors, settings)
+    unfold = _fold_for_inference(detectors, settings)
     for name, det in detectors.items():
         dets = det.infer(single[name][0])
         out["detections_per_image"][name] = len(dets[0]["scores"])
@@ -517,6 +574,7 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
         settings.throughput_warmup, settings.throughput_iters, settings.device,
     )
     _restore_prior_bias(detectors)
+    unfold()
     out["train_losses"] = {}
 
     def train_task(name, det):
@@ -569,6 +627,7 @@ def memory_worker(name: str, phase: str, settings: BenchmarkSettings) -> Dict[st
             det.train_step(inputs)
     elif phase == "inference":
         _set_inference_bias({name: det}, settings)
+        _fold_for_inference({name: det}, settings)
         det.infer(det.inference_inputs(samples[: settings.throughput_batch]))
     else:
         raise ValueError(f"unknown phase {phase!r}")
@@ -680,12 +739,20 @@ def _fmt(value: Optional[float]) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
+def _display_name(detector: str, settings: BenchmarkSettings) -> str:
+    changes = list(settings.ours_variants) + list(settings.ours_opts[::2])
+    if detector != "retinafocal" or not changes:
+        return detector
+    return f"retinafocal + {', '.join(changes)}"
+
+
 def format_table(figures: Dict[str, Dict[str, float]], settings: BenchmarkSettings) -> str:
     """A GitHub-markdown table: one row per figure, one column per detector, then ours / peer
     ratio columns."""
     peers = [d for d in settings.detectors if d != "retinafocal"]
     ours = "retinafocal" in settings.detectors
-    header = ["figure"] + list(settings.detectors) + ([f"ours/{p}" for p in peers] if ours else [])
+    names = [_display_name(d, settings) for d in settings.detectors]
+    header = ["figure"] + names + ([f"ours/{p}" for p in peers] if ours else [])
     mem = "CUDA max allocated" if settings.device.startswith("cuda") else "RSS"
     rows = []
     for figure, values in figures.items():
@@ -697,11 +764,7 @@ def format_table(figures: Dict[str, Dict[str, float]], settings: BenchmarkSettin
                 for p in peers
             ]
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa
-    sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in
-                         enumerate(widths)) + "|"
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
+    return markdown_table(header, rows)
 
 
 def environment() -> Dict[str, Any]:
@@ -810,7 +873,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--throughput-batch", type=int, default=8)
     parser.add_argument("--iters", type=int, nargs=3, metavar=("TRAIN", "LATENCY", "THROUGHPUT"),
-                        help="measured rounds (default 3 5 2 on CPU, 20 50 10 on CUDA)")
+                        help="measured rounds (default 4 8 2 on CPU, 20 50 10 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="warm-up rounds of every phase (default 1 on CPU, 5 on CUDA)")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
@@ -820,6 +883,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="also print torch.profiler's top operators per detector")
     parser.add_argument("--ours-opts", nargs="*", default=[],
                         help="yacs overrides for retinafocal only (KEY VALUE ...)")
+    parser.add_argument("--ours-variants", nargs="*", default=[], choices=OURS_VARIANTS,
+                        help="candidate optimisations applied to retinafocal only")
     parser.add_argument("--output", default="benchmark_detectors.json",
                         help="json file for the results (default benchmark_detectors.json)")
     parser.add_argument("--memory-worker", nargs=2, metavar=("DETECTOR", "PHASE"),
@@ -834,7 +899,7 @@ def settings_from_args(args: argparse.Namespace) -> List[BenchmarkSettings]:
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
     sizes = args.size or ([(800, 1067), (600, 800)] if cuda else [(512, 683)])
     train_iters, latency_iters, throughput_iters = args.iters or ((20, 50, 10) if cuda
-                                                                  else (3, 5, 2))
+                                                                  else (4, 8, 2))
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     return [
         BenchmarkSettings(
@@ -844,7 +909,8 @@ def settings_from_args(args: argparse.Namespace) -> List[BenchmarkSettings]:
             latency_warmup=warmup, latency_iters=latency_iters,
             throughput_warmup=warmup, throughput_iters=throughput_iters,
             inference_bias=args.inference_bias, detectors=tuple(args.detectors),
-            ours_opts=tuple(args.ours_opts), memory=not args.no_memory,
+            ours_opts=tuple(args.ours_opts), ours_variants=tuple(args.ours_variants),
+            memory=not args.no_memory,
         )
         for h, w in sizes
     ]

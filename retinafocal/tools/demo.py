@@ -134,7 +134,8 @@ def collect_inputs(path: str) -> DemoInputs:
         names = sorted(n for n in os.listdir(path) if _extension(n) in IMAGE_EXTENSIONS)
         if not names:
             raise ToolError(
-                f"input folder {path!r} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+                f"input folder {path!r} contains no images "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
         return DemoInputs("images", [os.path.join(path, n) for n in names])
     if not os.path.exists(path):

@@ -67,6 +67,29 @@ class TestBenchmarkParts(unittest.TestCase):
         self.assertAlmostEqual(checks[("train_peak_mib", "torchvision")]["ratio"], 0.875)
         self.assertIsNone(B.check_targets({})[0]["met"])
 
+    def test_folding_frozen_bn_keeps_outputs_and_undoes(self):
+        from detectron2.layers import Conv2d
+
+        torch.manual_seed(0)
+        norm = FrozenBatchNorm2d(4)
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.normal_()
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2)
+        net = nn.Sequential(Conv2d(3, 4, 3, bias=False, norm=norm), nn.ReLU())
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            before = net(x)
+            restore = B.fold_frozen_batchnorm(net)
+            self.assertIsNone(net[0].norm)
+            folded = net(x)
+            restore()
+            after = net(x)
+        self.assertTrue(torch.allclose(folded, before, atol=1e-5))
+        self.assertIs(net[0].norm, norm)
+        self.assertIsNone(net[0].bias)
+        self.assertTrue(torch.equal(after, before))
+
     def test_settings_are_validated(self):
         with self.assertRaisesRegex(ValueError, "unknown detector"):
             B.BenchmarkSettings(detectors=("retinafocal", "yolo"))
