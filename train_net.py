@@ -10,11 +10,10 @@
 ``.yaml`` configs take ``KEY VALUE`` overrides, ``.py`` (LazyConfig) configs ``key=value``.
 """
 import retinafocal  # noqa: F401  (first: makes detectron2 importable and registers our parts)
-import retinafocal.modeling  # noqa: F401  TEMP until retinafocal/__init__ imports it
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg
 from detectron2.engine import default_argument_parser, launch
 from retinafocal import add_retinafocal_config
+from retinafocal.checkpoint import AtomicDetectionCheckpointer
 from retinafocal.config_overrides import (
     apply_lazy_overrides,
     merge_yacs_file,
@@ -54,7 +53,9 @@ def main(args):
     if args.eval_only:
         model = build_lazy_model(cfg) if lazy else Trainer.build_model(cfg)
         weights = cfg.train.init_checkpoint if lazy else cfg.MODEL.WEIGHTS
-        DetectionCheckpointer(model).load(weights)
+        output_dir = cfg.train.output_dir if lazy else cfg.OUTPUT_DIR
+        # With --resume: the last checkpoint of the output directory, else the given weights.
+        AtomicDetectionCheckpointer(model, output_dir).resume_or_load(weights, resume=args.resume)
         results = lazy_test(cfg, model) if lazy else Trainer.test(cfg, model)
     elif lazy:
         results = lazy_train(cfg, resume=args.resume)

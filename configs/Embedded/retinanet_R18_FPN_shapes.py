@@ -34,9 +34,9 @@ model.smooth_l1_beta = 0.1
 model.pixel_std = constants["unit_bgr256_std"]
 
 optimizer.lr = 0.02
-train.max_iter = 1200
+train.max_iter = 1000
 lr_multiplier = cosine_schedule(train.max_iter, warmup_iters=100)
-train.checkpointer.period = 400
+train.checkpointer.period = 250
 train.device = "cpu"
 train.seed = 0
 train.output_dir = "output/shapes_R18_FPN_lazy"

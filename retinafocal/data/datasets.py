@@ -30,6 +30,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Registered datasets whose files are generated on first use: name -> (root, split, count, spec).
+_GENERATED: Dict[str, Tuple[str, str, int, ShapesSpec]] = {}
+
 #: detectron2's builtin COCO 2017 detection splits, re-registered to load through
 #: :func:`load_coco_dataset`. Their metadata (classes, json_file, image_root) stays detectron2's.
 COCO_2017_SPLITS = (
@@ -108,10 +111,11 @@ def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
     return names
 
 
-def _shapes_loader(root: str, split: str, num_images: int, spec: ShapesSpec, name: str):
+def _shapes_loader(name: str):
     def load() -> List[Dict[str, Any]]:
-        json_file = ensure_shapes_split(root, split, num_images, spec)
-        return load_coco_dataset(json_file, os.path.join(root, split), name)
+        ensure_dataset_files(name)
+        root, split, _, _ = _GENERATED[name]
+        return load_coco_dataset(shapes_json_path(root, split), os.path.join(root, split), name)
 
     return load
 
@@ -145,7 +149,8 @@ def register_shapes(
                     f"already registered with json_file, image_root = {_registered_files(name)}."
                 )
         else:
-            DatasetCatalog.register(name, _shapes_loader(root, split, num_images, spec, name))
+            _GENERATED[name] = (root, split, num_images, spec)
+            DatasetCatalog.register(name, _shapes_loader(name))
             MetadataCatalog.get(name).set(
                 json_file=json_file,
                 image_root=image_root,
@@ -177,8 +182,13 @@ def register_coco_2017() -> None:
 
 
 def ensure_dataset_files(name: str) -> None:
-    """Make sure the files of a registered dataset exist, generating the embedded shapes splits
-    if needed. Evaluators read ``json_file`` when they are built, possibly before any loader."""
-    json_file = getattr(MetadataCatalog.get(name), "json_file", None)
-    if json_file is not None and not os.path.isfile(json_file):
-        DatasetCatalog.get(name)
+    """Generate the files of a registered embedded (shapes) dataset if they are missing or stale;
+    nothing for other datasets.
+
+    Evaluators read a dataset's json when they are built, possibly before any loader has run,
+    and in multi-process training one process should generate while the others wait (see
+    :func:`retinafocal.engine.defaults.prepare_datasets`).
+    """
+    if name in _GENERATED:
+        root, split, num_images, spec = _GENERATED[name]
+        ensure_shapes_split(root, split, num_images, spec)

@@ -1,5 +1,5 @@
 """Training and evaluation: the yacs :class:`Trainer`, the LazyConfig loop, hooks, run set-up."""
-from .defaults import default_setup, log_bbox_ap
+from .defaults import dataset_names, default_setup, log_bbox_ap, prepare_datasets
 from .hooks import PredictionImageWriter, draw_predictions
 from .lazy import (
     build_lazy_model,
@@ -26,10 +26,12 @@ __all__ = [
     "build_lazy_model",
     "build_lazy_trainer",
     "checked_trainer",
+    "dataset_names",
     "default_setup",
     "draw_predictions",
     "lazy_test",
     "lazy_train",
     "log_bbox_ap",
+    "prepare_datasets",
     "register_lazy_datasets",
 ]
