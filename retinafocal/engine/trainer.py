@@ -1,7 +1,6 @@
 """The trainer for yacs configs: detectron2's ``DefaultTrainer`` with retinafocal's parts."""
 from __future__ import annotations
 
-import logging
 import os
 import weakref
 from collections import OrderedDict
@@ -20,8 +19,6 @@ from .hooks import PredictionImageWriter
 from .train_loop import checked_trainer
 
 __all__ = ["Trainer", "build_evaluator"]
-
-logger = logging.getLogger(__name__)
 
 
 def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:

@@ -1,6 +1,7 @@
 """Helpers of the engine tests: tiny datasets and in-process ``train_net.py`` runs."""
 import importlib
 import json
+import logging
 import os
 import sys
 import uuid
@@ -31,11 +32,23 @@ def train_net():
 
 def run_train_net(argv: Sequence[str]):
     """Run ``python train_net.py <argv>`` in this process (no launch: one process, no GPU);
-    returns what ``main`` returns (the evaluation results)."""
+    returns what ``main`` returns (the evaluation results).
+
+    Each run's ``default_setup`` adds log handlers for its output directory; they are removed
+    afterwards, or every later run in the process would write each line once per earlier run.
+    """
     module = train_net()
     from detectron2.engine import default_argument_parser
 
-    return module.main(default_argument_parser().parse_args(list(argv)))
+    loggers = [logging.getLogger(name) for name in ("detectron2", "fvcore", "retinafocal")]
+    before = {logger.name: list(logger.handlers) for logger in loggers}
+    try:
+        return module.main(default_argument_parser().parse_args(list(argv)))
+    finally:
+        for logger in loggers:
+            for handler in [h for h in logger.handlers if h not in before[logger.name]]:
+                logger.removeHandler(handler)
+                handler.close()
 
 
 def tiny_shapes(root: str, num_train: int = 4, num_val: int = 2) -> Dict[str, List[str]]:
