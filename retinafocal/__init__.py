@@ -9,7 +9,7 @@ from . import compat
 
 compat.apply()
 
-from . import losses, modeling  # noqa: E402  (register the model parts)
+from . import data, losses, modeling  # noqa: E402  (register datasets and model parts)
 from .config import add_retinafocal_config  # noqa: E402
 
 __version__ = "0.1.0"

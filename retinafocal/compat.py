@@ -23,6 +23,7 @@ __all__ = [
     "PIL_LINEAR_ALIASED",
     "MAP_DATASET_RETRY_FIXED",
     "TRAINER_STATE_FIXED",
+    "EXPORT_WITHOUT_CAFFE2",
     "apply",
     "describe",
 ]
@@ -39,6 +40,8 @@ PIL_LINEAR_ALIASED: bool = False
 MAP_DATASET_RETRY_FIXED: bool = False
 #: True when :func:`apply` gave v0.6's ``DefaultTrainer`` the optimizer in its checkpoints.
 TRAINER_STATE_FIXED: bool = False
+#: True when :func:`apply` made ``detectron2.export`` importable without caffe2 (v0.6).
+EXPORT_WITHOUT_CAFFE2: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -182,12 +185,45 @@ def _fix_default_trainer_state() -> None:
     TRAINER_STATE_FIXED = True
 
 
+def _export_without_caffe2() -> None:
+    """detectron2 v0.6 without caffe2: ``detectron2/export/__init__.py`` star-imports ``api.py``,
+    which imports ``caffe2`` (gone from PyTorch since 1.10's wheels) at module level, so
+    ``from detectron2.export import TracingAdapter`` fails although ``TracingAdapter`` and the
+    TorchScript helpers need no caffe2. Current detectron2 imports ``api`` only when caffe2 is
+    installed. This registers the ``detectron2.export`` package without running its
+    ``__init__`` and gives it the caffe2-free names current detectron2 exports.
+    """
+    global EXPORT_WITHOUT_CAFFE2
+    if EXPORT_WITHOUT_CAFFE2 or "detectron2.export" in sys.modules:
+        return
+    init = _detectron2_source("export/__init__.py")
+    if "from .api import *" not in init or "except ImportError" in init:
+        return  # current detectron2: caffe2 is already optional
+    if importlib.util.find_spec("caffe2") is not None:
+        return
+    import detectron2
+
+    spec = importlib.util.find_spec("detectron2.export")
+    package = importlib.util.module_from_spec(spec)  # not executed: its __init__ is what fails
+    sys.modules["detectron2.export"] = package
+    detectron2.export = package  # type: ignore[attr-defined]
+    from detectron2.export.flatten import TracingAdapter
+    from detectron2.export.torchscript import dump_torchscript_IR, scripting_with_instances
+
+    package.TracingAdapter = TracingAdapter  # type: ignore[attr-defined]
+    package.dump_torchscript_IR = dump_torchscript_IR  # type: ignore[attr-defined]
+    package.scripting_with_instances = scripting_with_instances  # type: ignore[attr-defined]
+    package.__all__ = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
+    EXPORT_WITHOUT_CAFFE2 = True
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
     _alias_pil_linear()
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
+    _export_without_caffe2()
 
 
 def describe() -> str:
@@ -206,4 +242,6 @@ def describe() -> str:
         parts.append("compat: MapDataset retry on Python 3.11")
     if TRAINER_STATE_FIXED:
         parts.append("compat: DefaultTrainer checkpoints the optimizer")
+    if EXPORT_WITHOUT_CAFFE2:
+        parts.append("compat: detectron2.export without caffe2")
     return ", ".join(parts)

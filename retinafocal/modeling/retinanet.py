@@ -196,16 +196,20 @@ class FocalRetinaNet(DenseDetector):
 
     @staticmethod
     def _check_finite(losses: Dict[str, Tensor]) -> None:
-        """Raise a FloatingPointError naming every loss term that is NaN or infinite."""
+        """Raise a FloatingPointError naming the iteration and every loss term that is NaN or
+        infinite; the error's ``terms`` attribute lists those terms for the trainer."""
         values = torch.stack([v.detach().float() for v in losses.values()])
         if bool(torch.isfinite(values).all()):
             return
-        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
-        raise FloatingPointError(
-            f"non-finite loss term(s) {bad} in FocalRetinaNet; all terms: "
-            f"{ {k: float(v) for k, v in losses.items()} }. Check the inputs for NaN/Inf "
-            "(images, boxes) and the learning rate."
+        detached = {k: float(v.detach()) for k, v in losses.items()}
+        bad = {k: v for k, v in detached.items() if not math.isfinite(v)}
+        err = FloatingPointError(
+            f"non-finite loss term(s) {bad} at iteration {get_event_storage().iter} in "
+            f"FocalRetinaNet; all terms: {detached}. Check the inputs for NaN/Inf (images, "
+            "boxes) and the learning rate."
         )
+        err.terms = list(bad)  # type: ignore[attr-defined]
+        raise err
 
     @torch.no_grad()
     def label_anchors(
