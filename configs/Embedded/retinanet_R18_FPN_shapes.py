@@ -32,6 +32,8 @@ model.anchor_generator.strides = [8, 16, 32]
 model.num_classes = 5
 model.smooth_l1_beta = 0.1
 model.pixel_std = constants["unit_bgr256_std"]
+# The yaml keeps the key's default layout, NCHW, as the recipe was measured with.
+model.memory_format = "NCHW"
 
 optimizer.lr = 0.02
 train.max_iter = 1000

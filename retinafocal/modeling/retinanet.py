@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
 _NORMALIZERS = ("num_pos", "ema")
+_MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 
 @META_ARCH_REGISTRY.register()
@@ -73,6 +74,7 @@ class FocalRetinaNet(DenseDetector):
         diagnostics_gamma: float = 2.0,
         vis_period: int = 0,
         input_format: str = "BGR",
+        memory_format: str = "NCHW",
     ):
         """
         Args:
@@ -98,6 +100,10 @@ class FocalRetinaNet(DenseDetector):
             diagnostics_alpha, diagnostics_gamma: focal-loss parameters the diagnostics use.
             vis_period: visualise training predictions every this many iterations (0: off).
             input_format: "BGR" or "RGB", for visualisation.
+            memory_format: layout of the 4-d weights and of the images fed to the backbone:
+                "NCHW" (PyTorch's default; results identical to detectron2's RetinaNet) or
+                "NHWC" (channels-last, which oneDNN and cuDNN convolve without reordering;
+                the same results up to float rounding).
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -127,6 +133,14 @@ class FocalRetinaNet(DenseDetector):
         self.diagnostics_gamma = diagnostics_gamma
         self.vis_period = vis_period
         self.input_format = input_format
+        if memory_format not in _MEMORY_FORMATS:
+            raise ValueError(f"memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT) must be one of "
+                             f"{sorted(_MEMORY_FORMATS)}, got {memory_format!r}")
+        self.memory_format = memory_format
+        if memory_format == "NHWC":
+            # Parameters keep this layout through .to(device) and load_state_dict (both
+            # preserve strides), so converting once here is enough.
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -164,7 +178,14 @@ class FocalRetinaNet(DenseDetector):
             "diagnostics_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
+            "memory_format": cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT,
         }
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+        """Normalise, pad and batch the images (detectron2's), in ``memory_format``."""
+        images = super().preprocess_image(batched_inputs)
+        images.tensor = images.tensor.contiguous(memory_format=_MEMORY_FORMATS[self.memory_format])
+        return images
 
     # ------------------------------------------------------------------ training
     def forward_training(

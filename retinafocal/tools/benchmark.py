@@ -80,11 +80,11 @@ DETECTORS = ("retinafocal", "detectron2", "torchvision")
 
 #: Candidate optimisations that ``--ours-variants`` applies to retinafocal's model alone, to
 #: measure what they would gain before anything changes in retinafocal.modeling:
-#: "channels_last": NHWC weights and activations (oneDNN / cuDNN convolutions without layout
-#: reorders); "fold_frozen_bn": each frozen BatchNorm folded into the convolution before it, for
-#: inference only (training keeps the paper's parametrisation); "inplace_relu": the head's ReLUs
-#: overwrite their input (same results; one activation fewer kept per conv for backward).
-OURS_VARIANTS = ("channels_last", "fold_frozen_bn", "inplace_relu")
+#: "fold_frozen_bn": each frozen BatchNorm folded into the convolution before it, for inference
+#: only (training keeps the paper's parametrisation); "inplace_relu": the head's ReLUs overwrite
+#: their input (same results; one activation fewer kept per conv for backward). The memory
+#: layout is a config key, not a variant: ``--ours-opts MODEL.RETINAFOCAL.MEMORY_FORMAT NCHW``.
+OURS_VARIANTS = ("fold_frozen_bn", "inplace_relu")
 
 _PAPER_LR = 0.01
 _WARMUP_FACTOR = 0.001
@@ -391,16 +391,6 @@ def _torchvision_model(settings: BenchmarkSettings) -> nn.Module:
     return model
 
 
-def _to_channels_last(model: nn.Module) -> None:
-    """NHWC weights, and NHWC images into the backbone (convolutions then keep that layout)."""
-    model.to(memory_format=torch.channels_last)
-
-    def convert(module, inputs):
-        return (inputs[0].contiguous(memory_format=torch.channels_last),) + tuple(inputs[1:])
-
-    model.backbone.register_forward_pre_hook(convert)
-
-
 @torch.no_grad()
 def fold_frozen_batchnorm(model: nn.Module) -> Callable[[], None]:
     """Fold every frozen BN that follows a detectron2 ``Conv2d`` into that conv's weight and
@@ -438,8 +428,6 @@ def build_detector(name: str, settings: BenchmarkSettings) -> Detector:
     torch.manual_seed(settings.seed)
     if name == "retinafocal":
         model = build_model(_detectron2_cfg(settings, "FocalRetinaNet"))
-        if "channels_last" in settings.ours_variants:
-            _to_channels_last(model)
         if "inplace_relu" in settings.ours_variants:
             for module in model.head.modules():
                 if isinstance(module, nn.ReLU):
@@ -740,10 +728,12 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def _display_name(detector: str, settings: BenchmarkSettings) -> str:
-    changes = list(settings.ours_variants) + list(settings.ours_opts[::2])
-    if detector != "retinafocal" or not changes:
+    """Ours is named with its memory layout and whatever the run changed."""
+    if detector != "retinafocal":
         return detector
-    return f"retinafocal + {', '.join(changes)}"
+    layout = _detectron2_cfg(settings, "FocalRetinaNet").MODEL.RETINAFOCAL.MEMORY_FORMAT
+    changes = list(settings.ours_variants) + list(settings.ours_opts[::2])
+    return f"retinafocal ({layout})" + (f" + {', '.join(changes)}" if changes else "")
 
 
 def format_table(figures: Dict[str, Dict[str, float]], settings: BenchmarkSettings) -> str:

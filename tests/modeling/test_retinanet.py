@@ -154,6 +154,61 @@ class TestFocalRetinaNet(unittest.TestCase):
         self.assertEqual(len(outputs[0]["instances"]), 0)
 
 
+class TestMemoryFormat(unittest.TestCase):
+    """MODEL.RETINAFOCAL.MEMORY_FORMAT = "NHWC": channels-last weights and inputs, same model."""
+
+    def build_pair(self):
+        nchw = build(small_retinanet_cfg())
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT = "NHWC"
+        nhwc = build(cfg, seed=1)  # other weights, so the load below has something to do
+        nhwc.load_state_dict(nchw.state_dict(), strict=True)
+        return nchw, nhwc
+
+    def test_weights_and_images_are_channels_last(self):
+        nchw, nhwc = self.build_pair()
+        convs = [p for p in nhwc.parameters() if p.dim() == 4]
+        self.assertGreater(len(convs), 20)
+        # load_state_dict copied NCHW tensors into the model without changing its layout.
+        for p in convs:
+            self.assertTrue(p.is_contiguous(memory_format=torch.channels_last))
+        images = nhwc.preprocess_image(make_inputs())
+        self.assertTrue(images.tensor.is_contiguous(memory_format=torch.channels_last))
+        self.assertFalse(images.tensor.is_contiguous())
+        self.assertTrue(nchw.preprocess_image(make_inputs()).tensor.is_contiguous())
+        self.assertTrue(all(p.is_contiguous() for p in nchw.parameters()))
+
+    def test_same_losses_gradients_and_detections_as_nchw(self):
+        nchw, nhwc = self.build_pair()
+        inputs = make_inputs()
+        a, b = train_losses(nchw, inputs), train_losses(nhwc, inputs)
+        for key in a:
+            self.assertTrue(torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key)
+        sum(a.values()).backward()
+        sum(b.values()).backward()
+        grad_a = dict(nchw.named_parameters())["head.cls_subnet.0.weight"].grad
+        grad_b = dict(nhwc.named_parameters())["head.cls_subnet.0.weight"].grad
+        self.assertTrue(torch.allclose(grad_a, grad_b, rtol=1e-3, atol=1e-7))
+        for m in (nchw, nhwc):
+            with torch.no_grad():
+                m.head.cls_score.bias.zero_()  # scores near 0.5: every level has candidates
+            m.eval()
+        with torch.no_grad():
+            out_a, out_b = nchw(inputs), nhwc(inputs)
+        for x, y in zip(out_a, out_b):
+            x, y = x["instances"], y["instances"]
+            self.assertEqual(len(x), 100)
+            self.assertTrue(torch.allclose(x.scores, y.scores, atol=1e-5))
+            self.assertTrue(torch.allclose(x.pred_boxes.tensor[0], y.pred_boxes.tensor[0],
+                                           atol=1e-3))
+
+    def test_unknown_format_names_the_key(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT = "NWHC"
+        with self.assertRaisesRegex(ValueError, "MODEL.RETINAFOCAL.MEMORY_FORMAT.*'NWHC'"):
+            build(cfg)
+
+
 class TestLazyConfigModel(unittest.TestCase):
     def test_lazy_and_yacs_build_the_same_module(self):
         from detectron2.config import LazyConfig
@@ -167,6 +222,7 @@ class TestLazyConfigModel(unittest.TestCase):
         lazy.head.input_shape = [lazy.head.input_shape[0].__class__(channels=32)] * 5
         lazy.head.conv_dims = [32] * 4
         lazy.diagnostics_period = 0
+        lazy.memory_format = "NCHW"  # as the yacs model below, so the outputs are bit-equal
         torch.manual_seed(0)
         from_lazy = instantiate(lazy)
         cfg = small_retinanet_cfg()

@@ -56,6 +56,8 @@ class TestBenchmarkParts(unittest.TestCase):
             "train_peak_mib": {"retinafocal": 700.0, "detectron2": 1000.0, "torchvision": 800.0},
         }
         table = B.format_table(figures, settings)
+        # Ours runs the repository's paper config, which sets the channels-last layout.
+        self.assertIn("| retinafocal (NHWC) |", table.splitlines()[0])
         train_row = next(line for line in table.splitlines() if "training iteration" in line)
         self.assertEqual([c.strip() for c in train_row.split("|")[-3:-1]], ["0.80x", "1.60x"])
         checks = {(c["figure"], c["peer"]): c for c in B.check_targets(figures)}
@@ -116,6 +118,13 @@ class TestBenchmarkRun(unittest.TestCase):
             throughput_iters=1, memory=False,
         )
         cls.result = B.run_benchmark(cls.settings, log=lambda m: None)
+
+    def test_ours_runs_channels_last_from_the_paper_config(self):
+        model = B.build_detector("retinafocal", self.settings).model
+        self.assertEqual(model.memory_format, "NHWC")
+        stem = model.backbone.bottom_up.stem.conv1.weight
+        self.assertTrue(stem.is_contiguous(memory_format=torch.channels_last))
+        self.assertFalse(stem.is_contiguous())
 
     def test_ours_gives_detectron2s_detections(self):
         times = self.result["raw"]["times"]

@@ -63,4 +63,6 @@ model = L(FocalRetinaNet)(
     diagnostics_alpha="${.classification_loss.alpha}",
     diagnostics_gamma="${.classification_loss.gamma}",
     input_format="BGR",
+    # Channels-last weights and images (MODEL.RETINAFOCAL.MEMORY_FORMAT in Base-RetinaNet.yaml).
+    memory_format="NHWC",
 )
