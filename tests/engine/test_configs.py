@@ -98,13 +98,18 @@ class TestYacsAndLazyFormsAgree(unittest.TestCase):
         self.assertEqual(type(a), type(b))
         self.assertEqual(a.num_classes, b.num_classes)
         self.assertEqual(a.head_in_features, b.head_in_features)
+        self.assertEqual(a.memory_format, b.memory_format)
         torch.testing.assert_close(a.pixel_mean, b.pixel_mean)
         torch.testing.assert_close(a.pixel_std, b.pixel_std)
         for cell_a, cell_b in zip(a.anchor_generator.cell_anchors, b.anchor_generator.cell_anchors):
             torch.testing.assert_close(cell_a, cell_b)
 
     def test_embedded(self):
-        self._assert_same(*self._models("Embedded/retinanet_R18_FPN_shapes"))
+        yacs_model, lazy_model = self._models("Embedded/retinanet_R18_FPN_shapes")
+        self._assert_same(yacs_model, lazy_model)
+        self.assertEqual(yacs_model.memory_format, "NCHW")  # the layout it was measured with
 
     def test_coco_r101_3x(self):
-        self._assert_same(*self._models("COCO/retinanet_R101_FPN_3x"))
+        yacs_model, lazy_model = self._models("COCO/retinanet_R101_FPN_3x")
+        self._assert_same(yacs_model, lazy_model)
+        self.assertEqual(yacs_model.memory_format, "NHWC")  # Base-RetinaNet.yaml
