@@ -165,7 +165,11 @@ def _state(result: Optional[RunResult], failure: str) -> str:
         elif result.exploded:
             where = f" (loss exploded to {result.max_loss:.3g})"
         return "**diverged**" + where
-    return "trains" if _trains(result) else f"fails (AP < {TRAINS_MIN_AP:g})"
+    if _trains(result):
+        return "trains"
+    if result.no_detections:
+        return "fails (no detection above the score threshold)"
+    return f"fails (AP < {TRAINS_MIN_AP:g})"
 
 
 class _View:
@@ -315,7 +319,7 @@ def _ordering_line(pairs: List[Tuple[str, float, float]], what: str = "AP") -> s
 def _result_cells(result: Optional[RunResult], failure: str) -> List[str]:
     if result is None:
         return ["–", "–", "–", "–", f"no result: {failure}" if failure else "not run"]
-    note = _state(result, "") if result.diverged else ""
+    note = _state(result, "") if result.diverged or result.no_detections else ""
     train = "eval only" if result.max_iter == 0 else \
         f"{_duration(result.wall_seconds)} ({_num(result.s_per_iter, 2)} s/it)"  # fmt: skip
     return [_num(result.ap), _num(result.ap50), _num(result.ap75), train, note]

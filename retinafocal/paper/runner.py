@@ -70,6 +70,8 @@ class RunResult:
             (detectron2's "pure compute time", which skips the first 5 images).
         loss_history: ``[iteration, total_loss, loss_cls]`` per logged point (windowed medians).
         error: for a diverged run, the trainer's message.
+        no_detections: the evaluation had no detection above the score threshold; detectron2
+            then reports NaN, which is stored here as AP 0 (COCO AP with recall 0).
     """
 
     name: str
@@ -89,6 +91,7 @@ class RunResult:
     inference_ms: float = math.nan
     loss_history: List[List[float]] = field(default_factory=list)
     error: str = ""
+    no_detections: bool = False
 
     @property
     def first_loss(self) -> float:
@@ -160,6 +163,7 @@ _NONFINITE_ITER = re.compile(
     r"(?:NaN or infinite|infinite or NaN|non-finite|not finite)[^\n]*?iteration[ =:]*(\d+)"
 )
 _FP_ERROR = re.compile(r"\b(FloatingPointError|NonFiniteLossError)\b")
+_NO_PREDICTIONS = "No predictions from the model!"  # detectron2's COCOEvaluator warning
 
 
 def parse_log(path: str) -> Dict:
@@ -167,7 +171,8 @@ def parse_log(path: str) -> Dict:
 
     Returns a dict with any of: ``bbox`` (dict AP/AP50/AP75/... from the last ``copypaste``
     block of task bbox), ``inference_s_per_image``, ``train_iterations``, ``s_per_iter``,
-    ``train_seconds``, ``floating_point_error`` (bool) and ``nan_iter`` (int).
+    ``train_seconds``, ``floating_point_error`` (bool), ``nan_iter`` (int) and
+    ``no_predictions`` (bool: COCOEvaluator found no detection to evaluate).
     """
     out: Dict = {}
     if not os.path.isfile(path):
@@ -202,6 +207,8 @@ def parse_log(path: str) -> Dict:
             out["train_seconds"] = float(((d * 24 + h) * 60 + mi) * 60 + s)
         if _FP_ERROR.search(line):
             out["floating_point_error"] = True
+        if _NO_PREDICTIONS in line:
+            out["no_predictions"] = True
         m = _NONFINITE_ITER.search(line)
         if m:
             out["nan_iter"] = int(m.group(1))
@@ -250,6 +257,9 @@ def result_from_outputs(spec: RunSpec, run_dir: str, *, returncode: int,
     result.ap = float(bbox.get("AP", math.nan))
     result.ap50 = float(bbox.get("AP50", math.nan))
     result.ap75 = float(bbox.get("AP75", math.nan))
+    if log.get("no_predictions") and math.isnan(result.ap):
+        result.no_detections = True
+        result.ap = result.ap50 = result.ap75 = 0.0
     if "inference_s_per_image" in log:
         result.inference_ms = 1000.0 * log["inference_s_per_image"]
     result.s_per_iter = float(log.get("s_per_iter", math.nan))

@@ -3,7 +3,7 @@
 (metrics.json, log.txt lines the runner parses, model_final.pth) in a few milliseconds.
 
 It takes train_net.py's arguments; the behaviour comes from fake keys among the overrides:
-``FAKE.MODE`` ok | diverge | crash | explode, ``FAKE.AP`` the AP to report. Every call is
+``FAKE.MODE`` ok | diverge | crash | explode | nodet (no detection to evaluate), ``FAKE.AP`` the AP to report. Every call is
 appended to ``<OUTPUT_DIR>/../calls.txt`` as ``name mode eval_only weights threads``.
 """
 import json
@@ -60,9 +60,16 @@ def main(argv):
                   "0:00:07 (0:00:00 on hooks)\n")
         with open(os.path.join(out, "model_final.pth"), "w") as f:
             f.write("weights")
-        with open(os.path.join(out, "metrics.json"), "a") as f:
-            f.write(json.dumps({"iteration": 60, "bbox/AP": ap, "bbox/AP50": ap + 20,
-                                "bbox/AP75": ap - 1}) + "\n")
+        if mode != "nodet":
+            with open(os.path.join(out, "metrics.json"), "a") as f:
+                f.write(json.dumps({"iteration": 60, "bbox/AP": ap, "bbox/AP50": ap + 20,
+                                    "bbox/AP75": ap - 1}) + "\n")
+    if mode == "nodet":  # what detectron2's COCOEvaluator writes when nothing passes the threshold
+        log.write("[x] d2.evaluation.coco_evaluation WARNING: No predictions from the model!\n"
+                  "[x] copypaste: Task: bbox\n[x] copypaste: AP,AP50,AP75\n"
+                  "[x] copypaste: nan,nan,nan\n")
+        log.close()
+        return 0
     log.write("[x] d2.evaluation.evaluator INFO: Total inference pure compute time: 0:00:01 "
               "(0.012500 s / iter per device, on 1 devices)\n")
     log.write(f"[x] copypaste: Task: bbox\n[x] copypaste: AP,AP50,AP75\n"

@@ -88,6 +88,8 @@ class TestReportOnFakeResults(unittest.TestCase):
             return 16.0
 
         results = _fake_results(self.grid, ap)
+        nodet = results["ohem_b512_r0_n0p5"]  # nothing above the score threshold: AP 0
+        nodet.no_detections, nodet.ap, nodet.ap50, nodet.ap75 = True, 0.0, 0.0, 0.0
         inputs = self._inputs(results, _analysis({"0": 0.3, "0.5": 0.2, "1": 0.1, "2": 0.04}))
         claims = {c.key: c for c in evaluate_claims(inputs)}
         self.assertEqual(set(claims), {"init", "fl_vs_ce", "fl_vs_ohem", "anchors", "figure4"})
@@ -109,6 +111,8 @@ class TestReportOnFakeResults(unittest.TestCase):
         self.assertIn("Table 1a", text)
         self.assertIn("arXiv:1708.02002", text)
         self.assertIn("fails (AP < 1)", text)  # the no-prior row
+        self.assertRegex(text, r"\| 0\.0 \| 0\.0 \| 0\.0 \| [^|]+ \| fails \(no detection above "
+                               r"the score threshold\)")  # fmt: skip
         self.assertIn("| 2 | 40% | 4% |", text)  # Figure 4: gamma, positives, negatives
         for png in ("figure1.png", "init_losses.png", "table1e_speed_accuracy.png"):
             self.assertTrue(os.path.isfile(os.path.join(self.tmp, png)), png)

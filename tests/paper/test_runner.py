@@ -54,7 +54,7 @@ class TestRunner(unittest.TestCase):
     def test_results_resume_and_dependencies(self):
         runs = [_spec("a", ap=12.5), _spec("b", mode="diverge"), _spec("c", mode="crash"),
                 _spec("d", mode="explode", ap=3.0), _spec("a_eval", eval_of="a", ap=11.0),
-                _spec("c_eval", eval_of="c")]  # fmt: skip
+                _spec("c_eval", eval_of="c"), _spec("e", mode="nodet")]  # fmt: skip
         runner, results = self.run_grid(runs)
 
         a = results["a"]
@@ -81,6 +81,12 @@ class TestRunner(unittest.TestCase):
         self.assertTrue(d.exploded and d.diverged)
         self.assertEqual(d.ap, 3.0)
 
+        e = results["e"]  # no detection at all: COCO AP 0, not detectron2's NaN
+        self.assertTrue(e.no_detections)
+        self.assertEqual((e.ap, e.ap50, e.ap75), (0.0, 0.0, 0.0))
+        self.assertFalse(e.diverged)
+        self.assertFalse(a.no_detections)
+
         ev = results["a_eval"]
         self.assertEqual(ev.ap, 11.0)  # from the log's copypaste block
         self.assertAlmostEqual(ev.inference_ms, 12.5)
@@ -90,7 +96,7 @@ class TestRunner(unittest.TestCase):
         self.assertEqual(calls["a"][4], "1")  # OMP_NUM_THREADS
 
         stored = load_results(Grid("t", runs, []), self.runs)
-        self.assertEqual(set(stored), {"a", "b", "d", "a_eval"})
+        self.assertEqual(set(stored), {"a", "b", "d", "e", "a_eval"})
         with open(os.path.join(self.runs, "a", "result.json")) as f:
             self.assertEqual(RunResult.from_json(json.load(f)).ap, 12.5)
         self.assertTrue(any("ETA" in line for line in self.lines))
