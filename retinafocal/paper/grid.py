@@ -300,25 +300,71 @@ class _GridBuilder:
 # --------------------------------------------------------------------------- shapes (miniature)
 EMBEDDED_CONFIG = os.path.join("configs", "Embedded", "retinanet_R18_FPN_shapes.yaml")
 
-#: The embedded recipe's smallest anchor per level (P3, P4) and its input size.
-_SHAPES_BASE_ANCHORS = (12.0, 24.0)
-_SHAPES_TRAIN_SIZE = 128
-
 #: Iterations per run of the ``shapes`` grid. The arithmetic is in :data:`SHAPES_SCHEDULE`.
 SHAPES_MAX_ITER = 250
 
 #: How the miniature's length was chosen (figures measured on this project's 2-core machine).
 SHAPES_SCHEDULE = (
     "Every training run uses the embedded recipe (`configs/Embedded/retinanet_R18_FPN_shapes.yaml`:"
-    " ResNet-18-FPN from scratch, 128 px, batch 16, SGD lr 0.02 with warm-up and cosine decay) "
-    "with `FocalRetinaNet` and a shorter schedule: {max_iter} iterations instead of 1200, warm-up "
-    "{warmup} iterations (the recipe's 1/12), seed {seed} for every run. The length comes from the "
-    "one-hour budget on 2 CPU cores: {num_train} training runs x {max_iter} iterations at about "
-    "0.4 s/iteration (the recipe takes 0.55-0.65 CPU-seconds per iteration, spread over 2 threads; "
-    "0.8 s/iteration of wall time was measured while other jobs shared the cores), plus about "
-    "20 s per run for start-up and the COCO evaluation of the 200 validation images, plus "
-    "{num_eval} evaluation-only runs (Table 1e) and Figure 4: about 35 minutes on idle cores."
+    " ResNet-18-FPN from scratch, {size} px, batch 16, SGD lr 0.02 with warm-up and cosine decay) "
+    "with `FocalRetinaNet` and a shorter schedule: {max_iter} iterations instead of the recipe's "
+    "{recipe_iter}, warm-up {warmup} iterations (the recipe's share), seed {seed} for every run. "
+    "The length comes from the one-hour budget on 2 CPU cores: {num_train} training runs x "
+    "{max_iter} iterations at 0.34 s/iteration (measured on idle cores; 0.8 s/iteration was "
+    "measured while other jobs shared them), plus about 20 s per run for start-up and the COCO "
+    "evaluation of the 200 validation images, plus {num_eval} evaluation-only runs (Table 1e) and "
+    "Figure 4: about 30 minutes on idle cores."
 )
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What the grid needs to know of the config its runs override, read from that file so the
+    grid cannot drift from it.
+
+    Attributes:
+        base_sizes: the smallest anchor size of each head level, e.g. (12, 24, 48).
+        train_size: the (shortest-side) training size in pixels.
+        max_iter, warmup_iters: the recipe's schedule.
+        anchors_per_image: anchors summed over the head levels, at train_size.
+    """
+
+    base_sizes: Tuple[float, ...]
+    train_size: int
+    max_iter: int
+    warmup_iters: int
+    anchors_per_image: int
+
+
+def _read_recipe(config_file: str) -> _Recipe:
+    from detectron2.config import get_cfg
+
+    from ..config import add_retinafocal_config
+    from ..config_overrides import merge_yacs_file
+
+    path = config_file if os.path.isabs(config_file) else os.path.join(_REPO_ROOT, config_file)
+    cfg = get_cfg()
+    add_retinafocal_config(cfg)
+    merge_yacs_file(cfg, path)
+    levels = cfg.MODEL.RETINANET.IN_FEATURES
+    sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES
+    if len(sizes) != len(levels):
+        raise ValueError(f"{path}: MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} levels but "
+                         f"MODEL.RETINANET.IN_FEATURES has {len(levels)} ({levels})")
+    size = int(cfg.INPUT.MIN_SIZE_TRAIN[0])
+    # "p<k>" has stride 2^k; a size x size image gives ceil(size / stride)^2 positions there.
+    strides = [2 ** int(name.lstrip("p")) for name in levels]
+    per_location = len(sizes[0]) * len(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0])
+    return _Recipe(
+        base_sizes=tuple(float(level[0]) for level in sizes),
+        train_size=size,
+        max_iter=int(cfg.SOLVER.MAX_ITER),
+        warmup_iters=int(cfg.SOLVER.WARMUP_ITERS),
+        anchors_per_image=per_location * sum(-(-size // s) ** 2 for s in strides),
+    )
+
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
@@ -333,7 +379,8 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    warmup = max(1, round(max_iter * 100 / 1200))
+    recipe = _read_recipe(config_file)
+    warmup = max(1, round(max_iter * recipe.warmup_iters / recipe.max_iter))
     base = (
         "MODEL.META_ARCHITECTURE", "FocalRetinaNet",
         "SOLVER.MAX_ITER", str(max_iter),
@@ -344,7 +391,9 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
     )  # fmt: skip
     b = _GridBuilder(base, seed, max_iter)
     cfg = config_file
-    anchors = _SHAPES_BASE_ANCHORS
+    anchors = recipe.base_sizes
+    train_size = recipe.train_size
+    anchors_per_image = recipe.anchors_per_image
 
     def fl(alpha: float, gamma: float) -> str:
         return b.train(run_name("fl", g=gamma, a=alpha), cfg, _fl(alpha, gamma),
@@ -416,29 +465,31 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
     # fractions of its training size (0.5 .. 1.0).
     # The training size is the FL run's own final evaluation.
     for paper_size in sorted(TABLE_1E):
-        size = int(round(_SHAPES_TRAIN_SIZE * paper_size / 800))
-        name = default_fl if size == _SHAPES_TRAIN_SIZE else b.evaluate(
+        size = int(round(train_size * paper_size / 800))
+        name = default_fl if size == train_size else b.evaluate(
             f"{default_fl}_test{size}", default_fl,
             ("INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)),
             f"the FL model evaluated at {size} px")  # fmt: skip
-        b.row("1e", name, f"test {size} px (x{size / _SHAPES_TRAIN_SIZE:.3g} of training)",
+        b.row("1e", name, f"test {size} px (x{size / train_size:.3g} of training)",
               {"size": size}, TABLE_1E[paper_size], f"{paper_size} px")  # fmt: skip
 
     runs = b.ordered_runs()
     num_train = sum(not r.eval_only for r in runs)
     schedule = SHAPES_SCHEDULE.format(
         max_iter=max_iter, warmup=warmup, seed=seed, num_train=num_train,
-        num_eval=len(runs) - num_train,
+        num_eval=len(runs) - num_train, size=train_size, recipe_iter=recipe.max_iter,
     )  # fmt: skip
+    levels = ", ".join(f"{a:g}" for a in anchors)
     notes = {
         "init": (
             "Three runs with the same recipe: alpha-balanced CE at alpha = .5 (standard CE up to "
             "a factor 1/2) with the last classification bias at 0 (pi = 0.5, no prior) and with "
             "the prior pi = 0.01, and the focal loss. A run *diverges* when a loss becomes NaN or "
             "infinite (training stops there) or a logged loss exceeds 10x the first logged one. "
-            "Imbalance is milder here than on COCO: about 2.9k anchors x 5 classes per image "
-            "versus about 100k x 80, so the initial CE of the no-prior run is about 10^2 times "
-            "the positives' loss here against about 10^4-10^5 there."
+            f"Imbalance is milder here than on COCO: {anchors_per_image} anchors x 5 classes "
+            f"per image versus about 100k x 80 (paper, Sec. 1), about "
+            f"{round(100_000 * 80 / (anchors_per_image * 5), -1):.0f}x fewer binary terms, so "
+            "at pi = 0.5 the summed initial loss per positive anchor is that much smaller here."
         ),
         "1a": (
             "alpha in {" + ", ".join(f"{a:g}" for a in alphas_1a) + "}"
@@ -453,15 +504,16 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
                ".25). gamma = .1 and .2, and alpha .75, are in `shapes-full`.")
         ),  # fmt: skip
         "1c": (
-            "Scales per octave 2^(k/S), k < S, from the recipe's smallest anchors (12 and 24 px "
-            "on P3 and P4); ratios {1:1} or {1:2, 1:1, 2:1}."
+            "Scales per octave 2^(k/S), k < S, from the recipe's smallest anchor of each level "
+            f"({levels} px); ratios {{1:1}} or {{1:2, 1:1, 2:1}}."
         ),
         "1d": (
             "OHEM scores anchors by plain CE, runs NMS over the anchor boxes, and trains on the "
             "hardest `batch` anchors per image (with a 1:3 positive:negative ratio or none); "
-            "batch 128 and 512 keep 4% and 18% of an image's 2880 anchors here, against about "
-            "0.1-0.5% of COCO's 100k. The paper's Table 1d uses ResNet-101-FPN; ours the R18 "
-            "recipe."
+            f"batch 128 and 512 keep {100 * 128 / anchors_per_image:.1f}% and "
+            f"{100 * 512 / anchors_per_image:.0f}% of an image's {anchors_per_image} anchors here, "
+            "against about 0.1-0.5% of COCO's 100k. The paper's Table 1d uses ResNet-101-FPN; "
+            "ours the R18 recipe."
         ),
         "1e": (
             "Only the test size varies: the 128 px focal-loss model is evaluated at 0.5x .. 1x "

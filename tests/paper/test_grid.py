@@ -94,6 +94,28 @@ class TestShapesGrid(unittest.TestCase):
         sizes = [r.params["size"] for r in self.grid.rows_of("1e")]
         self.assertEqual(sizes, [64, 80, 96, 112, 128])
 
+    def test_every_training_run_builds_its_model(self):
+        """The overrides fit the recipe (e.g. one anchor size list per head level)."""
+        from detectron2.modeling import build_model
+
+        for spec in self.grid.runs:
+            if spec.eval_only:
+                continue
+            with self.subTest(run=spec.name):
+                cfg = _merged(spec)
+                cfg.MODEL.DEVICE = "cpu"
+                model = build_model(cfg)
+                anchors = model.anchor_generator.num_cell_anchors
+                self.assertEqual(len(anchors), len(cfg.MODEL.RETINANET.IN_FEATURES))
+
+    def test_recipe_facts_are_read_from_the_config(self):
+        # 128 px on P3-P5 (strides 8, 16, 32): (16^2 + 8^2 + 4^2) positions x 9 anchors.
+        self.assertIn("3024 anchors x 5 classes", self.grid.notes["init"])
+        self.assertIn("(12, 24, 48 px)", self.grid.notes["1c"])
+        self.assertIn("instead of the recipe's 1000", self.grid.schedule)
+        # Warm-up keeps the recipe's share: 100 of 1000 iterations -> 4 of 40.
+        self.assertEqual(_merged(self.grid.run("fl_g2_a0p25")).SOLVER.WARMUP_ITERS, 4)
+
     def test_full_grid_has_every_paper_row(self):
         full = build_grid("shapes-full", max_iter=40)
         self.assertEqual(len(full.rows_of("1a")), 7)
@@ -111,7 +133,7 @@ class TestShapesGrid(unittest.TestCase):
         self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, 0.5)
         self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.NAME, "BalancedCELoss")
         cfg = _merged(self.grid.run("fl_anchors_s1_r1"))
-        self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.SIZES, [[12.0], [24.0]])
+        self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.SIZES, [[12.0], [24.0], [48.0]])
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, [[1.0]])
         cfg = _merged(self.grid.run("ohem_b512_r3_n0p5"))
         self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE, 512)
