@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -360,7 +361,7 @@ def _read_recipe(config_file: str) -> _Recipe:
         train_size=size,
         max_iter=int(cfg.SOLVER.MAX_ITER),
         warmup_iters=int(cfg.SOLVER.WARMUP_ITERS),
-        anchors_per_image=per_location * sum(-(-size // s) ** 2 for s in strides),
+        anchors_per_image=per_location * sum(math.ceil(size / s) ** 2 for s in strides),
     )
 
 
@@ -512,8 +513,10 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
             "hardest `batch` anchors per image (with a 1:3 positive:negative ratio or none); "
             f"batch 128 and 512 keep {100 * 128 / anchors_per_image:.1f}% and "
             f"{100 * 512 / anchors_per_image:.0f}% of an image's {anchors_per_image} anchors here, "
-            "against about 0.1-0.5% of COCO's 100k. The paper's Table 1d uses ResNet-101-FPN; "
-            "ours the R18 recipe."
+            "against about 0.1-0.5% of COCO's 100k. With the 1:3 ratio the batch caps the "
+            "positives at B/4 after their NMS (and the negatives at 3x the positives kept), so B "
+            "only matters for an image that keeps more than 32 positives after NMS. The paper's "
+            "Table 1d uses ResNet-101-FPN; ours the R18 recipe."
         ),
         "1e": (
             "Only the test size varies: the 128 px focal-loss model is evaluated at 0.5x .. 1x "

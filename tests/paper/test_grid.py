@@ -110,7 +110,8 @@ class TestShapesGrid(unittest.TestCase):
 
     def test_recipe_facts_are_read_from_the_config(self):
         # 128 px on P3-P5 (strides 8, 16, 32): (16^2 + 8^2 + 4^2) positions x 9 anchors.
-        self.assertIn("3024 anchors x 5 classes", self.grid.notes["init"])
+        self.assertRegex(self.grid.notes["init"], r"COCO: 3024 anchors x 5 classes")
+        self.assertRegex(self.grid.notes["1d"], r" 4\.2% and 17% of an image's 3024 anchors")
         self.assertIn("(12, 24, 48 px)", self.grid.notes["1c"])
         self.assertIn("instead of the recipe's 1000", self.grid.schedule)
         # Warm-up keeps the recipe's share: 100 of 1000 iterations -> 4 of 40.
