@@ -69,6 +69,28 @@ class TestBenchmarkParts(unittest.TestCase):
         self.assertAlmostEqual(checks[("train_peak_mib", "torchvision")]["ratio"], 0.875)
         self.assertIsNone(B.check_targets({})[0]["met"])
 
+    def test_memory_figures_are_medians_of_fresh_processes(self):
+        settings = B.BenchmarkSettings(detectors=("retinafocal", "detectron2"))
+        timing = {"wall": {"retinafocal": [1.0], "detectron2": [2.0]},
+                  "cpu": {"retinafocal": [1.5], "detectron2": [3.0]}}
+        def runs(*peaks):
+            return [{"start_rss_mib": 100.0, "peak_rss_mib": p} for p in peaks]
+        raw = {
+            "times": {"train_iter_s": timing, "latency_s": timing, "throughput_batch_s": timing,
+                      "detections_per_image": {"retinafocal": 100, "detectron2": 100}},
+            "memory": {"retinafocal": {"train": runs(900.0, 700.0, 800.0),
+                                       "inference": runs(500.0, 520.0, 510.0)},
+                       "detectron2": {"train": runs(1000.0, 1300.0, 1100.0),
+                                      "inference": runs(600.0, 600.0, 600.0)}},
+        }  # fmt: skip
+        figures = B.summarize(raw, settings)
+        self.assertEqual(figures["train_peak_mib"], {"retinafocal": 800.0, "detectron2": 1100.0})
+        self.assertEqual(figures["train_peak_above_start_mib"]["retinafocal"], 700.0)
+        self.assertEqual(figures["inference_peak_mib"]["retinafocal"], 510.0)
+        self.assertIn("median of 3 processes", B.format_table(figures, settings))
+        with self.assertRaisesRegex(ValueError, "memory_repeats"):
+            B.BenchmarkSettings(memory_repeats=0)
+
     def test_folding_frozen_bn_keeps_outputs_and_undoes(self):
         from detectron2.layers import Conv2d
 
