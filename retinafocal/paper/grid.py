@@ -318,6 +318,9 @@ SHAPES_SCHEDULE = (
 )
 
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 @dataclass(frozen=True)
 class _Recipe:
     """What the grid needs to know of the config its runs override, read from that file so the
@@ -328,6 +331,7 @@ class _Recipe:
         train_size: the (shortest-side) training size in pixels.
         max_iter, warmup_iters: the recipe's schedule.
         anchors_per_image: anchors summed over the head levels, at train_size.
+        num_classes: K.
     """
 
     base_sizes: Tuple[float, ...]
@@ -335,6 +339,7 @@ class _Recipe:
     max_iter: int
     warmup_iters: int
     anchors_per_image: int
+    num_classes: int
 
 
 def _read_recipe(config_file: str) -> _Recipe:
@@ -362,10 +367,8 @@ def _read_recipe(config_file: str) -> _Recipe:
         max_iter=int(cfg.SOLVER.MAX_ITER),
         warmup_iters=int(cfg.SOLVER.WARMUP_ITERS),
         anchors_per_image=per_location * sum(math.ceil(size / s) ** 2 for s in strides),
+        num_classes=int(cfg.MODEL.RETINANET.NUM_CLASSES),
     )
-
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
@@ -487,9 +490,10 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
             "a factor 1/2) with the last classification bias at 0 (pi = 0.5, no prior) and with "
             "the prior pi = 0.01, and the focal loss. A run *diverges* when a loss becomes NaN or "
             "infinite (training stops there) or a logged loss exceeds 10x the first logged one. "
-            f"Imbalance is milder here than on COCO: {anchors_per_image} anchors x 5 classes "
-            f"per image versus about 100k x 80 (paper, Sec. 1), about "
-            f"{round(100_000 * 80 / (anchors_per_image * 5), -1):.0f}x fewer binary terms, so "
+            f"Imbalance is milder here than on COCO: {anchors_per_image} anchors x "
+            f"{recipe.num_classes} classes per image versus about 100k x 80 (paper, Sec. 1), about "
+            f"{round(100_000 * 80 / (anchors_per_image * recipe.num_classes), -1):.0f}x fewer "
+            "binary terms, so "
             "at pi = 0.5 the summed initial loss per positive anchor is that much smaller here."
         ),
         "1a": (
@@ -514,13 +518,14 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
             f"batch 128 and 512 keep {100 * 128 / anchors_per_image:.1f}% and "
             f"{100 * 512 / anchors_per_image:.0f}% of an image's {anchors_per_image} anchors here, "
             "against about 0.1-0.5% of COCO's 100k. With the 1:3 ratio the batch caps the "
-            "positives at B/4 after their NMS (and the negatives at 3x the positives kept), so B "
-            "only matters for an image that keeps more than 32 positives after NMS. The paper's "
-            "Table 1d uses ResNet-101-FPN; ours the R18 recipe."
+            "positives at B/4 after their NMS (and the negatives at 3x the positives kept), so "
+            "B = 128 only matters for an image that keeps more than 32 positives after NMS. The "
+            "paper's Table 1d uses ResNet-101-FPN; ours the R18 recipe."
         ),
         "1e": (
-            "Only the test size varies: the 128 px focal-loss model is evaluated at 0.5x .. 1x "
-            "of its training size, the fractions that 400 .. 800 px are of the paper's 800 px. "
+            f"Only the test size varies: the {train_size} px focal-loss model is evaluated at "
+            "0.5x .. 1x of its training size, the fractions that 400 .. 800 px are of the "
+            "paper's 800 px. "
             "The paper trains a model at each scale (and times it on a GPU); our times are CPU "
             "ms per image at batch 1, measured by detectron2's evaluator (its 'pure compute "
             "time': model forward and post-processing, after 5 warm-up images)."
