@@ -26,7 +26,8 @@ train: setup
 	$(PY) train_net.py --config-file $(TRAIN_CONFIG)
 
 # The paper's ablations in miniature + Figures 1 and 4 -> reports/paper/REPORT.md (29.5 min on a
-# fresh clone, 2 idle cores; finished runs are kept). Options: make paper PAPER_ARGS="--plan" (see tools/paper.py).
+# fresh clone, 2 idle cores; finished runs are kept).
+# Options: make paper PAPER_ARGS="--plan" (see tools/paper.py).
 paper: setup
 	$(PY) tools/paper.py $(PAPER_ARGS)
 
