@@ -3,8 +3,9 @@
 (metrics.json, log.txt lines the runner parses, model_final.pth) in a few milliseconds.
 
 It takes train_net.py's arguments; the behaviour comes from fake keys among the overrides:
-``FAKE.MODE`` ok | diverge | crash | explode | nodet (no detection to evaluate), ``FAKE.AP`` the AP to report. Every call is
-appended to ``<OUTPUT_DIR>/../calls.txt`` as ``name mode eval_only weights threads``.
+``FAKE.MODE`` ok | diverge | crash | explode | nodet (no detection to evaluate), ``FAKE.AP``
+the AP to report. Every call is appended to ``<OUTPUT_DIR>/../calls.txt`` as
+``name mode eval_only weights threads``.
 """
 import json
 import os
