@@ -15,7 +15,9 @@ from retinafocal.engine import build_evaluator
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train"),
+    # Images without objects train as background, as DATALOADER.FILTER_EMPTY_ANNOTATIONS False
+    # in Base-RetinaNet.yaml (detectron2's default would drop them).
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
     mapper=L(RobustDatasetMapper)(
         is_train=True,
         augmentations=[
@@ -34,7 +36,10 @@ dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
     mapper=L(RobustDatasetMapper)(
         is_train=False,
-        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
+        # "choice" as the yacs form builds it; with one size, either style resizes to 800.
+        augmentations=[
+            L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333, sample_style="choice")
+        ],
         image_format="${...train.mapper.image_format}",
     ),
     num_workers=4,

@@ -7,6 +7,8 @@ The loaders, mapper and evaluator are those of ``coco.py``; only the data and si
 from .coco import dataloader, datasets  # noqa: F401
 
 dataloader.train.dataset.names = "shapes_train"
+# As the embedded yaml (detectron2's default); every generated image has objects, so none go.
+dataloader.train.dataset.filter_empty = True
 dataloader.train.mapper.augmentations[0].short_edge_length = (128,)
 dataloader.train.mapper.augmentations[0].max_size = 128
 dataloader.train.num_workers = 1

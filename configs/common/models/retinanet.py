@@ -49,7 +49,9 @@ model = L(FocalRetinaNet)(
     ),
     classification_loss=L(FocalLoss)(alpha=0.25, gamma=2.0),
     num_classes=80,
-    smooth_l1_beta=0.0,
+    # Smooth L1 with beta 0.11 as Detectron's RetinaNet (RETINANET.BBOX_REG_BETA in
+    # facebookresearch/Detectron, detectron/core/config.py); Base-RetinaNet.yaml says why.
+    smooth_l1_beta=0.11,
     box_reg_loss_type="smooth_l1",
     loss_normalizer="num_pos",
     test_score_thresh=0.05,
