@@ -7,7 +7,7 @@ from detectron2.config import get_cfg
 
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
-from retinafocal.paper.grid import (
+from paper.grid import (
     SECTIONS,
     Grid,
     Row,

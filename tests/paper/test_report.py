@@ -8,16 +8,16 @@ import time
 import unittest
 
 import retinafocal  # noqa: F401  (compat first)
-from retinafocal.paper.grid import build_grid
-from retinafocal.paper.pipeline import reproduce
-from retinafocal.paper.report import (
+from paper.grid import build_grid
+from paper.reproduce import reproduce
+from paper.report import (
     CLEAR_MARGIN_AP,
     ReportInputs,
     evaluate_claims,
     kendall_tau,
     write_report,
 )
-from retinafocal.paper.runner import LaunchOptions, RunResult, load_results
+from paper.runner import LaunchOptions, RunResult, load_results
 
 from .common import REPO_ROOT, TRAIN_NET, tiny_shapes, two_run_grid
 

@@ -9,8 +9,8 @@ import tempfile
 import unittest
 
 import retinafocal  # noqa: F401  (compat first)
-from retinafocal.paper.grid import Grid, Row, RunSpec
-from retinafocal.paper.runner import (
+from paper.grid import Grid, Row, RunSpec
+from paper.runner import (
     GridRunner,
     LaunchOptions,
     RunResult,

@@ -7,8 +7,12 @@ from torch import nn
 
 import retinafocal  # noqa: F401
 from detectron2.layers import FrozenBatchNorm2d
-from retinafocal.tools import benchmark as B
-from retinafocal.tools.peers import torchvision_retinanet
+from torchvision_retinanet import torchvision_retinanet
+
+from .common import load_script
+
+#: tools/benchmark_detectors.py as a module.
+B = load_script("benchmark_detectors")
 
 
 class TestBenchmarkParts(unittest.TestCase):

@@ -1,5 +1,6 @@
 """The whole reproduction as one call: run the grid, analyse the loss of the focal-loss model
-(Figure 4), write the report. ``tools/paper.py`` is its command line."""
+(Figure 4), write the report. ``python -m paper`` (``paper/__main__.py``) is its command
+line."""
 from __future__ import annotations
 
 import json
@@ -87,7 +88,7 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
         failures = {s.name: "not run yet" for s in grid.runs if s.name not in results}
     else:
         if launch.machine_rank == 0:
-            from ..data.datasets import ensure_dataset_files
+            from retinafocal.data.datasets import ensure_dataset_files
 
             for name in grid.datasets:
                 ensure_dataset_files(name)

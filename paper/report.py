@@ -82,7 +82,7 @@ class ReportInputs:
         grid: the grid that was run.
         results: run name -> result (finished or diverged runs).
         failures: run name -> why it has no result.
-        loss_analysis: Figure 4's analysis (:func:`~retinafocal.paper.loss_analysis.
+        loss_analysis: Figure 4's analysis (:func:`~paper.loss_analysis.
             analyze_loss_samples` output) or None.
         loss_analysis_png: its PNG (copied next to the report), or None.
         output_dir: where REPORT.md and its PNGs go.
@@ -544,7 +544,7 @@ def write_report(inputs: ReportInputs) -> str:
         if claim is not None:
             md.append(f"\nClaim: {claim.statement}: {_verdict(claim.holds)}.")
         md.append(
-            "\nRegenerate for any checkpoint and dataset with `python tools/analyze_loss.py "
+            "\nRegenerate for any checkpoint and dataset with `python -m paper.analyze_loss "
             "--config-file <config> MODEL.WEIGHTS <checkpoint> --output <dir>`.\n"
         )
 
@@ -555,10 +555,10 @@ def write_report(inputs: ReportInputs) -> str:
 
     md.append("## Regenerate\n")
     md.append(
-        "`make paper` (or `python tools/paper.py`) runs what is missing and rewrites this "
-        "report; finished runs are not run again. `python tools/paper.py --report-only` "
+        "`make paper` (or `python -m paper`) runs what is missing and rewrites this "
+        "report; finished runs are not run again. `python -m paper --report-only` "
         "rewrites the report from the stored results. Full size on COCO: `python "
-        "tools/paper.py --grid coco --num-gpus 8 [--num-machines M --machine-rank R "
+        "-m paper --grid coco --num-gpus 8 [--num-machines M --machine-rank R "
         "--dist-url URL]`.\n"
     )
     path = os.path.join(out, "REPORT.md")

@@ -318,7 +318,7 @@ SHAPES_SCHEDULE = (
 )
 
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -345,8 +345,8 @@ class _Recipe:
 def _read_recipe(config_file: str) -> _Recipe:
     from detectron2.config import get_cfg
 
-    from ..config import add_retinafocal_config
-    from ..config_overrides import merge_yacs_file
+    from retinafocal.config import add_retinafocal_config
+    from retinafocal.config_overrides import merge_yacs_file
 
     path = config_file if os.path.isabs(config_file) else os.path.join(_REPO_ROOT, config_file)
     cfg = get_cfg()

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Figure 4 of the focal-loss paper for any checkpoint and dataset: the cumulative distribution of
 the normalised loss of positive and negative samples, scored with the focal loss at each gamma.
 
-    python tools/analyze_loss.py --config-file configs/Embedded/retinanet_R18_FPN_shapes.yaml \\
+    python -m paper.analyze_loss --config-file configs/Embedded/retinanet_R18_FPN_shapes.yaml \\
         MODEL.WEIGHTS output/shapes_R18_FPN/model_final.pth --output output/loss_cdf
-    python tools/analyze_loss.py --config-file configs/COCO/retinanet_R50_FPN_1x.py \\
+    python -m paper.analyze_loss --config-file configs/COCO/retinanet_R50_FPN_1x.py \\
         train.init_checkpoint=model.pth --dataset coco_2017_val --num-images 500 --output out
 
 Writes ``loss_cdf.png`` (two panels: positives, negatives) and ``loss_cdf.json`` (the curves and,
@@ -17,7 +16,8 @@ import logging
 import sys
 
 import retinafocal  # noqa: F401  (first: compat, registries)
-from retinafocal.paper.loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
+
+from .loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
 
 
 def parse_args(argv=None):

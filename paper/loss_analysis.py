@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..losses import sigmoid_focal_loss
+from retinafocal.losses import sigmoid_focal_loss
 
 __all__ = [
     "LossSamples",
@@ -330,10 +330,14 @@ def _load_config(config_file: str, opts: Sequence[str]) -> Tuple[Any, bool]:
     COCO-json datasets registered (as ``train_net.py`` does)."""
     from detectron2.config import LazyConfig, get_cfg
 
-    from ..config import add_retinafocal_config
-    from ..config_overrides import apply_lazy_overrides, merge_yacs_file, merge_yacs_overrides
-    from ..data import register_coco_json_datasets
-    from ..engine import register_lazy_datasets
+    from retinafocal.config import add_retinafocal_config
+    from retinafocal.config_overrides import (
+        apply_lazy_overrides,
+        merge_yacs_file,
+        merge_yacs_overrides,
+    )
+    from retinafocal.data import register_coco_json_datasets
+    from retinafocal.engine import register_lazy_datasets
 
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
@@ -363,8 +367,8 @@ def analyze_model(config_file: str, opts: Sequence[str] = (), *, dataset: Option
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
 
-    from ..data.datasets import ensure_dataset_files
-    from ..engine import build_lazy_model
+    from retinafocal.data.datasets import ensure_dataset_files
+    from retinafocal.engine import build_lazy_model
 
     cfg, lazy = _load_config(config_file, opts)
     if lazy:

@@ -1,4 +1,4 @@
-"""Run a :class:`~retinafocal.paper.grid.Grid`: one ``train_net.py`` process per run, seeded,
+"""Run a :class:`~paper.grid.Grid`: one ``train_net.py`` process per run, seeded,
 resumable and with an ETA over the grid.
 
 Each run writes under ``<runs_dir>/<name>/``: detectron2's usual outputs (``log.txt``,
