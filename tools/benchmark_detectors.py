@@ -41,8 +41,10 @@ Making random weights behave like trained ones, identically for all three:
   top-1000: the post-processing works at full load (5000 candidates into NMS per image).
 * retinafocal's model gets detectron2's weights (the parameter names are equal), so the two
   must give the same detections; the benchmark checks it.
-* torchvision resizes inside the model; that resize is bypassed (images come at the benchmark
-  size, as detectron2's models get them from the data loader).
+* torchvision resizes inside the model. Its size limits are set to the benchmark size, so
+  that resize is by a factor of 1 and leaves the image as it is; torchvision's figures include
+  the cost of that (an interpolation per image), as they would in use. detectron2's models
+  leave resizing to the data loader.
 """
 from __future__ import annotations
 
@@ -382,7 +384,8 @@ def _base_config_path() -> str:
 def _torchvision_model(settings: BenchmarkSettings) -> nn.Module:
     from torchvision_retinanet import torchvision_retinanet
 
-    model = torchvision_retinanet(
+    # min_size = H and max_size = max(H, W) give a resize factor of exactly 1.
+    return torchvision_retinanet(
         num_classes=settings.num_classes,
         min_size=settings.height,
         max_size=max(settings.height, settings.width),
@@ -391,14 +394,6 @@ def _torchvision_model(settings: BenchmarkSettings) -> nn.Module:
         detections_per_img=100,
         topk_candidates=1000,
     )
-
-    def keep_size(image, target=None):
-        return image, target
-
-    # The images already have the benchmark size; skip the in-model resize (an interpolation
-    # even at scale 1), as detectron2's models leave resizing to the data loader.
-    model.transform.resize = keep_size
-    return model
 
 
 @torch.no_grad()

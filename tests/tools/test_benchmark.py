@@ -124,13 +124,56 @@ class TestBenchmarkParts(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "train_iters"):
             B.BenchmarkSettings(train_iters=0)
 
-    def test_torchvision_peer_is_set_up_like_its_pretrained_builds(self):
-        model = torchvision_retinanet(num_classes=80)
-        body = model.backbone.body
+
+
+class TestTorchvisionPeer(unittest.TestCase):
+    """torchvision's RetinaNet, built from its public parts as its builder makes it with
+    pretrained weights: frozen BatchNorm, stem and layer1 frozen, nothing replaced afterwards."""
+
+    @classmethod
+    def setUpClass(cls):
+        from torchvision.models.detection import retinanet_resnet50_fpn
+
+        torch.manual_seed(0)
+        cls.model = torchvision_retinanet(num_classes=80)
+        torch.manual_seed(0)
+        cls.reference = retinanet_resnet50_fpn(weights=None, weights_backbone=None,
+                                               num_classes=80)  # fmt: skip
+
+    def test_same_weights_as_torchvisions_builder(self):
+        ours = self.model.state_dict()
+        # Plain BatchNorm counts its batches; FrozenBatchNorm2d has no such buffer.
+        ref = {k: v for k, v in self.reference.state_dict().items()
+               if not k.endswith("num_batches_tracked")}  # fmt: skip
+        self.assertEqual(list(ours), list(ref))
+        for name, value in ours.items():
+            self.assertTrue(torch.equal(value, ref[name]), name)
+
+    def test_frozen_batchnorm_and_frozen_stem(self):
+        from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBN
+
+        body, ref_body = self.model.backbone.body, self.reference.backbone.body
         self.assertFalse(any(isinstance(m, nn.BatchNorm2d) for m in body.modules()))
+        num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in ref_body.modules())
+        self.assertEqual(sum(isinstance(m, TVFrozenBN) for m in body.modules()), num_bn)
         trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
         self.assertEqual(trainable, {"layer2", "layer3", "layer4"})
-        self.assertEqual(model.head.classification_head.num_classes, 80)
+        frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+        self.assertTrue(all(n.startswith("backbone.body.") for n in frozen))
+        self.assertIn("backbone.body.conv1.weight", frozen)
+        self.assertEqual(self.model.head.classification_head.num_classes, 80)
+
+    def test_benchmark_model_keeps_torchvisions_resize_at_factor_1(self):
+        model = B.build_detector("torchvision", B.BenchmarkSettings(height=64, width=96)).model
+        self.assertNotIn("resize", vars(model.transform))  # the class's own method runs
+        image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+        model.eval()
+        with torch.no_grad():
+            batch, _ = model.transform([image])
+        mean = torch.tensor(model.transform.image_mean).view(3, 1, 1)
+        std = torch.tensor(model.transform.image_std).view(3, 1, 1)
+        self.assertEqual(batch.image_sizes, [(64, 96)])
+        self.assertTrue(torch.equal(batch.tensors[0, :, :64, :96], (image - mean) / std))
 
 
 class TestBenchmarkRun(unittest.TestCase):
