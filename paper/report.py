@@ -33,7 +33,7 @@ from .references import (
     TABLE_1D,
     cite,
 )
-from .runner import RunResult
+from .results import RunResult
 
 __all__ = [
     "Claim",
@@ -160,8 +160,7 @@ def _state(result: Optional[RunResult], failure: str) -> str:
     if result.diverged:
         where = ""
         if result.nan_iter is not None:
-            where = f" (non-finite loss at iter {'' if result.nan_iter_exact else '~'}" \
-                    f"{result.nan_iter})"  # fmt: skip
+            where = f" (non-finite loss at iter {result.nan_iter})"
         elif result.exploded:
             where = f" (loss exploded to {result.max_loss:.3g})"
         return "**diverged**" + where

@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional, Sequence
 from .grid import Grid
 from .loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
 from .report import ReportInputs, write_report
-from .runner import GridRunner, LaunchOptions, RunResult, load_results
+from .results import RunResult, load_results
+from .runner import GridRunner, LaunchOptions
 
 __all__ = ["figure4_step", "reproduce"]
 

@@ -1,15 +1,16 @@
-"""Run a :class:`~paper.grid.Grid`: one ``train_net.py`` process per run, seeded,
-resumable and with an ETA over the grid.
+"""Run a :class:`~paper.grid.Grid`: one ``train_net.py`` process per run, seeded, resumable and
+with an ETA over the grid.
 
 Each run writes under ``<runs_dir>/<name>/``: detectron2's usual outputs (``log.txt``,
-``metrics.json``, checkpoints, ``inference/``), ``stdout.log``, ``spec.json`` (what was asked) and,
-once it has finished or diverged, ``result.json`` (:class:`RunResult`). A run whose
-``result.json`` holds the same spec fingerprint is not run again; a run interrupted before that
-continues from its last checkpoint (``--resume``); a run whose spec changed starts afresh.
+``metrics.json``, checkpoints, ``inference/``), train_net's ``results.json``, ``stdout.log``,
+``spec.json`` (what was asked) and, once it has finished or diverged, the grid's record of it
+(``paper_result.json``, a :class:`~paper.results.RunResult`). A run with such a record for the
+same spec fingerprint is not run again; a run interrupted before that continues from its last
+checkpoint (``--resume``); a run whose spec changed starts afresh.
 
-A run that diverges (a NaN/Inf loss stops detectron2's trainer with a ``FloatingPointError``, or
-a logged loss explodes) is a result, not a failure of the tool. Any other failure is reported and
-the grid goes on; runs that depend on it are skipped.
+Results come from ``results.json`` alone (:func:`~paper.results.result_from_outputs`). A run that
+diverges is a result, not a failure of the tool. Any other failure is reported and the grid goes
+on; runs that depend on it are skipped.
 """
 from __future__ import annotations
 
@@ -17,293 +18,24 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+from retinafocal.engine.results import RESULTS_FILE
 
 from .grid import Grid, RunSpec
+from .results import RUN_RESULT_FILE, RunResult, result_from_outputs, stored_result
 
-__all__ = [
-    "RunResult",
-    "LaunchOptions",
-    "GridRunner",
-    "read_metrics",
-    "parse_log",
-    "result_from_outputs",
-    "load_results",
-    "EXPLODE_FACTOR",
-]
+__all__ = ["LaunchOptions", "GridRunner"]
 
 logger = logging.getLogger(__name__)
 
-#: A logged total loss above this multiple of the first logged one counts as exploding.
-EXPLODE_FACTOR = 10.0
-
-RESULT_FILE = "result.json"
 SPEC_FILE = "spec.json"
 ERROR_FILE = "error.txt"
-
-
-@dataclass
-class RunResult:
-    """What a finished (or diverged) run measured; stored as ``result.json``.
-
-    AP values are COCO percentages (detectron2's ``bbox/AP`` etc.), NaN when the run produced no
-    evaluation. Times are seconds unless named ``_ms``.
-
-    Attributes:
-        name, fingerprint: the :class:`RunSpec` this result belongs to.
-        ap, ap50, ap75: COCO bbox AP, AP50, AP75 of the final evaluation.
-        diverged: a loss became non-finite (``nan_iter`` set) or exploded (``exploded``).
-        nan_iter: the iteration whose loss was not finite; None if none was.
-        nan_iter_exact: False when ``nan_iter`` is only bracketed by the last logged iteration
-            (the trainer's message did not name it).
-        exploded: some logged total loss exceeded :data:`EXPLODE_FACTOR` x the first one.
-        iterations: iterations completed; max_iter: iterations asked for (0: evaluation only).
-        train_seconds: detectron2's total training time; s_per_iter: its mean time per iteration.
-        wall_seconds: the whole process, from start-up to the written evaluation.
-        inference_ms: evaluation time per image at batch 1, model and post-processing
-            (detectron2's "pure compute time", which skips the first 5 images).
-        loss_history: ``[iteration, total_loss, loss_cls]`` per logged point (windowed medians).
-        error: for a diverged run, the trainer's message.
-        no_detections: the evaluation had no detection above the score threshold; detectron2
-            then reports NaN, which is stored here as AP 0 (COCO AP with recall 0).
-    """
-
-    name: str
-    fingerprint: str
-    ap: float = math.nan
-    ap50: float = math.nan
-    ap75: float = math.nan
-    diverged: bool = False
-    nan_iter: Optional[int] = None
-    nan_iter_exact: bool = True
-    exploded: bool = False
-    iterations: int = 0
-    max_iter: int = 0
-    train_seconds: float = math.nan
-    s_per_iter: float = math.nan
-    wall_seconds: float = math.nan
-    inference_ms: float = math.nan
-    loss_history: List[List[float]] = field(default_factory=list)
-    error: str = ""
-    no_detections: bool = False
-
-    @property
-    def first_loss(self) -> float:
-        return self.loss_history[0][1] if self.loss_history else math.nan
-
-    @property
-    def max_loss(self) -> float:
-        finite = [h[1] for h in self.loss_history if math.isfinite(h[1])]
-        return max(finite) if finite else math.nan
-
-    def to_json(self) -> Dict:
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: Dict) -> "RunResult":
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: _from_json_safe(v) for k, v in data.items() if k in known}
-        return cls(**values)
-
-
-def _json_safe(value):
-    """NaN/Inf as strings, so result files stay standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _from_json_safe(value):
-    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, list):
-        return [_from_json_safe(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------- reading outputs
-def read_metrics(path: str) -> List[Dict]:
-    """The records of a detectron2 ``metrics.json`` (one JSON object per line), merged per
-    iteration (a resumed run appends; the later value wins). A truncated last line is ignored.
-    Non-finite values written by Python's json (``NaN``, ``Infinity``) are kept as floats."""
-    by_iter: Dict[int, Dict] = {}
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            it = int(record.get("iteration", -1))
-            by_iter.setdefault(it, {}).update(record)
-    return [by_iter[k] for k in sorted(by_iter)]
-
-
-_COPYPASTE = re.compile(r"copypaste: (.*)$")
-_PURE_COMPUTE = re.compile(
-    r"Total inference pure compute time: .*\(([0-9.eE+-]+) s / iter per device"
-)
-_TRAIN_SPEED = re.compile(r"Overall training speed: (\d+) iterations in .*\(([0-9.eE+-]+) s / it\)")
-_TRAIN_TIME = re.compile(r"Total training time: (?:(\d+) days?, )?(\d+):(\d+):(\d+)")
-# The iteration in a non-finite-loss message, e.g. retinafocal's NonFiniteLossError ("Loss became
-# NaN or infinite at iteration 7") or detectron2's ("Loss became infinite or NaN at iteration=7").
-_NONFINITE_ITER = re.compile(
-    r"(?:NaN or infinite|infinite or NaN|non-finite|not finite)[^\n]*?iteration[ =:]*(\d+)"
-)
-_FP_ERROR = re.compile(r"\b(FloatingPointError|NonFiniteLossError)\b")
-_NO_PREDICTIONS = "No predictions from the model!"  # detectron2's COCOEvaluator warning
-
-
-def parse_log(path: str) -> Dict:
-    """Figures from a detectron2 ``log.txt`` (or captured stdout).
-
-    Returns a dict with any of: ``bbox`` (dict AP/AP50/AP75/... from the last ``copypaste``
-    block of task bbox), ``inference_s_per_image``, ``train_iterations``, ``s_per_iter``,
-    ``train_seconds``, ``floating_point_error`` (bool), ``nan_iter`` (int) and
-    ``no_predictions`` (bool: COCOEvaluator found no detection to evaluate).
-    """
-    out: Dict = {}
-    if not os.path.isfile(path):
-        return out
-    with open(path, errors="replace") as f:
-        lines = f.read().splitlines()
-    task, header = None, None
-    for line in lines:
-        m = _COPYPASTE.search(line)
-        if m:
-            text = m.group(1).strip()
-            if text.startswith("Task: "):
-                task, header = text[len("Task: "):], None
-            elif header is None:
-                header = text.split(",")
-            else:
-                if task == "bbox":
-                    values = [float(v) if v not in ("nan", "") else math.nan
-                              for v in text.split(",")]  # fmt: skip
-                    out["bbox"] = dict(zip(header, values))
-                header = None
-            continue
-        m = _PURE_COMPUTE.search(line)
-        if m:
-            out["inference_s_per_image"] = float(m.group(1))
-        m = _TRAIN_SPEED.search(line)
-        if m:
-            out["train_iterations"], out["s_per_iter"] = int(m.group(1)), float(m.group(2))
-        m = _TRAIN_TIME.search(line)
-        if m:
-            d, h, mi, s = (int(g or 0) for g in m.groups())
-            out["train_seconds"] = float(((d * 24 + h) * 60 + mi) * 60 + s)
-        if _FP_ERROR.search(line):
-            out["floating_point_error"] = True
-        if _NO_PREDICTIONS in line:
-            out["no_predictions"] = True
-        m = _NONFINITE_ITER.search(line)
-        if m:
-            out["nan_iter"] = int(m.group(1))
-    return out
-
-
-def _error_excerpt(path: str, limit: int = 600) -> str:
-    """The last FloatingPointError line of a captured log, else its last non-empty line."""
-    if not os.path.isfile(path):
-        return ""
-    with open(path, errors="replace") as f:
-        lines = [ln.strip() for ln in f if ln.strip()]
-    for line in reversed(lines):
-        if _FP_ERROR.search(line):
-            return line[:limit]
-    return lines[-1][:limit] if lines else ""
-
-
-def result_from_outputs(spec: RunSpec, run_dir: str, *, returncode: int,
-                        wall_seconds: float) -> Tuple[Optional[RunResult], str]:  # fmt: skip
-    """Build the result of a finished process from its outputs.
-
-    Returns:
-        ``(result, "")`` for a run that finished or diverged; ``(None, reason)`` for a failure
-        that is not a divergence (the run can be retried).
-    """
-    metrics = read_metrics(os.path.join(run_dir, "metrics.json"))
-    log = parse_log(os.path.join(run_dir, "log.txt"))
-    stdout = parse_log(os.path.join(run_dir, "stdout.log"))
-    # log.txt holds everything detectron2 logged; the traceback of a crash is only in stdout.
-    for key, value in stdout.items():
-        log.setdefault(key, value)
-    fp_error = bool(log.get("floating_point_error")) and returncode != 0
-
-    result = RunResult(name=spec.name, fingerprint=spec.fingerprint(), max_iter=spec.max_iter,
-                       wall_seconds=wall_seconds)  # fmt: skip
-    history = []
-    for rec in metrics:
-        if "total_loss" in rec:
-            history.append([int(rec["iteration"]), float(rec["total_loss"]),
-                            float(rec.get("loss_cls", math.nan))])  # fmt: skip
-    result.loss_history = history
-    evals = [rec for rec in metrics if "bbox/AP" in rec]
-    bbox = {k[len("bbox/"):]: float(v) for k, v in evals[-1].items() if k.startswith("bbox/")} \
-        if evals else log.get("bbox", {})  # fmt: skip
-    result.ap = float(bbox.get("AP", math.nan))
-    result.ap50 = float(bbox.get("AP50", math.nan))
-    result.ap75 = float(bbox.get("AP75", math.nan))
-    if log.get("no_predictions") and math.isnan(result.ap):
-        result.no_detections = True
-        result.ap = result.ap50 = result.ap75 = 0.0
-    if "inference_s_per_image" in log:
-        result.inference_ms = 1000.0 * log["inference_s_per_image"]
-    result.s_per_iter = float(log.get("s_per_iter", math.nan))
-    result.train_seconds = float(log.get("train_seconds", math.nan))
-    iters = [int(rec["iteration"]) for rec in metrics if "total_loss" in rec]
-    result.iterations = (max(iters) + 1) if iters else 0
-
-    losses = [h[1] for h in history]
-    if losses:
-        result.exploded = any(not math.isfinite(v) for v in losses) or (
-            losses[0] > 0
-            and max(v for v in losses if math.isfinite(v)) > EXPLODE_FACTOR * losses[0]
-        )
-    if fp_error:
-        result.diverged = True
-        if "nan_iter" in log:
-            result.nan_iter = int(log["nan_iter"])
-        else:
-            # The failing iteration logged nothing; the last logged one precedes it.
-            last = max((int(rec["iteration"]) for rec in metrics), default=-1)
-            result.nan_iter, result.nan_iter_exact = last + 1, False
-        result.error = _error_excerpt(os.path.join(run_dir, "stdout.log"))
-        return result, ""
-    if returncode != 0:
-        excerpt = _error_excerpt(os.path.join(run_dir, "stdout.log"))
-        return None, f"exit code {returncode}: {excerpt}"
-    result.diverged = result.exploded
-    if not evals and "bbox" not in log:
-        return None, "finished without a bbox evaluation (does the config have DATASETS.TEST?)"
-    return result, ""
-
-
-def load_results(grid: Grid, runs_dir: str) -> Dict[str, RunResult]:
-    """The stored results of ``grid``'s runs that match their current spec."""
-    results = {}
-    for spec in grid.runs:
-        path = os.path.join(runs_dir, spec.name, RESULT_FILE)
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            result = RunResult.from_json(json.load(f))
-        if result.fingerprint == spec.fingerprint():
-            results[spec.name] = result
-    return results
 
 
 # --------------------------------------------------------------------------- running
@@ -394,14 +126,6 @@ class GridRunner:
     def run_dir(self, name: str) -> str:
         return os.path.join(self.runs_dir, name)
 
-    def _stored_result(self, spec: RunSpec) -> Optional[RunResult]:
-        path = os.path.join(self.run_dir(spec.name), RESULT_FILE)
-        if not os.path.isfile(path):
-            return None
-        with open(path) as f:
-            result = RunResult.from_json(json.load(f))
-        return result if result.fingerprint == spec.fingerprint() else None
-
     def _prepare_dir(self, spec: RunSpec) -> str:
         """Create the run's directory; a directory left by another spec is cleared so that
         ``--resume`` cannot pick up a checkpoint of a different setting."""
@@ -421,6 +145,10 @@ class GridRunner:
         os.makedirs(run_dir, exist_ok=True)
         with open(spec_path, "w") as f:
             json.dump({"fingerprint": spec.fingerprint(), **asdict(spec)}, f, indent=1)
+        # A results file left by an earlier attempt must not pass for this one's.
+        stale = os.path.join(run_dir, RESULTS_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)
         return run_dir
 
     def _estimate(self, spec: RunSpec) -> float:
@@ -493,7 +221,7 @@ class GridRunner:
                 f.write(reason + "\n")
             self._log(f"{spec.name}: FAILED ({reason}); see {active.run_dir}/stdout.log")
             return
-        path = os.path.join(active.run_dir, RESULT_FILE)
+        path = os.path.join(active.run_dir, RUN_RESULT_FILE)
         with open(path + ".tmp", "w") as f:
             json.dump(result.to_json(), f, indent=1)
         os.replace(path + ".tmp", path)
@@ -510,7 +238,7 @@ class GridRunner:
         """Run every pending job; returns all results of the grid (stored and new)."""
         pending: List[RunSpec] = []
         for spec in self.grid.runs:
-            stored = self._stored_result(spec)
+            stored = stored_result(spec, self.run_dir(spec.name))
             if stored is not None:
                 self.results[spec.name] = stored
                 self._record(spec, stored)

@@ -17,7 +17,8 @@ from paper.report import (
     kendall_tau,
     write_report,
 )
-from paper.runner import LaunchOptions, RunResult, load_results
+from paper.results import RunResult, load_results
+from paper.runner import LaunchOptions
 
 from .common import REPO_ROOT, TRAIN_NET, tiny_shapes, two_run_grid
 
@@ -190,7 +191,7 @@ class TestReportEndToEnd(unittest.TestCase):
         self.assertIn("![Figure 4](figure4_loss_cdf.png)", text)
         self.assertEqual(set(load_results(grid, os.path.join(out, "runs"))), {"fl", "ce"})
 
-        result_file = os.path.join(out, "runs", "fl", "result.json")
+        result_file = os.path.join(out, "runs", "fl", "paper_result.json")
         stamp = os.path.getmtime(result_file)
         time.sleep(0.01)
         second = reproduce(grid, out, launch, loss_num_images=2, command="test")
