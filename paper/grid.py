@@ -226,11 +226,10 @@ def _fl(alpha: float, gamma: float) -> Tuple[str, ...]:
 
 
 def _ce(alpha: float) -> Tuple[str, ...]:
-    # FOCAL_LOSS_GAMMA 0 as well: the imbalance diagnostics then measure the loss actually used.
+    # BalancedCELoss is the focal loss at gamma 0 by construction: FOCAL_LOSS_GAMMA is not read.
     return (
         "MODEL.RETINAFOCAL.LOSS.NAME", "BalancedCELoss",
         "MODEL.RETINANET.FOCAL_LOSS_ALPHA", repr(float(alpha)),
-        "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0",
     )  # fmt: skip
 
 

@@ -133,6 +133,10 @@ class TestShapesGrid(unittest.TestCase):
         cfg = _merged(self.grid.run("ce_a0p5_noprior"))
         self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, 0.5)
         self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.NAME, "BalancedCELoss")
+        # The CE runs set only what BalancedCELoss reads (gamma is 0 by construction).
+        for spec in self.grid.runs:
+            if spec.name.startswith("ce"):
+                self.assertNotIn("MODEL.RETINANET.FOCAL_LOSS_GAMMA", spec.opts[::2], spec.name)
         cfg = _merged(self.grid.run("fl_anchors_s1_r1"))
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.SIZES, [[12.0], [24.0], [48.0]])
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, [[1.0]])
