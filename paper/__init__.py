@@ -7,8 +7,10 @@ repository root:
     python -m paper --plan                 # the runs and a time estimate (make paper runs them)
     python -m paper.analyze_loss --help    # Figure 4 for any checkpoint and dataset
 
-* :mod:`.grid`: the runs and report rows (``shapes`` miniature, ``shapes-full``, ``coco``);
+* :mod:`.grid`: runs and report rows as data;
+* :mod:`.table1`: the grids (``shapes`` miniature, ``shapes-full``, ``coco``);
 * :mod:`.runner`: runs a grid through ``train_net.py``, seeded and resumable;
+* :mod:`.results`: what a run measured, read from the ``results.json`` it wrote;
 * :mod:`.loss_analysis`: Figure 4, the loss CDFs of any checkpoint on any dataset;
 * :mod:`.figures`: Figure 1 and the report's other plots;
 * :mod:`.report`: ``REPORT.md`` with our numbers next to the paper's;

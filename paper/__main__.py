@@ -21,13 +21,13 @@ import sys
 
 import retinafocal  # noqa: F401  (first: compat, registries)
 
-from .grid import GRID_NAMES, SHAPES_MAX_ITER, build_grid
 from .reproduce import reproduce
 from .runner import LaunchOptions
+from .table1 import GRID_NAMES, SHAPES_MAX_ITER, build_grid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Planning figures for --plan, measured on this project's 2-core machine (see grid.py).
+# Planning figures for --plan, measured on this project's 2-core machine (see table1.py).
 PLAN_S_PER_ITER = 0.4
 PLAN_RUN_OVERHEAD_S = 20.0
 PLAN_EVAL_RUN_S = 15.0

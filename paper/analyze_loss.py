@@ -9,15 +9,102 @@ the normalised loss of positive and negative samples, scored with the focal loss
 Writes ``loss_cdf.png`` (two panels: positives, negatives) and ``loss_cdf.json`` (the curves and,
 per gamma, the fraction of samples that carries half of the loss) under ``--output``.
 Config overrides (``KEY VALUE`` for .yaml, ``key=value`` for .py) may come anywhere.
+:func:`analyze_model` is the same from Python (``python -m paper`` calls it for Figure 4).
 """
+from __future__ import annotations
+
 import argparse
 import json
 import logging
+import os
 import sys
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import retinafocal  # noqa: F401  (first: compat, registries)
+import detectron2.data.transforms as T
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+from retinafocal.config import add_retinafocal_config
+from retinafocal.config_overrides import (
+    apply_lazy_overrides,
+    merge_yacs_file,
+    merge_yacs_overrides,
+)
+from retinafocal.data import register_coco_json_datasets
+from retinafocal.data.datasets import ensure_dataset_files
+from retinafocal.engine import build_lazy_model, register_lazy_datasets
 
-from .loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
+from .loss_analysis import (
+    DEFAULT_GAMMAS,
+    analyze_loss_samples,
+    collect_loss_samples,
+    write_analysis,
+)
+
+
+def _load_config(config_file: str, opts: Sequence[str]) -> Tuple[Any, bool]:
+    """(cfg, is_lazy) for a yacs ``.yaml`` or LazyConfig ``.py`` file with overrides, and its
+    COCO-json datasets registered (as ``train_net.py`` does)."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    if config_file.endswith(".py"):
+        cfg = apply_lazy_overrides(LazyConfig.load(config_file), list(opts))
+        register_lazy_datasets(cfg)
+        return cfg, True
+    cfg = get_cfg()
+    add_retinafocal_config(cfg)
+    merge_yacs_file(cfg, config_file)
+    merge_yacs_overrides(cfg, list(opts))
+    register_coco_json_datasets(cfg.DATASETS.COCO_JSON)
+    cfg.freeze()
+    return cfg, False
+
+
+def analyze_model(config_file: str, opts: Sequence[str] = (), *, dataset: Optional[str] = None,
+                  num_images: int = 200, gammas: Sequence[float] = DEFAULT_GAMMAS,
+                  max_negatives: int = 10_000_000, seed: int = 0) -> Dict[str, Any]:  # fmt: skip
+    """Build the model of a config (weights from ``MODEL.WEIGHTS`` / ``train.init_checkpoint``),
+    run it over the first ``num_images`` images of ``dataset`` (default: the config's first
+    test set) at the config's test size, and analyse the loss (:func:`analyze_loss_samples`).
+    The result also names the config, weights and dataset."""
+    cfg, lazy = _load_config(config_file, opts)
+    if lazy:
+        model = build_lazy_model(cfg)
+        weights = cfg.train.init_checkpoint
+        names = cfg.dataloader.test.dataset.names
+        default_dataset = names if isinstance(names, str) else names[0]
+        test_mapper = cfg.dataloader.test.mapper
+        augmentations = [instantiate(a) for a in test_mapper.augmentations]
+        image_format = test_mapper.image_format
+    else:
+        model = build_model(cfg)
+        weights = cfg.MODEL.WEIGHTS
+        if not cfg.DATASETS.TEST:
+            raise ValueError(f"{config_file}: DATASETS.TEST is empty; pass --dataset")
+        default_dataset = cfg.DATASETS.TEST[0]
+        augmentations = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+        image_format = cfg.INPUT.FORMAT
+    if not weights:
+        raise ValueError(
+            f"{config_file}: no weights to analyse; give MODEL.WEIGHTS (yacs) or "
+            "train.init_checkpoint (LazyConfig)"
+        )
+    DetectionCheckpointer(model).load(weights)
+    dataset = dataset or default_dataset
+    if dataset not in DatasetCatalog.list():
+        raise KeyError(f"dataset {dataset!r} is not registered (e.g. through DATASETS.COCO_JSON)")
+    ensure_dataset_files(dataset)
+    dicts = DatasetCatalog.get(dataset)[:num_images]
+    # is_train=True keeps the annotations; the test resize and no flip keep it an evaluation.
+    mapper = DatasetMapper(is_train=True, augmentations=augmentations, image_format=image_format)
+    inputs = (mapper(dict(d)) for d in dicts)
+    samples = collect_loss_samples(model, inputs, num_images=len(dicts),
+                                   max_negatives=max_negatives, seed=seed)  # fmt: skip
+    analysis = analyze_loss_samples(samples, gammas)
+    analysis.update(config_file=config_file, weights=weights, dataset=dataset)
+    return analysis
 
 
 def parse_args(argv=None):

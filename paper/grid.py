@@ -1,49 +1,39 @@
-"""The ablation grid of the paper's Table 1, as runs to train and rows to report.
+"""The ablation grid of the paper's Table 1 as data: runs to train and rows to report.
 
 A :class:`RunSpec` is one training (or evaluation-only) job: a config file plus ``KEY VALUE``
 overrides, a seed and an output name. A :class:`Row` is one line of a report table: which run it
 shows, what it varies, and the paper's number for that setting. Several rows may share one run:
 the focal-loss model with gamma = 2, alpha = .25 and 9 anchors is the FL row of Sec. 5.1, Table 1b,
-Table 1c and Table 1d at once, and Table 1e and Figure 4 evaluate it.
-
-Two grids:
-
-* ``shapes`` (``make paper``): a miniature on the embedded shapes dataset, sized to finish within
-  an hour on 2 CPU cores (see :data:`SHAPES_SCHEDULE` for the arithmetic), with a justified
-  subset of each table's rows; ``shapes-full`` has every row of Table 1 at the same schedule.
-* ``coco``: every row of Table 1 at full size, with the COCO configs of ``configs/COCO``, for a
-  GPU cluster.
+Table 1c and Table 1d at once, and Table 1e and Figure 4 evaluate it. :class:`GridBuilder` and
+the ``*_opts`` helpers put grids together; :mod:`paper.table1` holds the grids themselves.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .references import TABLE_1A, TABLE_1B, TABLE_1C, TABLE_1D, TABLE_1E, PaperAP
+from .references import PaperAP
 
 __all__ = [
     "RunSpec",
     "Row",
     "Grid",
+    "GridBuilder",
     "SECTIONS",
-    "GRID_NAMES",
-    "SHAPES_SCHEDULE",
+    "NO_PRIOR_OPTS",
+    "anchor_opts",
     "anchor_sizes",
-    "build_grid",
-    "shapes_grid",
-    "coco_grid",
+    "ce_opts",
+    "fl_opts",
+    "ohem_opts",
     "run_name",
 ]
 
 #: The report's sections, in order.
 SECTIONS: Tuple[str, ...] = ("init", "1a", "1b", "1c", "1d", "1e")
-
-GRID_NAMES: Tuple[str, ...] = ("shapes", "shapes-full", "coco")
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -217,7 +207,8 @@ def anchor_sizes(base_sizes: Sequence[float], num_scales: int) -> List[List[floa
 _ASPECT_RATIOS = {1: [[1.0]], 3: [[0.5, 1.0, 2.0]]}
 
 
-def _fl(alpha: float, gamma: float) -> Tuple[str, ...]:
+def fl_opts(alpha: float, gamma: float) -> Tuple[str, ...]:
+    """Overrides for the focal loss with ``alpha`` and ``gamma``."""
     return (
         "MODEL.RETINAFOCAL.LOSS.NAME", "FocalLoss",
         "MODEL.RETINANET.FOCAL_LOSS_ALPHA", repr(float(alpha)),
@@ -225,7 +216,8 @@ def _fl(alpha: float, gamma: float) -> Tuple[str, ...]:
     )  # fmt: skip
 
 
-def _ce(alpha: float) -> Tuple[str, ...]:
+def ce_opts(alpha: float) -> Tuple[str, ...]:
+    """Overrides for alpha-balanced cross-entropy."""
     # BalancedCELoss is the focal loss at gamma 0 by construction: FOCAL_LOSS_GAMMA is not read.
     return (
         "MODEL.RETINAFOCAL.LOSS.NAME", "BalancedCELoss",
@@ -233,7 +225,9 @@ def _ce(alpha: float) -> Tuple[str, ...]:
     )  # fmt: skip
 
 
-def _ohem(batch: int, ratio: float, nms: float) -> Tuple[str, ...]:
+def ohem_opts(batch: int, ratio: float, nms: float) -> Tuple[str, ...]:
+    """Overrides for OHEM: ``batch`` anchors per image, positive:negative 1:``ratio`` (0: no
+    ratio), NMS at ``nms`` over the anchor boxes."""
     return (
         "MODEL.RETINAFOCAL.LOSS.NAME", "OHEMLoss",
         "MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE", str(int(batch)),
@@ -242,17 +236,20 @@ def _ohem(batch: int, ratio: float, nms: float) -> Tuple[str, ...]:
     )  # fmt: skip
 
 
-def _anchors(base_sizes: Sequence[float], scales: int, ratios: int) -> Tuple[str, ...]:
+def anchor_opts(base_sizes: Sequence[float], scales: int, ratios: int) -> Tuple[str, ...]:
+    """Overrides for ``scales`` scales per octave from ``base_sizes`` and 1 or 3 aspect
+    ratios."""
     return (
         "MODEL.ANCHOR_GENERATOR.SIZES", repr(anchor_sizes(base_sizes, scales)),
         "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", repr(_ASPECT_RATIOS[ratios]),
     )  # fmt: skip
 
 
-_NO_PRIOR = ("MODEL.RETINANET.PRIOR_PROB", "0.5")
+#: The last class bias at 0 (pi = 0.5) instead of the paper's prior init (pi = 0.01).
+NO_PRIOR_OPTS = ("MODEL.RETINANET.PRIOR_PROB", "0.5")
 
 
-class _GridBuilder:
+class GridBuilder:
     """Collects runs (deduplicated by name: a setting shared by several tables is trained once)
     and rows."""
 
@@ -264,6 +261,7 @@ class _GridBuilder:
         self.rows: List[Row] = []
 
     def train(self, name: str, config_file: str, opts: Tuple[str, ...], description: str) -> str:
+        """Add a training run, once per name; returns the name."""
         if name not in self.runs:
             self.runs[name] = RunSpec(
                 name=name,
@@ -276,6 +274,8 @@ class _GridBuilder:
         return name
 
     def evaluate(self, name: str, of: str, opts: Tuple[str, ...], description: str) -> str:
+        """Add an evaluation-only run of the final weights of run ``of``, with ``opts`` on top
+        of its overrides; returns the name."""
         parent = self.runs[of]
         self.runs[name] = RunSpec(
             name=name,
@@ -289,347 +289,11 @@ class _GridBuilder:
 
     def row(self, section: str, run: str, label: str, params: Dict[str, Any],
             paper: Optional[PaperAP], paper_label: str = "") -> None:  # fmt: skip
+        """Add a report row (see :class:`Row`)."""
         self.rows.append(Row(section, run, label, params, paper, paper_label))
 
     def ordered_runs(self) -> List[RunSpec]:
+        """Training runs first, then the evaluation-only runs that need their weights."""
         trains = [r for r in self.runs.values() if not r.eval_only]
         evals = [r for r in self.runs.values() if r.eval_only]
         return trains + evals
-
-
-# --------------------------------------------------------------------------- shapes (miniature)
-EMBEDDED_CONFIG = os.path.join("configs", "Embedded", "retinanet_R18_FPN_shapes.yaml")
-
-#: Iterations per run of the ``shapes`` grid. The arithmetic is in :data:`SHAPES_SCHEDULE`.
-SHAPES_MAX_ITER = 250
-
-#: How the miniature's length was chosen (figures measured on this project's 2-core machine).
-SHAPES_SCHEDULE = (
-    "Every training run uses the embedded recipe (`configs/Embedded/retinanet_R18_FPN_shapes.yaml`:"
-    " ResNet-18-FPN from scratch, {size} px, batch 16, SGD lr 0.02 with warm-up and cosine decay) "
-    "with `FocalRetinaNet` and a shorter schedule: {max_iter} iterations instead of the recipe's "
-    "{recipe_iter}, warm-up {warmup} iterations (the recipe's share), seed {seed} for every run. "
-    "The length comes from the one-hour budget on 2 CPU cores: {num_train} training runs x "
-    "{max_iter} iterations at 0.34 s/iteration (measured on idle cores; 0.8 s/iteration was "
-    "measured while other jobs shared them), plus about 20 s per run for start-up and the COCO "
-    "evaluation of the 200 validation images, plus {num_eval} evaluation-only runs (Table 1e) and "
-    "Figure 4: about 30 minutes on idle cores."
-)
-
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@dataclass(frozen=True)
-class _Recipe:
-    """What the grid needs to know of the config its runs override, read from that file so the
-    grid cannot drift from it.
-
-    Attributes:
-        base_sizes: the smallest anchor size of each head level, e.g. (12, 24, 48).
-        train_size: the (shortest-side) training size in pixels.
-        max_iter, warmup_iters: the recipe's schedule.
-        anchors_per_image: anchors summed over the head levels, at train_size.
-        num_classes: K.
-    """
-
-    base_sizes: Tuple[float, ...]
-    train_size: int
-    max_iter: int
-    warmup_iters: int
-    anchors_per_image: int
-    num_classes: int
-
-
-def _read_recipe(config_file: str) -> _Recipe:
-    from detectron2.config import get_cfg
-
-    from retinafocal.config import add_retinafocal_config
-    from retinafocal.config_overrides import merge_yacs_file
-
-    path = config_file if os.path.isabs(config_file) else os.path.join(_REPO_ROOT, config_file)
-    cfg = get_cfg()
-    add_retinafocal_config(cfg)
-    merge_yacs_file(cfg, path)
-    levels = cfg.MODEL.RETINANET.IN_FEATURES
-    sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES
-    if len(sizes) != len(levels):
-        raise ValueError(f"{path}: MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} levels but "
-                         f"MODEL.RETINANET.IN_FEATURES has {len(levels)} ({levels})")
-    size = int(cfg.INPUT.MIN_SIZE_TRAIN[0])
-    # "p<k>" has stride 2^k; a size x size image gives ceil(size / stride)^2 positions there.
-    strides = [2 ** int(name.lstrip("p")) for name in levels]
-    per_location = len(sizes[0]) * len(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0])
-    return _Recipe(
-        base_sizes=tuple(float(level[0]) for level in sizes),
-        train_size=size,
-        max_iter=int(cfg.SOLVER.MAX_ITER),
-        warmup_iters=int(cfg.SOLVER.WARMUP_ITERS),
-        anchors_per_image=per_location * sum(math.ceil(size / s) ** 2 for s in strides),
-        num_classes=int(cfg.MODEL.RETINANET.NUM_CLASSES),
-    )
-
-
-def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
-                config_file: str = EMBEDDED_CONFIG) -> Grid:  # fmt: skip
-    """The miniature of Table 1 on the embedded shapes dataset.
-
-    Args:
-        max_iter: training iterations of every run.
-        full: every row of Table 1 (``shapes-full``) instead of the justified subset.
-        seed: ``SEED`` of every run.
-        config_file: the embedded recipe the runs override.
-    """
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    recipe = _read_recipe(config_file)
-    warmup = max(1, round(max_iter * recipe.warmup_iters / recipe.max_iter))
-    base = (
-        "MODEL.META_ARCHITECTURE", "FocalRetinaNet",
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.WARMUP_ITERS", str(warmup),
-        # Only the final checkpoint: a run is short, and a period of max_iter would write
-        # model_<max_iter - 1>.pth next to model_final.pth, the same weights twice.
-        "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
-    )  # fmt: skip
-    b = _GridBuilder(base, seed, max_iter)
-    cfg = config_file
-    anchors = recipe.base_sizes
-    train_size = recipe.train_size
-    anchors_per_image = recipe.anchors_per_image
-
-    def fl(alpha: float, gamma: float) -> str:
-        return b.train(run_name("fl", g=gamma, a=alpha), cfg, _fl(alpha, gamma),
-                       f"focal loss, gamma {gamma:g}, alpha {alpha:g}")  # fmt: skip
-
-    def ce(alpha: float) -> str:
-        return b.train(run_name("ce", a=alpha), cfg, _ce(alpha),
-                       f"alpha-balanced CE, alpha {alpha:g}")  # fmt: skip
-
-    default_fl = fl(0.25, 2.0)
-
-    # Sec. 5.1: CE with and without the prior, and FL. alpha = .5 weighs both classes equally:
-    # standard CE scaled by 1/2, which is also the paper's CE-with-prior number (1a, alpha .5).
-    no_prior = b.train("ce_a0p5_noprior", cfg, _ce(0.5) + _NO_PRIOR,
-                       "alpha-balanced CE, alpha 0.5, no prior (last class bias 0, pi = 0.5)")
-    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
-          None, "diverges (Sec. 5.1)")  # fmt: skip
-    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
-          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
-    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
-          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
-
-    alphas_1a = sorted(TABLE_1A) if full else [0.25, 0.5, 0.75, 0.99]
-    for a in alphas_1a:
-        b.row("1a", ce(a), f"alpha = {a:g}", {"alpha": a, "gamma": 0.0}, TABLE_1A[a])
-
-    # 1b: gamma = 0 is Table 1a (its best alpha is picked from the 1a runs).
-    for a in alphas_1a:
-        paper_alpha, paper = TABLE_1B[0.0]
-        b.row("1b", ce(a), f"gamma = 0, alpha = {a:g}", {"gamma": 0.0, "alpha": a}, paper,
-              f"alpha = {paper_alpha:g}")  # fmt: skip
-    if full:
-        gamma_alphas = {g: [0.25, 0.5, 0.75] for g in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)}
-    else:
-        gamma_alphas = {0.5: [0.5], 1.0: [0.25, 0.5], 2.0: [0.25, 0.5], 5.0: [0.25]}
-    for g, alphas in gamma_alphas.items():
-        paper_alpha, paper = TABLE_1B[g]
-        for a in alphas:
-            b.row("1b", fl(a, g), f"gamma = {g:g}, alpha = {a:g}", {"gamma": g, "alpha": a},
-                  paper, f"alpha = {paper_alpha:g}")  # fmt: skip
-
-    anchor_settings = sorted(TABLE_1C) if full else [(1, 1), (2, 3), (3, 3)]
-    for scales, ratios in anchor_settings:
-        if (scales, ratios) == (3, 3):
-            name = default_fl  # the recipe's own anchors
-        else:
-            name = b.train(run_name("fl_anchors", s=scales, r=ratios), cfg,
-                           _fl(0.25, 2.0) + _anchors(anchors, scales, ratios),
-                           f"focal loss, {scales} scale(s) x {ratios} aspect ratio(s)")  # fmt: skip
-        b.row("1c", name, f"{scales} scale(s) x {ratios} ratio(s) = {scales * ratios} anchors",
-              {"scales": scales, "ratios": ratios}, TABLE_1C[(scales, ratios)])  # fmt: skip
-
-    ohem_settings = (
-        [k for k in TABLE_1D if k[0] != "FL"]
-        if full
-        else [("OHEM", 128, 0.5), ("OHEM", 512, 0.5), ("OHEM 1:3", 128, 0.5),
-              ("OHEM 1:3", 512, 0.5)]  # fmt: skip
-    )
-    for method, batch, nms in ohem_settings:
-        ratio = 3.0 if method == "OHEM 1:3" else 0.0
-        name = b.train(run_name("ohem", b=batch, r=ratio, n=nms), cfg, _ohem(batch, ratio, nms),
-                       f"{method}, batch {batch} per image, NMS {nms:g}")  # fmt: skip
-        b.row("1d", name, f"{method}, batch {batch}, NMS {nms:g}",
-              {"method": method, "batch": batch, "nms": nms}, TABLE_1D[(method, batch, nms)])
-    b.row("1d", default_fl, "FL (gamma 2, alpha .25)", {"method": "FL"},
-          TABLE_1D[("FL", None, None)])
-
-    # 1e: the paper trains and tests at 400..800 px; we test the 128 px model at the same
-    # fractions of its training size (0.5 .. 1.0).
-    # The training size is the FL run's own final evaluation.
-    for paper_size in sorted(TABLE_1E):
-        size = int(round(train_size * paper_size / 800))
-        name = default_fl if size == train_size else b.evaluate(
-            f"{default_fl}_test{size}", default_fl,
-            ("INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)),
-            f"the FL model evaluated at {size} px")  # fmt: skip
-        b.row("1e", name, f"test {size} px (x{size / train_size:.3g} of training)",
-              {"size": size}, TABLE_1E[paper_size], f"{paper_size} px")  # fmt: skip
-
-    runs = b.ordered_runs()
-    num_train = sum(not r.eval_only for r in runs)
-    schedule = SHAPES_SCHEDULE.format(
-        max_iter=max_iter, warmup=warmup, seed=seed, num_train=num_train,
-        num_eval=len(runs) - num_train, size=train_size, recipe_iter=recipe.max_iter,
-    )  # fmt: skip
-    levels = ", ".join(f"{a:g}" for a in anchors)
-    notes = {
-        "init": (
-            "Three runs with the same recipe: alpha-balanced CE at alpha = .5 (standard CE up to "
-            "a factor 1/2) with the last classification bias at 0 (pi = 0.5, no prior) and with "
-            "the prior pi = 0.01, and the focal loss. A run *diverges* when a loss becomes NaN or "
-            "infinite (training stops there) or a logged loss exceeds 10x the first logged one. "
-            f"Imbalance is milder here than on COCO: {anchors_per_image} anchors x "
-            f"{recipe.num_classes} classes per image versus about 100k x 80 (paper, Sec. 1), about "
-            f"{round(100_000 * 80 / (anchors_per_image * recipe.num_classes), -1):.0f}x fewer "
-            "binary terms, so "
-            "at pi = 0.5 the summed initial loss per positive anchor is that much smaller here."
-        ),
-        "1a": (
-            "alpha in {" + ", ".join(f"{a:g}" for a in alphas_1a) + "}"
-            + ("" if full else ": the two ends where the paper's AP drops (.25, .99), its best "
-               "(.75) and the unweighted point (.5); .1, .9 and .999 are in `shapes-full`.")
-        ),  # fmt: skip
-        "1b": (
-            "For each gamma the best alpha among those tried (bold); gamma = 0 takes the best "
-            "alpha of Table 1a. "
-            + ("" if full else "Alpha grid {.25, .5} at gamma = 1 and 2, where the paper's best "
-               "alpha moves from .5 to .25; gamma = .5 and 5 use the paper's best alpha (.5 and "
-               ".25). gamma = .1 and .2, and alpha .75, are in `shapes-full`.")
-        ),  # fmt: skip
-        "1c": (
-            "Scales per octave 2^(k/S), k < S, from the recipe's smallest anchor of each level "
-            f"({levels} px); ratios {{1:1}} or {{1:2, 1:1, 2:1}}."
-        ),
-        "1d": (
-            "OHEM scores anchors by plain CE, runs NMS over the anchor boxes, and trains on the "
-            "hardest `batch` anchors per image (with a 1:3 positive:negative ratio or none); "
-            f"batch 128 and 512 keep {100 * 128 / anchors_per_image:.1f}% and "
-            f"{100 * 512 / anchors_per_image:.0f}% of an image's {anchors_per_image} anchors here, "
-            "against about 0.1-0.5% of COCO's 100k. With the 1:3 ratio the batch caps the "
-            "positives at B/4 after their NMS (and the negatives at 3x the positives kept), so "
-            "B = 128 only matters for an image that keeps more than 32 positives after NMS. The "
-            "paper's Table 1d uses ResNet-101-FPN; ours the R18 recipe."
-        ),
-        "1e": (
-            f"Only the test size varies: the {train_size} px focal-loss model is evaluated at "
-            "0.5x .. 1x of its training size, the fractions that 400 .. 800 px are of the "
-            "paper's 800 px. "
-            "The paper trains a model at each scale (and times it on a GPU); our times are CPU "
-            "ms per image at batch 1, measured by detectron2's evaluator (its 'pure compute "
-            "time': model forward and post-processing, after 5 warm-up images)."
-        ),
-    }
-    return Grid(
-        name="shapes-full" if full else "shapes",
-        runs=runs,
-        rows=b.rows,
-        loss_analysis_run=default_fl,
-        notes=notes,
-        schedule=schedule,
-        datasets=("shapes_train", "shapes_val"),
-    )
-
-
-# --------------------------------------------------------------------------- COCO (full size)
-_COCO_BASE_ANCHORS = (32.0, 64.0, 128.0, 256.0, 512.0)
-
-
-def _coco_config(depth: int, size: int) -> str:
-    if size == 800:
-        return os.path.join("configs", "COCO", f"retinanet_R{depth}_FPN_1x.yaml")
-    return os.path.join("configs", "COCO", "scales", f"retinanet_R{depth}_FPN_1x_{size}.yaml")
-
-
-def coco_grid(*, seed: int = 0) -> Grid:
-    """Every row of Table 1 on COCO at the paper's settings: ResNet-50-FPN (ResNet-101-FPN for
-    Table 1d) trained and tested at 600 px with the 1x schedule; Table 1e trains a model at each
-    scale. Output directories come from the runner, not from the configs."""
-    b = _GridBuilder((), seed, 90000)
-    r50, r101 = _coco_config(50, 600), _coco_config(101, 600)
-
-    def fl(alpha: float, gamma: float, cfg: str = r50, tag: str = "") -> str:
-        return b.train(run_name("fl" + tag, g=gamma, a=alpha), cfg, _fl(alpha, gamma),
-                       f"focal loss, gamma {gamma:g}, alpha {alpha:g}")  # fmt: skip
-
-    def ce(alpha: float) -> str:
-        return b.train(run_name("ce", a=alpha), r50, _ce(alpha), f"alpha-balanced CE, {alpha:g}")
-
-    default_fl = fl(0.25, 2.0)
-    no_prior = b.train("ce_a0p5_noprior", r50, _ce(0.5) + _NO_PRIOR, "CE, no prior init")
-    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
-          None, "diverges (Sec. 5.1)")  # fmt: skip
-    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
-          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
-    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
-          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
-    for a in sorted(TABLE_1A):
-        b.row("1a", ce(a), f"alpha = {a:g}", {"alpha": a, "gamma": 0.0}, TABLE_1A[a])
-        paper_alpha, paper = TABLE_1B[0.0]
-        b.row("1b", ce(a), f"gamma = 0, alpha = {a:g}", {"gamma": 0.0, "alpha": a}, paper,
-              f"alpha = {paper_alpha:g}")  # fmt: skip
-    for g in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0):
-        paper_alpha, paper = TABLE_1B[g]
-        for a in (0.25, 0.5, 0.75):
-            b.row("1b", fl(a, g), f"gamma = {g:g}, alpha = {a:g}", {"gamma": g, "alpha": a},
-                  paper, f"alpha = {paper_alpha:g}")  # fmt: skip
-    for scales, ratios in sorted(TABLE_1C):
-        name = default_fl if (scales, ratios) == (3, 3) else b.train(
-            run_name("fl_anchors", s=scales, r=ratios), r50,
-            _fl(0.25, 2.0) + _anchors(_COCO_BASE_ANCHORS, scales, ratios),
-            f"focal loss, {scales} scale(s) x {ratios} aspect ratio(s)")  # fmt: skip
-        b.row("1c", name, f"{scales} scale(s) x {ratios} ratio(s) = {scales * ratios} anchors",
-              {"scales": scales, "ratios": ratios}, TABLE_1C[(scales, ratios)])  # fmt: skip
-    for method, batch, nms in TABLE_1D:
-        if method == "FL":
-            name = fl(0.25, 2.0, r101, "_R101")
-            b.row("1d", name, "FL (gamma 2, alpha .25)", {"method": "FL"},
-                  TABLE_1D[("FL", None, None)])  # fmt: skip
-            continue
-        ratio = 3.0 if method == "OHEM 1:3" else 0.0
-        name = b.train(run_name("ohem_R101", b=batch, r=ratio, n=nms), r101,
-                       _ohem(batch, ratio, nms), f"{method}, batch {batch}, NMS {nms:g}")
-        b.row("1d", name, f"{method}, batch {batch}, NMS {nms:g}",
-              {"method": method, "batch": batch, "nms": nms}, TABLE_1D[(method, batch, nms)])
-    for size in sorted(TABLE_1E):
-        name = default_fl if size == 600 else fl(0.25, 2.0, _coco_config(50, size), f"_{size}")
-        b.row("1e", name, f"train and test {size} px", {"size": size}, TABLE_1E[size])
-    notes = {
-        "init": "ResNet-50-FPN, 600 px, 1x; CE at alpha = .5 with and without the prior init.",
-        "1a": "Every alpha of the paper's Table 1a.",
-        "1b": "gamma over the paper's values, alpha in {.25, .5, .75}; the best alpha is bold.",
-        "1c": "Every anchor setting of the paper's Table 1c.",
-        "1d": "ResNet-101-FPN, as in the paper; every OHEM setting of Table 1d.",
-        "1e": "ResNet-50-FPN trained and tested at each scale; times on the cluster's GPUs.",
-    }
-    return Grid(
-        name="coco",
-        runs=b.ordered_runs(),
-        rows=b.rows,
-        loss_analysis_run=default_fl,
-        notes=notes,
-        schedule="The paper's 1x schedule of each COCO config (90k iterations at 16 images).",
-    )
-
-
-def build_grid(name: str, **kwargs: Any) -> Grid:
-    """Build a grid by name: "shapes", "shapes-full" or "coco"; keyword arguments go to its
-    builder (``max_iter`` and ``seed`` for the shapes grids, ``seed`` for coco)."""
-    if name == "shapes":
-        return shapes_grid(**kwargs)
-    if name == "shapes-full":
-        return shapes_grid(full=True, **kwargs)
-    if name == "coco":
-        kwargs.pop("max_iter", None)
-        return coco_grid(**kwargs)
-    raise ValueError(f"unknown grid {name!r}; choose one of {GRID_NAMES}")

@@ -10,7 +10,8 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from .grid import Grid
-from .loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
+from .analyze_loss import analyze_model
+from .loss_analysis import DEFAULT_GAMMAS, write_analysis
 from .report import ReportInputs, write_report
 from .results import RunResult, load_results
 from .runner import GridRunner, LaunchOptions

@@ -5,17 +5,10 @@ import unittest
 import retinafocal  # noqa: F401  (compat first)
 from detectron2.config import get_cfg
 
+from paper.grid import SECTIONS, Grid, Row, RunSpec, anchor_sizes, run_name
+from paper.table1 import build_grid
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
-from paper.grid import (
-    SECTIONS,
-    Grid,
-    Row,
-    RunSpec,
-    anchor_sizes,
-    build_grid,
-    run_name,
-)
 
 from .common import REPO_ROOT
 

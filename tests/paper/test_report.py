@@ -1,5 +1,5 @@
-"""The report writer: on fake results of the shapes grid (every claim decided by the numbers
-given), and end to end on a two-run grid of 2-iteration train_net.py runs."""
+"""The claims and the report writer: on fake results of the shapes grid (every claim decided by
+the numbers given), and end to end on a two-run grid of 2-iteration train_net.py runs."""
 import math
 import os
 import shutil
@@ -8,17 +8,12 @@ import time
 import unittest
 
 import retinafocal  # noqa: F401  (compat first)
-from paper.grid import build_grid
+from paper.claims import CLEAR_MARGIN_AP, ReportInputs, evaluate_claims, kendall_tau
+from paper.report import write_report
 from paper.reproduce import reproduce
-from paper.report import (
-    CLEAR_MARGIN_AP,
-    ReportInputs,
-    evaluate_claims,
-    kendall_tau,
-    write_report,
-)
 from paper.results import RunResult, load_results
 from paper.runner import LaunchOptions
+from paper.table1 import build_grid
 
 from .common import REPO_ROOT, TRAIN_NET, tiny_shapes, two_run_grid
 
