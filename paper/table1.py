@@ -110,6 +110,16 @@ def _read_recipe(config_file: str) -> _Recipe:
     )
 
 
+def _init_rows(b: GridBuilder, no_prior: str, ce_prior: str, fl: str) -> None:
+    """The rows of Sec. 5.1: CE without and with the prior init (alpha .5), and FL."""
+    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
+          None, "diverges (Sec. 5.1)")  # fmt: skip
+    b.row("init", ce_prior, "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
+          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
+    b.row("init", fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
+          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+
+
 def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
                 config_file: str = EMBEDDED_CONFIG) -> Grid:  # fmt: skip
     """The miniature of Table 1 on the embedded shapes dataset.
@@ -152,12 +162,7 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
     # standard CE scaled by 1/2, which is also the paper's CE-with-prior number (1a, alpha .5).
     no_prior = b.train("ce_a0p5_noprior", cfg, ce_opts(0.5) + NO_PRIOR_OPTS,
                        "alpha-balanced CE, alpha 0.5, no prior (last class bias 0, pi = 0.5)")
-    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
-          None, "diverges (Sec. 5.1)")  # fmt: skip
-    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
-          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
-    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
-          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+    _init_rows(b, no_prior, ce(0.5), default_fl)
 
     alphas_1a = sorted(TABLE_1A) if full else [0.25, 0.5, 0.75, 0.99]
     for a in alphas_1a:
@@ -308,12 +313,7 @@ def coco_grid(*, seed: int = 0) -> Grid:
 
     default_fl = fl(0.25, 2.0)
     no_prior = b.train("ce_a0p5_noprior", r50, ce_opts(0.5) + NO_PRIOR_OPTS, "CE, no prior init")
-    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
-          None, "diverges (Sec. 5.1)")  # fmt: skip
-    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
-          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
-    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
-          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+    _init_rows(b, no_prior, ce(0.5), default_fl)
     for a in sorted(TABLE_1A):
         b.row("1a", ce(a), f"alpha = {a:g}", {"alpha": a, "gamma": 0.0}, TABLE_1A[a])
         paper_alpha, paper = TABLE_1B[0.0]
