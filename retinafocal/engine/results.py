@@ -4,8 +4,10 @@ Written by the main process only, atomically (a reader never sees half a file), 
 ends (:class:`~retinafocal.engine.Trainer` and :func:`~retinafocal.engine.lazy_train`), also
 when it stops on a non-finite loss, and by ``train_net.py --eval-only``. Everything comes from
 what detectron2 already keeps: the trainer's iteration, its ``EventStorage`` (the per-iteration
-``time`` of ``IterationTimer`` and the loss terms) and the final evaluation's results. Schema
-(version :data:`SCHEMA_VERSION`; a number that cannot be computed, or is NaN, is ``null``)::
+``time`` of ``IterationTimer`` and the loss terms) and the evaluation's results, to which
+:class:`~retinafocal.engine.evaluation.InferenceStats` adds the inference time (detectron2 only
+logs its own) and the detection count. Schema (version :data:`SCHEMA_VERSION`; a number that
+cannot be computed, or is NaN, is ``null``)::
 
     {
       "schema": 1,
@@ -17,15 +19,16 @@ what detectron2 already keeps: the trainer's iteration, its ``EventStorage`` (th
                                      # steps after its warm-up, without hooks (checkpoints, eval)
       "s_per_iter": float|null,      # their mean (detectron2's "Overall training speed")
       "bbox": {"AP": float|null, "AP50": ..., ...} | null,
-                                     # COCO bbox metrics (percent) of the final evaluation of
-                                     # the first test set; null: no bbox evaluation
+                                     # COCO bbox metrics (percent) of the run's last evaluation
+                                     # (after training: the final one) on the first test set;
+                                     # null: no bbox evaluation
       "inference_s_per_image": float|null,   # of that evaluation (InferenceStats)
       "no_detections": bool,         # that evaluation had no detection above the threshold
       "loss_history": {              # losses every LOSS_WINDOW iterations and at the last one,
         "iteration": [int, ...],     # each the median of the LOSS_WINDOW iterations up to it
         "total_loss": [float, ...],  # (detectron2's smoothing in metrics.json); this process's
-        "loss_cls": [...], ...       # iterations only (a resumed run starts at its checkpoint)
-      },
+        "loss_cls": [...], ...       # iterations only (a resumed run starts at its checkpoint);
+      },                             # {} when no iteration ran (--eval-only)
       "non_finite": null | {         # status "non_finite_loss": NonFiniteLossError's fields
         "iteration": int, "terms": [str, ...], "checkpoint": str|null
       }
