@@ -3,7 +3,8 @@
 The same features as the yacs :class:`~retinafocal.engine.trainer.Trainer`: a checked
 ``SimpleTrainer`` / ``AMPTrainer``, an atomic checkpointer with ``--resume``, the LR scheduler,
 periodic COCO evaluation with the model's inference time, detectron2's writers (console with
-ETA, ``metrics.json``, TensorBoard), the predictions PNG and ``results.json``. A config provides what detectron2's ``configs/common/train.py`` does:
+ETA, ``metrics.json``, TensorBoard), the predictions PNG and ``results.json``. A config provides
+what detectron2's ``configs/common/train.py`` does:
 
 - ``model``, ``optimizer`` (its ``params.model`` is filled in here), ``lr_multiplier``;
 - ``dataloader.train``, ``dataloader.test``, ``dataloader.evaluator``;
