@@ -27,9 +27,9 @@ train: setup
 
 # The paper's ablations in miniature + Figures 1 and 4 -> reports/paper/REPORT.md (29.5 min on a
 # fresh clone, 2 idle cores; finished runs are kept).
-# Options: make paper PAPER_ARGS="--plan" (see tools/paper.py).
+# Options: make paper PAPER_ARGS="--plan" (see paper/__main__.py).
 paper: setup
-	$(PY) tools/paper.py $(PAPER_ARGS)
+	$(PY) -m paper $(PAPER_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

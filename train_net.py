@@ -8,6 +8,7 @@
     python train_net.py --config-file <config> --resume
 
 ``.yaml`` configs take ``KEY VALUE`` overrides, ``.py`` (LazyConfig) configs ``key=value``.
+Every run writes ``<output dir>/results.json`` (schema in :mod:`retinafocal.engine.results`).
 """
 import retinafocal  # noqa: F401  (first: makes detectron2 importable and registers our parts)
 from detectron2.config import LazyConfig, get_cfg
@@ -24,10 +25,12 @@ from retinafocal.engine import (
     Trainer,
     build_lazy_model,
     default_setup,
+    evaluation_results,
     lazy_test,
     lazy_train,
     log_bbox_ap,
     register_lazy_datasets,
+    write_results,
 )
 
 
@@ -57,6 +60,8 @@ def main(args):
         # With --resume: the last checkpoint of the output directory, else the given weights.
         AtomicDetectionCheckpointer(model, output_dir).resume_or_load(weights, resume=args.resume)
         results = lazy_test(cfg, model) if lazy else Trainer.test(cfg, model)
+        write_results(output_dir, evaluation_results(results))
+    # Training writes results.json itself (Trainer.train, lazy_train).
     elif lazy:
         results = lazy_train(cfg, resume=args.resume)
     else:

@@ -1,7 +1,6 @@
 #!/usr/bin/env python
-"""retinafocal's RetinaNet against detectron2's built-in RetinaNet and torchvision's
-retinanet_resnet50_fpn, side by side in one run (R50-FPN, random init, same images, sizes and
-batch). See retinafocal/tools/benchmark.py for what is measured and how.
+"""Side-by-side benchmark: retinafocal's ``FocalRetinaNet`` against detectron2's built-in
+``RetinaNet`` and torchvision's ``retinanet_resnet50_fpn``, in one run.
 
     # CPU, 2 threads, 512 x 683 images (finishes in minutes):
     python tools/benchmark_detectors.py --profile --output benchmark_cpu.json
@@ -10,11 +9,193 @@ batch). See retinafocal/tools/benchmark.py for what is measured and how.
 
 Prints one table per image size (a ratio column against each peer), whether the issue's
 targets are met, optionally torch.profiler's top operators, and writes everything to --output.
-"""
-import sys
 
-import retinafocal  # noqa: F401  (first: makes detectron2 importable and registers our parts)
-from retinafocal.tools.benchmark import main
+All three are ResNet-50-FPN RetinaNets with the paper's settings (P3-P7, 9 anchors, 4-conv
+subnets of 256 channels, 80 classes, focal loss, IoU 0.4/0.5 matching, top-1000 candidates per
+level above 0.05, NMS 0.5, 100 detections), randomly initialised (nothing is downloaded), fed the
+same images at the same size and batch. Figures:
+
+* training iteration: forward + backward + SGD step on a batch of ``train_batch`` images;
+* inference latency: one image (batch 1), post-processing included;
+* throughput: images per second at batch ``throughput_batch``;
+* peak memory: the high-water mark of the resident set (CPU) or ``max_memory_allocated`` (CUDA)
+  of a fresh subprocess that builds one model and runs one phase, so peaks never mix.
+
+Timings run in this process with the three models interleaved round by round (the starting
+model rotates), so that load from other processes hits all three alike; the median of the
+measured rounds after warm-up is reported.
+
+Making random weights behave like trained ones, identically for all three:
+
+* The ResNets use frozen BatchNorm as when fine-tuning from ImageNet (torchvision's builder
+  only does so when given weights: its BatchNorm layers are replaced by ``FrozenBatchNorm2d``
+  and its stem and first stage frozen, which is what it does with pretrained weights). With
+  identity statistics a random ResNet-50's activations grow block after block until the loss
+  overflows; each frozen BN's statistics are therefore set to those of its input on the first
+  training batch (one forward pass, in network order), as a pretrained network's would be.
+* Training uses the paper's SGD (momentum 0.9, weight decay 1e-4) at the first learning rate of
+  its warm-up, 0.01 x 0.001: a step costs the same at any rate, and random weights stay finite.
+* Inference: at the prior initialisation (bias -log(99)) no score passes 0.05 and the
+  post-processing would have nothing to do. The last class conv's bias is set to logit(0.05)
+  in all three, so about half of the (anchor, class) pairs pass and every level fills its
+  top-1000: the post-processing works at full load (5000 candidates into NMS per image).
+* retinafocal's model gets detectron2's weights (the parameter names are equal), so the two
+  must give the same detections; the benchmark checks it.
+* torchvision resizes inside the model. Its size limits are set to the benchmark size, so
+  that resize is by a factor of 1 and leaves the image as it is; torchvision's figures include
+  the cost of that (an interpolation per image), as they would in use. detectron2's models
+  leave resizing to the data loader.
+
+This script runs the benchmark and prints it; its parts are ``benchmark_setup.py`` (settings and
+images), ``benchmark_models.py`` (the detectors), ``benchmark_measure.py`` (time, memory,
+profiles) and ``benchmark_report.py`` (figures, targets, table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+import retinafocal  # noqa: F401  (first: compat for old detectron2, registers FocalRetinaNet)
+from benchmark_measure import measure_memory, measure_times, memory_worker, profile_detectors
+from benchmark_models import build_detector, prepare
+from benchmark_report import check_targets, environment, format_table, ratio, summarize
+from benchmark_setup import DETECTORS, OURS_VARIANTS, BenchmarkSettings, make_samples
+
+
+def run_benchmark(settings: BenchmarkSettings, profile: bool = False,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """The whole benchmark; returns the json-ready result (settings, environment, raw times,
+    figures, ratios, target checks, table, optional profiles)."""
+    torch.set_num_threads(settings.threads)
+    num_images = max(settings.train_batch, settings.throughput_batch)
+    samples = make_samples(settings, num_images, settings.seed)
+    log(f"building {', '.join(settings.detectors)} ({settings.height}x{settings.width}, "
+        f"{settings.device}, {settings.threads} threads)")
+    detectors = {name: build_detector(name, settings) for name in settings.detectors}
+    prepare(detectors, settings, samples[: settings.train_batch])
+    log("timing (interleaved rounds)")
+    raw: Dict[str, Any] = {"times": measure_times(detectors, settings, samples)}
+    profiles = profile_detectors(detectors, settings, samples) if profile else {}
+    del detectors
+    if settings.memory:
+        # Round-robin over the detectors, so that a slow drift of the machine hits all alike.
+        raw["memory"] = {name: {"train": [], "inference": []} for name in settings.detectors}
+        for repeat in range(settings.memory_repeats):
+            for name in settings.detectors:
+                log(f"peak memory of {name} (fresh subprocesses, round {repeat + 1} of "
+                    f"{settings.memory_repeats})")
+                for phase in ("train", "inference"):
+                    raw["memory"][name][phase].append(measure_memory(name, phase, settings))
+    figures = summarize(raw, settings)
+    result = {
+        "settings": asdict(settings),
+        "environment": environment(),
+        "raw": raw,
+        "figures": figures,
+        "ratios": {
+            f"ours/{peer}": {fig: ratio(figures, fig, peer) for fig in figures
+                             if fig != "detections_per_image"}
+            for peer in settings.detectors if peer != "retinafocal"
+        } if "retinafocal" in settings.detectors else {},
+        "targets": check_targets(figures) if "retinafocal" in settings.detectors else [],
+        "table": format_table(figures, settings),
+    }
+    if profiles:
+        result["profiles"] = profiles
+    return result
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="retinafocal vs detectron2's RetinaNet vs torchvision's RetinaNet "
+        "(R50-FPN, random init), side by side in one run."
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"),
+                        help="image size; repeat for several runs (default: 512 683 on CPU, "
+                        "800 1067 and 600 800 on CUDA, the paper's scales at a 4:3 aspect)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--throughput-batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, nargs=3, metavar=("TRAIN", "LATENCY", "THROUGHPUT"),
+                        help="measured rounds (default 4 8 2 on CPU, 20 50 10 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up rounds of every phase (default 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
+    parser.add_argument("--inference-bias", default="threshold", choices=("threshold", "prior"))
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--memory-repeats", type=int, default=3,
+                        help="fresh processes per detector and phase; the median is reported")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's top operators per detector")
+    parser.add_argument("--ours-opts", nargs="*", default=[],
+                        help="yacs overrides for retinafocal only (KEY VALUE ...)")
+    parser.add_argument("--ours-variants", nargs="*", default=[], choices=OURS_VARIANTS,
+                        help="candidate optimisations applied to retinafocal only")
+    parser.add_argument("--output", default="benchmark_detectors.json",
+                        help="json file for the results (default benchmark_detectors.json)")
+    parser.add_argument("--memory-worker", nargs=2, metavar=("DETECTOR", "PHASE"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--settings-json", help=argparse.SUPPRESS)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> List[BenchmarkSettings]:
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    sizes = args.size or ([(800, 1067), (600, 800)] if cuda else [(512, 683)])
+    train_iters, latency_iters, throughput_iters = args.iters or ((20, 50, 10) if cuda
+                                                                  else (4, 8, 2))
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    return [
+        BenchmarkSettings(
+            device=args.device, threads=args.threads, height=h, width=w,
+            train_batch=args.train_batch, throughput_batch=args.throughput_batch,
+            train_warmup=warmup, train_iters=train_iters,
+            latency_warmup=warmup, latency_iters=latency_iters,
+            throughput_warmup=warmup, throughput_iters=throughput_iters,
+            inference_bias=args.inference_bias, detectors=tuple(args.detectors),
+            ours_opts=tuple(args.ours_opts), ours_variants=tuple(args.ours_variants),
+            memory=not args.no_memory, memory_repeats=args.memory_repeats,
+        )
+        for h, w in sizes
+    ]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    if args.memory_worker:
+        settings = BenchmarkSettings(**json.loads(args.settings_json))
+        print(json.dumps(memory_worker(*args.memory_worker, settings)))
+        return 0
+    results = []
+    for settings in settings_from_args(args):
+        result = run_benchmark(settings, profile=args.profile,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+        results.append(result)
+        print(f"\n{settings.height}x{settings.width}, {settings.device}, "
+              f"{settings.threads} threads, training batch {settings.train_batch}:")
+        print(result["table"])
+        print("same detections as detectron2:",
+              result["raw"]["times"].get("same_detections_as_detectron2"))
+        for check in result["targets"]:
+            state = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
+            print(f"  target ours/{check['peer']} {check['figure']} "
+                  f"{'<=' if check['limit'] < 1 else '<'} {check['limit']}: "
+                  f"{check['ratio']:.2f}x {state}")
+        for title, table in result.get("profiles", {}).items():
+            print(f"\n--- profile: {title}\n{table}")
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=float)
+    print(f"\nresults written to {args.output}")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

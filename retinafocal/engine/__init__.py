@@ -1,5 +1,7 @@
-"""Training and evaluation: the yacs :class:`Trainer`, the LazyConfig loop, hooks, run set-up."""
+"""Training and evaluation: the yacs :class:`Trainer`, the LazyConfig loop, hooks, run set-up,
+and the ``results.json`` every run writes."""
 from .defaults import dataset_names, default_setup, log_bbox_ap, prepare_datasets
+from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter, draw_predictions
 from .lazy import (
     build_lazy_model,
@@ -8,6 +10,7 @@ from .lazy import (
     lazy_train,
     register_lazy_datasets,
 )
+from .results import RESULTS_FILE, evaluation_results, training_results, write_results
 from .train_loop import (
     CheckedAMPTrainer,
     CheckedSimpleTrainer,
@@ -19,8 +22,10 @@ from .trainer import Trainer, build_evaluator
 __all__ = [
     "CheckedAMPTrainer",
     "CheckedSimpleTrainer",
+    "InferenceStats",
     "NonFiniteLossError",
     "PredictionImageWriter",
+    "RESULTS_FILE",
     "Trainer",
     "build_evaluator",
     "build_lazy_model",
@@ -29,9 +34,12 @@ __all__ = [
     "dataset_names",
     "default_setup",
     "draw_predictions",
+    "evaluation_results",
     "lazy_test",
     "lazy_train",
     "log_bbox_ap",
     "prepare_datasets",
     "register_lazy_datasets",
+    "training_results",
+    "write_results",
 ]

@@ -2,8 +2,9 @@
 
 The same features as the yacs :class:`~retinafocal.engine.trainer.Trainer`: a checked
 ``SimpleTrainer`` / ``AMPTrainer``, an atomic checkpointer with ``--resume``, the LR scheduler,
-periodic COCO evaluation, detectron2's writers (console with ETA, ``metrics.json``, TensorBoard)
-and the predictions PNG. A config provides what detectron2's ``configs/common/train.py`` does:
+periodic COCO evaluation with the model's inference time, detectron2's writers (console with
+ETA, ``metrics.json``, TensorBoard), the predictions PNG and ``results.json``. A config provides
+what detectron2's ``configs/common/train.py`` does:
 
 - ``model``, ``optimizer`` (its ``params.model`` is filled in here), ``lr_multiplier``;
 - ``dataloader.train``, ``dataloader.test``, ``dataloader.evaluator``;
@@ -23,12 +24,14 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..checkpoint import AtomicDetectionCheckpointer
 from ..data.datasets import ensure_dataset_files, register_coco_json_datasets
+from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
+from .results import recording_results
 from .train_loop import checked_trainer
 
 __all__ = [
@@ -62,10 +65,15 @@ def build_lazy_model(cfg: Any) -> torch.nn.Module:
 
 
 def lazy_test(cfg: Any, model: torch.nn.Module) -> OrderedDict:
-    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``."""
+    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``, and
+    :class:`InferenceStats` next to it."""
     data_loader = instantiate(cfg.dataloader.test)
     ensure_dataset_files(_test_dataset_name(cfg))
-    results = inference_on_dataset(model, data_loader, instantiate(cfg.dataloader.evaluator))
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+    results = inference_on_dataset(
+        model, data_loader, DatasetEvaluators(evaluators + [InferenceStats(model)])
+    )
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -118,10 +126,12 @@ def build_lazy_trainer(cfg: Any) -> Tuple[SimpleTrainer, AtomicDetectionCheckpoi
 
 
 def lazy_train(cfg: Any, *, resume: bool = False) -> Optional[OrderedDict]:
-    """Train as ``cfg`` says; returns the results of the final evaluation."""
+    """Train as ``cfg`` says and write ``results.json``; returns the results of the final
+    evaluation."""
     trainer, checkpointer = build_lazy_trainer(cfg)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that had just finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    with recording_results(cfg.train.output_dir, trainer, lambda: trainer.last_eval_results):
+        trainer.train(start_iter, cfg.train.max_iter)
     return trainer.last_eval_results

@@ -9,13 +9,16 @@ from typing import Any, List, Optional
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from torch import nn
 
 from .. import compat
 from ..checkpoint import AtomicDetectionCheckpointer
 from ..data import RobustDatasetMapper
 from ..data.datasets import ensure_dataset_files
+from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
+from .results import recording_results
 from .train_loop import checked_trainer
 
 __all__ = ["Trainer", "build_evaluator"]
@@ -37,10 +40,13 @@ class Trainer(DefaultTrainer):
     evaluation, writers) with:
 
     - :class:`RobustDatasetMapper` for training and test data;
-    - COCO evaluation (:func:`build_evaluator`);
+    - COCO evaluation (:func:`build_evaluator`) with the model's inference time and detection
+      count (:class:`~retinafocal.engine.evaluation.InferenceStats`);
     - a training loop that names non-finite losses (:mod:`retinafocal.engine.train_loop`);
     - checkpoints written atomically (:class:`AtomicDetectionCheckpointer`);
-    - a PNG of predictions on a few images of the first test set after training.
+    - a PNG of predictions on a few images of the first test set after training;
+    - ``results.json`` in the output directory when training ends
+      (:mod:`retinafocal.engine.results`), also after a non-finite loss.
     """
 
     def build_hooks(self) -> List[Optional[HookBase]]:
@@ -70,9 +76,32 @@ class Trainer(DefaultTrainer):
         return ret
 
     def train(self) -> Optional[OrderedDict]:
-        """Train, then return the results of the final evaluation (None without test sets)."""
-        super().train()
-        return getattr(self, "_last_eval_results", None)
+        """Train, write ``results.json``, then return the results of the final evaluation (None
+        without test sets)."""
+
+        def final_evaluation() -> Optional[OrderedDict]:
+            # DefaultTrainer's evaluation hook keeps its latest results here.
+            return getattr(self, "_last_eval_results", None)
+
+        with recording_results(self.cfg.OUTPUT_DIR, self, final_evaluation):
+            super().train()
+        return final_evaluation()
+
+    @classmethod
+    def test(
+        cls,
+        cfg: CfgNode,
+        model: nn.Module,
+        evaluators: Optional[List[DatasetEvaluator]] = None,
+    ) -> OrderedDict:
+        """detectron2's ``DefaultTrainer.test``; by default each test set's evaluator is
+        :meth:`build_evaluator`'s with :class:`InferenceStats` of ``model`` next to it."""
+        if evaluators is None:
+            evaluators = [
+                DatasetEvaluators([cls.build_evaluator(cfg, name), InferenceStats(model)])
+                for name in cfg.DATASETS.TEST
+            ]
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:

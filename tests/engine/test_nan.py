@@ -1,5 +1,7 @@
 """A NaN in an input image stops training with a FloatingPointError that names the iteration,
-the non-finite loss terms and the last good checkpoint, before the weights are touched."""
+the non-finite loss terms and the last good checkpoint, before the weights are touched; the
+run's results.json says the same."""
+import json
 import os
 import shutil
 import tempfile
@@ -78,6 +80,16 @@ class TestNonFiniteLoss(unittest.TestCase):
         self.assertIn(f"iteration {POISONED_ITER}", message)
         self.assertIn("loss_cls", message)
         self.assertIn(checkpoint, message)
+
+        with open(os.path.join(output_dir, "results.json")) as f:
+            written = json.load(f)
+        self.assertEqual(written["status"], "non_finite_loss")
+        self.assertEqual(written["non_finite"], {"iteration": POISONED_ITER, "terms": err.terms,
+                                                 "checkpoint": checkpoint})  # fmt: skip
+        self.assertIn("loss_cls", written["non_finite"]["terms"])
+        self.assertEqual((written["iterations"], written["max_iter"]), (POISONED_ITER, 5))
+        self.assertEqual(written["loss_history"]["iteration"], [POISONED_ITER - 1])
+        self.assertIsNone(written["bbox"])  # no evaluation after a stop
 
         # The failing iteration did not step the optimizer: the parameters are those after
         # iteration 1, which the named checkpoint holds, and finite. (BatchNorm's running

@@ -5,8 +5,8 @@ from typing import Dict, List
 
 import retinafocal  # noqa: F401  (compat first)
 from retinafocal.data.shapes import ShapesSpec, generate_shapes_split
-from retinafocal.paper.grid import Grid, Row, RunSpec
-from retinafocal.paper.references import TABLE_1A, TABLE_1B
+from paper.grid import Grid, Row, RunSpec
+from paper.references import TABLE_1A, TABLE_1B
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBEDDED_CONFIG = os.path.join(REPO_ROOT, "configs", "Embedded", "retinanet_R18_FPN_shapes.yaml")

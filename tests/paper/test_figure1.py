@@ -7,7 +7,7 @@ import unittest
 import numpy as np
 
 import retinafocal  # noqa: F401  (compat first)
-from retinafocal.paper.figures import FIGURE1_GAMMAS, focal_loss_curve, plot_figure1
+from paper.figures import FIGURE1_GAMMAS, focal_loss_curve, plot_figure1
 
 P_T = np.array([1e-4, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999999])
 

@@ -5,17 +5,10 @@ import unittest
 import retinafocal  # noqa: F401  (compat first)
 from detectron2.config import get_cfg
 
+from paper.grid import SECTIONS, Grid, Row, RunSpec, anchor_sizes, run_name
+from paper.table1 import build_grid
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
-from retinafocal.paper.grid import (
-    SECTIONS,
-    Grid,
-    Row,
-    RunSpec,
-    anchor_sizes,
-    build_grid,
-    run_name,
-)
 
 from .common import REPO_ROOT
 
@@ -133,6 +126,10 @@ class TestShapesGrid(unittest.TestCase):
         cfg = _merged(self.grid.run("ce_a0p5_noprior"))
         self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, 0.5)
         self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.NAME, "BalancedCELoss")
+        # The CE runs set only what BalancedCELoss reads (gamma is 0 by construction).
+        for spec in self.grid.runs:
+            if spec.name.startswith("ce"):
+                self.assertNotIn("MODEL.RETINANET.FOCAL_LOSS_GAMMA", spec.opts[::2], spec.name)
         cfg = _merged(self.grid.run("fl_anchors_s1_r1"))
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.SIZES, [[12.0], [24.0], [48.0]])
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, [[1.0]])

@@ -1,6 +1,5 @@
 """Figure 4's loss analysis: sample extraction, CDF, half-loss fraction, and the whole tool on a
 tiny model whose logits are set by hand, so every expected number follows from the formula."""
-import importlib.util
 import json
 import math
 import os
@@ -18,25 +17,18 @@ from detectron2.modeling import build_model
 
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
-from retinafocal.paper.loss_analysis import (
+from paper import analyze_loss
+from paper.loss_analysis import (
     focal_losses,
     fraction_carrying,
     normalized_loss_cdf,
     signed_logits,
 )
 
-from .common import EMBEDDED_CONFIG, REPO_ROOT, TINY_SIZE, one_class_coco
+from .common import EMBEDDED_CONFIG, TINY_SIZE, one_class_coco
 
 #: The hand-set class biases: class "a" (0) at logit 0, class "b" (1) at logit -2.
 BIASES = (0.0, -2.0)
-
-
-def _load_tool(name: str):
-    path = os.path.join(REPO_ROOT, "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fl(x_t: float, gamma: float) -> float:
@@ -97,8 +89,8 @@ class TestCdfAndFraction(unittest.TestCase):
 
 
 class TestAnalyzeLossTool(unittest.TestCase):
-    """tools/analyze_loss.py on a checkpoint whose classification logits are the constants
-    BIASES at every anchor, on images whose objects are all of class 0:
+    """``python -m paper.analyze_loss`` on a checkpoint whose classification logits are the
+    constants BIASES at every anchor, on images whose objects are all of class 0:
 
     * positives all have x_t = 0: equal losses, a straight CDF, half the loss in half of them;
     * a background anchor gives one negative at x_t = 0 (class 0) and one at x_t = +2 (class 1),
@@ -141,7 +133,7 @@ class TestAnalyzeLossTool(unittest.TestCase):
     def test_hand_checked_cdf(self):
         out = os.path.join(self.tmp, "out")
         gammas = ["0", "0.5", "2"]
-        analysis = _load_tool("analyze_loss").main(
+        analysis = analyze_loss.main(
             ["--config-file", EMBEDDED_CONFIG, "--output", out, "--num-images", "2",
              "--gammas", *gammas, "MODEL.WEIGHTS", self.weights] + self.opts  # fmt: skip
         )
@@ -176,7 +168,7 @@ class TestAnalyzeLossTool(unittest.TestCase):
         self.assertLess(neg["2"], neg["0"])
 
     def test_errors_name_the_problem(self):
-        analyze_model = _load_tool("analyze_loss").analyze_model
+        analyze_model = analyze_loss.analyze_model
         with self.assertRaisesRegex(KeyError, "no_such_dataset"):
             analyze_model(EMBEDDED_CONFIG, self.opts + ["MODEL.WEIGHTS", self.weights],
                           dataset="no_such_dataset", num_images=1)  # fmt: skip

@@ -1,5 +1,5 @@
-"""The report writer: on fake results of the shapes grid (every claim decided by the numbers
-given), and end to end on a two-run grid of 2-iteration train_net.py runs."""
+"""The claims and the report writer: on fake results of the shapes grid (every claim decided by
+the numbers given), and end to end on a two-run grid of 2-iteration train_net.py runs."""
 import math
 import os
 import shutil
@@ -8,16 +8,12 @@ import time
 import unittest
 
 import retinafocal  # noqa: F401  (compat first)
-from retinafocal.paper.grid import build_grid
-from retinafocal.paper.pipeline import reproduce
-from retinafocal.paper.report import (
-    CLEAR_MARGIN_AP,
-    ReportInputs,
-    evaluate_claims,
-    kendall_tau,
-    write_report,
-)
-from retinafocal.paper.runner import LaunchOptions, RunResult, load_results
+from paper.claims import CLEAR_MARGIN_AP, ReportInputs, evaluate_claims, kendall_tau
+from paper.report import write_report
+from paper.reproduce import reproduce
+from paper.results import RunResult, load_results
+from paper.runner import LaunchOptions
+from paper.table1 import build_grid
 
 from .common import REPO_ROOT, TRAIN_NET, tiny_shapes, two_run_grid
 
@@ -190,7 +186,7 @@ class TestReportEndToEnd(unittest.TestCase):
         self.assertIn("![Figure 4](figure4_loss_cdf.png)", text)
         self.assertEqual(set(load_results(grid, os.path.join(out, "runs"))), {"fl", "ce"})
 
-        result_file = os.path.join(out, "runs", "fl", "result.json")
+        result_file = os.path.join(out, "runs", "fl", "paper_result.json")
         stamp = os.path.getmtime(result_file)
         time.sleep(0.01)
         second = reproduce(grid, out, launch, loss_num_images=2, command="test")

@@ -1,5 +1,5 @@
-"""The grid runner with a stand-in train_net.py: results parsed from detectron2's outputs,
-divergence recorded rather than fatal, resumability, dependencies, threads."""
+"""The grid runner with a stand-in train_net.py: results read from the results.json each run
+writes, divergence recorded rather than fatal, resumability, dependencies, threads."""
 import json
 import math
 import os
@@ -9,15 +9,11 @@ import tempfile
 import unittest
 
 import retinafocal  # noqa: F401  (compat first)
-from retinafocal.paper.grid import Grid, Row, RunSpec
-from retinafocal.paper.runner import (
-    GridRunner,
-    LaunchOptions,
-    RunResult,
-    load_results,
-    parse_log,
-    read_metrics,
-)
+from paper.grid import Grid, Row, RunSpec
+from paper.results import RunResult, load_results, read_train_results, result_from_outputs
+from paper.runner import GridRunner, LaunchOptions
+
+from .fake_train_net import results as fake_results
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_train_net.py")
 
@@ -54,28 +50,31 @@ class TestRunner(unittest.TestCase):
     def test_results_resume_and_dependencies(self):
         runs = [_spec("a", ap=12.5), _spec("b", mode="diverge"), _spec("c", mode="crash"),
                 _spec("d", mode="explode", ap=3.0), _spec("a_eval", eval_of="a", ap=11.0),
-                _spec("c_eval", eval_of="c"), _spec("e", mode="nodet")]  # fmt: skip
+                _spec("c_eval", eval_of="c"), _spec("e", mode="nodet"),
+                _spec("f", mode="silent")]  # fmt: skip
         runner, results = self.run_grid(runs)
 
         a = results["a"]
         self.assertEqual((a.ap, a.ap50, a.ap75), (12.5, 32.5, 11.5))
         self.assertEqual(a.s_per_iter, 0.1034)
-        self.assertEqual(a.train_seconds, 7.0)
+        self.assertEqual(a.train_seconds, 6.2)
         self.assertAlmostEqual(a.inference_ms, 12.5)
         self.assertEqual(a.iterations, 60)
-        self.assertEqual([h[1] for h in a.loss_history], [2.0, 1.0, 0.8])
+        self.assertEqual(a.loss_history, [[19, 2.0, 1.0], [39, 1.0, 0.5], [59, 0.8, 0.4]])
         self.assertFalse(a.diverged)
 
         b = results["b"]  # NaN: a result, not a failure
         self.assertTrue(b.diverged)
-        self.assertEqual((b.nan_iter, b.nan_iter_exact), (63, True))
-        self.assertIn("FloatingPointError", b.error)
+        self.assertEqual(b.nan_iter, 63)
+        self.assertEqual(b.error, "loss_cls not finite at iteration 63; last checkpoint "
+                                  f"{os.path.join(self.runs, 'b', 'model_0000059.pth')}")
         self.assertTrue(math.isnan(b.ap))
 
         self.assertNotIn("c", results)  # a crash is a failure ...
         self.assertIn("exit code 1", runner.failures["c"])
         self.assertIn("boom", runner.failures["c"])
         self.assertIn("skipped", runner.failures["c_eval"])  # ... and its dependents skip
+        self.assertIn("without a usable results file", runner.failures["f"])
 
         d = results["d"]  # exploding logged loss: 30 > 10 x 2
         self.assertTrue(d.exploded and d.diverged)
@@ -88,7 +87,8 @@ class TestRunner(unittest.TestCase):
         self.assertFalse(a.no_detections)
 
         ev = results["a_eval"]
-        self.assertEqual(ev.ap, 11.0)  # from the log's copypaste block
+        self.assertEqual(ev.ap, 11.0)
+        self.assertEqual((ev.iterations, ev.loss_history), (0, []))
         self.assertAlmostEqual(ev.inference_ms, 12.5)
         calls = {c[0]: c for c in self.calls()}
         self.assertEqual(calls["a_eval"][2], "1")
@@ -97,15 +97,15 @@ class TestRunner(unittest.TestCase):
 
         stored = load_results(Grid("t", runs, []), self.runs)
         self.assertEqual(set(stored), {"a", "b", "d", "e", "a_eval"})
-        with open(os.path.join(self.runs, "a", "result.json")) as f:
+        with open(os.path.join(self.runs, "a", "paper_result.json")) as f:
             self.assertEqual(RunResult.from_json(json.load(f)).ap, 12.5)
         self.assertTrue(any("ETA" in line for line in self.lines))
 
-        # Second pass: finished and diverged runs are not run again; the crash is retried.
+        # Second pass: finished and diverged runs are not run again; the failures are retried.
         before = len(self.calls())
         _, results2 = self.run_grid(runs)
         new_calls = [c[0] for c in self.calls()[before:]]
-        self.assertEqual(new_calls, ["c"])
+        self.assertEqual(new_calls, ["c", "f"])
         self.assertEqual(results2["a"].ap, 12.5)
 
     def test_changed_spec_runs_again_in_a_clean_directory(self):
@@ -130,7 +130,7 @@ class TestRunner(unittest.TestCase):
         runner, _ = self.run_grid(runs)
         self.assertEqual([c[0] for c in self.calls()], ["a", "a_eval"])
         self.assertEqual(runner.failures, {})
-        self.assertFalse(os.path.exists(os.path.join(self.runs, "a", "result.json")))
+        self.assertFalse(os.path.exists(os.path.join(self.runs, "a", "paper_result.json")))
         self.assertTrue(os.path.exists(os.path.join(self.runs, "a", "stdout.1.log")))
 
     def test_missing_train_net(self):
@@ -138,31 +138,61 @@ class TestRunner(unittest.TestCase):
             GridRunner(Grid("t", [], []), self.runs, LaunchOptions(train_net="/no/train_net.py"))
 
 
-class TestParsing(unittest.TestCase):
-    def test_read_metrics_merges_iterations_and_skips_a_torn_line(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "metrics.json")
-            with open(path, "w") as f:
-                f.write('{"iteration": 19, "total_loss": 1.0}\n{"iteration": 0, "x": 1}\n'
-                        '{"iteration": 19, "total_loss": 2.0, "lr": 0.1}\n{"iteration": 39, "tot')
-            records = read_metrics(path)
-        self.assertEqual(records, [{"iteration": 0, "x": 1},
-                                   {"iteration": 19, "total_loss": 2.0, "lr": 0.1}])
+class TestReadingResults(unittest.TestCase):
+    """result_from_outputs on results files written here; stdout.log is only ever shown."""
 
-    def test_parse_log_takes_the_last_bbox_block(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "log.txt")
-            with open(path, "w") as f:
-                f.write("copypaste: Task: bbox\ncopypaste: AP,AP50\ncopypaste: 1.0,2.0\n"
-                        "copypaste: Task: segm\ncopypaste: AP\ncopypaste: 9.0\n"
-                        "copypaste: Task: bbox\ncopypaste: AP,AP50\ncopypaste: 3.5,nan\n"
-                        "Total training time: 1 day, 2:03:04 (0:00:10 on hooks)\n"
-                        "Loss became infinite or NaN at iteration=17!\n")
-            out = parse_log(path)
-        self.assertEqual(out["train_seconds"], 86400 + 2 * 3600 + 3 * 60 + 4)
-        self.assertEqual(out["nan_iter"], 17)  # detectron2's own message
-        self.assertEqual(out["bbox"]["AP"], 3.5)
-        self.assertTrue(math.isnan(out["bbox"]["AP50"]))
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="rf_results_read_")
+        self.spec = _spec("x", max_iter=60)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write(self, text, stdout="Traceback ...\nKeyError: 'boom'\n"):
+        with open(os.path.join(self.dir, "results.json"), "w") as f:
+            f.write(text)
+        with open(os.path.join(self.dir, "stdout.log"), "w") as f:
+            f.write(stdout)
+
+    def read(self, returncode=0):
+        return result_from_outputs(self.spec, self.dir, returncode=returncode, wall_seconds=9.0)
+
+    def test_unusable_files_are_failures_that_say_why(self):
+        self.assertEqual(read_train_results(self.dir)[0], None)
+        self.assertIn("no results.json", read_train_results(self.dir)[1])
+        self.write('{"schema": 1, "status": "comp')  # torn
+        result, reason = self.read()
+        self.assertIsNone(result)
+        self.assertIn("cannot be read as JSON", reason)
+        self.write(json.dumps({"schema": 2, "status": "completed"}))
+        self.assertIn("schema 2; this runner reads schema 1", self.read()[1])
+        # A crash without a results file shows the process's last line, unparsed.
+        os.remove(os.path.join(self.dir, "results.json"))
+        self.assertEqual(self.read(returncode=1), (None, "exit code 1: KeyError: 'boom'"))
+
+    def test_nulls_are_nan_and_a_log_is_never_read(self):
+        data = fake_results(bbox={"AP": 7.5, "AP50": None, "AP75": 5.0}, losses=[3.0, None])
+        data["s_per_iter"] = None
+        # A log that says otherwise changes nothing.
+        self.write(json.dumps(data), stdout="copypaste: Task: bbox\ncopypaste: AP\n99.0\n")
+        with open(os.path.join(self.dir, "log.txt"), "w") as f:
+            f.write("copypaste: Task: bbox\ncopypaste: AP,AP50\ncopypaste: 99.0,99.0\n")
+        result, reason = self.read()
+        self.assertEqual(reason, "")
+        self.assertEqual(result.ap, 7.5)
+        self.assertTrue(math.isnan(result.ap50))
+        self.assertTrue(math.isnan(result.s_per_iter))
+        self.assertEqual(result.inference_ms, 12.5)
+        self.assertEqual(result.wall_seconds, 9.0)
+        # A null loss (NaN in the window) counts as exploding: the run diverged.
+        self.assertTrue(math.isnan(result.loss_history[1][1]))
+        self.assertTrue(result.exploded and result.diverged)
+
+    def test_completed_but_failed_afterwards_is_a_failure(self):
+        self.write(json.dumps(fake_results(bbox={"AP": 1.0}, losses=[1.0])))
+        result, reason = self.read(returncode=3)
+        self.assertIsNone(result)
+        self.assertIn("exit code 3 after writing results.json", reason)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -86,9 +87,19 @@ def write_tiny_dataset(path: str, image_ids: Dict[str, int]) -> str:
 
 
 def load_script(name: str):
-    """Import ``tools/<name>.py`` (the scripts folder is not a package)."""
+    """Import the script ``tools/<name>.py`` as the module ``tools_<name>`` (the scripts folder
+    is not a package), once per process."""
+    module_name = f"tools_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
     path = os.path.join(REPO, "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Registered before it runs: dataclasses look their module up while the class is made.
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
     return module

@@ -8,11 +8,17 @@ import unittest
 import torch
 
 import retinafocal  # noqa: F401
-from retinafocal.tools import ToolError, loading
-from retinafocal.tools.analysis import COMPONENTS, analyze_model, component_modules
-from retinafocal.tools.peers import torchvision_retinanet
+import config_loading as loading
+from config_loading import ToolError
+from torchvision_retinanet import torchvision_retinanet
 
 from .common import load_script, write_tiny_config
+
+#: tools/analyze_model.py as a module (the script holds the analysis).
+analysis = load_script("analyze_model")
+COMPONENTS, analyze_model, component_modules = (
+    analysis.COMPONENTS, analysis.analyze_model, analysis.component_modules
+)
 
 # A 64 x 64 image gives P3..P7 maps of 8x8, 4x4, 2x2, 1x1, 1x1 (strides 8..128, rounded up).
 LEVEL_AREAS_64 = (64, 16, 4, 1, 1)
@@ -84,7 +90,7 @@ class TestAnalysis(unittest.TestCase):
             component_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
 
     def test_script_prints_table_and_json(self):
-        script = load_script("analyze_model")
+        script = analysis
         out = io.StringIO()
         path = os.path.join(self.tmp.name, "analysis.json")
         with contextlib.redirect_stdout(out):

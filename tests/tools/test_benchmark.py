@@ -7,8 +7,13 @@ from torch import nn
 
 import retinafocal  # noqa: F401
 from detectron2.layers import FrozenBatchNorm2d
-from retinafocal.tools import benchmark as B
-from retinafocal.tools.peers import torchvision_retinanet
+import benchmark_measure as measure
+import benchmark_models as models
+import benchmark_report as report
+from benchmark_setup import DETECTORS, BenchmarkSettings
+from torchvision_retinanet import torchvision_retinanet
+
+from .common import load_script
 
 
 class TestBenchmarkParts(unittest.TestCase):
@@ -17,7 +22,7 @@ class TestBenchmarkParts(unittest.TestCase):
         net = nn.Sequential(nn.Conv2d(3, 8, 3), FrozenBatchNorm2d(8), nn.ReLU(),
                             nn.Conv2d(8, 4, 3), FrozenBatchNorm2d(4))
         x = torch.randn(2, 3, 12, 12) * 50 + 7
-        self.assertEqual(B.calibrate_frozen_batchnorm(net, lambda: net(x)), 2)
+        self.assertEqual(models.calibrate_frozen_batchnorm(net, lambda: net(x)), 2)
         with torch.no_grad():
             first = net[:2](x)
             out = net(x)
@@ -30,7 +35,7 @@ class TestBenchmarkParts(unittest.TestCase):
     def test_rounds_rotate_and_warmup_is_dropped(self):
         calls = []
         tasks = {name: (lambda r, n=name: calls.append((r, n))) for name in "abc"}
-        times = B.time_interleaved(tasks, warmup=1, iters=3)
+        times = measure.time_interleaved(tasks, warmup=1, iters=3)
         self.assertEqual([n for _, n in calls],
                          list("abc") + list("bca") + list("cab") + list("abc"))
         for clock in ("wall", "cpu"):
@@ -41,36 +46,36 @@ class TestBenchmarkParts(unittest.TestCase):
         dets = {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 3, 3]]),
                 "scores": torch.tensor([0.7, 0.7, 0.6]), "classes": torch.tensor([1, 0, 2])}
         swapped = {k: v[[1, 0, 2]] for k, v in dets.items()}
-        self.assertTrue(B._same_detections(dets, swapped))
+        self.assertTrue(measure.same_detections(dets, swapped))
         other = dict(dets, classes=torch.tensor([2, 0, 2]))
-        self.assertFalse(B._same_detections(dets, other))
+        self.assertFalse(measure.same_detections(dets, other))
         moved = dict(dets, boxes=dets["boxes"] + torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, 0],
                                                                 [0, 0, 0, 0]]))
-        self.assertFalse(B._same_detections(dets, moved))
+        self.assertFalse(measure.same_detections(dets, moved))
 
     def test_table_ratios_and_targets(self):
-        settings = B.BenchmarkSettings()
+        settings = BenchmarkSettings()
         figures = {
             "train_iter_s": {"retinafocal": 0.8, "detectron2": 1.0, "torchvision": 0.5},
             "latency_ms": {"retinafocal": 90.0, "detectron2": 100.0, "torchvision": 180.0},
             "train_peak_mib": {"retinafocal": 700.0, "detectron2": 1000.0, "torchvision": 800.0},
         }
-        table = B.format_table(figures, settings)
+        table = report.format_table(figures, settings)
         # Ours runs the repository's paper config, which sets the channels-last layout.
         self.assertIn("| retinafocal (NHWC) |", table.splitlines()[0])
         train_row = next(line for line in table.splitlines() if "training iteration" in line)
         self.assertEqual([c.strip() for c in train_row.split("|")[-3:-1]], ["0.80x", "1.60x"])
-        checks = {(c["figure"], c["peer"]): c for c in B.check_targets(figures)}
+        checks = {(c["figure"], c["peer"]): c for c in report.check_targets(figures)}
         self.assertTrue(checks[("train_iter_s", "detectron2")]["met"])  # 0.80 <= 0.85
         self.assertFalse(checks[("latency_ms", "detectron2")]["met"])  # 0.90 > 0.85
         self.assertTrue(checks[("train_peak_mib", "detectron2")]["met"])  # 0.70 <= 0.80
         self.assertFalse(checks[("train_iter_s", "torchvision")]["met"])  # 1.6: behind
         self.assertTrue(checks[("latency_ms", "torchvision")]["met"])
         self.assertAlmostEqual(checks[("train_peak_mib", "torchvision")]["ratio"], 0.875)
-        self.assertIsNone(B.check_targets({})[0]["met"])
+        self.assertIsNone(report.check_targets({})[0]["met"])
 
     def test_memory_figures_are_medians_of_fresh_processes(self):
-        settings = B.BenchmarkSettings(detectors=("retinafocal", "detectron2"))
+        settings = BenchmarkSettings(detectors=("retinafocal", "detectron2"))
         timing = {"wall": {"retinafocal": [1.0], "detectron2": [2.0]},
                   "cpu": {"retinafocal": [1.5], "detectron2": [3.0]}}
         def runs(*peaks):
@@ -83,13 +88,13 @@ class TestBenchmarkParts(unittest.TestCase):
                        "detectron2": {"train": runs(1000.0, 1300.0, 1100.0),
                                       "inference": runs(600.0, 600.0, 600.0)}},
         }  # fmt: skip
-        figures = B.summarize(raw, settings)
+        figures = report.summarize(raw, settings)
         self.assertEqual(figures["train_peak_mib"], {"retinafocal": 800.0, "detectron2": 1100.0})
         self.assertEqual(figures["train_peak_above_start_mib"]["retinafocal"], 700.0)
         self.assertEqual(figures["inference_peak_mib"]["retinafocal"], 510.0)
-        self.assertIn("median of 3 processes", B.format_table(figures, settings))
+        self.assertIn("median of 3 processes", report.format_table(figures, settings))
         with self.assertRaisesRegex(ValueError, "memory_repeats"):
-            B.BenchmarkSettings(memory_repeats=0)
+            BenchmarkSettings(memory_repeats=0)
 
     def test_folding_frozen_bn_keeps_outputs_and_undoes(self):
         from detectron2.layers import Conv2d
@@ -104,7 +109,7 @@ class TestBenchmarkParts(unittest.TestCase):
         x = torch.randn(2, 3, 8, 8)
         with torch.no_grad():
             before = net(x)
-            restore = B.fold_frozen_batchnorm(net)
+            restore = models.fold_frozen_batchnorm(net)
             self.assertIsNone(net[0].norm)
             folded = net(x)
             restore()
@@ -116,33 +121,78 @@ class TestBenchmarkParts(unittest.TestCase):
 
     def test_settings_are_validated(self):
         with self.assertRaisesRegex(ValueError, "unknown detector"):
-            B.BenchmarkSettings(detectors=("retinafocal", "yolo"))
+            BenchmarkSettings(detectors=("retinafocal", "yolo"))
         with self.assertRaisesRegex(ValueError, "train_iters"):
-            B.BenchmarkSettings(train_iters=0)
-
-    def test_torchvision_peer_is_set_up_like_its_pretrained_builds(self):
-        model = torchvision_retinanet(num_classes=80)
-        body = model.backbone.body
-        self.assertFalse(any(isinstance(m, nn.BatchNorm2d) for m in body.modules()))
-        trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
-        self.assertEqual(trainable, {"layer2", "layer3", "layer4"})
-        self.assertEqual(model.head.classification_head.num_classes, 80)
+            BenchmarkSettings(train_iters=0)
 
 
-class TestBenchmarkRun(unittest.TestCase):
-    """A whole (tiny) run: the three R50 RetinaNets on 64 x 96 images, one round each."""
+
+class TestTorchvisionPeer(unittest.TestCase):
+    """torchvision's RetinaNet, built from its public parts as its builder makes it with
+    pretrained weights: frozen BatchNorm, stem and layer1 frozen, nothing replaced afterwards."""
 
     @classmethod
     def setUpClass(cls):
-        cls.settings = B.BenchmarkSettings(
+        from torchvision.models.detection import retinanet_resnet50_fpn
+
+        torch.manual_seed(0)
+        cls.model = torchvision_retinanet(num_classes=80)
+        torch.manual_seed(0)
+        cls.reference = retinanet_resnet50_fpn(weights=None, weights_backbone=None,
+                                               num_classes=80)  # fmt: skip
+
+    def test_same_weights_as_torchvisions_builder(self):
+        ours = self.model.state_dict()
+        # Plain BatchNorm counts its batches; FrozenBatchNorm2d has no such buffer.
+        ref = {k: v for k, v in self.reference.state_dict().items()
+               if not k.endswith("num_batches_tracked")}  # fmt: skip
+        self.assertEqual(list(ours), list(ref))
+        for name, value in ours.items():
+            self.assertTrue(torch.equal(value, ref[name]), name)
+
+    def test_frozen_batchnorm_and_frozen_stem(self):
+        from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBN
+
+        body, ref_body = self.model.backbone.body, self.reference.backbone.body
+        self.assertFalse(any(isinstance(m, nn.BatchNorm2d) for m in body.modules()))
+        num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in ref_body.modules())
+        self.assertEqual(sum(isinstance(m, TVFrozenBN) for m in body.modules()), num_bn)
+        trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+        self.assertEqual(trainable, {"layer2", "layer3", "layer4"})
+        frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+        self.assertTrue(all(n.startswith("backbone.body.") for n in frozen))
+        self.assertIn("backbone.body.conv1.weight", frozen)
+        self.assertEqual(self.model.head.classification_head.num_classes, 80)
+
+    def test_benchmark_model_keeps_torchvisions_resize_at_factor_1(self):
+        model = models.build_detector("torchvision", BenchmarkSettings(height=64, width=96)).model
+        self.assertNotIn("resize", vars(model.transform))  # the class's own method runs
+        image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+        model.eval()
+        with torch.no_grad():
+            batch, _ = model.transform([image])
+        mean = torch.tensor(model.transform.image_mean).view(3, 1, 1)
+        std = torch.tensor(model.transform.image_std).view(3, 1, 1)
+        self.assertEqual(batch.image_sizes, [(64, 96)])
+        self.assertTrue(torch.equal(batch.tensors[0, :, :64, :96], (image - mean) / std))
+
+
+class TestBenchmarkRun(unittest.TestCase):
+    """A whole (tiny) run of tools/benchmark_detectors.py: the three R50 RetinaNets on 64 x 96
+    images, one round each."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.settings = BenchmarkSettings(
             height=64, width=96, train_batch=2, throughput_batch=2, train_warmup=0,
             train_iters=1, latency_warmup=0, latency_iters=2, throughput_warmup=0,
             throughput_iters=1, memory=False,
         )
-        cls.result = B.run_benchmark(cls.settings, log=lambda m: None)
+        script = load_script("benchmark_detectors")
+        cls.result = script.run_benchmark(cls.settings, log=lambda m: None)
 
     def test_ours_runs_channels_last_from_the_paper_config(self):
-        model = B.build_detector("retinafocal", self.settings).model
+        model = models.build_detector("retinafocal", self.settings).model
         self.assertEqual(model.memory_format, "NHWC")
         stem = model.backbone.bottom_up.stem.conv1.weight
         self.assertTrue(stem.is_contiguous(memory_format=torch.channels_last))
@@ -156,13 +206,13 @@ class TestBenchmarkRun(unittest.TestCase):
 
     def test_training_steps_are_finite(self):
         losses = self.result["raw"]["times"]["train_losses"]
-        self.assertEqual(set(losses), set(B.DETECTORS))
+        self.assertEqual(set(losses), set(DETECTORS))
         self.assertTrue(all(math.isfinite(v) for vs in losses.values() for v in vs))
 
     def test_figures_ratios_and_json(self):
         figures = self.result["figures"]
         for figure in ("train_iter_s", "latency_ms", "throughput_img_s"):
-            self.assertEqual(set(figures[figure]), set(B.DETECTORS))
+            self.assertEqual(set(figures[figure]), set(DETECTORS))
             self.assertTrue(all(v > 0 for v in figures[figure].values()))
         ratio = self.result["ratios"]["ours/detectron2"]["latency_ms"]
         self.assertAlmostEqual(
@@ -171,8 +221,8 @@ class TestBenchmarkRun(unittest.TestCase):
         json.dumps(self.result)  # the report is json-ready
 
     def test_memory_measured_in_a_fresh_process(self):
-        mem = B.measure_memory("detectron2", "inference", self.settings)
-        model = B.build_detector("detectron2", self.settings).model
+        mem = measure.measure_memory("detectron2", "inference", self.settings)
+        model = models.build_detector("detectron2", self.settings).model
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         # The subprocess's peak holds at least the model, on top of what it held before.
         self.assertGreater(mem["peak_rss_mib"] - mem["start_rss_mib"], weights / 2**20)

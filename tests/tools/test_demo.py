@@ -13,14 +13,9 @@ import retinafocal  # noqa: F401
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
-from retinafocal.tools import ToolError, loading
-from retinafocal.tools.demo import (
-    Predictor,
-    category_id_map,
-    collect_inputs,
-    instances_to_coco,
-    run_demo,
-)
+import config_loading as loading
+from coco_results import category_id_map, instances_to_coco
+from config_loading import ToolError
 
 from .common import (
     CATEGORY_IDS,
@@ -31,6 +26,9 @@ from .common import (
     write_tiny_config,
     write_tiny_dataset,
 )
+
+#: tools/demo.py as a module (the script holds the demo's logic).
+demo = load_script("demo")
 
 
 class TestDemoHelpers(unittest.TestCase):
@@ -74,21 +72,21 @@ class TestDemoHelpers(unittest.TestCase):
             write_images(d, ["b.png", "a.jpg"])
             with open(os.path.join(d, "notes.txt"), "w") as f:
                 f.write("not an image")
-            inputs = collect_inputs(d)
+            inputs = demo.collect_inputs(d)
             self.assertEqual(inputs.kind, "images")
             self.assertEqual([os.path.basename(p) for p in inputs.paths], ["a.jpg", "b.png"])
-            self.assertEqual(collect_inputs(os.path.join(d, "a.jpg")).paths,
+            self.assertEqual(demo.collect_inputs(os.path.join(d, "a.jpg")).paths,
                              [os.path.join(d, "a.jpg")])
             open(os.path.join(d, "clip.MP4"), "wb").close()
-            self.assertEqual(collect_inputs(os.path.join(d, "clip.MP4")).kind, "video")
+            self.assertEqual(demo.collect_inputs(os.path.join(d, "clip.MP4")).kind, "video")
             with self.assertRaisesRegex(ToolError, "does not exist"):
-                collect_inputs(os.path.join(d, "missing.png"))
+                demo.collect_inputs(os.path.join(d, "missing.png"))
             with self.assertRaisesRegex(ToolError, "unknown extension '.txt'"):
-                collect_inputs(os.path.join(d, "notes.txt"))
+                demo.collect_inputs(os.path.join(d, "notes.txt"))
             empty = os.path.join(d, "empty")
             os.makedirs(empty)
             with self.assertRaisesRegex(ToolError, "contains no images"):
-                collect_inputs(empty)
+                demo.collect_inputs(empty)
 
 
 class TestDemoRuns(unittest.TestCase):
@@ -113,7 +111,7 @@ class TestDemoRuns(unittest.TestCase):
 
     def demo(self, input_path, **kwargs):
         out = tempfile.mkdtemp(dir=self.tmp.name)
-        summary = run_demo(config_file=kwargs.pop("config", self.config), opts=[],
+        summary = demo.run_demo(config_file=kwargs.pop("config", self.config), opts=[],
                            input_path=input_path, output_dir=out, progress=False, **kwargs)
         with open(summary["results_json"]) as f:
             return summary, json.load(f), out
@@ -195,7 +193,7 @@ class TestDemoRuns(unittest.TestCase):
 
     def test_predictor_matches_model_on_resized_input(self):
         cfg = loading.load_config(self.config)
-        predictor = Predictor.from_config(cfg)
+        predictor = demo.Predictor.from_config(cfg)
         image = random_image(72, 96, seed=3)
         got = predictor(image)
         resized = predictor.augmentation.get_transform(image).apply_image(image)
@@ -207,7 +205,7 @@ class TestDemoRuns(unittest.TestCase):
         self.assertEqual(got.image_size, (72, 96))
 
     def test_script_reports_unreadable_files_without_traceback(self):
-        script = load_script("demo")
+        script = demo
         folder = os.path.join(self.tmp.name, "with_bad")
         write_images(folder, ["good.png"])
         with open(os.path.join(folder, "broken.jpg"), "wb") as f:

@@ -7,10 +7,14 @@ import unittest
 import torch
 
 import retinafocal  # noqa: F401
-from retinafocal.tools import export as E
-from retinafocal.tools import loading
+import config_loading as loading
+from config_loading import ToolError
+from detections import Detections, compare_detections
 
 from .common import load_script, write_tiny_config
+
+#: tools/export_model.py as a module (the script holds the export's logic).
+E = load_script("export_model")
 
 
 def _images(sizes, seed):
@@ -40,23 +44,23 @@ def tiny_model_with_candidates(tmp: str):
 
 class TestCompareDetections(unittest.TestCase):
     def dets(self, boxes, scores, classes):
-        return E.Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores),
+        return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores),
                             torch.tensor(classes))
 
     def test_tied_scores_match_in_any_order(self):
         a = self.dets([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]], [0.9, 0.9, 0.5], [1, 2, 0])
         b = self.dets([[5, 5, 20, 20], [0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.9, 0.5], [2, 1, 0])
-        self.assertIsNone(E.compare_detections(a, b))
+        self.assertIsNone(compare_detections(a, b))
 
     def test_differences_are_named(self):
         a = self.dets([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.5], [1, 0])
         moved = self.dets([[0, 0, 10, 10.5], [1, 1, 2, 2]], [0.9, 0.5], [1, 0])
-        self.assertIn("detection 0", E.compare_detections(a, moved))
+        self.assertIn("detection 0", compare_detections(a, moved))
         relabelled = self.dets([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.5], [1, 2])
-        self.assertIn("detection 1 (class 0", E.compare_detections(a, relabelled))
+        self.assertIn("detection 1 (class 0", compare_detections(a, relabelled))
         rescored = self.dets([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.49], [1, 0])
-        self.assertIn("scores differ", E.compare_detections(a, rescored))
-        self.assertEqual(E.compare_detections(a, self.dets([[0, 0, 1, 1]], [0.9], [1])),
+        self.assertIn("scores differ", compare_detections(a, rescored))
+        self.assertEqual(compare_detections(a, self.dets([[0, 0, 1, 1]], [0.9], [1])),
                          "1 detections instead of 2")
 
 
@@ -82,7 +86,7 @@ class TestExport(unittest.TestCase):
                                     os.path.join(self.tmp.name, "model.ts"))
         loaded = torch.jit.load(path)
         for image, reference in zip(self.test_images, self.references):
-            self.assertIsNone(E.compare_detections(reference, E.run_torchscript(loaded, image)))
+            self.assertIsNone(compare_detections(reference, E.run_torchscript(loaded, image)))
 
     def test_onnx_round_trip(self):
         import onnxruntime
@@ -92,16 +96,16 @@ class TestExport(unittest.TestCase):
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.assertEqual([o.name for o in session.get_outputs()], list(E.OUTPUT_NAMES))
         for image, reference in zip(self.test_images, self.references):
-            self.assertIsNone(E.compare_detections(reference, E.run_onnx(session, image)))
+            self.assertIsNone(compare_detections(reference, E.run_onnx(session, image)))
 
     def test_rejects_batched_input(self):
-        with self.assertRaisesRegex(E.ToolError, r"\(3, H, W\)"):
+        with self.assertRaisesRegex(ToolError, r"\(3, H, W\)"):
             E.eager_detections(self.model, torch.zeros(1, 3, 32, 32))
 
 
 class TestExportScript(unittest.TestCase):
     def test_writes_export_and_info(self):
-        script = load_script("export_model")
+        script = E
         with tempfile.TemporaryDirectory() as tmp:
             config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
             out = os.path.join(tmp, "export")
@@ -117,7 +121,7 @@ class TestExportScript(unittest.TestCase):
             self.assertEqual(list(info["outputs"]), list(E.OUTPUT_NAMES))
 
     def test_unknown_format_is_an_error(self):
-        with self.assertRaisesRegex(E.ToolError, "unknown export format"):
+        with self.assertRaisesRegex(ToolError, "unknown export format"):
             E.export_from_config(config_file="x.yaml", opts=[], output_dir="/nonexistent",
                                  formats=["caffe2"])
 

@@ -1,6 +1,6 @@
 """The report's plots: the paper's Figure 1 (loss against p_t), the training losses of the
 initialisation runs, and the speed/accuracy trade-off of Table 1e. Figure 4 is drawn by
-:mod:`retinafocal.paper.loss_analysis`.
+:mod:`paper.loss_analysis`.
 
 Plots use matplotlib's object API with the Agg canvas, so no display or pyplot state is needed.
 """
@@ -12,7 +12,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..losses import sigmoid_focal_loss
+from retinafocal.losses import sigmoid_focal_loss
 
 __all__ = [
     "FIGURE1_GAMMAS",

@@ -23,13 +23,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..losses import sigmoid_focal_loss
+from retinafocal.losses import sigmoid_focal_loss
 
 __all__ = [
     "LossSamples",
@@ -40,7 +40,6 @@ __all__ = [
     "normalized_loss_cdf",
     "fraction_carrying",
     "analyze_loss_samples",
-    "analyze_model",
     "plot_loss_cdf",
     "write_analysis",
     "DEFAULT_GAMMAS",
@@ -322,83 +321,3 @@ def write_analysis(analysis: Dict[str, Any], output_dir: str, title: str = "") -
         json.dump(analysis, f, indent=1)
     png_path = plot_loss_cdf(analysis, os.path.join(output_dir, "loss_cdf.png"), title)
     return {"json": json_path, "png": png_path}
-
-
-# --------------------------------------------------------------------------- from a config
-def _load_config(config_file: str, opts: Sequence[str]) -> Tuple[Any, bool]:
-    """(cfg, is_lazy) for a yacs ``.yaml`` or LazyConfig ``.py`` file with overrides, and its
-    COCO-json datasets registered (as ``train_net.py`` does)."""
-    from detectron2.config import LazyConfig, get_cfg
-
-    from ..config import add_retinafocal_config
-    from ..config_overrides import apply_lazy_overrides, merge_yacs_file, merge_yacs_overrides
-    from ..data import register_coco_json_datasets
-    from ..engine import register_lazy_datasets
-
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    if config_file.endswith(".py"):
-        cfg = apply_lazy_overrides(LazyConfig.load(config_file), list(opts))
-        register_lazy_datasets(cfg)
-        return cfg, True
-    cfg = get_cfg()
-    add_retinafocal_config(cfg)
-    merge_yacs_file(cfg, config_file)
-    merge_yacs_overrides(cfg, list(opts))
-    register_coco_json_datasets(cfg.DATASETS.COCO_JSON)
-    cfg.freeze()
-    return cfg, False
-
-
-def analyze_model(config_file: str, opts: Sequence[str] = (), *, dataset: Optional[str] = None,
-                  num_images: int = 200, gammas: Sequence[float] = DEFAULT_GAMMAS,
-                  max_negatives: int = 10_000_000, seed: int = 0) -> Dict[str, Any]:  # fmt: skip
-    """Build the model of a config (weights from ``MODEL.WEIGHTS`` / ``train.init_checkpoint``),
-    run it over the first ``num_images`` images of ``dataset`` (default: the config's first
-    test set) at the config's test size, and analyse the loss (:func:`analyze_loss_samples`).
-    The result also names the config, weights and dataset."""
-    import detectron2.data.transforms as T
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import instantiate
-    from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.modeling import build_model
-
-    from ..data.datasets import ensure_dataset_files
-    from ..engine import build_lazy_model
-
-    cfg, lazy = _load_config(config_file, opts)
-    if lazy:
-        model = build_lazy_model(cfg)
-        weights = cfg.train.init_checkpoint
-        names = cfg.dataloader.test.dataset.names
-        default_dataset = names if isinstance(names, str) else names[0]
-        test_mapper = cfg.dataloader.test.mapper
-        augmentations = [instantiate(a) for a in test_mapper.augmentations]
-        image_format = test_mapper.image_format
-    else:
-        model = build_model(cfg)
-        weights = cfg.MODEL.WEIGHTS
-        if not cfg.DATASETS.TEST:
-            raise ValueError(f"{config_file}: DATASETS.TEST is empty; pass --dataset")
-        default_dataset = cfg.DATASETS.TEST[0]
-        augmentations = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
-        image_format = cfg.INPUT.FORMAT
-    if not weights:
-        raise ValueError(
-            f"{config_file}: no weights to analyse; give MODEL.WEIGHTS (yacs) or "
-            "train.init_checkpoint (LazyConfig)"
-        )
-    DetectionCheckpointer(model).load(weights)
-    dataset = dataset or default_dataset
-    if dataset not in DatasetCatalog.list():
-        raise KeyError(f"dataset {dataset!r} is not registered (e.g. through DATASETS.COCO_JSON)")
-    ensure_dataset_files(dataset)
-    dicts = DatasetCatalog.get(dataset)[:num_images]
-    # is_train=True keeps the annotations; the test resize and no flip keep it an evaluation.
-    mapper = DatasetMapper(is_train=True, augmentations=augmentations, image_format=image_format)
-    inputs = (mapper(dict(d)) for d in dicts)
-    samples = collect_loss_samples(model, inputs, num_images=len(dicts),
-                                   max_negatives=max_negatives, seed=seed)  # fmt: skip
-    analysis = analyze_loss_samples(samples, gammas)
-    analysis.update(config_file=config_file, weights=weights, dataset=dataset)
-    return analysis

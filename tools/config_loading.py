@@ -1,4 +1,4 @@
-"""A ready-to-run model from a yacs (``.yaml``) or LazyConfig (``.py``) config.
+"""A ready-to-run model from a yacs (``.yaml``) or LazyConfig (``.py``) config, for the tools.
 
 Both kinds of config are accepted everywhere a tool takes ``--config-file``: ``.yaml`` files are
 merged into detectron2's defaults plus :func:`retinafocal.add_retinafocal_config` and take
@@ -12,21 +12,24 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
-import retinafocal  # noqa: F401  (first: compat for old detectron2)
-import retinafocal.modeling  # noqa: F401  (registers FocalRetinaNet in META_ARCH_REGISTRY)
+import retinafocal  # noqa: F401  (first: compat for old detectron2, registers FocalRetinaNet)
 import detectron2.data.transforms as T
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model as build_yacs_model
+from retinafocal.config_overrides import (
+    apply_lazy_overrides,
+    merge_yacs_file,
+    merge_yacs_overrides,
+)
+from retinafocal.data import register_coco_json_datasets
 from torch import nn
-
-from ..config_overrides import apply_lazy_overrides, merge_yacs_file, merge_yacs_overrides
-from . import ToolError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ToolError",
     "load_config",
     "is_lazy",
     "set_score_threshold",
@@ -38,6 +41,14 @@ __all__ = [
     "test_dataset_name",
     "dataset_metadata",
 ]
+
+
+class ToolError(Exception):
+    """A problem with what the user asked for (missing file, unreadable image, bad option).
+
+    The scripts print its message, which names the file or option at fault, and exit with a
+    non-zero status instead of showing a traceback.
+    """
 
 
 def load_config(config_file: str, opts: Optional[Sequence[str]] = None) -> Any:
@@ -72,8 +83,6 @@ def _register_config_datasets(cfg: Any) -> None:
     """Register the COCO json datasets the config lists, for their metadata (class names and
     category ids). A tool that only runs the model does not need the files, so a missing one
     is a warning, not an error."""
-    from ..data import register_coco_json_datasets
-
     entries = (
         (cfg.get("datasets", None) or {}).get("coco_json", None)
         if is_lazy(cfg)

@@ -1,12 +1,4 @@
-"""The ablation grid of the paper's Table 1, as runs to train and rows to report.
-
-A :class:`RunSpec` is one training (or evaluation-only) job: a config file plus ``KEY VALUE``
-overrides, a seed and an output name. A :class:`Row` is one line of a report table: which run it
-shows, what it varies, and the paper's number for that setting. Several rows may share one run:
-the focal-loss model with gamma = 2, alpha = .25 and 9 anchors is the FL row of Sec. 5.1, Table 1b,
-Table 1c and Table 1d at once, and Table 1e and Figure 4 evaluate it.
-
-Two grids:
+"""The grids of the paper's Table 1 (and Sec. 5.1): which runs reproduce which rows.
 
 * ``shapes`` (``make paper``): a miniature on the embedded shapes dataset, sized to finish within
   an hour on 2 CPU cores (see :data:`SHAPES_SCHEDULE` for the arithmetic), with a justified
@@ -16,286 +8,33 @@ Two grids:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Tuple
 
-from .references import TABLE_1A, TABLE_1B, TABLE_1C, TABLE_1D, TABLE_1E, PaperAP
+from .grid import (
+    NO_PRIOR_OPTS,
+    Grid,
+    GridBuilder,
+    anchor_opts,
+    ce_opts,
+    fl_opts,
+    ohem_opts,
+    run_name,
+)
+from .references import TABLE_1A, TABLE_1B, TABLE_1C, TABLE_1D, TABLE_1E
 
 __all__ = [
-    "RunSpec",
-    "Row",
-    "Grid",
-    "SECTIONS",
     "GRID_NAMES",
+    "SHAPES_MAX_ITER",
     "SHAPES_SCHEDULE",
-    "anchor_sizes",
     "build_grid",
-    "shapes_grid",
     "coco_grid",
-    "run_name",
+    "shapes_grid",
 ]
 
-#: The report's sections, in order.
-SECTIONS: Tuple[str, ...] = ("init", "1a", "1b", "1c", "1d", "1e")
-
 GRID_NAMES: Tuple[str, ...] = ("shapes", "shapes-full", "coco")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One job of the grid.
-
-    Attributes:
-        name: unique name; its outputs go to ``<runs dir>/<name>/``.
-        config_file: yacs config (``.yaml``) the overrides apply to.
-        opts: ``KEY VALUE`` overrides, flattened (``("SOLVER.MAX_ITER", "300", ...)``).
-        seed: the config's ``SEED``; every run of a grid shares it, so runs differ only in what
-            they ablate (same initial weights where shapes agree, same data order).
-        max_iter: training iterations (for the schedule estimate and the report); 0 for an
-            evaluation-only run.
-        eval_of: for an evaluation-only run, the name of the training run whose final weights
-            it evaluates; None for a training run.
-        description: one line for logs and the report.
-    """
-
-    name: str
-    config_file: str
-    opts: Tuple[str, ...] = ()
-    seed: int = 0
-    max_iter: int = 0
-    eval_of: Optional[str] = None
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name or os.sep in self.name or self.name.startswith("."):
-            raise ValueError(f"RunSpec.name must be a plain directory name, got {self.name!r}")
-        if len(self.opts) % 2:
-            raise ValueError(
-                f"RunSpec {self.name!r}: opts must be KEY VALUE pairs, got an odd number "
-                f"({len(self.opts)}): {list(self.opts)}"
-            )
-
-    @property
-    def eval_only(self) -> bool:
-        return self.eval_of is not None
-
-    def fingerprint(self) -> str:
-        """A short hash of everything that determines the run's result; a stored result with
-        another fingerprint is stale and the run is done again."""
-        payload = json.dumps(
-            {k: v for k, v in asdict(self).items() if k != "description"}, sort_keys=True
-        )
-        return hashlib.sha1(payload.encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of a report table.
-
-    Attributes:
-        section: one of :data:`SECTIONS`.
-        run: name of the :class:`RunSpec` whose result the row shows.
-        label: what the row varies, as shown in the table ("alpha = 0.75").
-        params: the varied values, for ordering and for picking the best alpha per gamma
-            (keys such as ``alpha``, ``gamma``, ``scales``, ``ratios``, ``method``, ``size``).
-        paper: the paper's numbers for this setting; None when the paper has no such row.
-        paper_label: the paper's setting when it differs from ``label`` (Table 1b's alpha), or
-            what the paper says instead of a number.
-    """
-
-    section: str
-    run: str
-    label: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    paper: Optional[PaperAP] = None
-    paper_label: str = ""
-
-
-@dataclass
-class Grid:
-    """Runs, report rows, and what to say about them.
-
-    Attributes:
-        name: the grid's name (one of :data:`GRID_NAMES` for the built-in ones).
-        runs: training runs before the evaluation-only runs that depend on them.
-        rows: the report's rows, in table order within each section.
-        loss_analysis_run: the training run whose final model Figure 4 analyses (None: skip).
-        loss_analysis_dataset: dataset for Figure 4 (None: the config's first test set).
-        notes: per section, markdown that says what was run, which subset and why, and how it
-            differs from the paper.
-        schedule: markdown describing the training schedule.
-        datasets: registered datasets to generate before any run starts (the embedded splits),
-            so that parallel runs never write the same files at once.
-    """
-
-    name: str
-    runs: List[RunSpec]
-    rows: List[Row]
-    loss_analysis_run: Optional[str] = None
-    loss_analysis_dataset: Optional[str] = None
-    notes: Dict[str, str] = field(default_factory=dict)
-    schedule: str = ""
-    datasets: Tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def run(self, name: str) -> RunSpec:
-        for spec in self.runs:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"grid {self.name!r} has no run named {name!r}")
-
-    def rows_of(self, section: str) -> List[Row]:
-        return [row for row in self.rows if row.section == section]
-
-    def validate(self) -> None:
-        """Raise ValueError on duplicate run names, rows naming unknown runs or sections, and
-        evaluation-only runs of unknown or later runs."""
-        seen: Dict[str, RunSpec] = {}
-        for spec in self.runs:
-            if spec.name in seen:
-                raise ValueError(f"grid {self.name!r}: duplicate run name {spec.name!r}")
-            if spec.eval_of is not None:
-                parent = seen.get(spec.eval_of)
-                if parent is None or parent.eval_only:
-                    raise ValueError(
-                        f"grid {self.name!r}: run {spec.name!r} evaluates {spec.eval_of!r}, "
-                        "which is not a training run listed before it"
-                    )
-            seen[spec.name] = spec
-        for row in self.rows:
-            if row.section not in SECTIONS:
-                raise ValueError(
-                    f"grid {self.name!r}: row {row.label!r} has unknown section "
-                    f"{row.section!r}; sections are {SECTIONS}"
-                )
-            if row.run not in seen:
-                raise ValueError(
-                    f"grid {self.name!r}: row {row.section}/{row.label!r} names unknown run "
-                    f"{row.run!r}"
-                )
-        for name in (self.loss_analysis_run,):
-            if name is not None and (name not in seen or seen[name].eval_only):
-                raise ValueError(
-                    f"grid {self.name!r}: loss_analysis_run {name!r} is not a training run"
-                )
-
-
-def _fmt(value: float) -> str:
-    """A number for a run name: 0.25 -> "0p25", 2.0 -> "2"."""
-    text = f"{value:g}"
-    return text.replace(".", "p").replace("-", "m")
-
-
-def run_name(kind: str, **params: float) -> str:
-    """The canonical run name of a setting, e.g. ``run_name("fl", g=2, a=0.25)`` ->
-    ``"fl_g2_a0p25"``; parameters appear in the order given."""
-    return "_".join([kind] + [f"{k}{_fmt(v)}" for k, v in params.items()])
-
-
-def anchor_sizes(base_sizes: Sequence[float], num_scales: int) -> List[List[float]]:
-    """Anchor sizes per level for ``num_scales`` scales per octave: ``base * 2**(k / S)`` for
-    k = 0 .. S-1, the paper's scales (S = 3 gives 2^0, 2^(1/3), 2^(2/3)).
-
-    Args:
-        base_sizes: the smallest anchor size of each level, e.g. [32, 64, 128, 256, 512].
-        num_scales: S >= 1.
-
-    Returns:
-        One list of S sizes per level.
-    """
-    if num_scales < 1:
-        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
-    return [[float(b) * 2.0 ** (k / num_scales) for k in range(num_scales)] for b in base_sizes]
-
-
-_ASPECT_RATIOS = {1: [[1.0]], 3: [[0.5, 1.0, 2.0]]}
-
-
-def _fl(alpha: float, gamma: float) -> Tuple[str, ...]:
-    return (
-        "MODEL.RETINAFOCAL.LOSS.NAME", "FocalLoss",
-        "MODEL.RETINANET.FOCAL_LOSS_ALPHA", repr(float(alpha)),
-        "MODEL.RETINANET.FOCAL_LOSS_GAMMA", repr(float(gamma)),
-    )  # fmt: skip
-
-
-def _ce(alpha: float) -> Tuple[str, ...]:
-    # FOCAL_LOSS_GAMMA 0 as well: the imbalance diagnostics then measure the loss actually used.
-    return (
-        "MODEL.RETINAFOCAL.LOSS.NAME", "BalancedCELoss",
-        "MODEL.RETINANET.FOCAL_LOSS_ALPHA", repr(float(alpha)),
-        "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0",
-    )  # fmt: skip
-
-
-def _ohem(batch: int, ratio: float, nms: float) -> Tuple[str, ...]:
-    return (
-        "MODEL.RETINAFOCAL.LOSS.NAME", "OHEMLoss",
-        "MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE", str(int(batch)),
-        "MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO", repr(float(ratio)),
-        "MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH", repr(float(nms)),
-    )  # fmt: skip
-
-
-def _anchors(base_sizes: Sequence[float], scales: int, ratios: int) -> Tuple[str, ...]:
-    return (
-        "MODEL.ANCHOR_GENERATOR.SIZES", repr(anchor_sizes(base_sizes, scales)),
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", repr(_ASPECT_RATIOS[ratios]),
-    )  # fmt: skip
-
-
-_NO_PRIOR = ("MODEL.RETINANET.PRIOR_PROB", "0.5")
-
-
-class _GridBuilder:
-    """Collects runs (deduplicated by name: a setting shared by several tables is trained once)
-    and rows."""
-
-    def __init__(self, base_opts: Tuple[str, ...], seed: int, max_iter: int):
-        self.base_opts = base_opts
-        self.seed = seed
-        self.max_iter = max_iter
-        self.runs: Dict[str, RunSpec] = {}
-        self.rows: List[Row] = []
-
-    def train(self, name: str, config_file: str, opts: Tuple[str, ...], description: str) -> str:
-        if name not in self.runs:
-            self.runs[name] = RunSpec(
-                name=name,
-                config_file=config_file,
-                opts=self.base_opts + opts,
-                seed=self.seed,
-                max_iter=self.max_iter,
-                description=description,
-            )
-        return name
-
-    def evaluate(self, name: str, of: str, opts: Tuple[str, ...], description: str) -> str:
-        parent = self.runs[of]
-        self.runs[name] = RunSpec(
-            name=name,
-            config_file=parent.config_file,
-            opts=parent.opts + opts,
-            seed=self.seed,
-            eval_of=of,
-            description=description,
-        )
-        return name
-
-    def row(self, section: str, run: str, label: str, params: Dict[str, Any],
-            paper: Optional[PaperAP], paper_label: str = "") -> None:  # fmt: skip
-        self.rows.append(Row(section, run, label, params, paper, paper_label))
-
-    def ordered_runs(self) -> List[RunSpec]:
-        trains = [r for r in self.runs.values() if not r.eval_only]
-        evals = [r for r in self.runs.values() if r.eval_only]
-        return trains + evals
 
 
 # --------------------------------------------------------------------------- shapes (miniature)
@@ -318,7 +57,7 @@ SHAPES_SCHEDULE = (
 )
 
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -345,8 +84,8 @@ class _Recipe:
 def _read_recipe(config_file: str) -> _Recipe:
     from detectron2.config import get_cfg
 
-    from ..config import add_retinafocal_config
-    from ..config_overrides import merge_yacs_file
+    from retinafocal.config import add_retinafocal_config
+    from retinafocal.config_overrides import merge_yacs_file
 
     path = config_file if os.path.isabs(config_file) else os.path.join(_REPO_ROOT, config_file)
     cfg = get_cfg()
@@ -371,6 +110,16 @@ def _read_recipe(config_file: str) -> _Recipe:
     )
 
 
+def _init_rows(b: GridBuilder, no_prior: str, ce_prior: str, fl: str) -> None:
+    """The rows of Sec. 5.1: CE without and with the prior init (alpha .5), and FL."""
+    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
+          None, "diverges (Sec. 5.1)")  # fmt: skip
+    b.row("init", ce_prior, "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
+          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
+    b.row("init", fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
+          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+
+
 def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
                 config_file: str = EMBEDDED_CONFIG) -> Grid:  # fmt: skip
     """The miniature of Table 1 on the embedded shapes dataset.
@@ -393,32 +142,27 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
         # model_<max_iter - 1>.pth next to model_final.pth, the same weights twice.
         "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
     )  # fmt: skip
-    b = _GridBuilder(base, seed, max_iter)
+    b = GridBuilder(base, seed, max_iter)
     cfg = config_file
     anchors = recipe.base_sizes
     train_size = recipe.train_size
     anchors_per_image = recipe.anchors_per_image
 
     def fl(alpha: float, gamma: float) -> str:
-        return b.train(run_name("fl", g=gamma, a=alpha), cfg, _fl(alpha, gamma),
+        return b.train(run_name("fl", g=gamma, a=alpha), cfg, fl_opts(alpha, gamma),
                        f"focal loss, gamma {gamma:g}, alpha {alpha:g}")  # fmt: skip
 
     def ce(alpha: float) -> str:
-        return b.train(run_name("ce", a=alpha), cfg, _ce(alpha),
+        return b.train(run_name("ce", a=alpha), cfg, ce_opts(alpha),
                        f"alpha-balanced CE, alpha {alpha:g}")  # fmt: skip
 
     default_fl = fl(0.25, 2.0)
 
     # Sec. 5.1: CE with and without the prior, and FL. alpha = .5 weighs both classes equally:
     # standard CE scaled by 1/2, which is also the paper's CE-with-prior number (1a, alpha .5).
-    no_prior = b.train("ce_a0p5_noprior", cfg, _ce(0.5) + _NO_PRIOR,
+    no_prior = b.train("ce_a0p5_noprior", cfg, ce_opts(0.5) + NO_PRIOR_OPTS,
                        "alpha-balanced CE, alpha 0.5, no prior (last class bias 0, pi = 0.5)")
-    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
-          None, "diverges (Sec. 5.1)")  # fmt: skip
-    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
-          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
-    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
-          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+    _init_rows(b, no_prior, ce(0.5), default_fl)
 
     alphas_1a = sorted(TABLE_1A) if full else [0.25, 0.5, 0.75, 0.99]
     for a in alphas_1a:
@@ -445,7 +189,7 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
             name = default_fl  # the recipe's own anchors
         else:
             name = b.train(run_name("fl_anchors", s=scales, r=ratios), cfg,
-                           _fl(0.25, 2.0) + _anchors(anchors, scales, ratios),
+                           fl_opts(0.25, 2.0) + anchor_opts(anchors, scales, ratios),
                            f"focal loss, {scales} scale(s) x {ratios} aspect ratio(s)")  # fmt: skip
         b.row("1c", name, f"{scales} scale(s) x {ratios} ratio(s) = {scales * ratios} anchors",
               {"scales": scales, "ratios": ratios}, TABLE_1C[(scales, ratios)])  # fmt: skip
@@ -458,7 +202,7 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
     )
     for method, batch, nms in ohem_settings:
         ratio = 3.0 if method == "OHEM 1:3" else 0.0
-        name = b.train(run_name("ohem", b=batch, r=ratio, n=nms), cfg, _ohem(batch, ratio, nms),
+        name = b.train(run_name("ohem", b=batch, r=ratio, n=nms), cfg, ohem_opts(batch, ratio, nms),
                        f"{method}, batch {batch} per image, NMS {nms:g}")  # fmt: skip
         b.row("1d", name, f"{method}, batch {batch}, NMS {nms:g}",
               {"method": method, "batch": batch, "nms": nms}, TABLE_1D[(method, batch, nms)])
@@ -556,24 +300,20 @@ def coco_grid(*, seed: int = 0) -> Grid:
     """Every row of Table 1 on COCO at the paper's settings: ResNet-50-FPN (ResNet-101-FPN for
     Table 1d) trained and tested at 600 px with the 1x schedule; Table 1e trains a model at each
     scale. Output directories come from the runner, not from the configs."""
-    b = _GridBuilder((), seed, 90000)
+    b = GridBuilder((), seed, 90000)
     r50, r101 = _coco_config(50, 600), _coco_config(101, 600)
 
     def fl(alpha: float, gamma: float, cfg: str = r50, tag: str = "") -> str:
-        return b.train(run_name("fl" + tag, g=gamma, a=alpha), cfg, _fl(alpha, gamma),
+        return b.train(run_name("fl" + tag, g=gamma, a=alpha), cfg, fl_opts(alpha, gamma),
                        f"focal loss, gamma {gamma:g}, alpha {alpha:g}")  # fmt: skip
 
     def ce(alpha: float) -> str:
-        return b.train(run_name("ce", a=alpha), r50, _ce(alpha), f"alpha-balanced CE, {alpha:g}")
+        return b.train(run_name("ce", a=alpha), r50, ce_opts(alpha),
+                       f"alpha-balanced CE, {alpha:g}")  # fmt: skip
 
     default_fl = fl(0.25, 2.0)
-    no_prior = b.train("ce_a0p5_noprior", r50, _ce(0.5) + _NO_PRIOR, "CE, no prior init")
-    b.row("init", no_prior, "CE, no prior init (bias 0: pi = 0.5)", {"prior": 0.5, "loss": "CE"},
-          None, "diverges (Sec. 5.1)")  # fmt: skip
-    b.row("init", ce(0.5), "CE, prior init pi = 0.01", {"prior": 0.01, "loss": "CE"},
-          TABLE_1A[0.5], "trains: 30.2 AP (1a, alpha .5)")  # fmt: skip
-    b.row("init", default_fl, "FL (gamma 2, alpha .25), prior init pi = 0.01",
-          {"prior": 0.01, "loss": "FL"}, TABLE_1B[2.0][1], "trains (1b, gamma 2)")  # fmt: skip
+    no_prior = b.train("ce_a0p5_noprior", r50, ce_opts(0.5) + NO_PRIOR_OPTS, "CE, no prior init")
+    _init_rows(b, no_prior, ce(0.5), default_fl)
     for a in sorted(TABLE_1A):
         b.row("1a", ce(a), f"alpha = {a:g}", {"alpha": a, "gamma": 0.0}, TABLE_1A[a])
         paper_alpha, paper = TABLE_1B[0.0]
@@ -587,7 +327,7 @@ def coco_grid(*, seed: int = 0) -> Grid:
     for scales, ratios in sorted(TABLE_1C):
         name = default_fl if (scales, ratios) == (3, 3) else b.train(
             run_name("fl_anchors", s=scales, r=ratios), r50,
-            _fl(0.25, 2.0) + _anchors(_COCO_BASE_ANCHORS, scales, ratios),
+            fl_opts(0.25, 2.0) + anchor_opts(_COCO_BASE_ANCHORS, scales, ratios),
             f"focal loss, {scales} scale(s) x {ratios} aspect ratio(s)")  # fmt: skip
         b.row("1c", name, f"{scales} scale(s) x {ratios} ratio(s) = {scales * ratios} anchors",
               {"scales": scales, "ratios": ratios}, TABLE_1C[(scales, ratios)])  # fmt: skip
@@ -599,7 +339,7 @@ def coco_grid(*, seed: int = 0) -> Grid:
             continue
         ratio = 3.0 if method == "OHEM 1:3" else 0.0
         name = b.train(run_name("ohem_R101", b=batch, r=ratio, n=nms), r101,
-                       _ohem(batch, ratio, nms), f"{method}, batch {batch}, NMS {nms:g}")
+                       ohem_opts(batch, ratio, nms), f"{method}, batch {batch}, NMS {nms:g}")
         b.row("1d", name, f"{method}, batch {batch}, NMS {nms:g}",
               {"method": method, "batch": batch, "nms": nms}, TABLE_1D[(method, batch, nms)])
     for size in sorted(TABLE_1E):

@@ -1,5 +1,6 @@
 """The whole reproduction as one call: run the grid, analyse the loss of the focal-loss model
-(Figure 4), write the report. ``tools/paper.py`` is its command line."""
+(Figure 4), write the report. ``python -m paper`` (``paper/__main__.py``) is its command
+line."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,11 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from .grid import Grid
-from .loss_analysis import DEFAULT_GAMMAS, analyze_model, write_analysis
+from .analyze_loss import analyze_model
+from .loss_analysis import DEFAULT_GAMMAS, write_analysis
 from .report import ReportInputs, write_report
-from .runner import GridRunner, LaunchOptions, RunResult, load_results
+from .results import RunResult, load_results
+from .runner import GridRunner, LaunchOptions
 
 __all__ = ["figure4_step", "reproduce"]
 
@@ -87,7 +90,7 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
         failures = {s.name: "not run yet" for s in grid.runs if s.name not in results}
     else:
         if launch.machine_rank == 0:
-            from ..data.datasets import ensure_dataset_files
+            from retinafocal.data.datasets import ensure_dataset_files
 
             for name in grid.datasets:
                 ensure_dataset_files(name)

@@ -1,17 +1,16 @@
-#!/usr/bin/env python
 """Reproduce the focal-loss paper's ablations (Table 1a-1e), Figure 1 and Figure 4, and write
 ``reports/paper/REPORT.md``.
 
-    python tools/paper.py                  # the miniature on the embedded dataset (make paper)
-    python tools/paper.py --plan           # list the runs and the time estimate; run nothing
-    python tools/paper.py --report-only    # rewrite the report from stored results
-    python tools/paper.py --grid shapes-full   # every row of Table 1, miniature schedule
-    python tools/paper.py --grid coco --num-gpus 8 --num-machines 2 --machine-rank 0 \\
+    python -m paper                        # the miniature on the embedded dataset (make paper)
+    python -m paper --plan                 # list the runs and the time estimate; run nothing
+    python -m paper --report-only          # rewrite the report from stored results
+    python -m paper --grid shapes-full     # every row of Table 1, miniature schedule
+    python -m paper --grid coco --num-gpus 8 --num-machines 2 --machine-rank 0 \\
         --dist-url tcp://host:port         # full size on COCO; run it on every machine
 
 Runs are seeded and resumable: a run with a stored result for the same settings is not run
 again, an interrupted one continues from its last checkpoint. With several machines, --output
-must be on a filesystem they all share.
+must be on a filesystem they all share. Run from the repository root.
 """
 import argparse
 import logging
@@ -21,13 +20,14 @@ import shlex
 import sys
 
 import retinafocal  # noqa: F401  (first: compat, registries)
-from retinafocal.paper.grid import GRID_NAMES, SHAPES_MAX_ITER, build_grid
-from retinafocal.paper.pipeline import reproduce
-from retinafocal.paper.runner import LaunchOptions
+
+from .reproduce import reproduce
+from .runner import LaunchOptions
+from .table1 import GRID_NAMES, SHAPES_MAX_ITER, build_grid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Planning figures for --plan, measured on this project's 2-core machine (see grid.py).
+# Planning figures for --plan, measured on this project's 2-core machine (see table1.py).
 PLAN_S_PER_ITER = 0.4
 PLAN_RUN_OVERHEAD_S = 20.0
 PLAN_EVAL_RUN_S = 15.0
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     if args.plan:
         print(plan(grid, launch))
         return 0
-    command = "python tools/paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m paper " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = reproduce(
         grid,
         os.path.abspath(args.output),

@@ -1,0 +1,194 @@
+"""``<output_dir>/results.json``: what a training or evaluation run produced, for other programs.
+
+Written by the main process only, atomically (a reader never sees half a file), when training
+ends (:class:`~retinafocal.engine.Trainer` and :func:`~retinafocal.engine.lazy_train`), also
+when it stops on a non-finite loss, and by ``train_net.py --eval-only``. Everything comes from
+what detectron2 already keeps: the trainer's iteration, its ``EventStorage`` (the per-iteration
+``time`` of ``IterationTimer`` and the loss terms) and the evaluation's results, to which
+:class:`~retinafocal.engine.evaluation.InferenceStats` adds the inference time (detectron2 only
+logs its own) and the detection count. Schema (version :data:`SCHEMA_VERSION`; a number that
+cannot be computed, or is NaN, is ``null``)::
+
+    {
+      "schema": 1,
+      "status": "completed" | "non_finite_loss",
+      "eval_only": bool,
+      "iterations": int,             # iterations done (the trainer's iteration); 0: eval only
+      "max_iter": int,               # iterations asked for; 0: eval only
+      "train_seconds": float|null,   # sum of IterationTimer's per-iteration times: training
+                                     # steps after its warm-up, without hooks (checkpoints, eval)
+      "s_per_iter": float|null,      # their mean (detectron2's "Overall training speed")
+      "bbox": {"AP": float|null, "AP50": ..., ...} | null,
+                                     # COCO bbox metrics (percent) of the run's last evaluation
+                                     # (after training: the final one) on the first test set;
+                                     # null: no bbox evaluation
+      "inference_s_per_image": float|null,   # of that evaluation (InferenceStats)
+      "no_detections": bool,         # that evaluation had no detection above the threshold
+      "loss_history": {              # losses every LOSS_WINDOW iterations and at the last one,
+        "iteration": [int, ...],     # each the median of the LOSS_WINDOW iterations up to it
+        "total_loss": [float, ...],  # (detectron2's smoothing in metrics.json); this process's
+        "loss_cls": [...], ...       # iterations only (a resumed run starts at its checkpoint);
+      },                             # {} when no iteration ran (--eval-only)
+      "non_finite": null | {         # status "non_finite_loss": NonFiniteLossError's fields
+        "iteration": int, "terms": [str, ...], "checkpoint": str|null
+      }
+    }
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+
+import numpy as np
+from detectron2.utils import comm
+
+from .train_loop import NonFiniteLossError
+
+__all__ = [
+    "RESULTS_FILE",
+    "SCHEMA_VERSION",
+    "LOSS_WINDOW",
+    "training_results",
+    "evaluation_results",
+    "write_results",
+    "recording_results",
+]
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+#: Iterations per point of ``loss_history``: detectron2's default logging period and window.
+LOSS_WINDOW = 20
+
+
+def _finite_or_none(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _first_dataset(evaluation: Optional[Mapping]) -> Mapping:
+    """detectron2 returns ``{task: metrics}`` for one test set and ``{dataset: {task: metrics}}``
+    for several; the first set's ``{task: metrics}``."""
+    if not evaluation:
+        return {}
+    first = next(iter(evaluation.values()))
+    nested = isinstance(first, Mapping) and any(isinstance(v, Mapping) for v in first.values())
+    return first if nested else evaluation
+
+
+def _evaluation_fields(evaluation: Optional[Mapping]) -> Dict[str, Any]:
+    tasks = _first_dataset(evaluation)
+    bbox = tasks.get("bbox")
+    inference = tasks.get("inference", {})
+    detections = inference.get("detections")
+    return {
+        "bbox": None if bbox is None else {k: _finite_or_none(v) for k, v in bbox.items()},
+        "inference_s_per_image": _finite_or_none(inference.get("s_per_image")),
+        "no_detections": detections is not None and detections == 0,
+    }
+
+
+def _loss_history(storage: Any) -> Dict[str, List[Optional[float]]]:
+    """``loss_history`` of the schema from the ``EventStorage``'s per-iteration losses."""
+    histories = storage.histories()
+    names = sorted(n for n in histories if n == "total_loss" or n.startswith("loss_"))
+    if "total_loss" not in names:
+        return {}
+    iterations = [int(it) for _, it in histories["total_loss"].values()]
+    values = {n: {int(it): v for v, it in histories[n].values()} for n in names}
+    last = len(iterations) - 1
+    points = [i for i, it in enumerate(iterations) if (it + 1) % LOSS_WINDOW == 0 or i == last]
+    out: Dict[str, List[Optional[float]]] = {"iteration": [iterations[i] for i in points]}
+    for name in names:
+        column: List[Optional[float]] = []
+        for i in points:
+            window_iters = iterations[max(0, i - LOSS_WINDOW + 1) : i + 1]
+            window = [values[name][it] for it in window_iters if it in values[name]]
+            # np.median, as detectron2's HistoryBuffer: a NaN in the window gives NaN (null).
+            column.append(_finite_or_none(np.median(window)) if window else None)
+        out[name] = column
+    return out
+
+
+def training_results(
+    trainer: Any, evaluation: Optional[Mapping], error: Optional[NonFiniteLossError] = None
+) -> Dict[str, Any]:
+    """The results of a training run.
+
+    Args:
+        trainer: a detectron2 trainer after ``train()`` returned or raised: its ``iter``,
+            ``max_iter`` and ``storage`` are read.
+        evaluation: the final evaluation's results (None when there was none).
+        error: the error that stopped training, if it was a non-finite loss.
+    """
+    histories = trainer.storage.histories()
+    # IterationTimer's seconds per iteration, after its warm-up iterations.
+    times = [v for v, _ in histories["time"].values()] if "time" in histories else []
+    non_finite = None
+    if error is not None:
+        non_finite = {
+            "iteration": int(error.iteration),
+            "terms": list(error.terms),
+            "checkpoint": error.checkpoint or None,
+        }
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": "completed" if error is None else "non_finite_loss",
+        "eval_only": False,
+        "iterations": min(int(trainer.iter), int(trainer.max_iter)),
+        "max_iter": int(trainer.max_iter),
+        "train_seconds": _finite_or_none(sum(times)) if times else None,
+        "s_per_iter": _finite_or_none(sum(times) / len(times)) if times else None,
+        **_evaluation_fields(evaluation),
+        "loss_history": _loss_history(trainer.storage),
+        "non_finite": non_finite,
+    }
+
+
+def evaluation_results(evaluation: Optional[Mapping]) -> Dict[str, Any]:
+    """The results of an evaluation-only run."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": "completed",
+        "eval_only": True,
+        "iterations": 0,
+        "max_iter": 0,
+        "train_seconds": None,
+        "s_per_iter": None,
+        **_evaluation_fields(evaluation),
+        "loss_history": {},
+        "non_finite": None,
+    }
+
+
+def write_results(output_dir: str, results: Mapping[str, Any]) -> Optional[str]:
+    """Write ``results`` to ``<output_dir>/results.json`` on the main process; returns the path
+    (None on the other processes, which write nothing)."""
+    if not comm.is_main_process():
+        return None
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RESULTS_FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, allow_nan=False)  # NaN was made null: standard JSON
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def recording_results(
+    output_dir: str, trainer: Any, evaluation: Callable[[], Optional[Mapping]]
+) -> Iterator[None]:
+    """Around ``trainer.train()``: write ``results.json`` when training returns, and when it
+    raises :class:`NonFiniteLossError` (which then goes on up). ``evaluation`` returns the
+    final evaluation's results, read once training has ended."""
+    try:
+        yield
+    except NonFiniteLossError as e:
+        write_results(output_dir, training_results(trainer, evaluation(), error=e))
+        raise
+    write_results(output_dir, training_results(trainer, evaluation()))

@@ -1,0 +1,231 @@
+"""Timing, peak memory and profiles of the benchmark's detectors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from benchmark_models import (
+    Detector,
+    build_detector,
+    fold_for_inference,
+    restore_prior_bias,
+    set_inference_bias,
+)
+from benchmark_setup import BenchmarkSettings, Sample, make_samples
+
+__all__ = [
+    "time_interleaved",
+    "same_detections",
+    "measure_times",
+    "memory_worker",
+    "measure_memory",
+    "profile_detectors",
+]
+
+#: The script whose ``--memory-worker`` mode measures one detector in a fresh process.
+_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_detectors.py")
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(
+    tasks: Dict[str, Callable[[int], Any]], warmup: int, iters: int, device: str = "cpu"
+) -> Dict[str, Dict[str, List[float]]]:
+    """Run ``tasks[name](round)`` for ``warmup + iters`` rounds, every task once per round, the
+    first task of a round rotating.
+
+    Returns:
+        {"wall": {name: seconds per measured round}, "cpu": {name: CPU seconds of this
+        process (all its threads) per measured round}}. On a shared machine the CPU time is
+        the steadier figure: waiting for a core inflates wall time, not CPU time.
+    """
+    names = list(tasks)
+    wall: Dict[str, List[float]] = {n: [] for n in names}
+    cpu: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(warmup + iters):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            _synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            tasks[name](r)
+            _synchronize(device)
+            if r >= warmup:
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return {"wall": wall, "cpu": cpu}
+
+
+def same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> bool:
+    """Equal detections within rounding (boxes 0.01 px, scores 1e-5), in any order among equal
+    scores; detections tied with the last kept score are left out (which of several tied
+    candidates makes the cut is arbitrary)."""
+    from detections import Detections, compare_detections
+
+    if len(a["scores"]) != len(b["scores"]):
+        return False
+    if len(a["scores"]) == 0:
+        return True
+    cut = float(torch.minimum(a["scores"].min(), b["scores"].min())) + 1e-5
+
+    def above(d: Dict[str, Tensor]) -> Detections:
+        keep = d["scores"].cpu() > cut
+        return Detections(d["boxes"].cpu()[keep], d["scores"].cpu()[keep],
+                          d["classes"].cpu()[keep])
+
+    return compare_detections(above(a), above(b), box_atol=1e-2, score_atol=1e-5) is None
+
+
+def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
+                  samples: Sequence[Sample]) -> Dict[str, Any]:
+    """Inference latency, throughput and training iteration time of every detector."""
+    n = len(samples)
+    single = {name: [d.inference_inputs([s]) for s in samples] for name, d in detectors.items()}
+    batch = {name: d.inference_inputs(samples[: settings.throughput_batch])
+             for name, d in detectors.items()}
+    train = {name: d.training_inputs(samples[: settings.train_batch])
+             for name, d in detectors.items()}
+    out: Dict[str, Any] = {"detections_per_image": {}}
+
+    set_inference_bias(detectors, settings)
+    unfold = fold_for_inference(detectors, settings)
+    for name, det in detectors.items():
+        dets = det.infer(single[name][0])
+        out["detections_per_image"][name] = len(dets[0]["scores"])
+    if "retinafocal" in detectors and "detectron2" in detectors:
+        out["same_detections_as_detectron2"] = all(
+            same_detections(detectors["retinafocal"].infer(single["retinafocal"][i])[0],
+                             detectors["detectron2"].infer(single["detectron2"][i])[0])
+            for i in range(min(n, 2))
+        )
+    out["latency_s"] = time_interleaved(
+        {name: (lambda r, d=det, x=single[name]: d.infer(x[r % n])) for name, det in
+         detectors.items()},
+        settings.latency_warmup, settings.latency_iters, settings.device,
+    )
+    out["throughput_batch_s"] = time_interleaved(
+        {name: (lambda r, d=det, x=batch[name]: d.infer(x)) for name, det in detectors.items()},
+        settings.throughput_warmup, settings.throughput_iters, settings.device,
+    )
+    restore_prior_bias(detectors)
+    unfold()
+    out["train_losses"] = {}
+
+    def train_task(name, det):
+        def run(r):
+            loss = det.train_step(train[name])
+            out["train_losses"].setdefault(name, []).append(loss)
+        return run
+
+    out["train_iter_s"] = time_interleaved(
+        {name: train_task(name, det) for name, det in detectors.items()},
+        settings.train_warmup, settings.train_iters, settings.device,
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------- memory
+def _rss_mib() -> Tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MiB."""
+    current = peak = float("nan")
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if math.isnan(peak):
+        # ru_maxrss is in KiB on Linux, bytes on macOS.
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    return current, peak
+
+
+def memory_worker(name: str, phase: str, settings: BenchmarkSettings) -> Dict[str, float]:
+    """Build one detector and run one phase ("train" or "inference" at the throughput batch)
+    in this process; return its memory figures in MiB. Meant for a fresh subprocess."""
+    torch.set_num_threads(settings.threads)
+    start_rss, _ = _rss_mib()
+    det = build_detector(name, settings)
+    samples = make_samples(settings, max(settings.train_batch, settings.throughput_batch),
+                           settings.seed)
+    det.calibrate(samples[: settings.train_batch])
+    if settings.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if phase == "train":
+        inputs = det.training_inputs(samples[: settings.train_batch])
+        for _ in range(settings.memory_iters):
+            det.train_step(inputs)
+    elif phase == "inference":
+        set_inference_bias({name: det}, settings)
+        fold_for_inference({name: det}, settings)
+        det.infer(det.inference_inputs(samples[: settings.throughput_batch]))
+    else:
+        raise ValueError(f"unknown phase {phase!r}")
+    _, peak = _rss_mib()
+    result = {"start_rss_mib": start_rss, "peak_rss_mib": peak}
+    if settings.device.startswith("cuda"):
+        result["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def measure_memory(name: str, phase: str, settings: BenchmarkSettings) -> Dict[str, float]:
+    """Run :func:`memory_worker` in a fresh Python process and return its result."""
+    cmd = [sys.executable, _SCRIPT, "--memory-worker", name, phase,
+           "--settings-json", json.dumps(asdict(settings))]
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"memory measurement of {name} ({phase}) failed with exit code {proc.returncode}:\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def profile_detectors(detectors: Dict[str, Detector], settings: BenchmarkSettings,
+                      samples: Sequence[Sample], row_limit: int = 15) -> Dict[str, str]:
+    """torch.profiler tables (top operators by self time) of one training step and one batch-1
+    inference per detector, after the timed runs (so nothing is cold)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    sort_by = "self_cpu_time_total"
+    if settings.device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+        # torch >= 2.4 names it "device"; older releases only know "cuda".
+        from torch.autograd.profiler_util import FunctionEventAvg
+
+        has_device = hasattr(FunctionEventAvg, "self_device_time_total")
+        sort_by = "self_device_time_total" if has_device else "self_cuda_time_total"
+    tables = {}
+    for name, det in detectors.items():
+        train = det.training_inputs(samples[: settings.train_batch])
+        single = det.inference_inputs(samples[:1])
+        with profile(activities=activities) as prof:
+            det.train_step(train)
+            _synchronize(settings.device)
+        tables[f"{name} training"] = prof.key_averages().table(sort_by=sort_by,
+                                                                row_limit=row_limit)
+        set_inference_bias({name: det}, settings)
+        with profile(activities=activities) as prof:
+            det.infer(single)
+            _synchronize(settings.device)
+        restore_prior_bias({name: det})
+        tables[f"{name} inference"] = prof.key_averages().table(sort_by=sort_by,
+                                                                 row_limit=row_limit)
+    return tables
