@@ -16,9 +16,8 @@ from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import detection_utils
 from retinafocal import compat
 from retinafocal.config import add_retinafocal_config
-from retinafocal.data import validation
+from retinafocal.data import load_coco_json_checked, loading
 from retinafocal.data.mapper import RobustDatasetMapper, UnreadableImageError, read_image_converted
-from retinafocal.data.validation import load_coco_json_checked
 
 from .broken_coco import HEIGHT, WIDTH, write_broken_coco
 
@@ -41,10 +40,8 @@ class _BrokenDatasetTest(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="retinafocal_mapper_")
         self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        patcher = mock.patch.dict(os.environ, {"RETINAFOCAL_CACHE_DIR": self.root})
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        validation._MEMORY_CACHE.clear()
+        loading._REPORTS.clear()
+        self.addCleanup(loading._REPORTS.clear)
         self.json_file, self.image_root, _ = write_broken_coco(self.root)
         self.dicts = load_coco_json_checked(self.json_file, self.image_root, "mapper_test")
         self.by_id = {d["image_id"]: d for d in self.dicts}
