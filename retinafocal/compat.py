@@ -20,6 +20,11 @@ import logging
 import os
 import sys
 import types
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
+    from detectron2.data import DatasetMapper
 
 __all__ = [
     "HAS_D2_C",
@@ -231,7 +236,7 @@ class _UtilsWithImage:
     the first ``read_image`` of ``file_name`` returns ``image``; everything else (a second read,
     a semantic-segmentation file, ``check_image_size``, ...) is detectron2's own."""
 
-    def __init__(self, file_name: str, image) -> None:
+    def __init__(self, file_name: str, image: np.ndarray) -> None:
         from detectron2.data import detection_utils
 
         self._utils = detection_utils
@@ -239,13 +244,13 @@ class _UtilsWithImage:
         self._image = image
         self.used = False
 
-    def read_image(self, file_name, format=None):
+    def read_image(self, file_name: str, format: Optional[str] = None) -> np.ndarray:
         if not self.used and file_name == self._file_name:
             self.used = True
             return self._image
         return self._utils.read_image(file_name, format)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._utils, name)
 
 
@@ -262,7 +267,7 @@ def _check_dataset_mapper_reads_through_utils() -> None:
     )
 
 
-def dataset_mapper_call(mapper, dataset_dict: dict, image) -> dict:
+def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
     """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as the image
     it would read from ``dataset_dict["file_name"]``.
 

@@ -16,11 +16,12 @@ otherwise.
 import argparse
 import sys
 import time
+from typing import List, Optional
 
 from dataset_inspection import cached_validate_coco_json, validate_coco_json
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="COCO instances json file")
     parser.add_argument("--image-root", required=True, help="folder the file_name are relative to")
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     options = dict(
