@@ -32,6 +32,7 @@ BOX_OUTSIDE = "box_outside"
 BOX_INVALID = "box_invalid"
 _BOX_DROPPED = (BOX_EMPTY, BOX_OUTSIDE, BOX_INVALID)
 
+
 def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
     """Check one COCO ``[x, y, w, h]`` box against an image of ``width`` x ``height`` pixels.
 
@@ -271,8 +272,8 @@ def check_coco_json(
 ) -> ValidationReport:
     """Check a COCO instances json, and the image files it names, for every known problem.
 
-    Nothing raises for a bad dataset: all problems are collected in the returned report (see
-    the module docstring for the kinds and their severities).
+    Nothing raises for a bad dataset: all problems are collected in the returned report (their
+    kinds and severities: :mod:`retinafocal.data.report`).
 
     Args:
         json_file: path of the COCO json.
