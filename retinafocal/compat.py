@@ -6,6 +6,10 @@ on Pillow >= 10. Each one first checks that the installed detectron2 needs it, s
 detectron2 built from GitHub (which has ``_C`` and no longer uses ``Image.LINEAR``) nothing here
 changes anything.
 
+One adapter serves every detectron2 version from v0.6 to current main alike:
+:func:`dataset_mapper_call`, for a mapper that reads its images itself (``DatasetMapper`` offers
+no hook for that). :func:`apply` checks that the installed ``DatasetMapper`` is one it fits.
+
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
 """
@@ -16,6 +20,11 @@ import logging
 import os
 import sys
 import types
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
+    from detectron2.data import DatasetMapper
 
 __all__ = [
     "HAS_D2_C",
@@ -24,6 +33,8 @@ __all__ = [
     "MAP_DATASET_RETRY_FIXED",
     "TRAINER_STATE_FIXED",
     "EXPORT_WITHOUT_CAFFE2",
+    "DATASET_MAPPER_TAKES_IMAGE",
+    "dataset_mapper_call",
     "apply",
     "describe",
 ]
@@ -42,6 +53,9 @@ MAP_DATASET_RETRY_FIXED: bool = False
 TRAINER_STATE_FIXED: bool = False
 #: True when :func:`apply` made ``detectron2.export`` importable without caffe2 (v0.6).
 EXPORT_WITHOUT_CAFFE2: bool = False
+#: True when :func:`dataset_mapper_call` can hand ``DatasetMapper.__call__`` an image already
+#: read (it reads through ``detection_utils.read_image``: detectron2 v0.6 to current main).
+DATASET_MAPPER_TAKES_IMAGE: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -217,6 +231,89 @@ def _export_without_caffe2() -> None:
     EXPORT_WITHOUT_CAFFE2 = True
 
 
+class _UtilsWithImage:
+    """``detection_utils`` as :func:`dataset_mapper_call` shows it to ``DatasetMapper.__call__``:
+    the first ``read_image`` of ``file_name`` returns ``image``; everything else (a second read,
+    a semantic-segmentation file, ``check_image_size``, ...) is detectron2's own."""
+
+    def __init__(self, file_name: str, image: np.ndarray) -> None:
+        from detectron2.data import detection_utils
+
+        self._utils = detection_utils
+        self._file_name = file_name
+        self._image = image
+        self.used = False
+
+    def read_image(self, file_name: str, format: Optional[str] = None) -> np.ndarray:
+        if not self.used and file_name == self._file_name:
+            self.used = True
+            return self._image
+        return self._utils.read_image(file_name, format)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._utils, name)
+
+
+def _check_dataset_mapper_reads_through_utils() -> None:
+    """Every detectron2 from v0.6 to current main: ``DatasetMapper.__call__`` reads its image with
+    the module global ``utils.read_image`` (``utils`` = ``detection_utils``) and offers no other
+    way to supply an image. :func:`dataset_mapper_call` relies on that; check it once here."""
+    global DATASET_MAPPER_TAKES_IMAGE
+    from detectron2.data import DatasetMapper, detection_utils
+
+    call = DatasetMapper.__call__
+    DATASET_MAPPER_TAKES_IMAGE = (
+        call.__globals__.get("utils") is detection_utils and "read_image" in call.__code__.co_names
+    )
+
+
+def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
+    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as the image
+    it would read from ``dataset_dict["file_name"]``.
+
+    detectron2's mapper reads the file itself, with no hook for an image read elsewhere; a mapper
+    that reads images its own way (:class:`retinafocal.data.RobustDatasetMapper`) would otherwise
+    have to copy the rest of ``__call__``. This runs ``__call__``'s code object with its module
+    globals, except that ``utils`` answers its first ``read_image`` with ``image``. Nothing global
+    changes, so concurrent calls do not interfere.
+
+    Args:
+        mapper: a ``DatasetMapper`` (or subclass) instance.
+        dataset_dict: one image's dict in detectron2's dataset format (not modified).
+        image: (H, W, C) uint8 array in ``mapper.image_format``, as ``read_image`` returns it.
+
+    Returns:
+        what ``DatasetMapper.__call__`` returns for ``dataset_dict`` and ``image``.
+
+    Raises:
+        detectron2's ``SizeMismatchError`` when ``image`` is not of the size the dict says.
+    """
+    from detectron2.data import DatasetMapper
+
+    if not DATASET_MAPPER_TAKES_IMAGE:
+        raise RuntimeError(
+            "This detectron2's DatasetMapper.__call__ does not read its image through "
+            "detection_utils.read_image (as v0.6 to current main do), so retinafocal cannot hand "
+            "it an image: retinafocal.compat.dataset_mapper_call needs updating for it."
+        )
+    call = DatasetMapper.__call__
+    utils = _UtilsWithImage(dataset_dict["file_name"], image)
+    with_image = types.FunctionType(
+        call.__code__,
+        {**call.__globals__, "utils": utils},
+        call.__name__,
+        call.__defaults__,
+        call.__closure__,
+    )
+    result = with_image(mapper, dataset_dict)
+    if not utils.used:
+        raise RuntimeError(
+            f"DatasetMapper.__call__ did not read {dataset_dict['file_name']!r} through "
+            "utils.read_image: retinafocal.compat.dataset_mapper_call needs updating."
+        )
+    return result
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
@@ -224,6 +321,7 @@ def apply() -> None:
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()
+    _check_dataset_mapper_reads_through_utils()
 
 
 def describe() -> str:
@@ -244,4 +342,6 @@ def describe() -> str:
         parts.append("compat: DefaultTrainer checkpoints the optimizer")
     if EXPORT_WITHOUT_CAFFE2:
         parts.append("compat: detectron2.export without caffe2")
+    if DATASET_MAPPER_TAKES_IMAGE:
+        parts.append("compat: DatasetMapper.__call__ given a read image")
     return ", ".join(parts)

@@ -4,24 +4,24 @@
     python tools/validate_dataset.py --json annotations/instances_train.json --image-root images/
 
 By default every image is fully decoded (slow on big datasets, but it also finds corrupt data in
-the middle of a file); ``--quick`` checks image headers and end markers only, as training does on
-a dataset's first use; ``--no-images`` checks the json alone.
+the middle of a file); ``--quick`` checks image headers and end markers only; ``--no-images``
+checks the json alone. ``--cache`` reuses the report of an earlier ``--cache`` run on the same
+json, image folder and mode (see tools/dataset_inspection.py).
 
-Exit code: 1 when the dataset has fatal problems (it cannot be loaded as it is), and also when
-images cannot be read if ``--strict`` is given; 0 otherwise. See
-:mod:`retinafocal.data.validation` for the kinds of problems and what training does with each.
+The verdict follows the rules training applies (retinafocal.data.report). Exit code: 1 when
+training could not run on the dataset: when it has fatal problems, and also when images cannot
+be read if ``--strict`` is given (training with DATALOADER.ON_UNREADABLE_IMAGE 'error'); 0
+otherwise.
 """
 import argparse
-import os
 import sys
 import time
+from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from retinafocal.data.validation import validate_coco_json  # noqa: E402
+from dataset_inspection import cached_validate_coco_json, validate_coco_json
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="COCO instances json file")
     parser.add_argument("--image-root", required=True, help="folder the file_name are relative to")
@@ -31,25 +31,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--strict", action="store_true", help="also exit with 1 when some images cannot be read"
     )
+    parser.add_argument("--cache", action="store_true", help="reuse / store the report")
     parser.add_argument("--workers", type=int, default=8, help="threads that open images")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    report = validate_coco_json(
-        args.json,
-        args.image_root,
-        check_images=not args.no_images,
-        full_decode=not args.quick,
-        num_workers=args.workers,
+    options = dict(
+        check_images=not args.no_images, full_decode=not args.quick, num_workers=args.workers
     )
+    if args.cache:
+        report, cached = cached_validate_coco_json(args.json, args.image_root, **options)
+    else:
+        report, cached = validate_coco_json(args.json, args.image_root, **options), False
     print(report.format())
-    print(f"(checked in {time.perf_counter() - start:.1f} s)")
-    if report.has_fatal or (args.strict and report.num_unreadable_images):
-        return 1
-    return 0
+    how = "report from the cache" if cached else "checked"
+    print(f"({how} in {time.perf_counter() - start:.1f} s)")
+    return 0 if report.usable("error" if args.strict else "skip") else 1
 
 
 if __name__ == "__main__":

@@ -1,30 +1,39 @@
-"""Data: the embedded shapes dataset, dataset registration, a robust mapper, dataset checks.
+"""Data: the embedded shapes dataset, dataset registration and checks, a robust mapper.
 
 Importing this package registers the embedded dataset's splits (``shapes_train``,
-``shapes_val``; generated under ``$DETECTRON2_DATASETS/shapes`` on first use) and makes
-detectron2's COCO 2017 splits load through the checked loader.
+``shapes_val``; generated under ``$DETECTRON2_DATASETS/shapes`` on first use) and nothing else:
+detectron2's own datasets keep their loaders. Training checks its datasets first
+(:func:`check_datasets`, :func:`checked_dataset_dicts`).
 """
+from .checks import check_coco_json, fix_coco_box
 from .datasets import (
-    load_coco_dataset,
-    register_coco_2017,
+    check_datasets,
+    checked_dataset_dicts,
     register_coco_dataset,
     register_coco_json_datasets,
     register_shapes,
 )
+from .loading import checked_report, load_coco_json_checked
 from .mapper import RobustDatasetMapper
+from .report import DatasetValidationError, ValidationReport
 from .shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes_split, generate_shapes_split
 
 register_shapes()
-register_coco_2017()
 
 __all__ = [
+    "DatasetValidationError",
     "RobustDatasetMapper",
     "SHAPE_CLASSES",
     "ShapesSpec",
+    "ValidationReport",
+    "check_coco_json",
+    "check_datasets",
+    "checked_dataset_dicts",
+    "checked_report",
     "ensure_shapes_split",
+    "fix_coco_box",
     "generate_shapes_split",
-    "load_coco_dataset",
-    "register_coco_2017",
+    "load_coco_json_checked",
     "register_coco_dataset",
     "register_coco_json_datasets",
     "register_shapes",

@@ -1,7 +1,11 @@
-"""Dataset registration: the embedded shapes splits, COCO 2017 and COCO-format json from configs.
+"""Datasets by name: registration of retinafocal's own, and checked loading of any.
 
-Every COCO-format dataset that retinafocal registers loads through one function,
-:func:`load_coco_dataset`, so all of them get the same checks.
+``import retinafocal`` registers the embedded shapes splits (:func:`register_shapes`); a config's
+``DATASETS.COCO_JSON`` registers more (:func:`register_coco_json_datasets`). Both load through
+:func:`~retinafocal.data.loading.load_coco_json_checked`. Names registered by others, such as
+detectron2's builtin ``coco_2017_*``, keep their loaders: training opts into checking them with
+:func:`check_datasets` / :func:`checked_dataset_dicts`, which run the same check on any dataset
+registered as a COCO json.
 
 Roots follow detectron2's convention: ``$DETECTRON2_DATASETS`` (default ``datasets``, relative to
 the working directory), read when this module is imported. See ``datasets/README.md``.
@@ -10,38 +14,30 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 
+from .loading import checked_report, load_coco_json_checked
+from .report import DatasetValidationError, ValidationReport
 from .shapes import DEFAULT_SPLITS, SHAPE_CLASSES, ShapesSpec, ensure_shapes_split, shapes_json_path
-from .validation import load_coco_json_checked
 
 __all__ = [
     "datasets_root",
-    "load_coco_dataset",
     "register_coco_dataset",
     "register_coco_json_datasets",
     "register_shapes",
-    "register_coco_2017",
     "ensure_dataset_files",
-    "COCO_2017_SPLITS",
+    "check_datasets",
+    "checked_dataset_dicts",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Registered datasets whose files are generated on first use: name -> (root, split, count, spec).
 _GENERATED: Dict[str, Tuple[str, str, int, ShapesSpec]] = {}
-
-#: detectron2's builtin COCO 2017 detection splits, re-registered to load through
-#: :func:`load_coco_dataset`. Their metadata (classes, json_file, image_root) stays detectron2's.
-COCO_2017_SPLITS = (
-    "coco_2017_train",
-    "coco_2017_val",
-    "coco_2017_test",
-    "coco_2017_test-dev",
-    "coco_2017_val_100",
-)
+# Datasets registered here, so loaded by load_coco_json_checked, which fixes boxes.
+_REGISTERED_HERE: set = set()
 
 
 def datasets_root() -> str:
@@ -49,16 +45,13 @@ def datasets_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def load_coco_dataset(json_file: str, image_root: str, dataset_name: str) -> List[Dict[str, Any]]:
-    """Load a COCO-format json into detectron2's dataset dicts (and fill the dataset's
-    ``thing_classes`` metadata), after :func:`~retinafocal.data.validation.load_coco_json_checked`
-    has checked it. The single loader of every dataset registered here."""
-    return load_coco_json_checked(json_file, image_root, dataset_name)
-
-
 def _registered_files(name: str) -> tuple:
     meta = MetadataCatalog.get(name)
     return (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
+
+
+def _evaluator_type(name: str) -> Optional[str]:
+    return getattr(MetadataCatalog.get(name), "evaluator_type", None)
 
 
 def register_coco_dataset(
@@ -78,7 +71,8 @@ def register_coco_dataset(
             f"image_root={image_root!r}: that name is already registered with json_file, "
             f"image_root = {_registered_files(name)}. Pick another name."
         )
-    DatasetCatalog.register(name, lambda: load_coco_dataset(json_file, image_root, name))
+    DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))
+    _REGISTERED_HERE.add(name)
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
     )
@@ -115,7 +109,8 @@ def _shapes_loader(name: str):
     def load() -> List[Dict[str, Any]]:
         ensure_dataset_files(name)
         root, split, _, _ = _GENERATED[name]
-        return load_coco_dataset(shapes_json_path(root, split), os.path.join(root, split), name)
+        json_file, image_root = shapes_json_path(root, split), os.path.join(root, split)
+        return load_coco_json_checked(json_file, image_root, name)
 
     return load
 
@@ -151,6 +146,7 @@ def register_shapes(
         else:
             _GENERATED[name] = (root, split, num_images, spec)
             DatasetCatalog.register(name, _shapes_loader(name))
+            _REGISTERED_HERE.add(name)
             MetadataCatalog.get(name).set(
                 json_file=json_file,
                 image_root=image_root,
@@ -159,26 +155,6 @@ def register_shapes(
             )
         names.append(name)
     return names
-
-
-def register_coco_2017() -> None:
-    """Make detectron2's builtin COCO 2017 splits load through :func:`load_coco_dataset`.
-
-    detectron2 registers them when ``detectron2.data`` is imported, under
-    ``$DETECTRON2_DATASETS/coco``; their metadata (json_file, image_root, classes) is kept.
-    """
-    import detectron2.data.datasets.builtin  # noqa: F401  (registers the coco_* names)
-
-    for name in COCO_2017_SPLITS:
-        if name not in DatasetCatalog.list():
-            continue
-        json_file, image_root = _registered_files(name)
-        if json_file is None or image_root is None:
-            continue
-        DatasetCatalog.remove(name)
-        DatasetCatalog.register(
-            name, lambda j=json_file, r=image_root, n=name: load_coco_dataset(j, r, n)
-        )
 
 
 def ensure_dataset_files(name: str) -> None:
@@ -192,3 +168,72 @@ def ensure_dataset_files(name: str) -> None:
     if name in _GENERATED:
         root, split, num_images, spec = _GENERATED[name]
         ensure_shapes_split(root, split, num_images, spec)
+
+
+def check_datasets(
+    names: Union[str, Sequence[str]], *, on_unreadable: Optional[str] = None
+) -> Dict[str, ValidationReport]:
+    """Check the named datasets as training does before it starts, whoever registered them.
+
+    A dataset is checked when it is registered as a COCO json: its metadata has ``json_file``,
+    ``image_root`` and ``evaluator_type`` "coco" (every dataset registered here, detectron2's
+    builtin COCO splits, ``register_coco_instances``). Others are not (logged). Checking does not
+    change how a dataset loads: detectron2's loaders stay detectron2's, so malformed boxes,
+    which only retinafocal's loader drops, are an error in a dataset registered elsewhere.
+
+    Args:
+        names: registered dataset names.
+        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``, or None; see
+            :func:`~retinafocal.data.loading.checked_report`.
+
+    Returns:
+        name -> report, for the datasets that were checked.
+
+    Raises:
+        DatasetValidationError: naming the dataset, with its report, when training cannot run.
+    """
+    reports = {}
+    for name in [names] if isinstance(names, str) else names:
+        if name not in DatasetCatalog.list():
+            continue  # detectron2 names the unknown dataset when it is loaded
+        ensure_dataset_files(name)
+        json_file, image_root = _registered_files(name)
+        if json_file is None or image_root is None or _evaluator_type(name) != "coco":
+            logger.info(f"Dataset '{name}' is not registered as a COCO json: not checked.")
+            continue
+        report = checked_report(json_file, image_root, name, on_unreadable=on_unreadable)
+        if name not in _REGISTERED_HERE and report.count("box_invalid"):
+            # detectron2's loader raises on some malformed boxes and its mapper on most others;
+            # only retinafocal's loader drops them.
+            raise DatasetValidationError(
+                f"Dataset '{name}' has {report.count('box_invalid')} malformed bbox(es) "
+                f"(annotation ids {report.first_ids('box_invalid')}...) and loads through the "
+                "loader it was registered with, which cannot drop them. Fix the json, or "
+                "register it with retinafocal (DATASETS.COCO_JSON, register_coco_dataset)."
+            )
+        reports[name] = report
+    return reports
+
+
+def checked_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    filter_empty: bool = True,
+    min_keypoints: int = 0,
+    proposal_files: Optional[Sequence[str]] = None,
+    check_consistency: bool = True,
+    *,
+    on_unreadable: Optional[str] = None,
+) -> List[Dict[str, Any]]:
+    """detectron2's ``get_detection_dataset_dicts`` (same arguments: empty-image filtering and
+    the rest are detectron2's) after :func:`check_datasets` has passed ``names``.
+
+    For LazyConfig data loaders and users: ``dataset=L(checked_dataset_dicts)(names=...)``.
+    """
+    check_datasets(names, on_unreadable=on_unreadable)
+    return get_detection_dataset_dicts(
+        names,
+        filter_empty=filter_empty,
+        min_keypoints=min_keypoints,
+        proposal_files=proposal_files,
+        check_consistency=check_consistency,
+    )

@@ -3,7 +3,8 @@
 detectron2's ``DatasetMapper`` reads each image with ``read_image``; a corrupt or missing file
 raises deep inside a data-loader worker, and a 16-bit grayscale PNG silently saturates to white
 (Pillow clips 16-bit values when converting to RGB). :class:`RobustDatasetMapper` is the same
-mapper with two changes:
+mapper with two changes (after the image is read, detectron2's own ``DatasetMapper.__call__``
+does the rest, through :func:`retinafocal.compat.dataset_mapper_call`):
 
 * images are read by :func:`read_image_converted`, which rescales 16-bit and float images to
   8 bits and converts grayscale, palette, alpha and CMYK images to the model's input format;
@@ -14,19 +15,18 @@ mapper with two changes:
 """
 from __future__ import annotations
 
-import copy
 import logging
 from typing import List, Optional
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
+
+from .. import compat
 
 __all__ = ["UnreadableImageError", "read_image_converted", "RobustDatasetMapper"]
 
@@ -156,16 +156,6 @@ class RobustDatasetMapper(DatasetMapper):
         ret["log_skipped_period"] = cfg.DATALOADER.LOG_SKIPPED_PERIOD
         return ret
 
-    def _read_checked_image(self, dataset_dict: dict) -> np.ndarray:
-        """The converted image, of the size the dict says; raises UnreadableImageError."""
-        file_name = dataset_dict["file_name"]
-        image = read_image_converted(file_name, format=self.image_format)
-        try:
-            utils.check_image_size(dataset_dict, image)
-        except utils.SizeMismatchError as e:
-            raise UnreadableImageError(f"Image {file_name} does not match its annotation: {e}")
-        return image
-
     def _skip(self, file_name: str, error: Exception) -> None:
         self.num_skipped += 1
         if self.num_skipped == 1:
@@ -194,47 +184,25 @@ class RobustDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict: dict) -> Optional[dict]:
         """
         Args:
-            dataset_dict: one image's dict in detectron2's dataset format.
+            dataset_dict: one image's dict in detectron2's dataset format (not modified).
 
         Returns:
             The model's input dict (``image``: (C, H, W) uint8 tensor, ``instances`` when
             training), or None when the image is unreadable and ``on_unreadable`` is "skip".
         """
         self._num_mapped += 1
-        dataset_dict = copy.deepcopy(dataset_dict)  # modified below; the dataset keeps its own
+        file_name = dataset_dict["file_name"]
         try:
-            image = self._read_checked_image(dataset_dict)
-        except UnreadableImageError as e:
+            image = read_image_converted(file_name, format=self.image_format)
+            # detectron2's own __call__ does the rest (size check, augmentation, annotations).
+            return compat.dataset_mapper_call(self, dataset_dict, image)
+        except (UnreadableImageError, utils.SizeMismatchError) as e:
             if self.on_unreadable == "error":
-                raise
-            self._skip(dataset_dict["file_name"], e)
+                if isinstance(e, UnreadableImageError):
+                    raise
+                message = f"Image {file_name} does not match its annotation: {e}"
+                raise UnreadableImageError(message) from e
+            self._skip(file_name, e)
             return None
         finally:
             self._log_skipped_summary()
-        return self._map_image(dataset_dict, image)
-
-    def _map_image(self, dataset_dict: dict, image: np.ndarray) -> dict:
-        """Augment ``image`` and its annotations and convert them to the model's inputs; the
-        same steps as ``DatasetMapper.__call__`` after its image read."""
-        sem_seg_gt = None
-        if "sem_seg_file_name" in dataset_dict:
-            sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
-        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        transforms = self.augmentations(aug_input)
-        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
-        image_shape = image.shape[:2]  # (H, W)
-        # Tensors travel between data-loader processes through shared memory, not pickling.
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if sem_seg_gt is not None:
-            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
-        if self.proposal_topk is not None:
-            utils.transform_proposals(
-                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
-            )
-        if not self.is_train:
-            dataset_dict.pop("annotations", None)
-            dataset_dict.pop("sem_seg_file_name", None)
-            return dataset_dict
-        if "annotations" in dataset_dict:
-            self._transform_annotations(dataset_dict, transforms, image_shape)
-        return dataset_dict

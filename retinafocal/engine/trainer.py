@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import compat
 from ..checkpoint import AtomicDetectionCheckpointer
-from ..data import RobustDatasetMapper
+from ..data import RobustDatasetMapper, check_datasets
 from ..data.datasets import ensure_dataset_files
 from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
@@ -39,7 +39,8 @@ class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` (data loading, LR schedule, checkpointing, periodic
     evaluation, writers) with:
 
-    - :class:`RobustDatasetMapper` for training and test data;
+    - datasets checked before their loaders are built (:func:`~retinafocal.data.check_datasets`)
+      and :class:`RobustDatasetMapper` for training and test data;
     - COCO evaluation (:func:`build_evaluator`) with the model's inference time and detection
       count (:class:`~retinafocal.engine.evaluation.InferenceStats`);
     - a training loop that names non-finite losses (:mod:`retinafocal.engine.train_loop`);
@@ -105,10 +106,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
+        check_datasets(cfg.DATASETS.TRAIN, on_unreadable=cfg.DATALOADER.ON_UNREADABLE_IMAGE)
         return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
+        # Evaluation never skips an image (the mapper raises), so unreadable ones stop it here.
+        check_datasets(dataset_name, on_unreadable="error")
         return build_detection_test_loader(
             cfg, dataset_name, mapper=RobustDatasetMapper(cfg, is_train=False)
         )

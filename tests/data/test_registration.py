@@ -1,5 +1,9 @@
-"""Dataset registration: COCO-format json by name, the embedded splits, COCO 2017."""
+"""Dataset registration: COCO-format json by name, the embedded splits; detectron2's names are
+left as they are."""
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import unittest
 import uuid
@@ -94,16 +98,32 @@ class TestRegisterShapes(unittest.TestCase):
             self.assertTrue(meta.json_file.startswith(shapes_root))
 
 
-class TestCoco2017(unittest.TestCase):
-    def test_builtin_splits_load_through_the_checked_loader(self):
+class TestDetectron2NamesUntouched(unittest.TestCase):
+    def test_coco_2017_loads_through_detectron2s_loader(self):
         for name in ("coco_2017_train", "coco_2017_val"):
             meta = MetadataCatalog.get(name)
-            with mock.patch.object(rf_datasets, "load_coco_dataset", return_value=[]) as load:
+            loader = "detectron2.data.datasets.coco.load_coco_json"
+            with mock.patch(loader, return_value=[]) as load:
                 self.assertEqual(DatasetCatalog.get(name), [])
             load.assert_called_once_with(meta.json_file, meta.image_root, name)
-            self.assertTrue(meta.json_file.startswith(rf_datasets.datasets_root()))
-            self.assertIn(os.path.join("coco", "annotations"), meta.json_file)
             self.assertEqual(len(meta.thing_classes), 80)
+
+    def test_import_registers_only_retinafocal_names(self):
+        # A fresh process: other tests register names of their own.
+        code = (
+            "import json, retinafocal\n"
+            "from detectron2.data import DatasetCatalog\n"
+            "print(json.dumps({n: DatasetCatalog[n].__module__ for n in DatasetCatalog.list()}))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        modules = json.loads(proc.stdout.strip().splitlines()[-1])
+        ours = sorted(n for n, m in modules.items() if m.startswith("retinafocal"))
+        self.assertEqual(ours, ["shapes_train", "shapes_val"])
+        for split in ("train", "val", "test", "test-dev", "val_100"):
+            self.assertEqual(modules[f"coco_2017_{split}"], "detectron2.data.datasets.coco")
+        for name in set(modules) - set(ours):
+            self.assertTrue(modules[name].startswith("detectron2."), (name, modules[name]))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import detection_utils
+from retinafocal import compat
 from retinafocal.config import add_retinafocal_config
-from retinafocal.data import validation
+from retinafocal.data import load_coco_json_checked, loading
 from retinafocal.data.mapper import RobustDatasetMapper, UnreadableImageError, read_image_converted
-from retinafocal.data.validation import load_coco_json_checked
 
 from .broken_coco import HEIGHT, WIDTH, write_broken_coco
 
@@ -40,10 +40,8 @@ class _BrokenDatasetTest(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="retinafocal_mapper_")
         self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        patcher = mock.patch.dict(os.environ, {"RETINAFOCAL_CACHE_DIR": self.root})
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        validation._MEMORY_CACHE.clear()
+        loading._REPORTS.clear()
+        self.addCleanup(loading._REPORTS.clear)
         self.json_file, self.image_root, _ = write_broken_coco(self.root)
         self.dicts = load_coco_json_checked(self.json_file, self.image_root, "mapper_test")
         self.by_id = {d["image_id"]: d for d in self.dicts}
@@ -124,6 +122,14 @@ class TestRobustDatasetMapper(_BrokenDatasetTest):
             self.assertTrue(a["instances"].gt_classes.equal(b["instances"].gt_classes))
         self.assertEqual(len(ours(self.by_id[8])["instances"]), 0)  # background image
 
+    def test_16bit_image_reaches_the_model_rescaled(self):
+        cfg = make_cfg()
+        out = RobustDatasetMapper(cfg, is_train=True)(self.by_id[4])  # gray16.png
+        expected = read_image_converted(self.path("gray16.png"), "BGR")
+        np.testing.assert_array_equal(out["image"].numpy(), expected.transpose(2, 0, 1))
+        theirs = DatasetMapper(cfg, is_train=True)(self.by_id[4])
+        self.assertTrue(out["instances"].gt_boxes.tensor.equal(theirs["instances"].gt_boxes.tensor))
+
     def test_error_policy_names_the_file(self):
         mapper = RobustDatasetMapper(make_cfg(), is_train=True)
         for image_id, name in ((5, "does_not_exist.jpg"), (6, "corrupt.jpg"), (9, "small.png")):
@@ -167,6 +173,61 @@ class TestRobustDatasetMapper(_BrokenDatasetTest):
                 seen += [d["image_id"] for d in batch]
         self.assertGreater(mapper.num_skipped, 0)
         self.assertFalse({5, 6, 7, 9} & set(seen))
+
+
+class TestDatasetMapperCall(_BrokenDatasetTest):
+    """compat.dataset_mapper_call: detectron2's own __call__, with an image read elsewhere."""
+
+    def test_same_as_detectron2_given_the_image_it_reads(self):
+        mapper = DatasetMapper(make_cfg(), is_train=True)
+        d = self.by_id[1]
+        before = dict(d)
+        image = detection_utils.read_image(d["file_name"], "BGR")
+        ours, theirs = compat.dataset_mapper_call(mapper, d, image), mapper(d)
+        self.assertEqual(d, before)  # the dataset's dict is not modified
+        self.assertTrue(torch.equal(ours["image"], theirs["image"]))
+        ours_boxes, theirs_boxes = ours["instances"].gt_boxes, theirs["instances"].gt_boxes
+        self.assertTrue(ours_boxes.tensor.equal(theirs_boxes.tensor))
+
+    def test_the_given_image_is_used_not_the_file(self):
+        cfg = make_cfg()
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = HEIGHT, WIDTH
+        image = np.full((HEIGHT, WIDTH, 3), 7, dtype=np.uint8)
+        # The file of image 5 does not exist.
+        out = compat.dataset_mapper_call(DatasetMapper(cfg, is_train=False), self.by_id[5], image)
+        self.assertTrue(torch.equal(out["image"], torch.full((3, HEIGHT, WIDTH), 7).byte()))
+        self.assertNotIn("annotations", out)  # detectron2's test-time branch ran
+
+    def test_other_reads_are_detectron2s(self):
+        # A semantic-segmentation file named in the dict is read from disk, not replaced.
+        seg = os.path.join(self.root, "seg.png")
+        labels = np.arange(HEIGHT * WIDTH, dtype=np.uint8).reshape(HEIGHT, WIDTH) % 5
+        Image.fromarray(labels, mode="L").save(seg)
+        d = dict(self.by_id[1], sem_seg_file_name=seg)
+        image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+        out = compat.dataset_mapper_call(DatasetMapper(make_cfg(), is_train=True), d, image)
+        np.testing.assert_array_equal(out["sem_seg"].numpy(), labels)
+
+    def test_wrong_size_raises_detectron2s_error(self):
+        mapper = DatasetMapper(make_cfg(), is_train=True)
+        with self.assertRaises(detection_utils.SizeMismatchError):
+            compat.dataset_mapper_call(mapper, self.by_id[1], np.zeros((3, 4, 3), np.uint8))
+
+    def test_unfit_detectron2_is_refused(self):
+        self.assertTrue(compat.DATASET_MAPPER_TAKES_IMAGE)
+        self.assertIn("DatasetMapper.__call__ given a read image", compat.describe())
+
+        def reads_elsewhere(self, dataset_dict):
+            return {"image": np.load(dataset_dict["file_name"])}
+
+        self.assertTrue(hasattr(DatasetMapper, "__call__"))
+        with mock.patch.object(DatasetMapper, "__call__", reads_elsewhere):
+            with mock.patch.object(compat, "DATASET_MAPPER_TAKES_IMAGE", True):
+                compat._check_dataset_mapper_reads_through_utils()
+                self.assertFalse(compat.DATASET_MAPPER_TAKES_IMAGE)
+                with self.assertRaisesRegex(RuntimeError, "dataset_mapper_call"):
+                    compat.dataset_mapper_call(None, self.by_id[1], None)
+        self.assertTrue(compat.DATASET_MAPPER_TAKES_IMAGE)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,22 @@
 side 800 px, horizontal flip (paper, Sec. 4.1), 16 images per batch, COCO AP on val."""
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from omegaconf import OmegaConf
 
-from retinafocal.data import RobustDatasetMapper
+from retinafocal.data import RobustDatasetMapper, checked_dataset_dicts
 from retinafocal.engine import build_evaluator
 
 dataloader = OmegaConf.create()
 
+# checked_dataset_dicts: detectron2's get_detection_dataset_dicts once the datasets are checked
+# (retinafocal.data.check_datasets); unreadable images are handled as the mapper says.
 dataloader.train = L(build_detection_train_loader)(
     # Images without objects train as background, as DATALOADER.FILTER_EMPTY_ANNOTATIONS False
     # in Base-RetinaNet.yaml (detectron2's default would drop them).
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
+    dataset=L(checked_dataset_dicts)(
+        names="coco_2017_train", filter_empty=False, on_unreadable="${..mapper.on_unreadable}"
+    ),
     mapper=L(RobustDatasetMapper)(
         is_train=True,
         augmentations=[
@@ -33,7 +33,10 @@ dataloader.train = L(build_detection_train_loader)(
 )
 
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    # Evaluation never skips an image, so unreadable ones stop it before it starts.
+    dataset=L(checked_dataset_dicts)(
+        names="coco_2017_val", filter_empty=False, on_unreadable="error"
+    ),
     mapper=L(RobustDatasetMapper)(
         is_train=False,
         # "choice" as the yacs form builds it; with one size, either style resizes to 800.

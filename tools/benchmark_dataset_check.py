@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Cost of the dataset check per mode: json only, header (what training runs on first use) and
-full decode (the default of tools/validate_dataset.py).
+"""Cost of the dataset check per mode: json only, the loader's header check (what training runs
+on every dataset it loads, one thread), and the two modes of tools/validate_dataset.py (quick and
+full decode, with a thread pool).
 
-    .venv/bin/python tests/reliability/benchmark_validation.py [--num-images 300]
+    python tools/benchmark_dataset_check.py [--num-images 300] [--workers 8]
 
 Writes a synthetic COCO dataset (PNG and JPEG copies, at 128x128 and 640x480) to a temporary
 folder and prints a table; the ratio column compares each mode with full decoding.
@@ -13,15 +14,18 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Callable, Tuple
 
 import numpy as np
 from PIL import Image
 
-import retinafocal  # noqa: F401
-from retinafocal.data.validation import validate_coco_json
+from dataset_inspection import validate_coco_json
+from retinafocal.data import check_coco_json
 
 
-def write_dataset(root: str, num_images: int, size, fmt: str) -> str:
+def write_dataset(root: str, num_images: int, size: Tuple[int, int], fmt: str) -> str:
+    """``num_images`` photo-like images of ``size`` (w, h) in format ``fmt``, one box each;
+    returns the json's path (the images lie beside it)."""
     w, h = size
     image_dir = os.path.join(root, f"{fmt}_{w}x{h}")
     os.makedirs(image_dir)
@@ -35,16 +39,16 @@ def write_dataset(root: str, num_images: int, size, fmt: str) -> str:
         name = f"{i:06d}.{fmt}"
         Image.fromarray(pixels).save(os.path.join(image_dir, name), quality=90)
         images.append({"id": i, "file_name": name, "width": w, "height": h})
-        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10],
-                            "iscrowd": 0, "area": 100})
+        box = {"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": 0}
+        annotations.append(dict(box, area=100))
     json_file = os.path.join(image_dir, "instances.json")
+    categories = [{"id": 1, "name": "a"}]
     with open(json_file, "w") as f:
-        json.dump({"images": images, "annotations": annotations,
-                   "categories": [{"id": 1, "name": "a"}]}, f)
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     return json_file
 
 
-def best_time(fn, repeats: int = 2) -> float:
+def best_time(fn: Callable[[], object], repeats: int = 2) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -56,25 +60,34 @@ def best_time(fn, repeats: int = 2) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=8, help="threads of the tool's modes")
     args = parser.parse_args()
-    root = tempfile.mkdtemp(prefix="retinafocal_bench_validation_")
+    modes = {
+        "json only": lambda j, r: check_coco_json(j, r, inspect=None),
+        "loader": lambda j, r: check_coco_json(j, r),
+        "quick": lambda j, r: validate_coco_json(j, r, num_workers=args.workers),
+        "full decode": lambda j, r: validate_coco_json(
+            j, r, full_decode=True, num_workers=args.workers
+        ),
+    }
+    root = tempfile.mkdtemp(prefix="retinafocal_bench_dataset_check_")
     try:
-        modes = (("json only", dict(check_images=False)), ("header", {}),
-                 ("full decode", dict(full_decode=True)))
         print(f"{'images':<16} {'mode':<12} {'seconds':>8} {'images/s':>9} {'ratio to full':>14}")
         for size in ((128, 128), (640, 480)):
             for fmt in ("png", "jpg"):
                 json_file = write_dataset(root, args.num_images, size, fmt)
                 image_root = os.path.dirname(json_file)
                 times = {
-                    mode: best_time(lambda kw=kw: validate_coco_json(json_file, image_root, **kw))
-                    for mode, kw in modes
+                    mode: best_time(lambda check=check: check(json_file, image_root))
+                    for mode, check in modes.items()
                 }
+                label = f"{fmt} {size[0]}x{size[1]}"
                 for mode, seconds in times.items():
-                    label = f"{fmt} {size[0]}x{size[1]}"
-                    print(f"{label:<16} {mode:<12} {seconds:>8.3f} "
-                          f"{args.num_images / seconds:>9.0f} "
-                          f"{seconds / times['full decode']:>14.3f}")
+                    print(
+                        f"{label:<16} {mode:<12} {seconds:>8.3f} "
+                        f"{args.num_images / seconds:>9.0f} "
+                        f"{seconds / times['full decode']:>14.3f}"
+                    )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

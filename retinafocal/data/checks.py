@@ -1,0 +1,301 @@
+"""Checks of a COCO-format detection dataset: its json, its boxes and its image files.
+
+:func:`check_coco_json` reads a COCO instances json and (optionally) the image files it names and
+collects **every** problem in a :class:`~retinafocal.data.report.ValidationReport`, whose
+severities decide what training does (see :mod:`retinafocal.data.report`). The checked loader
+(:mod:`retinafocal.data.loading`) and the report tool (``tools/validate_dataset.py``) both run it,
+so they judge a dataset by the same rules.
+
+The image check here is the loader's cheap one: each file exists, its header opens, and its size
+(after the EXIF orientation that detectron2's ``read_image`` applies) matches the json. The tool
+passes a deeper ``inspect`` (end markers, bit depth, full decode) to the same function.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from PIL import Image, UnidentifiedImageError
+
+from .report import ValidationReport
+
+__all__ = ["ImageInfo", "read_image_header", "fix_coco_box", "check_coco_json"]
+
+# Outcomes of fix_coco_box; the non-"ok" ones are also problem kinds.
+BOX_OK = "ok"
+BOX_CLIPPED = "box_clipped"
+BOX_EMPTY = "box_empty"
+BOX_OUTSIDE = "box_outside"
+BOX_INVALID = "box_invalid"
+_BOX_DROPPED = (BOX_EMPTY, BOX_OUTSIDE, BOX_INVALID)
+
+
+def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
+    """Check one COCO ``[x, y, w, h]`` box against an image of ``width`` x ``height`` pixels.
+
+    Returns:
+        (outcome, box): outcome is "ok" (box returned as floats), "box_clipped" (the part inside
+        the image is returned), or one of "box_empty" (w <= 0 or h <= 0), "box_outside" (no area
+        inside the image), "box_invalid" (not 4 finite numbers), for which box is None.
+
+    Example: ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
+    """
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return BOX_INVALID, None
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return BOX_INVALID, None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return BOX_INVALID, None
+    if w <= 0 or h <= 0:
+        return BOX_EMPTY, None
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if x1 <= x0 or y1 <= y0:
+        return BOX_OUTSIDE, None
+    clipped = [x0, y0, x1 - x0, y1 - y0]
+    # A tolerance, so that float round-off in x + w does not count as "outside".
+    if max(abs(a - b) for a, b in zip(clipped, (x, y, w, h))) > 1e-6:
+        return BOX_CLIPPED, clipped
+    return BOX_OK, [x, y, w, h]
+
+
+@dataclass
+class ImageInfo:
+    """What an image check learnt about one file: whether it opens (else ``reason``), its size
+    as detectron2's ``read_image`` returns it (EXIF orientation applied), Pillow's format, mode
+    and transparency flag, and the ``converted_*`` kind a deeper check found, if any."""
+
+    readable: bool
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    mode: str = ""
+    has_transparency: bool = False
+    conversion: Optional[str] = None
+
+
+def _exif_orientation(im: Image.Image) -> Optional[int]:
+    """The EXIF orientation tag, read without decoding pixels."""
+    try:
+        if im.format == "PNG":
+            # Pillow's PngImageFile.getexif() decodes the whole image to look for an eXIf chunk
+            # after the pixel data; use only what the header held.
+            exif = Image.Exif()
+            if "exif" in im.info:
+                exif.load(im.info["exif"])
+        else:
+            exif = im.getexif()
+        return exif.get(0x0112)
+    except Exception:  # noqa: BLE001 -- broken EXIF blocks do not stop detectron2's read_image
+        return None
+
+
+def read_image_header(path: str) -> ImageInfo:
+    """Open one image file's header (no pixels are decoded): the loader's image check.
+
+    A file whose header opens can still hold corrupt pixel data; ``tools/validate_dataset.py``
+    looks deeper.
+    """
+    try:
+        with Image.open(path) as im:
+            info = ImageInfo(readable=True, format=im.format or "", mode=im.mode)
+            info.width, info.height = im.size
+            info.has_transparency = "transparency" in im.info
+            orientation = _exif_orientation(im)
+    except UnidentifiedImageError:
+        return ImageInfo(readable=False, reason="not an image in any format Pillow knows")
+    except Exception as e:  # noqa: BLE001 -- any failure to open makes the file unreadable
+        return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
+    if orientation in (5, 6, 7, 8):  # transposed / rotated by 90 degrees: width and height swap
+        info.width, info.height = info.height, info.width
+    return info
+
+
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers; strings are tolerated (pycocotools accepts any hashable)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _read_json(json_file: str, report: ValidationReport) -> Optional[Any]:
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno} (char {e.pos})"
+        report.add("malformed_json", example=f"{json_file}: {where}: {e.msg}")
+    except (OSError, UnicodeDecodeError) as e:
+        report.add("malformed_json", example=f"{json_file}: cannot be read ({e})")
+    return None
+
+
+def _check_structure(data: Any, report: ValidationReport) -> bool:
+    """Top-level shape: a dict with 'images', 'categories' and (optionally) 'annotations' lists."""
+    if not isinstance(data, dict):
+        report.add("bad_structure", example=f"top level is a {type(data).__name__}, not an object")
+        return False
+    ok = True
+    for key in ("images", "annotations", "categories"):
+        if key == "annotations" and key not in data:
+            continue  # an image-only json: every image is background
+        if not isinstance(data.get(key), list):
+            found = type(data[key]).__name__ if key in data else "missing"
+            report.add("bad_structure", example=f"'{key}' must be a list, found {found}")
+            ok = False
+    if isinstance(data.get("categories"), list) and not data["categories"]:
+        report.add("bad_structure", example="'categories' is empty")
+        ok = False
+    return ok
+
+
+def _check_categories(categories: List[Any], report: ValidationReport) -> set:
+    seen: set = set()
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")) or "name" not in cat:
+            report.add("bad_structure", example=f"categories[{i}] lacks an integer 'id' or 'name'")
+            continue
+        if cat["id"] in seen:
+            example = f"categories[{i}] repeats id {cat['id']}"
+            report.add("duplicate_category_id", cat["id"], example)
+        seen.add(cat["id"])
+    return seen
+
+
+def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict]:
+    """Returns image id -> entry, for the first entry of each valid id."""
+    by_id: Dict[Any, dict] = {}
+    for i, img in enumerate(images):
+        if not isinstance(img, dict):
+            report.add("malformed_image", example=f"images[{i}] is not an object")
+            continue
+        missing = [k for k in ("id", "file_name") if k not in img]
+        missing += [k for k in ("width", "height") if not _is_positive_number(img.get(k))]
+        if missing or not _is_id(img["id"]) or not isinstance(img["file_name"], str):
+            what = ", ".join(missing) if missing else "id/file_name type"
+            report.add("malformed_image", img.get("id"), f"images[{i}]: invalid or missing {what}")
+            continue
+        if img["id"] in by_id:
+            first = by_id[img["id"]]["file_name"]
+            example = f"images[{i}] ({img['file_name']}) repeats the id of {first}"
+            report.add("duplicate_image_id", img["id"], example)
+            continue
+        by_id[img["id"]] = img
+    return by_id
+
+
+def _check_annotations(
+    annotations: List[Any], images: Dict[Any, dict], category_ids: set, report: ValidationReport
+) -> None:
+    """Ids, categories, images and boxes of every annotation; then the background images."""
+    seen: set = set()
+    images_with_boxes: set = set()
+    known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or not all(
+            _is_id(ann.get(k)) for k in ("id", "image_id", "category_id")
+        ):
+            ann_id = ann.get("id") if isinstance(ann, dict) else None
+            example = f"annotations[{i}] lacks an integer id, image_id or category_id"
+            report.add("malformed_annotation", ann_id, example)
+            continue
+        ann_id = ann["id"]
+        if ann_id in seen:
+            report.add("duplicate_annotation_id", ann_id, f"annotations[{i}] repeats id {ann_id}")
+            continue
+        seen.add(ann_id)
+        if ann["category_id"] not in category_ids:
+            example = f"annotation {ann_id}: category_id {ann['category_id']!r} not among "
+            report.add("unknown_category_id", ann_id, example + str(known_categories))
+            continue
+        img = images.get(ann["image_id"])
+        if img is None:
+            example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
+            report.add("orphan_annotation", ann_id, example)
+            continue
+        outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
+        if outcome != BOX_OK:
+            size = f"{img['width']}x{img['height']}"
+            example = f"annotation {ann_id} of image {img['id']} ({size}): bbox {ann.get('bbox')!r}"
+            report.add(outcome, ann_id, example)
+        if outcome not in _BOX_DROPPED:
+            images_with_boxes.add(img["id"])
+    for img_id, img in images.items():
+        if img_id not in images_with_boxes:
+            report.add("background_image", img_id, f"image {img_id} ({img['file_name']})")
+
+
+def _check_image_files(
+    images: Dict[Any, dict],
+    image_root: str,
+    report: ValidationReport,
+    inspect: Callable[[str], ImageInfo],
+    map_images: Callable[..., Iterable[Optional[ImageInfo]]],
+) -> None:
+    entries = list(images.values())
+    paths = [os.path.join(image_root, img["file_name"]) for img in entries]
+
+    def look(path: str) -> Optional[ImageInfo]:
+        return inspect(path) if os.path.isfile(path) else None
+
+    for img, path, info in zip(entries, paths, map_images(look, paths)):
+        name = f"image {img['id']} ({img['file_name']})"
+        if info is None:
+            report.add("missing_file", img["id"], f"{name}: {path}")
+        elif not info.readable:
+            report.add("unreadable_image", img["id"], f"{name}: {info.reason}")
+        elif (info.width, info.height) != (img["width"], img["height"]):
+            example = (
+                f"{name}: file is {info.width}x{info.height}, json says "
+                f"{img['width']}x{img['height']}"
+            )
+            report.add("size_mismatch", img["id"], example)
+        elif info.conversion is not None:
+            report.add(info.conversion, img["id"], name)
+
+
+def check_coco_json(
+    json_file: str,
+    image_root: str,
+    *,
+    inspect: Optional[Callable[[str], ImageInfo]] = read_image_header,
+    image_check: str = "header",
+    map_images: Callable[..., Iterable[Optional[ImageInfo]]] = map,
+) -> ValidationReport:
+    """Check a COCO instances json, and the image files it names, for every known problem.
+
+    Nothing raises for a bad dataset: all problems are collected in the returned report (their
+    kinds and severities: :mod:`retinafocal.data.report`).
+
+    Args:
+        json_file: path of the COCO json.
+        image_root: folder that the images' ``file_name`` are relative to.
+        inspect: opens one existing image file and says what it holds; None checks the json
+            alone. Default: :func:`read_image_header`.
+        image_check: the name of ``inspect``'s check, shown in the report.
+        map_images: how ``inspect`` is applied to all files (``map``, or a thread pool's).
+    """
+    report = ValidationReport(json_file=json_file, image_root=image_root)
+    data = _read_json(json_file, report)
+    if data is None or not _check_structure(data, report):
+        return report
+    annotations = data.get("annotations", [])
+    report.num_images = len(data["images"])
+    report.num_annotations = len(annotations)
+    report.num_categories = len(data["categories"])
+
+    category_ids = _check_categories(data["categories"], report)
+    images = _check_images(data["images"], report)
+    _check_annotations(annotations, images, category_ids, report)
+    if inspect is not None:
+        report.image_check = image_check
+        _check_image_files(images, image_root, report, inspect, map_images)
+    return report

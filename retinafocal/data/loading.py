@@ -1,0 +1,184 @@
+"""Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check.
+
+:func:`load_coco_json_checked` checks the json and its image files
+(:func:`~retinafocal.data.checks.check_coco_json`), refuses a dataset that training cannot use,
+lets detectron2 read it, and applies the box fixes that the check counted. :func:`checked_report`
+is the check alone, with the same verdict.
+
+A check is remembered for the rest of the process, keyed by the json's path, size and
+modification time and the image folder's path and modification time, so that the train loader,
+each evaluation's test loader and the registered loader do not repeat it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+from .checks import BOX_INVALID, BOX_OK, check_coco_json, fix_coco_box
+from .report import DatasetValidationError, ValidationReport
+
+__all__ = ["checked_report", "load_coco_json_checked"]
+
+logger = logging.getLogger(__name__)
+
+_REPORTS: Dict[Tuple, ValidationReport] = {}
+
+
+def _stamp(path: str) -> Tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (os.path.abspath(path), None)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def checked_report(
+    json_file: str,
+    image_root: str,
+    dataset_name: Optional[str] = None,
+    *,
+    on_unreadable: Optional[str] = None,
+    check_images: bool = True,
+) -> ValidationReport:
+    """Check a COCO json and its image files (once per process), and refuse what cannot train.
+
+    The report is logged when it is made: as a warning if it lists problems, else as info.
+
+    Args:
+        json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``; the name
+            only appears in messages.
+        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` when known. With "error", any
+            unreadable image raises here, before training starts; "skip" and None let them
+            through (the mapper skips them or raises when it meets them).
+        check_images: also check the image files (else only the json).
+
+    Raises:
+        DatasetValidationError: with the report, when it has fatal problems, or unreadable
+            images and ``on_unreadable`` is "error".
+    """
+    if on_unreadable not in (None, "error", "skip"):
+        raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
+    name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
+    key = (_stamp(json_file), _stamp(image_root), check_images)
+    report = _REPORTS.get(key)
+    if report is None:
+        if check_images:
+            report = check_coco_json(json_file, image_root)
+        else:
+            report = check_coco_json(json_file, image_root, inspect=None)
+        _REPORTS[key] = report
+        quiet = not report.problems.keys() - {"background_image"}
+        logger.log(logging.INFO if quiet else logging.WARNING, f"{name}:\n{report.format()}")
+    if report.has_fatal:
+        raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
+    if on_unreadable is not None and not report.usable(on_unreadable):
+        raise DatasetValidationError(
+            f"{name}: {report.num_unreadable_images} image(s) cannot be read and "
+            "DATALOADER.ON_UNREADABLE_IMAGE is 'error'. Fix or remove them, or set it to 'skip' "
+            f"to train without them:\n{report.format()}"
+        )
+    return copy.deepcopy(report)  # the callers' to change; the memo keeps its own
+
+
+def _rejected_by_detectron2(annotation: dict) -> bool:
+    """detectron2's ``load_coco_json`` (v0.6 and current alike) stops the whole load at an
+    annotation whose ``bbox`` is present but empty (ValueError) or not a sequence (TypeError)."""
+    bbox = annotation.get("bbox", ())
+    return "bbox" in annotation and (not hasattr(bbox, "__len__") or len(bbox) == 0)
+
+
+def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]) -> List[dict]:
+    """detectron2's ``load_coco_json``, given a copy of the json without the annotations it
+    rejects when there are any (they would be dropped anyway, as malformed boxes).
+
+    The copy is a file because ``load_coco_json`` takes only a path, which pycocotools opens
+    itself. Every other malformed box is dropped after detectron2 has read the json.
+    """
+    from detectron2.data.datasets import load_coco_json
+
+    with open(json_file, encoding="utf-8") as f:
+        data = json.load(f)
+    annotations = data.get("annotations", [])
+    kept = [a for a in annotations if not _rejected_by_detectron2(a)]
+    if len(kept) == len(annotations):
+        return load_coco_json(json_file, image_root, dataset_name)
+    data["annotations"] = kept
+    # The file name keeps the original's, which load_coco_json looks at ("minival").
+    fd, tmp = tempfile.mkstemp(prefix="retinafocal_", suffix="_" + os.path.basename(json_file))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        return load_coco_json(tmp, image_root, dataset_name)
+    finally:
+        os.remove(tmp)
+
+
+def _apply_box_fixes(dataset_dicts: List[dict]) -> Dict[str, int]:
+    """Clip and drop boxes in place as :func:`fix_coco_box` says; returns counts per outcome."""
+    counts: Dict[str, int] = {}
+    for record in dataset_dicts:
+        kept = []
+        for anno in record.get("annotations", []):
+            outcome, box = fix_coco_box(anno.get("bbox"), record["width"], record["height"])
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if box is not None:
+                anno["bbox"] = box
+                kept.append(anno)
+        record["annotations"] = kept
+    return counts
+
+
+def load_coco_json_checked(
+    json_file: str,
+    image_root: str,
+    dataset_name: Optional[str] = None,
+    *,
+    on_unreadable: Optional[str] = None,
+    check_images: bool = True,
+) -> List[dict]:
+    """Load a COCO json as detectron2 dataset dicts, after :func:`checked_report` has passed it.
+
+    * boxes are clipped to their image, and empty / outside / malformed boxes dropped (counted in
+      a warning); annotations of unknown images are dropped (as detectron2 does);
+    * images with no annotation left are kept (they train as background, unless
+      ``cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS`` makes detectron2 drop them later);
+    * unreadable images are kept unless ``on_unreadable`` is "error", which raises: the data
+      loader's mapper (:class:`~retinafocal.data.mapper.RobustDatasetMapper`) handles them.
+
+    Args:
+        json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``.
+        on_unreadable, check_images: as for :func:`checked_report`.
+
+    Returns:
+        list[dict] in detectron2's standard dataset format, ``bbox_mode`` XYWH_ABS.
+    """
+    report = checked_report(
+        json_file,
+        image_root,
+        dataset_name,
+        on_unreadable=on_unreadable,
+        check_images=check_images,
+    )
+    if report.count(BOX_INVALID):
+        dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
+    else:  # the usual case: no need to read the json twice
+        from detectron2.data.datasets import load_coco_json
+
+        dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
+    counts = _apply_box_fixes(dataset_dicts)
+    # Some malformed boxes never reach the dicts (dropped before detectron2 read the json); the
+    # check counted them all.
+    counts[BOX_INVALID] = report.count(BOX_INVALID)
+    changed = {k: v for k, v in counts.items() if k != BOX_OK and v}
+    if changed:
+        name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
+        logger.warning(
+            f"{name}: "
+            + ", ".join(f"{v} {k.replace('box_', '')}" for k, v in sorted(changed.items()))
+            + " box(es): clipped ones are kept, the others dropped."
+        )
+    return dataset_dicts

@@ -1,0 +1,203 @@
+"""A dataset check's findings, and the rules that turn them into a verdict.
+
+:class:`ValidationReport` counts each kind of problem (:data:`PROBLEM_KINDS`) with its first
+offending ids (:mod:`retinafocal.data.checks` finds them). The severity of a kind decides what
+happens to the dataset:
+
+* ``fatal``: the fix would have to guess what the author meant: malformed json (reported with
+  file, line and column), missing or ill-typed fields, duplicate category / image / annotation
+  ids (annotations could go to the wrong image, and COCO evaluation keeps only one duplicate),
+  category ids not among the ``categories`` (usually a wrong category list, shifting every
+  class). Loading raises :class:`DatasetValidationError`.
+* ``unreadable``: missing, undecodable or wrongly sized image files. Training stops naming them
+  or skips them, counted, as ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` says.
+* ``fixed``: handled automatically, counted: boxes partly outside the image are clipped; empty,
+  outside and malformed boxes and annotations of unknown images are dropped on loading;
+  grayscale, alpha, palette/CMYK and 16-bit images are converted by
+  :class:`~retinafocal.data.mapper.RobustDatasetMapper`.
+* ``info``: images with no annotation left, kept and trained as background.
+
+:meth:`ValidationReport.usable` is the one rule for whether training runs, shared by the checked
+loader and ``tools/validate_dataset.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = [
+    "FATAL",
+    "UNREADABLE",
+    "FIXED",
+    "INFO",
+    "PROBLEM_KINDS",
+    "DatasetValidationError",
+    "ProblemRecord",
+    "ValidationReport",
+]
+
+FATAL = "fatal"
+UNREADABLE = "unreadable"
+FIXED = "fixed"
+INFO = "info"
+_SEVERITY_ORDER = (FATAL, UNREADABLE, FIXED, INFO)
+
+#: Every kind of problem: kind -> (severity, what it means and what is done about it).
+PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
+    "malformed_json": (FATAL, "the json file cannot be read or parsed"),
+    "bad_structure": (FATAL, "not a COCO instances json (top-level lists or category entries)"),
+    "malformed_image": (FATAL, "image entries lacking a valid id, file_name, width or height"),
+    "malformed_annotation": (FATAL, "annotations lacking a valid id, image_id or category_id"),
+    "duplicate_category_id": (FATAL, "category ids used by more than one category"),
+    "duplicate_image_id": (FATAL, "image ids used by more than one image entry"),
+    "duplicate_annotation_id": (FATAL, "annotation ids used by more than one annotation"),
+    "unknown_category_id": (FATAL, "annotations whose category_id is not among the categories"),
+    "missing_file": (UNREADABLE, "image files that do not exist"),
+    "unreadable_image": (UNREADABLE, "files that are not a decodable image (corrupt/truncated)"),
+    "size_mismatch": (UNREADABLE, "images whose size differs from the json width/height"),
+    "converted_16bit": (FIXED, "16-bit or float images (rescaled to 8 bits when read)"),
+    "converted_alpha": (FIXED, "images with an alpha channel (alpha dropped when read)"),
+    "converted_grayscale": (FIXED, "grayscale images (converted to the input format)"),
+    "converted_other_mode": (FIXED, "palette, CMYK or other modes (converted when read)"),
+    "box_clipped": (FIXED, "boxes partly outside the image (clipped to it)"),
+    "box_empty": (FIXED, "boxes with zero or negative width or height (dropped)"),
+    "box_outside": (FIXED, "boxes entirely outside the image (dropped)"),
+    "box_invalid": (FIXED, "bbox missing or not 4 finite numbers (annotation dropped)"),
+    "orphan_annotation": (FIXED, "annotations whose image_id matches no image (dropped)"),
+    "background_image": (INFO, "images with no usable annotation (kept, trained as background)"),
+}
+
+#: How many offending ids / examples a report keeps per kind.
+MAX_EXAMPLES = 5
+
+_ON_UNREADABLE_CHOICES = ("error", "skip")
+
+
+class DatasetValidationError(ValueError):
+    """A dataset cannot be used as it is; the message holds the dataset report."""
+
+
+@dataclass
+class ProblemRecord:
+    """How often one kind of problem occurs, with the first offenders.
+
+    Attributes:
+        kind: a key of :data:`PROBLEM_KINDS`.
+        count: number of occurrences (images, annotations or entries, depending on the kind).
+        first_ids: the first offending image / annotation / category ids (at most
+            :data:`MAX_EXAMPLES`); empty for problems that have no id (malformed json).
+        examples: human-readable descriptions of the first occurrences, e.g.
+            ``"image 7 (a.jpg): truncated"``.
+    """
+
+    kind: str
+    count: int = 0
+    first_ids: List[Any] = field(default_factory=list)
+    examples: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ValidationReport:
+    """Everything :func:`check_coco_json` found in one COCO json.
+
+    Attributes:
+        json_file, image_root: what was checked.
+        num_images, num_annotations, num_categories: entries in the json (0 when it is malformed).
+        image_check: how image files were checked: "none", "header" (the loader's check), or a
+            deeper mode of ``tools/validate_dataset.py``.
+        problems: kind -> :class:`ProblemRecord`, only for kinds that occurred.
+    """
+
+    json_file: str
+    image_root: str
+    num_images: int = 0
+    num_annotations: int = 0
+    num_categories: int = 0
+    image_check: str = "none"
+    problems: Dict[str, ProblemRecord] = field(default_factory=dict)
+
+    def add(self, kind: str, offending_id: Any = None, example: Optional[str] = None) -> None:
+        """Count one occurrence of ``kind``, remembering its id and example if among the first."""
+        if kind not in PROBLEM_KINDS:
+            raise KeyError(f"Unknown problem kind {kind!r}; known: {sorted(PROBLEM_KINDS)}")
+        record = self.problems.setdefault(kind, ProblemRecord(kind))
+        record.count += 1
+        if offending_id is not None and len(record.first_ids) < MAX_EXAMPLES:
+            record.first_ids.append(offending_id)
+        if example is not None and len(record.examples) < MAX_EXAMPLES:
+            record.examples.append(example)
+
+    def count(self, kind: str) -> int:
+        """Occurrences of ``kind`` (0 if none)."""
+        if kind not in PROBLEM_KINDS:
+            raise KeyError(f"Unknown problem kind {kind!r}; known: {sorted(PROBLEM_KINDS)}")
+        record = self.problems.get(kind)
+        return record.count if record is not None else 0
+
+    def first_ids(self, kind: str) -> List[Any]:
+        """The first offending ids of ``kind`` (empty if none)."""
+        record = self.problems.get(kind)
+        return list(record.first_ids) if record is not None else []
+
+    def kinds(self, severity: str) -> List[str]:
+        """Kinds of the given severity that occurred, in :data:`PROBLEM_KINDS` order."""
+        return [k for k in PROBLEM_KINDS if k in self.problems and PROBLEM_KINDS[k][0] == severity]
+
+    def num_with_severity(self, severity: str) -> int:
+        return sum(self.problems[k].count for k in self.kinds(severity))
+
+    @property
+    def has_fatal(self) -> bool:
+        """True when the dataset cannot be loaded (see the module docstring)."""
+        return bool(self.kinds(FATAL))
+
+    @property
+    def num_unreadable_images(self) -> int:
+        """Images that training cannot read (missing, undecodable or of the wrong size)."""
+        return self.num_with_severity(UNREADABLE)
+
+    def usable(self, on_unreadable: str) -> bool:
+        """Whether training runs on this dataset with ``DATALOADER.ON_UNREADABLE_IMAGE`` set to
+        ``on_unreadable``: no fatal problem, and no unreadable image unless they are skipped."""
+        if on_unreadable not in _ON_UNREADABLE_CHOICES:
+            raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
+        return not self.has_fatal and (on_unreadable == "skip" or not self.num_unreadable_images)
+
+    def format(self) -> str:
+        """A multi-line summary: one line per problem kind, worst first, then a verdict."""
+        lines = [
+            f"Dataset check of {self.json_file} (images under {self.image_root}): "
+            f"{self.num_images} images, {self.num_annotations} annotations, "
+            f"{self.num_categories} categories; image files checked: {self.image_check}."
+        ]
+        if not self.problems:
+            lines.append("  no problems found.")
+        for severity in _SEVERITY_ORDER:
+            for kind in self.kinds(severity):
+                record = self.problems[kind]
+                description = PROBLEM_KINDS[kind][1]
+                lines.append(f"  [{severity:<10}] {kind:<23} {record.count:>7}  {description}")
+                if record.first_ids:
+                    shown = ", ".join(repr(i) for i in record.first_ids)
+                    more = " ..." if record.count > len(record.first_ids) else ""
+                    lines.append(f"{'':>16}first ids: {shown}{more}")
+                for example in record.examples:
+                    lines.append(f"{'':>16}- {example}")
+        lines.append("  " + self.verdict())
+        return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """One sentence saying what happens to this dataset."""
+        if self.has_fatal:
+            return (
+                f"FATAL: {self.num_with_severity(FATAL)} problem(s) ("
+                + ", ".join(self.kinds(FATAL))
+                + ") must be fixed in the json before it can be used."
+            )
+        n = self.num_unreadable_images
+        if n:
+            return (
+                f"{n} image(s) cannot be read: training stops unless "
+                "DATALOADER.ON_UNREADABLE_IMAGE is 'skip'. Other problems are fixed on loading."
+            )
+        return "Usable: the problems listed (if any) are fixed on loading."

@@ -1,0 +1,146 @@
+"""load_coco_json_checked: detectron2's loader behind the check, with the box fixes applied."""
+import json
+import os
+import shutil
+import tempfile
+import unittest
+from unittest import mock
+
+import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
+from retinafocal.data import DatasetValidationError, checked_report, load_coco_json_checked
+from retinafocal.data import loading
+
+from ..reliability.broken_coco import write_broken_coco
+
+
+class _LoadingTest(unittest.TestCase):
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix="retinafocal_loading_")
+        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
+        loading._REPORTS.clear()
+        self.addCleanup(loading._REPORTS.clear)
+
+
+class TestLoadCocoJsonChecked(_LoadingTest):
+    def test_fatal_dataset_raises_with_report(self):
+        json_file, image_root, _ = write_broken_coco(self.root, fatal=True)
+        with self.assertRaises(DatasetValidationError) as ctx:
+            load_coco_json_checked(json_file, image_root, "broken_fatal_test")
+        message = str(ctx.exception)
+        self.assertIn("broken_fatal_test", message)
+        for kind in ("duplicate_image_id", "duplicate_annotation_id", "unknown_category_id"):
+            self.assertIn(kind, message)
+
+    def test_returns_fixed_dicts_and_keeps_background(self):
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with self.assertLogs("retinafocal.data.loading", "WARNING") as logs:
+            dicts = load_coco_json_checked(json_file, image_root, "broken_load_test")
+        self.assertTrue(any("box_empty" in line for line in logs.output))  # the report
+        self.assertIn("2 clipped, 3 empty, 2 invalid, 1 outside box(es)", logs.output[-1])
+        by_id = {d["image_id"]: d for d in dicts}
+        self.assertEqual(sorted(by_id), list(range(1, 11)))  # unreadable ones are kept too
+        self.assertEqual(by_id[8]["annotations"], [])
+        self.assertEqual(
+            [a["bbox"] for a in by_id[1]["annotations"]],
+            [[10.0, 10.0, 20.0, 20.0], [50.0, 40.0, 14.0, 8.0]],
+        )
+        self.assertEqual([a["bbox"] for a in by_id[10]["annotations"]], [[0.0, 0.0, 6.0, 10.0]])
+        # Category ids are mapped to contiguous ids, as detectron2's load_coco_json does.
+        self.assertEqual({a["category_id"] for d in dicts for a in d["annotations"]}, {0, 1})
+        self.assertEqual(sum(len(d["annotations"]) for d in dicts), 10)
+
+    def test_error_policy_fails_before_training(self):
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with self.assertRaises(DatasetValidationError) as ctx:
+            load_coco_json_checked(json_file, image_root, "broken_err", on_unreadable="error")
+        self.assertIn("does_not_exist.jpg", str(ctx.exception))
+        self.assertIn("ON_UNREADABLE_IMAGE", str(ctx.exception))
+        dicts = load_coco_json_checked(json_file, image_root, "broken_err", on_unreadable="skip")
+        self.assertEqual(len(dicts), 10)
+        with self.assertRaisesRegex(ValueError, "on_unreadable"):
+            load_coco_json_checked(json_file, image_root, on_unreadable="ignore")
+
+
+class TestMalformedBoxes(_LoadingTest):
+    """Only annotations that detectron2's loader rejects are dropped before it reads the json
+    (through a copy of it); other malformed boxes are dropped from its output."""
+
+    def write(self, bboxes) -> str:
+        image_root = os.path.join(self.root, "images")
+        os.makedirs(image_root, exist_ok=True)
+        data = {
+            "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+            "annotations": [
+                dict({"id": i, "image_id": 1, "category_id": 1, "iscrowd": 0}, bbox=b)
+                for i, b in enumerate(bboxes, start=1)
+            ],
+            "categories": [{"id": 1, "name": "a"}],
+        }
+        json_file = os.path.join(self.root, "boxes.json")
+        with open(json_file, "w") as f:
+            json.dump(data, f)
+        return json_file
+
+    def load(self, json_file):
+        real = loading.tempfile.mkstemp
+        with mock.patch.object(loading.tempfile, "mkstemp", side_effect=real) as copy:
+            dicts = load_coco_json_checked(json_file, self.root, check_images=False)
+        return dicts, copy.call_count
+
+    def test_rejected_boxes_need_a_copy(self):
+        dicts, copies = self.load(self.write([[1, 1, 2, 2], [], None, [0, 0, 3, 3]]))
+        self.assertEqual(copies, 1)
+        self.assertEqual([a["bbox"] for a in dicts[0]["annotations"]], [[1, 1, 2, 2], [0, 0, 3, 3]])
+        self.assertFalse([f for f in os.listdir(tempfile.gettempdir()) if "boxes.json" in f])
+
+    def test_other_malformed_boxes_are_dropped_after_loading(self):
+        json_file = self.write([[1, 1, 2, 2], [1, 2, 3], [1, "a", 3, 4], [0, float("nan"), 1, 1]])
+        dicts, copies = self.load(json_file)
+        self.assertEqual(copies, 0)
+        self.assertEqual([a["bbox"] for a in dicts[0]["annotations"]], [[1, 1, 2, 2]])
+
+    def test_detectron2_alone_rejects_them(self):
+        from detectron2.data.datasets import load_coco_json
+
+        with self.assertRaisesRegex(ValueError, "empty 'bbox'"):
+            load_coco_json(self.write([[1, 1, 2, 2], []]), self.root, None)
+
+
+class TestCheckedReport(_LoadingTest):
+    def test_checked_once_per_process_until_the_json_changes(self):
+        json_file, image_root, _ = write_broken_coco(self.root)
+        patcher = mock.patch.dict(os.environ, {"RETINAFOCAL_CACHE_DIR": self.root})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        real = loading.check_coco_json
+        with mock.patch.object(loading, "check_coco_json", side_effect=real) as check:
+            with self.assertLogs("retinafocal.data.loading", "WARNING") as logs:
+                checked_report(json_file, image_root, "a")
+                report = checked_report(json_file, image_root, "b")
+            self.assertEqual(check.call_count, 1)
+            self.assertEqual(len(logs.output), 1)  # logged when made, not when reused
+            report.problems.clear()  # the caller's copy
+            self.assertTrue(checked_report(json_file, image_root).problems)
+            st = os.stat(json_file)
+            os.utime(json_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+            checked_report(json_file, image_root, "c")
+            self.assertEqual(check.call_count, 2)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "dataset_checks")))  # no disk cache
+
+    def test_clean_dataset_logs_at_info(self):
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with open(json_file) as f:
+            data = json.load(f)
+        data["images"] = [img for img in data["images"] if img["id"] == 10]
+        data["annotations"] = [a for a in data["annotations"] if a["id"] == 109]
+        data["annotations"][0]["bbox"] = [1, 1, 5, 5]
+        with open(json_file, "w") as f:
+            json.dump(data, f)
+        with self.assertLogs("retinafocal.data.loading", "INFO") as logs:
+            report = checked_report(json_file, image_root, "clean")
+        self.assertFalse(report.problems)
+        self.assertTrue(all(line.startswith("INFO") for line in logs.output))
+
+
+if __name__ == "__main__":
+    unittest.main()
