@@ -36,6 +36,8 @@ from detectron2.data import build as d2_data_build
 from detectron2.data.common import MapDataset
 from detectron2.engine import hooks
 from detectron2.structures import BoxMode
+from retinafocal.data import datasets as rf_datasets
+from retinafocal.engine import trainer as rf_trainer
 
 Description = Dict[str, Any]
 
@@ -192,8 +194,16 @@ def recording_data(requested: List[str]) -> Iterator[None]:
         requested.append(name)
         return _fake_records(name)
 
+    def fake_check(names: Any, *, on_unreadable: Optional[str] = None) -> Dict[str, Any]:
+        # The check before loading reads the json; record what it was asked instead.
+        for name in [names] if isinstance(names, str) else names:
+            requested.append(f"checked {name} (on_unreadable={on_unreadable})")
+        return {}
+
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(DatasetCatalog, "get", fake_get))
+        for module in (rf_datasets, rf_trainer):
+            stack.enter_context(mock.patch.object(module, "check_datasets", fake_check))
         stack.enter_context(
             mock.patch.object(d2_data_build, "MapDataset", _MapDatasetKeepingMapper)
         )
