@@ -195,7 +195,6 @@ class FocalRetinaNet(DenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
-        self._check_finite(losses)
         if self.vis_period > 0:
             storage = get_event_storage()
             if storage.iter % self.vis_period == 0:
@@ -208,23 +207,6 @@ class FocalRetinaNet(DenseDetector):
         if self.training and self.vis_period > 0:
             self._batched_inputs_for_vis = batched_inputs
         return super().forward(batched_inputs)
-
-    @staticmethod
-    def _check_finite(losses: Dict[str, Tensor]) -> None:
-        """Raise a FloatingPointError naming the iteration and every loss term that is NaN or
-        infinite; the error's ``terms`` attribute lists those terms for the trainer."""
-        values = torch.stack([v.detach().float() for v in losses.values()])
-        if bool(torch.isfinite(values).all()):
-            return
-        detached = {k: float(v.detach()) for k, v in losses.items()}
-        bad = {k: v for k, v in detached.items() if not math.isfinite(v)}
-        err = FloatingPointError(
-            f"non-finite loss term(s) {bad} at iteration {get_event_storage().iter} in "
-            f"FocalRetinaNet; all terms: {detached}. Check the inputs for NaN/Inf (images, "
-            "boxes) and the learning rate."
-        )
-        err.terms = list(bad)  # type: ignore[attr-defined]
-        raise err
 
     @torch.no_grad()
     def label_anchors(
