@@ -6,6 +6,9 @@ on Pillow >= 10. Each one first checks that the installed detectron2 needs it, s
 detectron2 built from GitHub (which has ``_C`` and no longer uses ``Image.LINEAR``) nothing here
 changes anything.
 
+One serves the other way round: :func:`forget_failed_load` clears per-load state that current
+detectron2's ``DetectionCheckpointer`` keeps (and v0.6 does not), after a failed load.
+
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
 """
@@ -24,8 +27,10 @@ __all__ = [
     "MAP_DATASET_RETRY_FIXED",
     "TRAINER_STATE_FIXED",
     "EXPORT_WITHOUT_CAFFE2",
+    "CHECKPOINT_LOAD_STATE_RESET",
     "apply",
     "describe",
+    "forget_failed_load",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,9 @@ MAP_DATASET_RETRY_FIXED: bool = False
 TRAINER_STATE_FIXED: bool = False
 #: True when :func:`apply` made ``detectron2.export`` importable without caffe2 (v0.6).
 EXPORT_WITHOUT_CAFFE2: bool = False
+#: True when the installed ``DetectionCheckpointer`` keeps per-load state (current detectron2),
+#: which :func:`forget_failed_load` then clears after a failed load.
+CHECKPOINT_LOAD_STATE_RESET: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -217,6 +225,27 @@ def _export_without_caffe2() -> None:
     EXPORT_WITHOUT_CAFFE2 = True
 
 
+def _detect_checkpoint_load_state() -> None:
+    """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` keeps the parsed URL of the
+    file it loads in ``_parsed_url_during_load`` for ``_load_file``, and clears it only when the
+    load succeeds. After one failed load (a damaged file), every later ``load()`` on the same
+    checkpointer fails its ``assert self._parsed_url_during_load is None``. This only notes
+    whether the installed version has that state; :func:`forget_failed_load` acts on it.
+    """
+    global CHECKPOINT_LOAD_STATE_RESET
+    source = _detectron2_source("checkpoint/detection_checkpoint.py")
+    CHECKPOINT_LOAD_STATE_RESET = "_parsed_url_during_load" in source
+
+
+def forget_failed_load(checkpointer: object) -> None:
+    """Call after a ``DetectionCheckpointer.load`` raised: clear current detectron2's per-load
+    state so that the same checkpointer can load another file. Does nothing on v0.6."""
+    if not CHECKPOINT_LOAD_STATE_RESET:
+        return
+    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+        checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
@@ -224,6 +253,7 @@ def apply() -> None:
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()
+    _detect_checkpoint_load_state()
 
 
 def describe() -> str:
@@ -244,4 +274,6 @@ def describe() -> str:
         parts.append("compat: DefaultTrainer checkpoints the optimizer")
     if EXPORT_WITHOUT_CAFFE2:
         parts.append("compat: detectron2.export without caffe2")
+    if CHECKPOINT_LOAD_STATE_RESET:
+        parts.append("compat: checkpointer load state cleared after a failed load")
     return ", ".join(parts)
