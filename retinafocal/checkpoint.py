@@ -26,6 +26,8 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from . import compat
+
 __all__ = ["AtomicDetectionCheckpointer", "CorruptCheckpointError", "atomic_write"]
 
 # Temporary files are named ".<final name>.<pid>.<random>.tmp": hidden, never "*.pth" (so that
@@ -150,10 +152,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         try:
             return super().load(path, *args, **kwargs)
         except BaseException:
-            # Current detectron2 keeps per-load state that it clears only on success, so one
-            # failed load would make every later load() fail its assert; v0.6 has no such state.
-            if getattr(self, "_parsed_url_during_load", None) is not None:
-                self._parsed_url_during_load = None
+            # A damaged file must not stop resume_or_load from trying the next one.
+            compat.forget_failed_load(self)
             raise
 
     def _load_file(self, filename: str) -> Dict[str, Any]:

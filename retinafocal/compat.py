@@ -9,6 +9,8 @@ changes anything.
 One adapter serves every detectron2 version from v0.6 to current main alike:
 :func:`dataset_mapper_call`, for a mapper that reads its images itself (``DatasetMapper`` offers
 no hook for that). :func:`apply` checks that the installed ``DatasetMapper`` is one it fits.
+One serves the other way round: :func:`forget_failed_load` clears per-load state that current
+detectron2's ``DetectionCheckpointer`` keeps (and v0.6 does not), after a failed load.
 
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
@@ -35,8 +37,10 @@ __all__ = [
     "EXPORT_WITHOUT_CAFFE2",
     "DATASET_MAPPER_TAKES_IMAGE",
     "dataset_mapper_call",
+    "CHECKPOINT_LOAD_STATE_RESET",
     "apply",
     "describe",
+    "forget_failed_load",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,9 @@ EXPORT_WITHOUT_CAFFE2: bool = False
 #: True when :func:`dataset_mapper_call` can hand ``DatasetMapper.__call__`` an image already
 #: read (it reads through ``detection_utils.read_image``: detectron2 v0.6 to current main).
 DATASET_MAPPER_TAKES_IMAGE: bool = False
+#: True when the installed ``DetectionCheckpointer`` keeps per-load state (current detectron2),
+#: which :func:`forget_failed_load` then clears after a failed load.
+CHECKPOINT_LOAD_STATE_RESET: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -312,6 +319,25 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
             "utils.read_image: retinafocal.compat.dataset_mapper_call needs updating."
         )
     return result
+def _detect_checkpoint_load_state() -> None:
+    """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` keeps the parsed URL of the
+    file it loads in ``_parsed_url_during_load`` for ``_load_file``, and clears it only when the
+    load succeeds. After one failed load (a damaged file), every later ``load()`` on the same
+    checkpointer fails its ``assert self._parsed_url_during_load is None``. This only notes
+    whether the installed version has that state; :func:`forget_failed_load` acts on it.
+    """
+    global CHECKPOINT_LOAD_STATE_RESET
+    source = _detectron2_source("checkpoint/detection_checkpoint.py")
+    CHECKPOINT_LOAD_STATE_RESET = "_parsed_url_during_load" in source
+
+
+def forget_failed_load(checkpointer: object) -> None:
+    """Call after a ``DetectionCheckpointer.load`` raised: clear current detectron2's per-load
+    state so that the same checkpointer can load another file. Does nothing on v0.6."""
+    if not CHECKPOINT_LOAD_STATE_RESET:
+        return
+    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+        checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
 
 
 def apply() -> None:
@@ -322,6 +348,7 @@ def apply() -> None:
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()
     _check_dataset_mapper_reads_through_utils()
+    _detect_checkpoint_load_state()
 
 
 def describe() -> str:
@@ -344,4 +371,6 @@ def describe() -> str:
         parts.append("compat: detectron2.export without caffe2")
     if DATASET_MAPPER_TAKES_IMAGE:
         parts.append("compat: DatasetMapper.__call__ given a read image")
+    if CHECKPOINT_LOAD_STATE_RESET:
+        parts.append("compat: checkpointer load state cleared after a failed load")
     return ", ".join(parts)

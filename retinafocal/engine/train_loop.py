@@ -1,13 +1,17 @@
-"""detectron2's training loops with a loss check that says what went wrong and where to restart.
+"""detectron2's training loops with the one loss check, which says what went wrong and where to
+restart.
 
-detectron2's ``SimpleTrainer`` already stops with a ``FloatingPointError`` when the summed loss
-is not finite, before ``optimizer.step()`` can write NaN into the weights. Its message gives the
-iteration and all loss values; the checked trainers here raise first, from the same place, with
-the non-finite terms named and the last checkpoint that still holds finite weights.
+detectron2's ``SimpleTrainer`` stops with a bare ``FloatingPointError`` when the summed loss,
+gathered over the workers, is not finite. The checked trainers here test every loss term of each
+worker first, in the same place (after backward, before ``optimizer.step()`` can write NaN into
+the weights), with one device-to-host copy, and raise :class:`NonFiniteLossError`, which names the
+iteration, the non-finite terms and the last checkpoint that still holds finite weights. The
+model does not check its losses itself: this is the only check of ours.
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional
+import math
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
@@ -27,8 +31,7 @@ class NonFiniteLossError(FloatingPointError):
 
     Attributes:
         iteration: the training iteration (0-based) whose losses were not finite.
-        terms: names of the non-finite loss terms, e.g. ``["loss_cls"]``; empty when the model
-            raised the error itself without naming them in a ``terms`` attribute.
+        terms: names of the non-finite loss terms, e.g. ``["loss_cls"]``.
         checkpoint: path of the last checkpoint written, "" when there is none.
     """
 
@@ -53,9 +56,10 @@ class FiniteLossCheckMixin:
     """Mix into a detectron2 ``SimpleTrainer`` subclass to check every loss term before the
     optimizer step; raises :class:`NonFiniteLossError`.
 
-    A ``FloatingPointError`` raised inside the step (by the model's own loss check, or by
-    detectron2's check of the summed loss) is raised again as :class:`NonFiniteLossError`, with
-    the original as its cause, so the message always has the iteration and the checkpoint.
+    The check runs at the start of ``_write_metrics``, which both detectron2 versions call after
+    backward and before the step, and before detectron2's own check of the summed loss there.
+    (Current detectron2 can run ``_write_metrics`` in a thread, ``async_write_metrics=True``,
+    where an error would not stop training; :func:`checked_trainer` leaves that off.)
 
     ``checkpointer`` (optional attribute, set by the owner of the trainer) names the last good
     checkpoint in the message.
@@ -64,21 +68,20 @@ class FiniteLossCheckMixin:
     checkpointer: Optional[Checkpointer] = None
     iter: int
 
-    def run_step(self) -> None:
-        try:
-            super().run_step()  # type: ignore[misc]
-        except NonFiniteLossError:
-            raise
-        except FloatingPointError as e:
-            terms = list(getattr(e, "terms", None) or [])
-            raise NonFiniteLossError(self.iter, terms, self._last_checkpoint(), str(e)) from e
-
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any):
-        # Each worker checks its own losses, so the one that produced the NaN names it.
-        bad = [k for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all()]
+        # Each worker checks its own losses, so the one that produced the NaN names it. One
+        # stacked copy to the host: a single sync, however many terms there are.
+        host: Dict[str, float] = {}
+        if loss_dict:
+            values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
+            host = dict(zip(loss_dict, values.tolist()))
+        bad = [k for k, v in host.items() if not math.isfinite(v)]
         if bad:
-            values = {k: float(v.detach().float().mean()) for k, v in loss_dict.items()}
-            raise NonFiniteLossError(self.iter, bad, self._last_checkpoint(), f"losses {values}")
+            detail = (
+                f"losses {host}. Check the inputs for NaN/Inf (images, boxes) and the learning "
+                "rate"
+            )
+            raise NonFiniteLossError(self.iter, bad, self._last_checkpoint(), detail)
         return super()._write_metrics(loss_dict, *args, **kwargs)  # type: ignore[misc]
 
     def _last_checkpoint(self) -> str:

@@ -12,21 +12,22 @@ from typing import Optional
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-from ._fused import FocalStarTerms, FocalTerms, HingeTerms, anchor_losses, fused_label_loss
+from ._fused import LabelLossRunner
+from ._terms import FocalStarTerms, FocalTerms, HingeTerms, Terms
 from .build import CLASSIFICATION_LOSS_REGISTRY
 
 __all__ = ["FocalLoss", "BalancedCELoss", "FocalLossStar", "HingeLoss"]
 
 
 class _FusedSumLoss(nn.Module):
-    """Shared forward: the fused pass of ``self.terms`` with reduction "sum"."""
+    """Shared behaviour: the fused pass of one terms object, with reduction "sum"."""
 
     self_normalizing = False
 
-    def __init__(self, terms, compile: bool):
+    def __init__(self, terms: Terms, compile: bool):
         super().__init__()
-        self.terms = terms
-        self.compile = bool(compile)
+        # The runner owns this loss's compiled kernels (when ``compile``) and its fallback state.
+        self.runner = LabelLossRunner(terms, compile)
 
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
@@ -40,20 +41,24 @@ class _FusedSumLoss(nn.Module):
         Returns:
             fp32 scalar: the loss summed over non-ignored anchors and all K classes.
         """
-        return fused_label_loss(
-            pred_logits, gt_labels, self.terms, "sum", self.compile, type(self).__name__
-        )
+        return self.runner.loss(pred_logits, gt_labels, "sum", type(self).__name__)
+
+    def elementwise_losses(
+        self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
+    ) -> Tensor:
+        """(N, R, K) fp32 loss of each (anchor, class) element, 0 for ignored anchors, without
+        gradient; its sum is :meth:`forward`'s value. ``anchor_boxes`` is unused."""
+        return self.runner.elementwise_losses(pred_logits, gt_labels)
 
     def anchor_losses(self, pred_logits: Tensor, gt_labels: Tensor) -> Tensor:
         """(N, R) fp32 loss of each anchor summed over its K classes (0 for ignored anchors),
-        without gradient and without an (N, R, K) temporary: for diagnostics."""
-        return anchor_losses(pred_logits, gt_labels, self.terms, self.compile)
+        without gradient and without an (N, R, K) temporary."""
+        return self.runner.anchor_losses(pred_logits, gt_labels)
 
     def extra_repr(self) -> str:
-        params = ", ".join(
-            f"{k}={v}" for k, v in vars(self.terms).items() if k != "hard_targets"
-        )
-        return f"{params}, compile={self.compile}"
+        terms = self.runner.terms
+        params = ", ".join(f"{k}={v}" for k, v in vars(terms).items() if k != "hard_targets")
+        return f"{params}, compile={self.runner.compile}"
 
 
 def _check_alpha(alpha: float, owner: str) -> None:

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._fused import REDUCTIONS, FocalStarTerms, FocalTerms, HingeTerms, fused_label_loss
+from ._fused import REDUCTIONS, fused_label_loss
+from ._terms import FocalStarTerms, FocalTerms, HingeTerms, compute_dtype
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -31,7 +32,7 @@ __all__ = [
 class _SigmoidFocalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str):
-        dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(inputs.dtype)
         loss, grad = terms(inputs.to(dtype), targets.to(dtype), True)
         ctx.grad = grad.to(inputs.dtype)
         ctx.reduction = reduction
@@ -89,7 +90,7 @@ def sigmoid_focal_loss(
     if torch.is_grad_enabled() and inputs.requires_grad:
         return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
     with torch.no_grad():
-        dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(inputs.dtype)
         loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
         if reduction == "sum":
             loss = loss.sum()
@@ -139,8 +140,9 @@ def label_focal_loss(
         reduction: "sum" (over non-ignored anchors and all classes; what a detector normalises
             by its number of positives), "mean" (that sum / (non-ignored anchors * K)), or
             "none" ((..., K) elementwise losses, 0 for ignored anchors).
-        compile: run the pass through ``torch.compile`` (first call pays the compile time;
-            falls back to eager if compilation fails).
+        compile: run the pass through ``torch.compile`` (the first call pays the compile time;
+            falls back to eager if compilation fails). Each call retries a failed compilation;
+            a :class:`~retinafocal.losses.FocalLoss` module remembers the failure.
 
     Returns:
         fp32 loss (float64 for float64 logits). It equals ``sigmoid_focal_loss`` on the one-hot

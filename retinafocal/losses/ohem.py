@@ -9,7 +9,8 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from ._fused import FocalTerms, anchor_losses, check_labels, fused_label_loss
+from ._fused import LabelLossRunner, check_labels
+from ._terms import FocalTerms
 from .build import CLASSIFICATION_LOSS_REGISTRY
 
 __all__ = ["OHEMLoss", "ohem_select"]
@@ -87,6 +88,10 @@ class OHEMLoss(nn.Module):
     averaged over all kept anchors of the batch, as the paper averages over the minibatch.
     Hence ``self_normalizing = True``. Plain CE, no alpha weighting: the sampling does the
     balancing. Only the kept anchors receive gradient.
+
+    For diagnostics, the loss of an (anchor, class) element (:meth:`elementwise_losses`) is its
+    share of what trains: its CE divided by the number of kept anchors if its anchor is kept,
+    0 otherwise. The elements then sum to the value of :meth:`forward`.
     """
 
     self_normalizing = True
@@ -126,8 +131,11 @@ class OHEMLoss(nn.Module):
         self.batch_size_per_image = int(batch_size_per_image)
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.nms_thresh = float(nms_thresh)
-        self.compile = bool(compile)
-        self._ce = FocalTerms(alpha=-1.0, gamma=0.0, hard_targets=True)
+        ce = FocalTerms(alpha=-1.0, gamma=0.0, hard_targets=True)
+        # Scoring every anchor is the large pass (compiled when asked); the loss of the kept
+        # few hundred anchors per image runs eagerly, where a kernel would gain nothing.
+        self._scorer = LabelLossRunner(ce, compile)
+        self._kept = LabelLossRunner(ce, False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -142,7 +150,7 @@ class OHEMLoss(nn.Module):
     def anchor_losses(self, pred_logits: Tensor, gt_labels: Tensor) -> Tensor:
         """(N, R) fp32 CE of each anchor summed over its K classes (0 for ignored anchors): the
         hardness score OHEM ranks by; no gradient."""
-        return anchor_losses(pred_logits, gt_labels, self._ce, self.compile)
+        return self._scorer.anchor_losses(pred_logits, gt_labels)
 
     def select(self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Tensor) -> Tensor:
         """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient."""
@@ -163,6 +171,23 @@ class OHEMLoss(nn.Module):
         ]
         return torch.cat(picked) if picked else gt_labels.new_empty(0)
 
+    def _check_inputs(
+        self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor]
+    ) -> Tensor:
+        check_labels(pred_logits, gt_labels, "OHEMLoss")
+        if pred_logits.dim() != 3:
+            raise ValueError(
+                f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
+            )
+        if anchor_boxes is None:
+            raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
+        if anchor_boxes.shape != (pred_logits.shape[1], 4):
+            raise ValueError(
+                f"OHEMLoss: anchor_boxes must be (R={pred_logits.shape[1]}, 4), "
+                f"got {tuple(anchor_boxes.shape)}"
+            )
+        return anchor_boxes
+
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
@@ -176,27 +201,32 @@ class OHEMLoss(nn.Module):
             fp32 scalar: mean over the picked anchors of their CE summed over classes
             (0, still attached to the graph, when nothing is picked).
         """
-        check_labels(pred_logits, gt_labels, "OHEMLoss")
-        if pred_logits.dim() != 3:
-            raise ValueError(
-                f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
-            )
-        if anchor_boxes is None:
-            raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
-        if anchor_boxes.shape != (pred_logits.shape[1], 4):
-            raise ValueError(
-                f"OHEMLoss: anchor_boxes must be (R={pred_logits.shape[1]}, 4), "
-                f"got {tuple(anchor_boxes.shape)}"
-            )
+        boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.reshape(-1, pred_logits.shape[-1])
-        idx = self.select(pred_logits, gt_labels, anchor_boxes)
+        idx = self.select(pred_logits, gt_labels, boxes)
         if idx.numel() == 0:
             return flat[:0].float().sum()
-        total = fused_label_loss(flat[idx], gt_labels.reshape(-1)[idx], self._ce, "sum")
+        total = self._kept.loss(flat[idx], gt_labels.reshape(-1)[idx], "sum", "OHEMLoss")
         return total / idx.numel()
+
+    def elementwise_losses(
+        self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
+    ) -> Tensor:
+        """(N, R, K) fp32 share of each element in :meth:`forward`'s value, without gradient: CE
+        / (number of kept anchors) for the elements of kept anchors, 0 elsewhere. Arguments as
+        in :meth:`forward`; the same anchors are kept (the selection is deterministic)."""
+        boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
+        flat = pred_logits.detach().reshape(-1, pred_logits.shape[-1])
+        idx = self.select(pred_logits, gt_labels, boxes)
+        kept = self._kept.elementwise_losses(flat[idx], gt_labels.reshape(-1)[idx])
+        out = kept.new_zeros(flat.shape)
+        if idx.numel() > 0:
+            out[idx] = kept / idx.numel()
+        return out.view(pred_logits.shape)
 
     def extra_repr(self) -> str:
         return (
             f"batch_size_per_image={self.batch_size_per_image}, "
-            f"neg_pos_ratio={self.neg_pos_ratio}, nms_thresh={self.nms_thresh}"
+            f"neg_pos_ratio={self.neg_pos_ratio}, nms_thresh={self.nms_thresh}, "
+            f"compile={self._scorer.compile}"
         )

@@ -5,54 +5,54 @@ from typing import Dict
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 __all__ = ["imbalance_statistics"]
 
 
 @torch.no_grad()
 def imbalance_statistics(
-    pred_logits: Tensor, gt_labels: Tensor, *, alpha: float, gamma: float, hard_fraction: float = 0.1
+    element_losses: Tensor, pred_logits: Tensor, gt_labels: Tensor, *, hard_fraction: float = 0.1
 ) -> Dict[str, float]:
     """Measure how the classification loss splits between easy and hard examples.
 
     Each (anchor, class) pair of a non-ignored anchor is one binary example, as in the sigmoid
     loss; a *negative* is a pair whose target is 0 (every class of a background anchor, and the
-    other classes of a foreground anchor). Losses are the focal loss with the given alpha/gamma
-    (gamma = 0 is alpha-balanced CE), so the shares describe what the optimiser sees.
+    other classes of a foreground anchor). The losses are those of the classification loss that
+    trains (its ``elementwise_losses``), so the shares describe what the optimiser sees.
 
     Args:
-        pred_logits: (N, R, K) logits.
+        element_losses: (N, R, K) loss of each pair, 0 for ignored anchors.
+        pred_logits: (N, R, K) logits, which tell easy from hard negatives.
         gt_labels: (N, R) int64; [0, K) = class, K = background, -1 = ignored.
-        alpha, gamma: focal-loss parameters (alpha < 0: no alpha weighting).
         hard_fraction: fraction of negatives counted as "hardest" (0.1 = the 10% hardest).
 
     Returns:
         dict with ``num_pos_anchors`` and ``num_ignored_anchors`` (per image),
         ``cls_loss_share_easy_neg`` (share of the loss from negatives with p_t > 0.5) and
-        ``cls_loss_share_hard_neg`` (share from the ``hard_fraction`` highest-loss negatives).
+        ``cls_loss_share_hard_neg`` (share from the ``hard_fraction`` highest-loss negatives);
+        both shares are 0 when the total loss is 0 or there is no negative.
     """
     num_images, _, num_classes = pred_logits.shape
+    if element_losses.shape != pred_logits.shape:
+        raise ValueError(
+            f"imbalance_statistics: element_losses {tuple(element_losses.shape)} must have the "
+            f"logits' shape {tuple(pred_logits.shape)}"
+        )
     valid = gt_labels >= 0
     stats = {
-        "num_pos_anchors": float(((gt_labels >= 0) & (gt_labels < num_classes)).sum()) / num_images,
+        "num_pos_anchors": float((valid & (gt_labels < num_classes)).sum()) / num_images,
         "num_ignored_anchors": float((~valid).sum()) / num_images,
     }
-    logits = pred_logits[valid].float()  # (V, K)
-    targets = F.one_hot(gt_labels[valid], num_classes + 1)[:, :num_classes].to(logits.dtype)
-    prob = logits.sigmoid()
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    loss = loss * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    loss = element_losses[valid].float()  # (V, K)
+    classes = torch.arange(num_classes, device=gt_labels.device)
+    negative = classes[None, :] != gt_labels[valid][:, None]  # (V, K)
     total = loss.sum()
-    negative = targets == 0
     neg_loss = loss[negative]
     if total <= 0 or neg_loss.numel() == 0:
         stats.update(cls_loss_share_easy_neg=0.0, cls_loss_share_hard_neg=0.0)
         return stats
-    easy = neg_loss[p_t[negative] > 0.5].sum()
+    # A negative's p_t = 1 - sigmoid(x) exceeds 0.5 exactly when its logit is below 0.
+    easy = neg_loss[pred_logits[valid][negative] < 0].sum()
     num_hard = max(1, int(hard_fraction * neg_loss.numel()))
     hard = neg_loss.topk(num_hard).values.sum()
     stats["cls_loss_share_easy_neg"] = float(easy / total)

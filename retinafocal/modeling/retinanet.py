@@ -70,8 +70,6 @@ class FocalRetinaNet(DenseDetector):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         diagnostics_period: int = 0,
-        diagnostics_alpha: float = 0.25,
-        diagnostics_gamma: float = 2.0,
         vis_period: int = 0,
         input_format: str = "BGR",
         memory_format: str = "NCHW",
@@ -96,8 +94,8 @@ class FocalRetinaNet(DenseDetector):
             test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
                 inference settings (paper: 0.05, 1000 per level, 0.5, 100).
             pixel_mean, pixel_std: input normalisation, per channel.
-            diagnostics_period: record imbalance diagnostics every this many iterations (0: off).
-            diagnostics_alpha, diagnostics_gamma: focal-loss parameters the diagnostics use.
+            diagnostics_period: record imbalance diagnostics every this many iterations (0: off),
+                from the per-element losses of ``classification_loss``.
             vis_period: visualise training predictions every this many iterations (0: off).
             input_format: "BGR" or "RGB", for visualisation.
             memory_format: layout of the 4-d weights and of the images fed to the backbone:
@@ -129,8 +127,6 @@ class FocalRetinaNet(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.diagnostics_period = diagnostics_period
-        self.diagnostics_alpha = diagnostics_alpha
-        self.diagnostics_gamma = diagnostics_gamma
         self.vis_period = vis_period
         self.input_format = input_format
         if memory_format not in _MEMORY_FORMATS:
@@ -174,8 +170,6 @@ class FocalRetinaNet(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "diagnostics_period": cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD,
-            "diagnostics_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            "diagnostics_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
             "memory_format": cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT,
@@ -201,7 +195,6 @@ class FocalRetinaNet(DenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
-        self._check_finite(losses)
         if self.vis_period > 0:
             storage = get_event_storage()
             if storage.iter % self.vis_period == 0:
@@ -214,23 +207,6 @@ class FocalRetinaNet(DenseDetector):
         if self.training and self.vis_period > 0:
             self._batched_inputs_for_vis = batched_inputs
         return super().forward(batched_inputs)
-
-    @staticmethod
-    def _check_finite(losses: Dict[str, Tensor]) -> None:
-        """Raise a FloatingPointError naming the iteration and every loss term that is NaN or
-        infinite; the error's ``terms`` attribute lists those terms for the trainer."""
-        values = torch.stack([v.detach().float() for v in losses.values()])
-        if bool(torch.isfinite(values).all()):
-            return
-        detached = {k: float(v.detach()) for k, v in losses.items()}
-        bad = {k: v for k, v in detached.items() if not math.isfinite(v)}
-        err = FloatingPointError(
-            f"non-finite loss term(s) {bad} at iteration {get_event_storage().iter} in "
-            f"FocalRetinaNet; all terms: {detached}. Check the inputs for NaN/Inf (images, "
-            "boxes) and the learning rate."
-        )
-        err.terms = list(bad)  # type: ignore[attr-defined]
-        raise err
 
     @torch.no_grad()
     def label_anchors(
@@ -298,9 +274,8 @@ class FocalRetinaNet(DenseDetector):
             normalizer = max(num_pos, 1)
 
         logits = cat(pred_logits, dim=1)  # (N, R, K)
-        loss_cls = self.classification_loss(
-            logits, labels, anchor_boxes=Boxes.cat(anchors).tensor
-        )
+        anchor_boxes = Boxes.cat(anchors).tensor  # (R, 4)
+        loss_cls = self.classification_loss(logits, labels, anchor_boxes=anchor_boxes)
         if not getattr(self.classification_loss, "self_normalizing", False):
             loss_cls = loss_cls / normalizer
         loss_box_reg = _dense_box_regression_loss(
@@ -313,9 +288,13 @@ class FocalRetinaNet(DenseDetector):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         if self.diagnostics_period > 0 and storage.iter % self.diagnostics_period == 0:
-            stats = imbalance_statistics(
-                logits.detach(), labels, alpha=self.diagnostics_alpha, gamma=self.diagnostics_gamma
+            # Ask the loss that trains for its per-element values: the diagnostics then follow
+            # whichever loss is configured, with its own parameters.
+            logits = logits.detach()
+            element_losses = self.classification_loss.elementwise_losses(
+                logits, labels, anchor_boxes=anchor_boxes
             )
+            stats = imbalance_statistics(element_losses, logits, labels)
             storage.put_scalars(**{f"imbalance/{k}": v for k, v in stats.items()})
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 

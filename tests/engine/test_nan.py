@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import unittest
+from unittest import mock
 
 import retinafocal  # noqa: F401  (compat first, before detectron2)
 import torch
@@ -15,7 +16,7 @@ from detectron2.engine import HookBase
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
 from retinafocal.data import register_coco_json_datasets
-from retinafocal.engine import NonFiniteLossError, Trainer
+from retinafocal.engine import NonFiniteLossError, Trainer, checked_trainer
 
 from .common import CONFIG_DIR, tiny_shapes, yacs_tiny_overrides
 
@@ -99,6 +100,50 @@ class TestNonFiniteLoss(unittest.TestCase):
             self.assertTrue(torch.isfinite(v.float()).all(), k)
             torch.testing.assert_close(v, weights.weights[k], msg=k)
             torch.testing.assert_close(v, torch.as_tensor(saved[k]), msg=k)
+
+
+class _Toy(torch.nn.Module):
+    """One weight; ``loss_scaled`` takes the batch's value, so a NaN batch makes it NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, batch):
+        return {"loss_plain": self.weight**2, "loss_scaled": self.weight * batch}
+
+
+class TestTheOneCheck(unittest.TestCase):
+    def _train(self, batches, checkpointer=None):
+        model = _Toy()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        trainer = checked_trainer(model, batches, optimizer, amp=False, checkpointer=checkpointer)
+        weights = _WeightsAfterStep()
+        trainer.register_hooks([weights])
+        with self.assertRaises(FloatingPointError) as caught:
+            trainer.train(0, len(batches))
+        return caught.exception, model, weights
+
+    def test_named_error_before_detectron2s_and_before_the_step(self):
+        """detectron2's own check of the summed loss would raise a bare FloatingPointError from
+        the same method; ours runs first and names the term and the iteration."""
+        batches = [torch.tensor(1.0), torch.tensor(2.0), torch.tensor(float("nan"))]
+        err, model, weights = self._train(batches)
+        self.assertIsInstance(err, NonFiniteLossError)
+        self.assertEqual((err.iteration, err.terms, err.checkpoint), (2, ["loss_scaled"], ""))
+        self.assertIn("iteration 2: non-finite term(s) loss_scaled", str(err))
+        self.assertIn("No checkpoint has been written yet", str(err))
+        self.assertEqual(model.weight.item(), weights.weights["weight"].item())  # no step taken
+        self.assertTrue(torch.isfinite(model.weight))
+
+    def test_infinity_and_the_checkpoint_are_named(self):
+        checkpointer = mock.Mock()
+        checkpointer.has_checkpoint.return_value = True
+        checkpointer.get_checkpoint_file.return_value = "/out/model_0000007.pth"
+        err, _, _ = self._train([torch.tensor(float("inf"))], checkpointer)
+        self.assertEqual((err.iteration, err.terms), (0, ["loss_scaled"]))
+        self.assertEqual(err.checkpoint, "/out/model_0000007.pth")
+        self.assertIn("The last checkpoint is /out/model_0000007.pth", str(err))
 
 
 if __name__ == "__main__":

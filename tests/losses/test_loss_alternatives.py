@@ -123,6 +123,19 @@ class TestOHEM(unittest.TestCase):
         no_nms = OHEMLoss(batch_size_per_image=2, nms_thresh=1.0)
         self.assertEqual(no_nms.select(logits, labels, boxes).tolist(), [0, 1])
 
+    def test_elementwise_losses_are_the_kept_anchors_share(self):
+        """The same case: the elements of the 2 kept anchors carry softplus(x) / 2, the others
+        nothing, so what the diagnostics read sums to the loss that trains."""
+        boxes = self._boxes([0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30], [40, 40, 50, 50])
+        logits = torch.tensor([[[5.0], [4.0], [3.0], [-2.0]]])
+        labels = torch.ones(1, 4, dtype=torch.long)
+        loss_fn = OHEMLoss(batch_size_per_image=2, neg_pos_ratio=0.0, nms_thresh=0.5)
+        elements = loss_fn.elementwise_losses(logits, labels, anchor_boxes=boxes)
+        expected = [math.log1p(math.exp(5.0)) / 2, 0.0, math.log1p(math.exp(3.0)) / 2, 0.0]
+        torch.testing.assert_close(elements[0, :, 0], torch.tensor(expected))
+        with self.assertRaisesRegex(ValueError, "anchor_boxes"):
+            loss_fn.elementwise_losses(logits, labels)
+
     def _ratio_case(self, num_pos):
         """num_pos positives (class 0 of K = 2) then 20 background anchors, on disjoint boxes;
         losses decrease with the index within each group, ignored anchor last."""

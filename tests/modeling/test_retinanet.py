@@ -97,15 +97,14 @@ class TestFocalRetinaNet(unittest.TestCase):
         expected = calls[0] / (num_pos_per_image * len(inputs))
         self.assertTrue(torch.allclose(losses["loss_cls"], expected))
 
-    def test_nan_input_raises_floating_point_error(self):
-        inputs = make_inputs()
-        inputs[1]["image"][0, 5, 5] = float("nan")
-        with self.assertRaisesRegex(FloatingPointError, "loss_cls"):
-            train_losses(build(small_retinanet_cfg()), inputs)
-        inputs = make_inputs()
-        inputs[0]["image"][:, :4, :4] = float("inf")
-        with self.assertRaises(FloatingPointError):
-            train_losses(build(small_retinanet_cfg()), inputs)
+    def test_nan_input_gives_non_finite_losses_and_no_error(self):
+        """The model leaves the check to the trainer (tests/engine/test_nan.py): it returns its
+        losses as computed, with no host sync to test them."""
+        for value, pixels in ((float("nan"), (1, 0, 5, 5)), (float("inf"), (0, slice(None), 2, 3))):
+            inputs = make_inputs()
+            inputs[pixels[0]]["image"][pixels[1:]] = value
+            losses = train_losses(build(small_retinanet_cfg()), inputs)
+            self.assertFalse(torch.isfinite(losses["loss_cls"]), value)
 
     def test_diagnostics_in_event_storage(self):
         shares = {}

@@ -14,6 +14,7 @@ import torch
 import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
 from detectron2.checkpoint import DetectionCheckpointer
 from retinafocal import checkpoint as rf_checkpoint
+from retinafocal import compat
 from retinafocal.checkpoint import AtomicDetectionCheckpointer, CorruptCheckpointError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -181,6 +182,41 @@ class TestKillDuringSave(unittest.TestCase):
         # The next save goes on from there and clears the dead process's temporary file.
         checkpointer.save("model_0000003", iteration=3)
         self.assertFalse([n for n in os.listdir(save_dir) if n.endswith(".tmp")])
+
+
+
+class TestFailedLoadState(unittest.TestCase):
+    """compat.forget_failed_load: current detectron2 keeps the file being loaded in
+    ``_parsed_url_during_load`` and clears it only on success; v0.6 has no such state."""
+
+    def test_guard_follows_the_installed_detectron2(self):
+        plain = DetectionCheckpointer(torch.nn.Linear(2, 2))
+        has_state = hasattr(plain, "_parsed_url_during_load")
+        self.assertEqual(compat.CHECKPOINT_LOAD_STATE_RESET, has_state)
+        listed = "checkpointer load state" in compat.describe()
+        self.assertEqual(listed, has_state)
+
+    def test_clears_only_where_needed(self):
+        stale = mock.Mock(_parsed_url_during_load="file:///damaged.pth")
+        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", False):
+            compat.forget_failed_load(stale)
+        self.assertEqual(stale._parsed_url_during_load, "file:///damaged.pth")
+        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True):
+            compat.forget_failed_load(stale)
+        self.assertIsNone(stale._parsed_url_during_load)
+
+    def test_same_checkpointer_loads_after_a_damaged_file(self):
+        save_dir = tempfile.mkdtemp(prefix="retinafocal_ckpt_")
+        self.addCleanup(shutil.rmtree, save_dir, ignore_errors=True)
+        model = torch.nn.Linear(2, 2)
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir)
+        checkpointer.save("good")
+        damaged = os.path.join(save_dir, "damaged.pth")
+        with open(damaged, "wb") as f:
+            f.write(b"not a checkpoint")
+        with self.assertRaises(CorruptCheckpointError):
+            checkpointer.load(damaged)
+        checkpointer.load(os.path.join(save_dir, "good.pth"))  # no stale-state assert
 
 
 if __name__ == "__main__":

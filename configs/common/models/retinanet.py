@@ -62,8 +62,6 @@ model = L(FocalRetinaNet)(
     pixel_mean=[103.530, 116.280, 123.675],
     pixel_std=[1.0, 1.0, 1.0],
     diagnostics_period=20,
-    diagnostics_alpha="${.classification_loss.alpha}",
-    diagnostics_gamma="${.classification_loss.gamma}",
     input_format="BGR",
     # Channels-last weights and images (MODEL.RETINAFOCAL.MEMORY_FORMAT in Base-RetinaNet.yaml).
     memory_format="NHWC",

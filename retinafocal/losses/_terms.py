@@ -1,0 +1,145 @@
+"""Elementwise loss "terms": (logit, binary target) -> (loss, d loss / d logit) in one pass.
+
+A terms object is called as ``terms(x, t, need_grad)`` with x and t of the compute dtype
+(:func:`compute_dtype`) broadcasting against each other; t is the binary target, 0 or 1 for the
+label-based losses (:class:`FocalTerms` also accepts soft targets in [0, 1]). It returns the
+elementwise loss and, when ``need_grad``, its analytic derivative with respect to x (else None).
+Forming both together shares the sigmoid, the log and the modulating factor between them, which
+is what lets the fused losses skip autograd's (anchors x K) temporaries.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Terms", "FocalTerms", "FocalStarTerms", "HingeTerms", "compute_dtype"]
+
+
+class Terms(Protocol):
+    """What a terms object is: ``(x, t, need_grad) -> (loss, d loss / d x or None)``."""
+
+    def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        ...
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the terms are evaluated in for logits of ``dtype``: fp16/bf16 accumulate in
+    fp32, float64 stays float64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _log1p_of_unit(e: Tensor, u: Tensor) -> Tensor:
+    """log1p(e) for e in [0, 1], given u = 1 + e, to within a few ulp.
+
+    ``torch.log1p`` is not vectorised on CPU (it was ~10x slower than ``log`` here, eager and under
+    inductor); ``log(u) * e / (u - 1)`` cancels the rounding of u exactly (Goldberg's identity)
+    and costs one division. Where u rounds to 1, log1p(e) == e to working precision.
+    """
+    return torch.where(u == 1.0, e, torch.log(u) * (e / (u - 1.0)))
+
+
+def _sigmoid_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(sigmoid(x), sigmoid(-x), softplus(-|x|) = log1p(exp(-|x|))) from a single exp.
+
+    Both sigmoids are formed without the cancellation of ``1 - sigmoid(x)``, so logits of +-100
+    keep their tiny probabilities and every term below stays finite.
+    """
+    e = torch.exp(-x.abs())
+    u = 1.0 + e
+    inv = 1.0 / u
+    small = e * inv
+    nonneg = x >= 0
+    p = torch.where(nonneg, inv, small)
+    p_neg = torch.where(nonneg, small, inv)
+    return p, p_neg, _log1p_of_unit(e, u)
+
+
+class FocalTerms:
+    """Sigmoid focal loss, ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` per element.
+
+    With p = sigmoid(x), p_t = p if t = 1 else 1 - p, alpha_t = alpha if t = 1 else 1 - alpha
+    (no weighting when alpha < 0). Soft targets follow torchvision's definition: ``ce = BCE(x, t)``,
+    ``1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)``.
+    With q = 1 - p_t the derivative is
+
+        d FL / d x = alpha_t q^gamma [ (p - t) + gamma * ce * (1 - 2t) * p (1 - p) / q ],
+
+    where p (1 - p) / q lies in [0, 1]. For hard targets (``hard_targets=True``, the label-based
+    losses) it is simply p or 1 - p, which saves a division per element. gamma = 0 takes a
+    separate branch, so it is exactly alpha-balanced CE.
+    """
+
+    def __init__(self, alpha: float, gamma: float, hard_targets: bool = False):
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.hard_targets = bool(hard_targets)
+
+    def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        p, p_neg, log1p_e = _sigmoid_parts(x)
+        not_t = 1.0 - t
+        # BCE(x, t) = (1 - t) x + softplus(-x), written so neither hard target cancels.
+        ce = not_t * x + torch.clamp_min(-x, 0.0) + log1p_e
+        if self.alpha >= 0:
+            a_t = self.alpha * t + (1.0 - self.alpha) * not_t
+        else:
+            a_t = None
+        # p - t, exact for hard targets (no 1 - p rounding at large logits).
+        d_ce = not_t * p - t * p_neg
+        if self.gamma == 0.0:
+            loss, grad = ce, d_ce
+        else:
+            q = t * p_neg + not_t * p
+            mod = q * q if self.gamma == 2.0 else torch.pow(q, self.gamma)
+            loss = ce * mod
+            if need_grad:
+                if self.hard_targets:
+                    r = t * p + not_t * p_neg
+                else:
+                    r = torch.where(q > 0, p * p_neg / q, 0.0)
+                grad = mod * (d_ce + (self.gamma * ce) * (not_t - t) * r)
+        if a_t is not None:
+            loss = a_t * loss
+            if need_grad:
+                grad = a_t * grad
+        return loss, (grad if need_grad else None)
+
+
+class FocalStarTerms:
+    """FL* (paper, Appendix A): ``x_t = x`` if t = 1 else ``-x``;
+    ``p*_t = sigmoid(gamma x_t + beta)``;
+    ``FL* = -log(p*_t) / gamma = softplus(-(gamma x_t + beta)) / gamma``;
+    ``d FL* / d x = -s * sigmoid(-(gamma x_t + beta))`` with s = +1 (t = 1) or -1 (t = 0).
+    """
+
+    def __init__(self, gamma: float, beta: float):
+        self.gamma = float(gamma)
+        self.beta = float(beta)
+
+    def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        s = 2.0 * t - 1.0
+        z = (self.gamma * s) * x + self.beta
+        _, p_neg_z, log1p_e = _sigmoid_parts(z)
+        loss = (torch.clamp_min(-z, 0.0) + log1p_e) * (1.0 / self.gamma)
+        return loss, (-s * p_neg_z if need_grad else None)
+
+
+class HingeTerms:
+    """Hinge on p_t (paper, Sec. 5.1): ``L = max(0, margin - p_t)``, zero once p_t >= margin.
+
+    ``d L / d x = -s p_t (1 - p_t)`` where p_t < margin, else 0 (s = +1 for t = 1, -1 for t = 0).
+    """
+
+    def __init__(self, margin: float):
+        self.margin = float(margin)
+
+    def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        s = 2.0 * t - 1.0
+        p_t, p_t_neg, _ = _sigmoid_parts(s * x)
+        below = p_t < self.margin
+        loss = torch.where(below, self.margin - p_t, 0.0)
+        if not need_grad:
+            return loss, None
+        return loss, torch.where(below, -s * (p_t * p_t_neg), 0.0)
