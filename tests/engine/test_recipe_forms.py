@@ -114,8 +114,14 @@ PERTURBATIONS = {
         "model.anchor_matcher.allow_low_quality_matches",
     ),
     "loss type": (_swap_loss_class, "type classification_loss"),
-    "focal gamma": ("model.classification_loss.gamma=1.0", "model.classification_loss.terms"),
-    "focal alpha": ("model.classification_loss.alpha=0.5", "model.classification_loss.terms"),
+    "focal gamma": (
+        "model.classification_loss.gamma=1.0",
+        "model.classification_loss.runner.terms.gamma",
+    ),
+    "focal alpha": (
+        "model.classification_loss.alpha=0.5",
+        "model.classification_loss.runner.terms.alpha",
+    ),
     "score threshold": ("model.test_score_thresh=0.1", "model.test_score_thresh"),
     "top-k": ("model.test_topk_candidates=500", "model.test_topk_candidates"),
     "NMS": ("model.test_nms_thresh=0.6", "model.test_nms_thresh"),
