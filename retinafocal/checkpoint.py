@@ -11,10 +11,16 @@ refers to a complete file: the new one or the previous one.
 It also refuses to silently resume from a damaged file: when ``last_checkpoint`` names a file
 that is missing or cannot be read (written by another tool, or a disk error), resuming falls
 back to the newest readable checkpoint in the folder, and says so.
+
+It is retinafocal's one loader of weights (training's initial weights, ``--resume``,
+``--eval-only``, the tools): files are read without running their code
+(:mod:`retinafocal.weights_file`) and must fit the model (:mod:`retinafocal.weights_fit`);
+:func:`load_inference_weights` adds the rule that a model run for its outputs has weights.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import re
@@ -23,19 +29,29 @@ import zipfile
 from typing import IO, Any, Callable, Dict, List
 
 import torch
+from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from . import compat
+from .weights_file import WeightsFileError, read_weights_file
+from .weights_fit import MissingWeightsError, check_fit
 
-__all__ = ["AtomicDetectionCheckpointer", "CorruptCheckpointError", "atomic_write"]
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "CorruptCheckpointError",
+    "atomic_write",
+    "load_inference_weights",
+]
+
+logger = logging.getLogger(__name__)
 
 # Temporary files are named ".<final name>.<pid>.<random>.tmp": hidden, never "*.pth" (so that
 # detectron2's get_all_checkpoint_files ignores them), and tied to the process that wrote them.
 _TMP_PATTERN = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(WeightsFileError):
     """A checkpoint file exists but cannot be read; the message names it."""
 
 
@@ -98,11 +114,42 @@ def _pid_alive(pid: int) -> bool:
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` (same constructor and methods) with atomic, durable saves.
+    """``DetectionCheckpointer`` (same methods) with atomic, durable saves and safe loads.
 
     Saving to a non-local ``save_dir`` (a ``PathManager`` URL) falls back to the parent's
     non-atomic save.
+
+    Loading reads every file with :func:`~retinafocal.weights_file.read_weights_file` (no code
+    runs; the formats detectron2 reads: its ``.pkl`` model zoo, Caffe2 blobs, pycls ``.pyth``,
+    ``.pth``), then checks the fit with :func:`~retinafocal.weights_fit.check_fit`:
+
+    - exactly, when the load restores the whole training state (``load(path)`` with every
+      checkpointable, as ``resume_or_load`` does when it resumes) or ``exact_fit`` is set;
+    - as initial weights otherwise (``load(path, checkpointables=[])``, as ``resume_or_load``
+      does for ``MODEL.WEIGHTS`` when there is nothing to resume): part of a model may load.
+
+    Args:
+        trust_weights_file: read files with full unpickling (may run code), logging a warning
+            that names each file; for files whose source the user trusts.
+        exact_fit: every load must fit the model exactly (evaluation, inference).
     """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Any = None,
+        trust_weights_file: bool = False,
+        exact_fit: bool = False,
+        **checkpointables: Any,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.trust_weights_file = trust_weights_file
+        self.exact_fit = exact_fit
+        # The load in progress, for _load_model (fvcore passes it only the file's contents).
+        self._exact_load = exact_fit
+        self._loading_path = ""
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model and checkpointables (and ``kwargs``) as ``<save_dir>/<name>.pth``, then
@@ -149,6 +196,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                     self.logger.info(f"Removed {file_name}, left by an interrupted save")
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """fvcore's ``load(path, checkpointables=None)``; see the class for the fit rules."""
+        checkpointables = args[0] if args else kwargs.get("checkpointables")
+        self._exact_load = self.exact_fit or checkpointables is None
+        self._loading_path = path
         try:
             return super().load(path, *args, **kwargs)
         except BaseException:
@@ -158,16 +209,34 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            return super()._load_file(filename)
+            checkpoint = read_weights_file(filename, trusted=self.trust_weights_file)
+        except WeightsFileError:
+            raise  # unsafe, TorchScript or not a dict: the message already says what it is
         except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
             if filename.endswith(".pth") and zipfile.is_zipfile(filename):
                 # A whole torch.save archive (its zip directory is intact): the failure is not
-                # damage (e.g. torch.load's weights_only refusing a type), so show it as it is.
+                # damage, so show it as it is.
                 raise
             raise CorruptCheckpointError(
                 f"Checkpoint {filename} cannot be read; it is truncated or corrupt "
                 f"({type(e).__name__}: {e})"
             ) from e
+        # Current detectron2 takes options from the path's URL query (?matching_heuristics=True).
+        checkpoint.update(compat.checkpoint_url_options(self))
+        return checkpoint
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        model_keys = list(self.model.state_dict())
+        incompatible = super()._load_model(checkpoint)
+        check_fit(
+            self._loading_path,
+            model_keys,
+            incompatible.missing_keys,
+            incompatible.unexpected_keys,
+            incompatible.incorrect_shapes,
+            exact=self._exact_load,
+        )
+        return incompatible
 
     def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
         files = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
@@ -200,3 +269,60 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             f"Cannot resume from {self.save_dir}: {error}, and no other checkpoint there is "
             "readable. Start without --resume (or restore a checkpoint) to go on."
         )
+
+
+def load_inference_weights(
+    model: nn.Module,
+    weights: str,
+    *,
+    weights_key: str,
+    save_dir: str = "",
+    resume: bool = False,
+    random_weights: bool = False,
+    trust_weights_file: bool = False,
+) -> Dict[str, Any]:
+    """Load the weights of a model that is run for its outputs (``--eval-only``, the demo,
+    export, analyses): the file must fit the model exactly, and having no weights at all is an
+    error unless ``random_weights`` says it is meant.
+
+    Args:
+        weights: the weights file or URL ("" for none), from the config key ``weights_key``
+            (``MODEL.WEIGHTS`` or ``train.init_checkpoint``, named in the errors).
+        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir`` when it has one
+            takes the place of ``weights`` (``train_net.py --eval-only --resume``).
+        random_weights: run with the model's random initialisation when no weights are given.
+        trust_weights_file: see :class:`AtomicDetectionCheckpointer`.
+
+    Returns:
+        the checkpoint's data other than the weights (e.g. ``{"iteration": 89999}``).
+
+    Raises:
+        MissingWeightsError: no weights and not ``random_weights``.
+        WeightsFileError: both weights and ``random_weights`` were given; and see
+            :meth:`AtomicDetectionCheckpointer.load`.
+    """
+    checkpointer = AtomicDetectionCheckpointer(
+        model, save_dir, trust_weights_file=trust_weights_file, exact_fit=True
+    )
+    if resume and checkpointer.has_checkpoint():
+        return checkpointer.resume_or_load(weights, resume=True)
+    if weights and random_weights:
+        raise WeightsFileError(
+            f"{weights_key} is {weights!r} and --random-weights asks for no weights: drop one"
+        )
+    if not weights:
+        if random_weights:
+            logger.warning(
+                f"No weights ({weights_key} is empty): the model keeps its random "
+                "initialisation (--random-weights); its outputs mean nothing"
+            )
+            return {}
+        where = f", and {save_dir} has no checkpoint to resume from" if resume else ""
+        # LazyConfig overrides are key=value, yacs ones KEY VALUE.
+        example = f"{weights_key}{'=' if weights_key.islower() else ' '}output/model_final.pth"
+        raise MissingWeightsError(
+            f"No weights to run the model with: {weights_key} is empty{where}. Give the "
+            f"checkpoint to use (e.g. {example}), or pass "
+            "--random-weights to run a randomly initialised model on purpose."
+        )
+    return checkpointer.load(weights, checkpointables=[])

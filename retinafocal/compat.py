@@ -9,8 +9,9 @@ changes anything.
 One adapter serves every detectron2 version from v0.6 to current main alike:
 :func:`dataset_mapper_call`, for a mapper that reads its images itself (``DatasetMapper`` offers
 no hook for that). :func:`apply` checks that the installed ``DatasetMapper`` is one it fits.
-One serves the other way round: :func:`forget_failed_load` clears per-load state that current
-detectron2's ``DetectionCheckpointer`` keeps (and v0.6 does not), after a failed load.
+Two serve the other way round, for per-load state that current detectron2's
+``DetectionCheckpointer`` keeps (and v0.6 does not): :func:`forget_failed_load` clears it after
+a failed load; :func:`checkpoint_url_options` reads the options of the file's URL from it.
 
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
@@ -22,7 +23,8 @@ import logging
 import os
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
+from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +43,7 @@ __all__ = [
     "apply",
     "describe",
     "forget_failed_load",
+    "checkpoint_url_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -340,6 +343,26 @@ def forget_failed_load(checkpointer: object) -> None:
         checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
 
 
+def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
+    """Current detectron2 (not v0.6): the options its ``DetectionCheckpointer`` reads from the
+    URL query of the file being loaded (only ``?matching_heuristics=True``), for a subclass
+    that reads files itself. An unknown option is an error, as there. v0.6 has no options: {}.
+    """
+    parsed = getattr(checkpointer, "_parsed_url_during_load", None)
+    if not CHECKPOINT_LOAD_STATE_RESET or parsed is None:
+        return {}
+    queries = parse_qs(parsed.query)
+    options: Dict[str, Any] = {}
+    if queries.pop("matching_heuristics", None) == ["True"]:
+        options["matching_heuristics"] = True
+    if queries:
+        raise ValueError(
+            f"Unsupported option(s) {sorted(queries)} in the query of {parsed.geturl()}; "
+            "detectron2 knows only matching_heuristics=True"
+        )
+    return options
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
@@ -372,5 +395,7 @@ def describe() -> str:
     if DATASET_MAPPER_TAKES_IMAGE:
         parts.append("compat: DatasetMapper.__call__ given a read image")
     if CHECKPOINT_LOAD_STATE_RESET:
-        parts.append("compat: checkpointer load state cleared after a failed load")
+        parts.append(
+            "compat: checkpointer load state cleared after a failed load, URL options read"
+        )
     return ", ".join(parts)

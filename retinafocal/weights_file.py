@@ -1,0 +1,258 @@
+"""Reading a weights file without running any code it contains.
+
+A weights file is a pickle, and unpickling may call any function the file names: a ``.pkl`` or
+``.pth`` downloaded from a model zoo, a paper's release page or a shared drive could run code
+on the user's machine the moment it is loaded. :func:`read_weights_file` therefore reads:
+
+- ``.pkl`` (detectron2's model-zoo format: a dict with ``model`` {name: ndarray},
+  ``__author__`` and ``matching_heuristics``; or a Caffe2 / Detectron1 blob dict) with an
+  unpickler that builds only dicts, lists, tuples, strings, bytes, numbers, booleans, None,
+  ``OrderedDict`` and numpy arrays, dtypes and scalars;
+- everything else (``.pth``, pycls ``.pyth``) with ``torch.load(..., weights_only=True)``,
+  PyTorch's own restricted unpickler (tensors, containers, numbers), on every torch version
+  retinafocal supports (``weights_only`` exists since torch 1.13; the floor is 2.1).
+
+A file that asks for anything else raises :class:`UnsafeWeightsFileError`, naming the file and
+the refused global. ``trusted=True`` (``--trust-weights-file``) is the explicit opt-out: full
+unpickling, with a warning naming the file. A TorchScript archive (an exported model) is
+recognised and refused with :class:`TorchScriptWeightsError`, whatever its extension.
+
+The results have the layout detectron2's ``DetectionCheckpointer`` gives its ``_load_model``.
+"""
+from __future__ import annotations
+
+import codecs
+import collections
+import logging
+import pickle
+import re
+import zipfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "WeightsFileError",
+    "UnsafeWeightsFileError",
+    "TorchScriptWeightsError",
+    "read_weights_file",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What the error messages tell a user who trusts the file.
+OPT_OUT_HINT = (
+    "If you trust where the file comes from, pass --trust-weights-file (or construct the "
+    "checkpointer with trust_weights_file=True) to load it with full unpickling."
+)
+
+
+class WeightsFileError(RuntimeError):
+    """A weights file cannot be used as asked; the message names the file and the fix."""
+
+
+class UnsafeWeightsFileError(WeightsFileError):
+    """Loading the file would need a Python global that weights never need, so unpickling it
+    could run code. ``global_name`` is that global ("module.name"), or "" when PyTorch refused
+    the file without naming one."""
+
+    def __init__(self, message: str, global_name: str = ""):
+        super().__init__(message)
+        self.global_name = global_name
+
+
+class TorchScriptWeightsError(WeightsFileError):
+    """The file is a TorchScript archive (a traced or scripted model), not a checkpoint."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` limited to latin-1: how protocol-2 pickles written by Python 3 store
+    ``bytes`` (numpy's raw array data among them). Other codecs are never needed for weights."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return codecs.encode(text, "latin-1")
+
+
+def _numpy_reconstructors() -> Dict[str, Callable[..., Any]]:
+    """The functions numpy pickles arrays and scalars with, asked from the installed numpy
+    itself, so that no private module is imported: ``_reconstruct`` (protocols 0-4),
+    ``_frombuffer`` (protocol 5) and ``scalar``."""
+    array = np.zeros(1, dtype=np.float32)
+    return {
+        "_reconstruct": array.__reduce__()[0],
+        "_frombuffer": array.__reduce_ex__(5)[0],
+        "scalar": np.float32(0).__reduce__()[0],
+    }
+
+
+def _allowed_globals() -> Dict[Tuple[str, str], Any]:
+    functions = _numpy_reconstructors()
+    allowed: Dict[Tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    # Model-zoo files were written by numpy 1 ("numpy.core"); numpy 2 writes "numpy._core".
+    # Both name the same functions.
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = functions["_reconstruct"]
+        allowed[(f"{core}.multiarray", "scalar")] = functions["scalar"]
+        allowed[(f"{core}.numeric", "_frombuffer")] = functions["_frombuffer"]
+    return allowed
+
+
+_ALLOWED_GLOBALS = _allowed_globals()
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Builds containers, numbers, strings and numpy arrays; refuses every other global."""
+
+    def __init__(self, file: Any, path: str):
+        # latin-1: Python 2 pickles (Detectron1/Caffe2 zoo files) store raw array bytes as str.
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise UnsafeWeightsFileError(
+                f"Refusing to load {self._path}: it asks for the Python global "
+                f"{module}.{name}, which a weights file (arrays, numbers, strings) never "
+                f"needs; unpickling it could run code. {OPT_OUT_HINT}",
+                f"{module}.{name}",
+            )
+        return allowed
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeWeightsFileError(
+            f"Refusing to load {self._path}: it refers to external objects (a pickle persistent "
+            "id, as torch.save's legacy format writes), which a .pkl weights file never does. "
+            f"Save it as .pth with torch.save instead. {OPT_OUT_HINT}"
+        )
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """True for the zip archives ``torch.jit.save`` writes (they hold ``constants.pkl`` and the
+    model's ``code/``, which ``torch.save`` archives never do)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _refused_global(message: str, path: str) -> Optional[str]:
+    """The global that torch's weights_only unpickler refused in ``path``: the one its message
+    names; else, for a plain pickle (torch refuses those of protocol 4 and 5 by their opcodes),
+    the first one :class:`_WeightsUnpickler` refuses. "" when torch refused a torch archive for
+    another reason; None when nothing was refused (the file is damaged or not a pickle)."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if match:
+        return match.group(1)
+    if zipfile.is_zipfile(path):
+        return ""
+    try:
+        with open(path, "rb") as f:
+            _WeightsUnpickler(f, path).load()  # builds nothing but allowed objects
+    except UnsafeWeightsFileError as e:
+        return e.global_name or ""
+    except Exception:  # unpickling raises several types on bytes that are not a pickle
+        return None
+    return None
+
+
+def _torch_load(path: str, trusted: bool) -> Any:
+    if trusted:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Explicit: torch < 2.6 defaults to weights_only=False, which unpickles anything.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        name = _refused_global(text, path) if "weights only" in text.lower() else None
+        if name is None:
+            raise  # not a refusal: damage, which the checkpointer reports as such
+        if name:
+            what = f"the Python global {name}"
+        else:  # torch's own words, without its advice to turn the check off
+            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            what = f"something outside its allowlist ({detail})"
+        raise UnsafeWeightsFileError(
+            f"Refusing to load {path}: torch.load(weights_only=True) found {what}, which "
+            f"tensors, numbers and containers never need; unpickling it could run code. "
+            f"{OPT_OUT_HINT}",
+            name,
+        ) from None
+
+
+def _read_pickle(path: str, trusted: bool) -> Any:
+    with open(path, "rb") as f:
+        if trusted:
+            return pickle.load(f, encoding="latin1")
+        return _WeightsUnpickler(f, path).load()
+
+
+def _expect_dict(data: Any, path: str) -> Dict[str, Any]:
+    if not isinstance(data, dict):
+        raise WeightsFileError(
+            f"{path} holds a {type(data).__name__}, not a dict of weights: is it a checkpoint?"
+        )
+    return data
+
+
+def _pkl_checkpoint(data: Dict[str, Any]) -> Dict[str, Any]:
+    """detectron2's reading of a ``.pkl``: its own model-zoo files are already checkpoints;
+    anything else is a Caffe2 / Detectron1 blob dict whose names the checkpointer maps onto the
+    model's with its matching heuristics."""
+    if "model" in data and "__author__" in data:
+        return data
+    blobs = data.get("blobs", data)  # detection models keep their weights under "blobs"
+    # "*_momentum" blobs are the SGD momentum of the weight of the same name, not weights.
+    weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _pyth_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """A pycls checkpoint (the only ``.pyth`` files around): weights under ``model_state``."""
+    if "model_state" not in data:
+        raise WeightsFileError(f"{path}: a pycls .pyth checkpoint must contain 'model_state'")
+    # BatchNorm's step counters are not weights; pycls names differ from detectron2's anyway.
+    state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+
+
+def read_weights_file(path: str, *, trusted: bool = False) -> Dict[str, Any]:
+    """Read the local weights file ``path`` without running code (unless ``trusted``).
+
+    Returns:
+        a dict with ``"model"`` ({parameter name: tensor or ndarray}), plus whatever else the
+        file holds (``optimizer``, ``scheduler``, ``iteration``, ...), or, for model-zoo
+        ``.pkl`` / ``.pyth`` files, ``"__author__"`` and ``"matching_heuristics"``.
+
+    Raises:
+        UnsafeWeightsFileError: the file needs a global outside the allowlist.
+        TorchScriptWeightsError: the file is a TorchScript archive.
+        WeightsFileError: the file holds something other than a dict.
+        pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile: the file is damaged.
+    """
+    if _is_torchscript_archive(path):
+        raise TorchScriptWeightsError(
+            f"{path} is a TorchScript archive (a traced or scripted model, such as the model.ts "
+            "that tools/export_model.py writes), not a checkpoint: its weights cannot be loaded "
+            "into a model built from a config. Run it as it is with torch.jit.load (its "
+            "export_info.json describes the input), or give the .pth checkpoint it was exported "
+            "from (e.g. output/model_final.pth) as the weights."
+        )
+    if trusted:
+        logger.warning(
+            f"Loading {path} with full unpickling (--trust-weights-file): any code in this "
+            "file runs now. Do this only for files from a source you trust."
+        )
+    if path.endswith(".pkl") and not zipfile.is_zipfile(path):
+        return _pkl_checkpoint(_expect_dict(_read_pickle(path, trusted), path))
+    data = _expect_dict(_torch_load(path, trusted), path)
+    if path.endswith(".pyth"):
+        return _pyth_checkpoint(data, path)
+    return data if "model" in data else {"model": data}
