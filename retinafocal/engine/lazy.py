@@ -79,10 +79,12 @@ def lazy_test(cfg: Any, model: torch.nn.Module) -> OrderedDict:
     return results
 
 
-def build_lazy_trainer(cfg: Any) -> Tuple[SimpleTrainer, AtomicDetectionCheckpointer]:
+def build_lazy_trainer(
+    cfg: Any, *, trust_weights_file: bool = False
+) -> Tuple[SimpleTrainer, AtomicDetectionCheckpointer]:
     """Build the model, optimizer, data loader, checked trainer, checkpointer and hooks of
     ``cfg``. :func:`lazy_train` then loads weights or resumes, and trains; other hooks can be
-    registered in between.
+    registered in between. ``trust_weights_file``: see :class:`AtomicDetectionCheckpointer`.
 
     The last evaluation's results are kept in ``trainer.last_eval_results`` (None before any).
     """
@@ -94,7 +96,9 @@ def build_lazy_trainer(cfg: Any) -> Tuple[SimpleTrainer, AtomicDetectionCheckpoi
     model = create_ddp_model(model, **cfg.train.ddp)
 
     trainer = checked_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
-    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicDetectionCheckpointer(
+        model, cfg.train.output_dir, trust_weights_file=trust_weights_file, trainer=trainer
+    )
     trainer.checkpointer = checkpointer
     trainer.last_eval_results = None
 
@@ -125,10 +129,12 @@ def build_lazy_trainer(cfg: Any) -> Tuple[SimpleTrainer, AtomicDetectionCheckpoi
     return trainer, checkpointer
 
 
-def lazy_train(cfg: Any, *, resume: bool = False) -> Optional[OrderedDict]:
+def lazy_train(
+    cfg: Any, *, resume: bool = False, trust_weights_file: bool = False
+) -> Optional[OrderedDict]:
     """Train as ``cfg`` says and write ``results.json``; returns the results of the final
     evaluation."""
-    trainer, checkpointer = build_lazy_trainer(cfg)
+    trainer, checkpointer = build_lazy_trainer(cfg, trust_weights_file=trust_weights_file)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that had just finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0

@@ -48,14 +48,25 @@ class Trainer(DefaultTrainer):
     - a PNG of predictions on a few images of the first test set after training;
     - ``results.json`` in the output directory when training ends
       (:mod:`retinafocal.engine.results`), also after a non-finite loss.
+
+    ``trust_weights_file`` (``train_net.py --trust-weights-file``) lets the checkpointer read
+    ``MODEL.WEIGHTS`` with full unpickling (see :class:`AtomicDetectionCheckpointer`).
     """
+
+    def __init__(self, cfg: CfgNode, *, trust_weights_file: bool = False):
+        # Set first: DefaultTrainer.__init__ calls build_hooks, which makes the checkpointer.
+        self._trust_weights_file = trust_weights_file
+        super().__init__(cfg)
 
     def build_hooks(self) -> List[Optional[HookBase]]:
         # DefaultTrainer.__init__ calls this once model, optimizer, loader and checkpointer exist
         # and before any hook captures them: the place to swap in retinafocal's versions of the
         # training loop and the checkpointer.
         self.checkpointer = AtomicDetectionCheckpointer(
-            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.model,
+            self.cfg.OUTPUT_DIR,
+            trust_weights_file=self._trust_weights_file,
+            trainer=weakref.proxy(self),
         )
         plain = self._trainer
         self._trainer = checked_trainer(

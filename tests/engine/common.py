@@ -38,12 +38,11 @@ def run_train_net(argv: Sequence[str]):
     afterwards, or every later run in the process would write each line once per earlier run.
     """
     module = train_net()
-    from detectron2.engine import default_argument_parser
 
     loggers = [logging.getLogger(name) for name in ("detectron2", "fvcore", "retinafocal")]
     before = {logger.name: list(logger.handlers) for logger in loggers}
     try:
-        return module.main(default_argument_parser().parse_args(list(argv)))
+        return module.main(module.argument_parser().parse_args(list(argv)))
     finally:
         for logger in loggers:
             for handler in [h for h in logger.handlers if h not in before[logger.name]]:
