@@ -22,10 +22,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import retinafocal  # noqa: F401  (first: compat, registries)
 import detectron2.data.transforms as T
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
+from retinafocal.checkpoint import load_inference_weights
 from retinafocal.config import add_retinafocal_config
 from retinafocal.config_overrides import (
     apply_lazy_overrides,
@@ -91,7 +91,10 @@ def analyze_model(config_file: str, opts: Sequence[str] = (), *, dataset: Option
             f"{config_file}: no weights to analyse; give MODEL.WEIGHTS (yacs) or "
             "train.init_checkpoint (LazyConfig)"
         )
-    DetectionCheckpointer(model).load(weights)
+    # The analysis is of these weights: they must fit the model exactly.
+    load_inference_weights(
+        model, weights, weights_key="train.init_checkpoint" if lazy else "MODEL.WEIGHTS"
+    )
     dataset = dataset or default_dataset
     if dataset not in DatasetCatalog.list():
         raise KeyError(f"dataset {dataset!r} is not registered (e.g. through DATASETS.COCO_JSON)")

@@ -8,16 +8,17 @@ and test dataset are written) from the tools.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from typing import Any, Optional, Sequence
 
 import retinafocal  # noqa: F401  (first: compat for old detectron2, registers FocalRetinaNet)
 import detectron2.data.transforms as T
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model as build_yacs_model
+from retinafocal.checkpoint import load_inference_weights
 from retinafocal.config_overrides import (
     apply_lazy_overrides,
     merge_yacs_file,
@@ -35,6 +36,7 @@ __all__ = [
     "set_score_threshold",
     "set_device",
     "build_model",
+    "add_weights_arguments",
     "weights_path",
     "input_format",
     "test_augmentation",
@@ -133,11 +135,24 @@ def weights_path(cfg: Any) -> str:
     return cfg.MODEL.WEIGHTS
 
 
-def build_model(cfg: Any, load_weights: bool = True) -> nn.Module:
+def build_model(
+    cfg: Any,
+    load_weights: bool = True,
+    *,
+    random_weights: bool = False,
+    trust_weights_file: bool = False,
+) -> nn.Module:
     """Build the config's model on its device, in eval mode, with its weights loaded.
 
+    The weights must fit the model, and a config without weights is an error unless
+    ``random_weights`` (see :func:`retinafocal.checkpoint.load_inference_weights`).
+    ``load_weights=False`` keeps the random initialisation without asking (for analyses that
+    do not depend on the weights).
+
     Raises:
-        ToolError: ``load_weights`` and the weights file is a local path that does not exist.
+        ToolError: the weights file is a local path that does not exist.
+        retinafocal.weights_file.WeightsFileError: no weights, or weights that cannot be used
+            (unsafe, TorchScript, mismatched, damaged); the message names the file.
     """
     if is_lazy(cfg):
         model = instantiate(cfg.model)
@@ -145,12 +160,33 @@ def build_model(cfg: Any, load_weights: bool = True) -> nn.Module:
     else:
         model = build_yacs_model(cfg)
     weights = weights_path(cfg)
-    if load_weights and weights:
-        if "://" not in weights and not os.path.isfile(weights):
+    if load_weights:
+        if weights and "://" not in weights and not os.path.isfile(weights):
             raise ToolError(f"weights file {weights!r} does not exist")
-        DetectionCheckpointer(model).load(weights)
+        load_inference_weights(
+            model,
+            weights,
+            weights_key="train.init_checkpoint" if is_lazy(cfg) else "MODEL.WEIGHTS",
+            random_weights=random_weights,
+            trust_weights_file=trust_weights_file,
+        )
     model.eval()
     return model
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--random-weights`` and ``--trust-weights-file``, as ``train_net.py`` has them."""
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run a randomly initialised model when the config names no weights",
+    )
+    parser.add_argument(
+        "--trust-weights-file",
+        action="store_true",
+        help="read the weights file with full unpickling, which runs any code it holds: only "
+        "for files from a source you trust",
+    )
 
 
 def input_format(cfg: Any) -> str:

@@ -13,7 +13,8 @@ annotated video) and ``results.json`` into ``--output``: a COCO results list of
 for a video. Category ids are the dataset's (see ``coco_results.py``). Image ids: the id of the
 image in the dataset's json when its file name is found there, otherwise the position of the
 image in the sorted input list (counted after the json's largest id when there is a json, so
-that no two images share an id).
+that no two images share an id). The weights must fit the config's model; a config without
+weights is refused unless ``--random-weights``.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
+from retinafocal.weights_file import WeightsFileError
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +81,15 @@ class Predictor:
         self.input_format = input_format
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Predictor":
+    def from_config(
+        cls, cfg: Any, *, random_weights: bool = False, trust_weights_file: bool = False
+    ) -> "Predictor":
+        """The config's model with its weights (see ``config_loading.build_model``)."""
+        model = loading.build_model(
+            cfg, random_weights=random_weights, trust_weights_file=trust_weights_file
+        )
         return cls(
-            loading.build_model(cfg),
+            model,
             augmentation=loading.test_augmentation(cfg),
             input_format=loading.input_format(cfg),
         )
@@ -295,8 +303,11 @@ def run_demo(
     confidence_threshold: float = 0.5,
     device: Optional[str] = None,
     progress: bool = True,
+    random_weights: bool = False,
+    trust_weights_file: bool = False,
 ) -> Dict[str, Any]:
-    """Everything ``tools/demo.py`` does.
+    """Everything ``tools/demo.py`` does. Without weights in the config it refuses to run
+    unless ``random_weights`` (``--random-weights``).
 
     Returns:
         {"results_json": path, "num_inputs": int, "num_detections": int,
@@ -309,7 +320,9 @@ def run_demo(
     if device is not None:
         loading.set_device(cfg, device)
     os.makedirs(output_dir, exist_ok=True)
-    predictor = Predictor.from_config(cfg)
+    predictor = Predictor.from_config(
+        cfg, random_weights=random_weights, trust_weights_file=trust_weights_file
+    )
     dataset_metadata = loading.dataset_metadata(cfg)
     coco_json = coco_json_of(dataset_metadata)
     category_ids = category_id_map(dataset_metadata, coco_json)
@@ -350,6 +363,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1 ... (default: the config's device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    loading.add_weights_arguments(parser)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides: KEY VALUE pairs (yacs) or key=value (LazyConfig)")
     return parser
@@ -367,8 +381,10 @@ def main(argv=None) -> int:
             confidence_threshold=args.confidence_threshold,
             device=args.device,
             progress=not args.no_progress,
+            random_weights=args.random_weights,
+            trust_weights_file=args.trust_weights_file,
         )
-    except ToolError as e:
+    except (ToolError, WeightsFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logger = logging.getLogger("retinafocal")

@@ -6,7 +6,10 @@ model on the sample image.
         --output exported/ --sample-image photo.jpg --opts MODEL.WEIGHTS model_final.pth
 
 Writes ``model.ts``, ``model.onnx`` and ``export_info.json`` (input layout, the resize to apply
-before the model, output names) into ``--output``. The export runs on the CPU.
+before the model, output names) into ``--output``. The export runs on the CPU. The weights must
+fit the config's model; a config without weights is refused unless ``--random-weights``. Each
+export must give the eager model's detections on the sample image, and at least one: exit
+status 1 otherwise.
 
 Both formats come from one trace through detectron2's ``TracingAdapter``, which flattens the
 model's rich inputs and outputs (a list of dicts with ``Instances``) into tuples of tensors:
@@ -40,6 +43,7 @@ import config_loading as loading
 from config_loading import ToolError
 from detections import Detections, compare_detections
 from detectron2.utils.logger import setup_logger
+from retinafocal.weights_file import WeightsFileError
 
 #: ONNX opset of the export: 17 is supported by the TorchScript-based exporter of every torch
 #: this project runs on, by onnxruntime >= 1.13, and by torchvision's nms symbolic (>= 11).
@@ -147,6 +151,19 @@ def _as_detections(outputs: Sequence[Any]) -> Detections:
     return Detections(boxes.cpu(), scores.cpu(), classes.cpu().long())
 
 
+def check_export(reference: Detections, exported: Detections) -> Optional[str]:
+    """None when an export gives the eager model's detections on the sample image, else what is
+    wrong. A sample on which the eager model detects nothing proves nothing (an export that
+    returns nothing would match it), so it fails the check."""
+    if len(reference) == 0:
+        return (
+            "the eager model detects nothing on the sample image, so the export cannot be "
+            "checked: give a --sample-image with objects the model finds, or lower the score "
+            "threshold (MODEL.RETINANET.SCORE_THRESH_TEST / model.test_score_thresh)"
+        )
+    return compare_detections(reference, exported)
+
+
 def run_torchscript(module_or_path: Any, image: Tensor) -> Detections:
     """Detections of a TorchScript export (a loaded module or a file) on one (3, H, W) image."""
     _check_image(image)
@@ -180,21 +197,26 @@ def export_from_config(
     sample_image: Optional[str] = None,
     height: int = 800,
     width: int = 1067,
+    random_weights: bool = False,
+    trust_weights_file: bool = False,
 ) -> Dict[str, Any]:
-    """Everything ``tools/export_model.py`` does: build the config's model on the CPU, trace it
-    on a sample image (a file resized like the config's test data, or a random one of
-    ``height`` x ``width``), export, run each export on the sample and compare with the eager
-    model. Writes ``export_info.json`` describing the input and outputs.
+    """Everything ``tools/export_model.py`` does: build the config's model on the CPU with its
+    weights (a config without weights is an error unless ``random_weights``), trace it on a
+    sample image (a file resized like the config's test data, or a random one of ``height`` x
+    ``width``), export, run each export on the sample and compare with the eager model
+    (:func:`check_export`). Writes ``export_info.json`` describing the input and outputs.
 
     Returns:
-        {"files": {format: path}, "checks": {format: None or difference}, "info": {...}}.
+        {"files": {format: path}, "checks": {format: None or what failed}, "info": {...}}.
     """
     unknown = [f for f in formats if f not in ("torchscript", "onnx")]
     if unknown:
         raise ToolError(f"unknown export format(s) {unknown}; choose torchscript and/or onnx")
     cfg = loading.load_config(config_file, opts)
     loading.set_device(cfg, "cpu")
-    model = loading.build_model(cfg)
+    model = loading.build_model(
+        cfg, random_weights=random_weights, trust_weights_file=trust_weights_file
+    )
     image = _sample_image(cfg, sample_image, height, width)
     os.makedirs(output_dir, exist_ok=True)
     reference = eager_detections(model, image)
@@ -202,11 +224,11 @@ def export_from_config(
     if "torchscript" in formats:
         files["torchscript"] = export_torchscript(model, image, os.path.join(output_dir,
                                                                               "model.ts"))
-        checks["torchscript"] = compare_detections(reference,
-                                                   run_torchscript(files["torchscript"], image))
+        checks["torchscript"] = check_export(reference,
+                                             run_torchscript(files["torchscript"], image))
     if "onnx" in formats:
         files["onnx"] = export_onnx(model, image, os.path.join(output_dir, "model.onnx"))
-        checks["onnx"] = compare_detections(reference, run_onnx(files["onnx"], image))
+        checks["onnx"] = check_export(reference, run_onnx(files["onnx"], image))
     aug = loading.test_augmentation(cfg)
     info = {
         "input": {
@@ -273,6 +295,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "(default: a random image of --size)")
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1067], metavar=("H", "W"),
                         help="size of the random sample image (default 800 1067)")
+    loading.add_weights_arguments(parser)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides: KEY VALUE pairs (yacs) or key=value (LazyConfig)")
     return parser
@@ -290,8 +313,10 @@ def main(argv=None) -> int:
             sample_image=args.sample_image,
             height=args.size[0],
             width=args.size[1],
+            random_weights=args.random_weights,
+            trust_weights_file=args.trust_weights_file,
         )
-    except ToolError as e:
+    except (ToolError, WeightsFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = False
@@ -302,7 +327,7 @@ def main(argv=None) -> int:
                         "as the eager model on the sample)")
         else:
             failed = True
-            logger.error(f"{fmt}: {path} differs from the eager model: {problem}")
+            logger.error(f"{fmt}: {path} failed its check against the eager model: {problem}")
     return 1 if failed else 0
 
 

@@ -110,6 +110,8 @@ class TestDemoRuns(unittest.TestCase):
         cls.tmp.cleanup()
 
     def demo(self, input_path, **kwargs):
+        """run_demo on a random model unless ``random_weights=False`` is given."""
+        kwargs.setdefault("random_weights", True)
         out = tempfile.mkdtemp(dir=self.tmp.name)
         summary = demo.run_demo(config_file=kwargs.pop("config", self.config), opts=[],
                            input_path=input_path, output_dir=out, progress=False, **kwargs)
@@ -178,7 +180,7 @@ class TestDemoRuns(unittest.TestCase):
         # (0.01) gives no detection above 0.5: detections appear only if the weights load.
         config = write_tiny_config(os.path.join(self.tmp.name, "prior.yaml"))
         cfg = loading.load_config(config)
-        model = loading.build_model(cfg)
+        model = loading.build_model(cfg, random_weights=True)
         with torch.no_grad():
             model.head.cls_score.bias.fill_(math.log(0.6 / 0.4))
         ckpt_dir = tempfile.mkdtemp(dir=self.tmp.name)
@@ -188,12 +190,13 @@ class TestDemoRuns(unittest.TestCase):
         self.assertEqual(without, [])
         weighted = write_tiny_config(os.path.join(self.tmp.name, "weighted.yaml"),
                                      weights=os.path.join(ckpt_dir, "ckpt.pth"))
-        _, with_weights, _ = self.demo(image, config=weighted, confidence_threshold=0.5)
+        _, with_weights, _ = self.demo(image, config=weighted, confidence_threshold=0.5,
+                                       random_weights=False)
         self.assertEqual(len(with_weights), 5)
 
     def test_predictor_matches_model_on_resized_input(self):
         cfg = loading.load_config(self.config)
-        predictor = demo.Predictor.from_config(cfg)
+        predictor = demo.Predictor.from_config(cfg, random_weights=True)
         image = random_image(72, 96, seed=3)
         got = predictor(image)
         resized = predictor.augmentation.get_transform(image).apply_image(image)
@@ -214,7 +217,7 @@ class TestDemoRuns(unittest.TestCase):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             code = script.main(["--config-file", self.config, "--input", folder, "--output", out,
-                                "--no-progress"])
+                                "--no-progress", "--random-weights"])
         self.assertEqual(code, 1)
         self.assertIn("broken.jpg: cannot read image", err.getvalue())
         self.assertNotIn("Traceback", err.getvalue())

@@ -29,7 +29,7 @@ def tiny_model_with_candidates(tmp: str):
     cfg = loading.load_config(write_tiny_config(os.path.join(tmp, "tiny.yaml")))
     cfg.TEST.DETECTIONS_PER_IMAGE = 100
     torch.manual_seed(0)
-    model = loading.build_model(cfg)
+    model = loading.build_model(cfg, random_weights=True)
     image = _images([(96, 128)], seed=1)[0]
     with torch.no_grad():
         model.head.cls_score.bias.zero_()
@@ -110,7 +110,7 @@ class TestExportScript(unittest.TestCase):
             config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
             out = os.path.join(tmp, "export")
             code = script.main(["--config-file", config, "--output", out, "--size", "64", "80",
-                                "--format", "torchscript"])
+                                "--format", "torchscript", "--random-weights"])
             self.assertEqual(code, 0)
             self.assertEqual(sorted(os.listdir(out)), ["export_info.json", "model.ts"])
             with open(os.path.join(out, "export_info.json")) as f:
