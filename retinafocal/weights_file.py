@@ -144,15 +144,16 @@ def _is_torchscript_archive(path: str) -> bool:
 
 
 def _refused_global(message: str, path: str) -> Optional[str]:
-    """The global that torch's weights_only unpickler refused in ``path``: the one its message
-    names; else, for a plain pickle (torch refuses those of protocol 4 and 5 by their opcodes),
-    the first one :class:`_WeightsUnpickler` refuses. "" when torch refused a torch archive for
-    another reason; None when nothing was refused (the file is damaged or not a pickle)."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    if match:
-        return match.group(1)
+    """The global that made torch's weights_only unpickler refuse ``path``; "" when it refused
+    without naming one; None when nothing was refused (the file is damaged or not a pickle).
+
+    A torch archive: the global torch's message names. A plain pickle (not a zip): the first
+    global :class:`_WeightsUnpickler` refuses; torch refuses these files already at numpy's
+    functions or at the opcodes of protocols 4 and 5, before reaching the offending global.
+    """
     if zipfile.is_zipfile(path):
-        return ""
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        return match.group(1) if match else ""
     try:
         with open(path, "rb") as f:
             _WeightsUnpickler(f, path).load()  # builds nothing but allowed objects
@@ -160,7 +161,7 @@ def _refused_global(message: str, path: str) -> Optional[str]:
         return e.global_name or ""
     except Exception:  # unpickling raises several types on bytes that are not a pickle
         return None
-    return None
+    return None  # a plain pickle of arrays: not a torch file, so damaged as a .pth
 
 
 def _torch_load(path: str, trusted: bool) -> Any:
@@ -180,9 +181,9 @@ def _torch_load(path: str, trusted: bool) -> Any:
             detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
             what = f"something outside its allowlist ({detail})"
         raise UnsafeWeightsFileError(
-            f"Refusing to load {path}: torch.load(weights_only=True) found {what}, which "
-            f"tensors, numbers and containers never need; unpickling it could run code. "
-            f"{OPT_OUT_HINT}",
+            f"Refusing to load {path}: it asks for {what}, which torch.load(weights_only=True) "
+            "does not build (it builds tensors, numbers, strings and containers); unpickling "
+            f"it could run code. {OPT_OUT_HINT}",
             name,
         ) from None
 
