@@ -45,7 +45,7 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def _shape(shape: Iterable[int]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return repr(tuple(int(s) for s in shape))
 
 
 def check_fit(

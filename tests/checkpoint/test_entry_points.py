@@ -221,11 +221,7 @@ class TestTools(_Files):
         self.assertIn("detects nothing on the sample image", result["checks"]["torchscript"])
         code, _ = self.main(export, "--size", "64", "80", "--format", "torchscript",
                             "--random-weights", "--opts", *threshold)
-        self.assertEqual(code, 1)
-        # The same export with detections to compare passes.
-        code, _ = self.main(export, "--size", "64", "80", "--format", "torchscript",
-                            "--random-weights", "--opts", "MODEL.RETINANET.PRIOR_PROB", "0.6")
-        self.assertEqual(code, 0)
+        self.assertEqual(code, 1)  # tests/tools/test_export.py: 0 when there are detections
 
 
 if __name__ == "__main__":
