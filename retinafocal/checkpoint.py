@@ -221,8 +221,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 f"Checkpoint {filename} cannot be read; it is truncated or corrupt "
                 f"({type(e).__name__}: {e})"
             ) from e
-        # Current detectron2 takes options from the path's URL query (?matching_heuristics=True).
-        checkpoint.update(compat.checkpoint_url_options(self))
+        if not filename.endswith((".pkl", ".pyth")):
+            # Current detectron2 takes options from the URL query of a torch checkpoint's path
+            # (?matching_heuristics=True); its model-zoo formats ignore them.
+            checkpoint.update(compat.checkpoint_url_options(self))
         return checkpoint
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
 from detectron2.checkpoint import DetectionCheckpointer
-from retinafocal import weights_file
+from retinafocal import compat, weights_file
 from retinafocal.checkpoint import AtomicDetectionCheckpointer, CorruptCheckpointError
 from retinafocal.weights_file import (
     TorchScriptWeightsError,
@@ -243,6 +243,43 @@ class TestOwnCheckpoints(_TmpDir):
         for name in ("cut.pkl", "noise.pth"):
             with self.assertRaisesRegex(CorruptCheckpointError, "truncated or corrupt"):
                 AtomicDetectionCheckpointer(model).load(self.path(name))
+
+
+class TestUrlOptions(_TmpDir):
+    """Current detectron2 reads ``?matching_heuristics=True`` from the weights URL; v0.6 does
+    not. Files read by our checkpointer keep whichever behaviour is installed."""
+
+    def test_same_as_detectron2s_loader(self):
+        source = torch.nn.Sequential(torch.nn.Linear(2, 3))
+        # Names without the model's "0." prefix: they load only through matching heuristics.
+        weights = {k.split(".", 1)[1]: v for k, v in perturbed(as_numpy(source)).items()}
+        torch.save({"model": {k: torch.from_numpy(v) for k, v in weights.items()}},
+                   self.path("w.pth"))
+        url = self.path("w.pth") + "?matching_heuristics=True"
+        outcomes = []
+        for cls in (DetectionCheckpointer, AtomicDetectionCheckpointer):
+            model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+            try:
+                cls(model).load(url, checkpointables=[])
+                outcomes.append(model[0].weight.detach().numpy().tolist())
+            except Exception as e:  # v0.6: the query is part of a file name that does not exist
+                outcomes.append(type(e).__name__)
+        self.assertEqual(outcomes[0], outcomes[1])
+        if compat.CHECKPOINT_LOAD_STATE_RESET:
+            self.assertEqual(outcomes[1], weights["weight"].tolist())
+
+    def test_options_follow_the_installed_version(self):
+        from urllib.parse import urlparse
+
+        loading = mock.Mock(_parsed_url_during_load=urlparse("w.pkl?matching_heuristics=True"))
+        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", False):
+            self.assertEqual(compat.checkpoint_url_options(loading), {})
+        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True):
+            self.assertEqual(compat.checkpoint_url_options(loading),
+                             {"matching_heuristics": True})
+            loading._parsed_url_during_load = urlparse("w.pkl?other=1")
+            with self.assertRaisesRegex(ValueError, "other"):
+                compat.checkpoint_url_options(loading)
 
 
 class TestTrustOptOut(_TmpDir):
