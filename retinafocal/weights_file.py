@@ -152,7 +152,8 @@ def _refused_global(message: str, path: str) -> Optional[str]:
     functions or at the opcodes of protocols 4 and 5, before reaching the offending global.
     """
     if zipfile.is_zipfile(path):
-        match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        # torch >= 2.4 says "Unsupported global: GLOBAL m.n", older ones "Unsupported class m.n".
+        match = re.search(r"Unsupported (?:global: GLOBAL|class) (\S+)", message)
         return match.group(1) if match else ""
     try:
         with open(path, "rb") as f:
@@ -203,13 +204,14 @@ def _expect_dict(data: Any, path: str) -> Dict[str, Any]:
     return data
 
 
-def _pkl_checkpoint(data: Dict[str, Any]) -> Dict[str, Any]:
+def _pkl_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
     """detectron2's reading of a ``.pkl``: its own model-zoo files are already checkpoints;
     anything else is a Caffe2 / Detectron1 blob dict whose names the checkpointer maps onto the
     model's with its matching heuristics."""
     if "model" in data and "__author__" in data:
         return data
-    blobs = data.get("blobs", data)  # detection models keep their weights under "blobs"
+    # Detection models keep their weights under "blobs", ImageNet models at the top.
+    blobs = _expect_dict(data.get("blobs", data), path)
     # "*_momentum" blobs are the SGD momentum of the weight of the same name, not weights.
     weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
     return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
@@ -252,7 +254,7 @@ def read_weights_file(path: str, *, trusted: bool = False) -> Dict[str, Any]:
             "file runs now. Do this only for files from a source you trust."
         )
     if path.endswith(".pkl") and not zipfile.is_zipfile(path):
-        return _pkl_checkpoint(_expect_dict(_read_pickle(path, trusted), path))
+        return _pkl_checkpoint(_expect_dict(_read_pickle(path, trusted), path), path)
     data = _expect_dict(_torch_load(path, trusted), path)
     if path.endswith(".pyth"):
         return _pyth_checkpoint(data, path)
