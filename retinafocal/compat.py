@@ -10,18 +10,25 @@ One adapter serves every detectron2 version from v0.6 to current main alike:
 :func:`dataset_mapper_call`, for a mapper that reads its images itself (``DatasetMapper`` offers
 no hook for that). :func:`apply` checks that the installed ``DatasetMapper`` is one it fits.
 One serves the other way round: :func:`forget_failed_load` clears per-load state that current
-detectron2's ``DetectionCheckpointer`` keeps (and v0.6 does not), after a failed load.
+detectron2's ``DetectionCheckpointer`` keeps (and v0.6 does not), after a failed load. One
+serves today's torch: :func:`_import_scripting_modules_quietly` keeps the deprecation warning
+of ``torch.jit.script`` (torch >= 2.14), which fvcore and detectron2 call when imported, out of
+every program's output.
 
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import logging
 import os
+import re
 import sys
 import types
+import warnings
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ __all__ = [
     "DATASET_MAPPER_TAKES_IMAGE",
     "dataset_mapper_call",
     "CHECKPOINT_LOAD_STATE_RESET",
+    "JIT_SCRIPT_WARNING_SILENCED",
     "apply",
     "describe",
     "forget_failed_load",
@@ -63,6 +71,13 @@ DATASET_MAPPER_TAKES_IMAGE: bool = False
 #: True when the installed ``DetectionCheckpointer`` keeps per-load state (current detectron2),
 #: which :func:`forget_failed_load` then clears after a failed load.
 CHECKPOINT_LOAD_STATE_RESET: bool = False
+#: True when :func:`apply` imported fvcore's and detectron2's import-time scripting modules with
+#: torch's ``torch.jit.script`` deprecation warning filtered out.
+JIT_SCRIPT_WARNING_SILENCED: bool = False
+
+# The modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
+_SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
+_JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -340,10 +355,41 @@ def forget_failed_load(checkpointer: object) -> None:
         checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
 
 
+def _import_scripting_modules_quietly() -> None:
+    """torch >= 2.14: ``torch.jit.script`` warns that it is deprecated (a FutureWarning) at
+    every call. fvcore's ``nn/focal_loss.py`` and detectron2's ``modeling/box_regression.py``
+    call it when they are imported, so every program importing retinafocal (train_net.py, the
+    dataset validator, ...) printed two warnings meant for those libraries' authors, which a user
+    can do nothing about. This imports the two modules once with that warning filtered out;
+    later calls of ``torch.jit.script`` (TorchScript export) warn as torch says.
+    """
+    global JIT_SCRIPT_WARNING_SILENCED
+    import torch
+
+    if JIT_SCRIPT_WARNING_SILENCED or all(m in sys.modules for m in _SCRIPTING_MODULES):
+        return
+    try:
+        source = inspect.getsource(torch.jit.script)
+    except (OSError, TypeError):
+        return
+    if _JIT_SCRIPT_DEPRECATION not in source:
+        return  # this torch does not deprecate it
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=re.escape(_JIT_SCRIPT_DEPRECATION), category=FutureWarning
+        )
+        for module in _SCRIPTING_MODULES:
+            importlib.import_module(module)
+    JIT_SCRIPT_WARNING_SILENCED = True
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
     _alias_pil_linear()
+    # Imports detectron2.modeling's box_regression (needs the _C stub) before anything below
+    # imports it, or fvcore.nn, unfiltered.
+    _import_scripting_modules_quietly()
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()
@@ -373,4 +419,6 @@ def describe() -> str:
         parts.append("compat: DatasetMapper.__call__ given a read image")
     if CHECKPOINT_LOAD_STATE_RESET:
         parts.append("compat: checkpointer load state cleared after a failed load")
+    if JIT_SCRIPT_WARNING_SILENCED:
+        parts.append("compat: import-time torch.jit.script deprecation warnings silenced")
     return ", ".join(parts)
