@@ -73,7 +73,8 @@ class NonFiniteWeightsError(FloatingPointError):
     def __init__(
         self, file: str, iteration: Optional[int], tensors: List[str], checkpoint: str
     ) -> None:
-        self.file, self.iteration, self.tensors, self.checkpoint = file, iteration, tensors, checkpoint
+        self.file, self.iteration = file, iteration
+        self.tensors, self.checkpoint = tensors, checkpoint
         when = f" after iteration {iteration}" if iteration is not None else ""
         last = (
             f"The last checkpoint is {checkpoint}, whose tensors are all finite: resume from it "
@@ -242,11 +243,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self._remove_stale_temporaries()
         self.logger.info(f"Saving checkpoint to {save_file}")
         last = self.get_checkpoint_file() if self.has_checkpoint() else ""
-        advice = (
-            "Free some space there (or write elsewhere: OUTPUT_DIR / train.output_dir), then run "
-            "again with --resume"
-            + (f", which continues from {last}." if last else ".")
-        )
+        advice = "Free some space (or write elsewhere: OUTPUT_DIR, train.output_dir), then run "
+        advice += f"again with --resume, which continues from {last}." if last else "again."
         atomic_write(save_file, lambda f: torch.save(data, f), advice)
         self.tag_last_checkpoint(basename)
 

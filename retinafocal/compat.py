@@ -356,13 +356,10 @@ def forget_failed_load(checkpointer: object) -> None:
 
 
 def _import_scripting_modules_quietly() -> None:
-    """torch >= 2.14: ``torch.jit.script`` warns that it is deprecated (a FutureWarning) at
-    every call. fvcore's ``nn/focal_loss.py`` and detectron2's ``modeling/box_regression.py``
-    call it when they are imported, so every program importing retinafocal (train_net.py, the
-    dataset validator, ...) printed two warnings meant for those libraries' authors, which a user
-    can do nothing about. This imports the two modules once with that warning filtered out;
-    later calls of ``torch.jit.script`` (TorchScript export) warn as torch says.
-    """
+    """torch >= 2.14 warns at every ``torch.jit.script`` call that it is deprecated. fvcore's
+    ``nn/focal_loss.py`` and detectron2's ``modeling/box_regression.py`` call it on import, so
+    every program printed warnings meant for those libraries. Import them once with that warning
+    filtered out; later calls (TorchScript export) still warn."""
     global JIT_SCRIPT_WARNING_SILENCED
     import torch
 
@@ -387,9 +384,7 @@ def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
     _alias_pil_linear()
-    # Imports detectron2.modeling's box_regression (needs the _C stub) before anything below
-    # imports it, or fvcore.nn, unfiltered.
-    _import_scripting_modules_quietly()
+    _import_scripting_modules_quietly()  # needs the _C stub; before anything imports them
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()

@@ -46,14 +46,15 @@ def _key(json_file: str, image_root: str, check_images: bool) -> Tuple:
     return (_stamp(json_file), _stamp(image_root), check_images)
 
 
-def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, purpose: str):
+def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, purpose: str) -> str:
     """Why ``report``'s unreadable images stop ``purpose`` under ``on_unreadable``, and the fix.
     An option that is already set is never suggested."""
     summary = report.unreadable_summary()
     if on_unreadable == "error":
-        rest = "train without them" if purpose == "training" else (
-            "evaluate on the other images (AP then covers those only)"
-        )
+        if purpose == "training":
+            rest = "train without them"
+        else:
+            rest = "evaluate on the other images (AP then covers those only)"
         return (
             f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'error', so {purpose} stops "
             f"before it starts. Fix or remove them, or set DATALOADER.ON_UNREADABLE_IMAGE to "
@@ -130,7 +131,9 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
     * annotations whose bbox it rejects (it stops the whole load; they would be dropped anyway,
       as malformed boxes);
     * segmentations it rejects (it would drop their annotation, box included, with a warning
-      in the log only; RetinaNet trains on the box).
+      in the log only; RetinaNet trains on the box);
+    * annotations of no image (it drops them too, with a warning at every load; the check has
+      counted them).
 
     The copy is a file because ``load_coco_json`` takes only a path, which pycocotools opens
     itself. Every other malformed box is dropped after detectron2 has read the json.
@@ -140,7 +143,8 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
     with open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     annotations = data.get("annotations", [])
-    kept = [a for a in annotations if not _rejected_by_detectron2(a)]
+    image_ids = {image["id"] for image in data["images"]}
+    kept = [a for a in annotations if a["image_id"] in image_ids and not _rejected_by_detectron2(a)]
     invalid = [a for a in kept if not segmentation_is_valid(a.get("segmentation"))]
     if len(kept) == len(annotations) and not invalid:
         return load_coco_json(json_file, image_root, dataset_name)
@@ -204,7 +208,7 @@ def load_coco_json_checked(
         on_unreadable=on_unreadable,
         check_images=check_images,
     )
-    if report.count(BOX_INVALID) or report.count(_SEGMENTATION_INVALID):
+    if any(report.count(k) for k in (BOX_INVALID, _SEGMENTATION_INVALID, "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice
         from detectron2.data.datasets import load_coco_json

@@ -243,7 +243,7 @@ class TestReadImageHeader(_TempDirTest):
 
 class TestVerdict(unittest.TestCase):
     def report(self, *kinds) -> ValidationReport:
-        report = ValidationReport(json_file="a.json", image_root="img", num_images_with_boxes=2)
+        report = ValidationReport("a.json", "img", num_images=3, num_images_with_boxes=2)
         for kind in kinds:
             report.add(kind, 1, "example")
             if kind in ("missing_file", "size_mismatch"):
@@ -274,10 +274,8 @@ class TestVerdict(unittest.TestCase):
         report.num_unreadable_with_boxes = 2
         self.assertFalse(report.usable("skip"))
         self.assertIn("no other image has a box", report.verdict())
-        self.assertEqual(
-            report.unreadable_summary(), "1 of 0 image(s) cannot be read (missing_file 1): "
-            "img/missing_file.jpg"
-        )
+        summary = "1 of 3 image(s) cannot be read (missing_file 1): img/missing_file.jpg"
+        self.assertEqual(report.unreadable_summary(), summary)
 
     def test_verdict_sentences(self):
         self.assertTrue(self.report().verdict().startswith("Usable"))
