@@ -184,6 +184,11 @@ def _fix_map_dataset_retry() -> None:
             # This index failed: draw another one among those not known to fail.
             retry_count += 1
             self._fallback_candidates.discard(cur_idx)
+            if not self._fallback_candidates:  # v0.6 raised a bare IndexError here
+                raise RuntimeError(
+                    f"The mapper rejected every one of the {len(self._dataset)} images it was "
+                    "given (with DATALOADER.ON_UNREADABLE_IMAGE 'skip': none could be read)."
+                )
             cur_idx = self._rng.choice(sorted(self._fallback_candidates))
             if retry_count >= 3:
                 logging.getLogger("detectron2.data.common").warning(
