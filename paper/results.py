@@ -188,7 +188,7 @@ def result_from_outputs(spec: RunSpec, run_dir: str, *, returncode: int,
         result.exploded = len(finite) < len(losses) or (
             losses[0] > 0 and max(finite) > EXPLODE_FACTOR * losses[0]
         )
-    if data["status"] == "non_finite_loss":
+    if data["status"] in ("non_finite_loss", "non_finite_weights"):
         stop = data["non_finite"]
         terms = ", ".join(stop["terms"]) or "the loss"
         result.diverged = True

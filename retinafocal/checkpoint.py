@@ -8,6 +8,11 @@ in the same folder, flushes it to disk (``fsync``) and renames it over the final
 (``os.replace``, atomic on POSIX and Windows within one file system), so every name always
 refers to a complete file: the new one or the previous one.
 
+It never saves a state holding NaN or Inf (a diverged model's parameters, BatchNorm statistics
+or optimizer buffers): it raises :class:`NonFiniteWeightsError` instead, so the last checkpoint
+is always one to resume from. A full disk is reported as such, naming the file
+(:class:`DiskFullError`), rather than as the serialiser's own error.
+
 It also refuses to silently resume from a damaged file: when ``last_checkpoint`` names a file
 that is missing or cannot be read (written by another tool, or a disk error), resuming falls
 back to the newest readable checkpoint in the folder, and says so.
@@ -20,13 +25,16 @@ It is retinafocal's one loader of weights (training's initial weights, ``--resum
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
 import re
 import secrets
+import shutil
 import zipfile
-from typing import IO, Any, Callable, Dict, List
+from collections import defaultdict
+from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -40,8 +48,11 @@ from .weights_fit import MissingWeightsError, check_fit
 __all__ = [
     "AtomicDetectionCheckpointer",
     "CorruptCheckpointError",
+    "DiskFullError",
+    "NonFiniteWeightsError",
     "atomic_write",
     "load_inference_weights",
+    "non_finite_tensors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +64,92 @@ _TMP_PATTERN = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
 
 class CorruptCheckpointError(WeightsFileError):
     """A checkpoint file exists but cannot be read; the message names it."""
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of space (``errno`` ENOSPC or EDQUOT); the message
+    names the file."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """The state to checkpoint holds NaN or Inf, so it was not saved.
+
+    Attributes:
+        file: the checkpoint that was not written.
+        iteration: the training iteration it would have held (None when not given).
+        tensors: names of the non-finite tensors (``model.head.cls_score.weight``, ...), at most
+            :data:`MAX_NAMED`.
+        checkpoint: the last checkpoint written, whose tensors are all finite; "" when none.
+    """
+
+    def __init__(
+        self, file: str, iteration: Optional[int], tensors: List[str], checkpoint: str
+    ) -> None:
+        self.file, self.iteration = file, iteration
+        self.tensors, self.checkpoint = tensors, checkpoint
+        when = f" after iteration {iteration}" if iteration is not None else ""
+        last = (
+            f"The last checkpoint is {checkpoint}, whose tensors are all finite: resume from it "
+            "with --resume"
+            if checkpoint
+            else "No checkpoint has been written yet: start again"
+        )
+        super().__init__(
+            f"Not saving {file}: the model state became NaN or infinite{when} "
+            f"({', '.join(tensors)}). Training diverged. {last}, perhaps with a lower learning "
+            "rate (SOLVER.BASE_LR) or a longer warm-up (SOLVER.WARMUP_ITERS)."
+        )
+
+
+#: Most non-finite tensor names kept in a :class:`NonFiniteWeightsError`.
+MAX_NAMED = 5
+
+
+def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) of every floating-point tensor in nested dicts / lists."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _floating_tensors(value, f"{prefix}.{i}" if prefix else str(i))
+
+
+def non_finite_tensors(state: Any) -> List[str]:
+    """Names of the floating-point tensors in ``state`` (nested dicts and lists, such as a
+    checkpoint's) that hold a NaN or an Inf, in order. One device-to-host copy per device."""
+    named = list(_floating_tensors(state))
+    flags: Dict[torch.device, List[Tuple[int, torch.Tensor]]] = defaultdict(list)
+    for i, (_, tensor) in enumerate(named):
+        flags[tensor.device].append((i, torch.isfinite(tensor.detach()).all()))
+    bad = []
+    for device_flags in flags.values():
+        host = torch.stack([flag for _, flag in device_flags]).cpu().tolist()
+        bad += [i for (i, _), finite in zip(device_flags, host) if not finite]
+    return [named[i][0] for i in sorted(bad)]
+
+
+def _out_of_space(error: Optional[BaseException]) -> bool:
+    """Whether ``error`` or an exception it was raised from is "no space" / "quota exceeded"
+    (torch.save, for one, reports the write's OSError as the context of its own error)."""
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in full:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_space(directory: str) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**20:.0f} MB free there now"
+    except OSError:
+        return "free space unknown"
 
 
 def _fsync_directory(directory: str) -> None:
@@ -70,30 +167,43 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "") -> None:
     """Create or replace the file ``path`` with what ``write(f)`` writes, atomically.
 
     ``write`` receives a binary file open in ``path``'s folder under a temporary name; the file
     is flushed and fsynced, then renamed to ``path``. If anything fails (or the process is
     killed) before the rename, ``path`` is untouched; the temporary file is removed on errors
     (after a kill, by the next :meth:`AtomicDetectionCheckpointer.save`).
+
+    Raises:
+        DiskFullError: when the disk (or quota) is full, naming ``path`` and ending with
+            ``advice``; the underlying error is its cause.
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(
         directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     )
-    # os.open with mode 0o666 lets the umask decide permissions, as a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+        # os.open with mode 0o666 lets the umask decide permissions, as a plain open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+    except Exception as e:
+        if not _out_of_space(e):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"No space left on device while writing {path} ({_free_space(directory)}): it was "
+            f"not written, and an earlier version of it, if any, is whole. {advice}".rstrip(),
+        ) from e
     _fsync_directory(directory)
 
 
@@ -153,11 +263,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model and checkpointables (and ``kwargs``) as ``<save_dir>/<name>.pth``, then
-        point ``last_checkpoint`` at it; each file is replaced atomically."""
+        point ``last_checkpoint`` at it; each file is replaced atomically.
+
+        Raises:
+            NonFiniteWeightsError: when the state holds NaN or Inf; nothing is written.
+            DiskFullError: when the disk is full; the previous checkpoints stay as they were.
+        """
         if not self.save_dir or not self.save_to_disk:
-            return
-        if not _is_local(self.save_dir):
-            super().save(name, **kwargs)
             return
         data: Dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
@@ -167,10 +279,29 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         if os.path.basename(save_file) != basename:
             raise ValueError(f"Checkpoint name {name!r} must not contain a path separator")
+        self._refuse_non_finite(save_file, data)
+        if not _is_local(self.save_dir):
+            super().save(name, **kwargs)
+            return
         self._remove_stale_temporaries()
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        advice = "Free some space (or write elsewhere: OUTPUT_DIR, train.output_dir), then run "
+        advice += f"again with --resume, which continues from {last}." if last else "again."
+        atomic_write(save_file, lambda f: torch.save(data, f), advice)
         self.tag_last_checkpoint(basename)
+
+    def _refuse_non_finite(self, save_file: str, data: Dict[str, Any]) -> None:
+        """Raise :class:`NonFiniteWeightsError` when ``data`` holds NaN or Inf."""
+        bad = non_finite_tensors(data)
+        if not bad:
+            return
+        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        named = bad[:MAX_NAMED] + ([f"{len(bad) - MAX_NAMED} more"] if len(bad) > MAX_NAMED else [])
+        iteration = data.get("iteration")
+        raise NonFiniteWeightsError(
+            save_file, int(iteration) if iteration is not None else None, named, last
+        )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Write ``last_checkpoint`` atomically (a kill never leaves it empty)."""
@@ -180,6 +311,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         atomic_write(
             os.path.join(self.save_dir, "last_checkpoint"),
             lambda f: f.write(last_filename_basename.encode("utf-8")),
+            "Free some space there, then run again with --resume.",
         )
 
     def _remove_stale_temporaries(self) -> None:

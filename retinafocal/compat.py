@@ -12,17 +12,24 @@ no hook for that). :func:`apply` checks that the installed ``DatasetMapper`` is 
 Two serve the other way round, for per-load state that current detectron2's
 ``DetectionCheckpointer`` keeps (and v0.6 does not): :func:`forget_failed_load` clears it after
 a failed load; :func:`checkpoint_url_options` reads the options of the file's URL from it.
+One serves today's torch: :func:`_import_scripting_modules_quietly` keeps the deprecation
+warning of ``torch.jit.script`` (torch >= 2.14), which fvcore and detectron2 call when imported,
+out of every program's output.
 
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import logging
 import os
+import re
 import sys
 import types
+import warnings
 from typing import TYPE_CHECKING, Any, Dict, Optional
 from urllib.parse import parse_qs
 
@@ -40,6 +47,7 @@ __all__ = [
     "DATASET_MAPPER_TAKES_IMAGE",
     "dataset_mapper_call",
     "CHECKPOINT_LOAD_STATE_RESET",
+    "JIT_SCRIPT_WARNING_SILENCED",
     "apply",
     "describe",
     "forget_failed_load",
@@ -66,6 +74,13 @@ DATASET_MAPPER_TAKES_IMAGE: bool = False
 #: True when the installed ``DetectionCheckpointer`` keeps per-load state (current detectron2),
 #: which :func:`forget_failed_load` then clears after a failed load.
 CHECKPOINT_LOAD_STATE_RESET: bool = False
+#: True when :func:`apply` imported fvcore's and detectron2's import-time scripting modules with
+#: torch's ``torch.jit.script`` deprecation warning filtered out.
+JIT_SCRIPT_WARNING_SILENCED: bool = False
+
+# The modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
+_SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
+_JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -172,6 +187,11 @@ def _fix_map_dataset_retry() -> None:
             # This index failed: draw another one among those not known to fail.
             retry_count += 1
             self._fallback_candidates.discard(cur_idx)
+            if not self._fallback_candidates:  # v0.6 raised a bare IndexError here
+                raise RuntimeError(
+                    f"The mapper rejected every one of the {len(self._dataset)} images it was "
+                    "given (with DATALOADER.ON_UNREADABLE_IMAGE 'skip': none could be read)."
+                )
             cur_idx = self._rng.choice(sorted(self._fallback_candidates))
             if retry_count >= 3:
                 logging.getLogger("detectron2.data.common").warning(
@@ -363,10 +383,36 @@ def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
     return options
 
 
+def _import_scripting_modules_quietly() -> None:
+    """torch >= 2.14 warns at every ``torch.jit.script`` call that it is deprecated. fvcore's
+    ``nn/focal_loss.py`` and detectron2's ``modeling/box_regression.py`` call it on import, so
+    every program printed warnings meant for those libraries. Import them once with that warning
+    filtered out; later calls (TorchScript export) still warn."""
+    global JIT_SCRIPT_WARNING_SILENCED
+    import torch
+
+    if JIT_SCRIPT_WARNING_SILENCED or all(m in sys.modules for m in _SCRIPTING_MODULES):
+        return
+    try:
+        source = inspect.getsource(torch.jit.script)
+    except (OSError, TypeError):
+        return
+    if _JIT_SCRIPT_DEPRECATION not in source:
+        return  # this torch does not deprecate it
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=re.escape(_JIT_SCRIPT_DEPRECATION), category=FutureWarning
+        )
+        for module in _SCRIPTING_MODULES:
+            importlib.import_module(module)
+    JIT_SCRIPT_WARNING_SILENCED = True
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
     _alias_pil_linear()
+    _import_scripting_modules_quietly()  # needs the _C stub; before anything imports them
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()
@@ -398,4 +444,6 @@ def describe() -> str:
         parts.append(
             "compat: checkpointer load state cleared after a failed load, URL options read"
         )
+    if JIT_SCRIPT_WARNING_SILENCED:
+        parts.append("compat: import-time torch.jit.script deprecation warnings silenced")
     return ", ".join(parts)

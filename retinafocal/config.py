@@ -37,6 +37,10 @@ def add_retinafocal_config(cfg: CN) -> None:
     # results identical to detectron2's RetinaNet) or "NHWC" (channels-last: faster convolutions
     # with oneDNN on CPU and cuDNN on GPU; equal results up to float rounding).
     _C.MODEL.RETINAFOCAL.MEMORY_FORMAT = "NCHW"
+    # Set MODEL.RETINANET.NUM_CLASSES to the number of categories of the DATASETS.TRAIN datasets
+    # before the model is built. Off, NUM_CLASSES must equal that number (checked before
+    # training and evaluation).
+    _C.MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET = False
 
     _C.MODEL.RETINAFOCAL.LOSS = CN()
     # Name in retinafocal.losses.CLASSIFICATION_LOSS_REGISTRY: "FocalLoss" (alpha and gamma from
@@ -62,8 +66,10 @@ def add_retinafocal_config(cfg: CN) -> None:
     # [name, json_file, image_root] triples; the names can then be used in DATASETS.TRAIN/TEST.
     _C.DATASETS.COCO_JSON = []
 
-    # What to do when a training image cannot be read: "error" (raise naming the file) or "skip"
-    # (drop it, count it, and log the running count every DATALOADER.LOG_SKIPPED_PERIOD images
-    # mapped, per data-loader worker).
+    # What to do with images that cannot be read (missing, corrupt, truncated, of another size
+    # than the json says), in training and test sets: "error" (stop before training or
+    # evaluation starts, naming them) or "skip" (leave out those the start-up check finds, counted;
+    # during training, skip any other that fails to decode, and log the running count every
+    # DATALOADER.LOG_SKIPPED_PERIOD images mapped, per data-loader worker).
     _C.DATALOADER.ON_UNREADABLE_IMAGE = "error"
     _C.DATALOADER.LOG_SKIPPED_PERIOD = 20

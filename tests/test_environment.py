@@ -4,7 +4,12 @@ import sys
 import unittest
 
 import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
+import torch
 from retinafocal import compat
+
+
+def _plus_one(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
 
 
 class TestEnvironment(unittest.TestCase):
@@ -46,6 +51,25 @@ class TestEnvironment(unittest.TestCase):
             self.assertEqual(Image.LINEAR, Image.BILINEAR)  # v0.6's default argument resolves
         else:
             self.assertFalse(compat.PIL_LINEAR_ALIASED)  # current detectron2: untouched
+
+    def test_jit_script_warnings_silenced_only_where_torch_deprecates_it(self):
+        import inspect
+        import subprocess
+        import warnings
+
+        deprecated = "`torch.jit.script` is deprecated" in inspect.getsource(torch.jit.script)
+        self.assertEqual(compat.JIT_SCRIPT_WARNING_SILENCED, deprecated)
+        self.assertEqual("torch.jit.script deprecation" in compat.describe(), deprecated)
+        # Importing retinafocal shows no warning meant for fvcore or detectron2 (issue 13).
+        code = "import warnings; warnings.simplefilter('error', FutureWarning); import retinafocal"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        # Later calls warn as torch says (only the import-time ones are filtered).
+        if deprecated:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.jit.script(_plus_one)
+            self.assertTrue(any("torch.jit.script" in str(w.message) for w in caught))
 
     def test_apply_is_idempotent(self):
         before = (compat.HAS_D2_C, compat.D2_C_STUBBED, compat.PIL_LINEAR_ALIASED)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Cost of the dataset check per mode: json only, the loader's header check (what training runs
-on every dataset it loads, one thread), and the two modes of tools/validate_dataset.py (quick and
-full decode, with a thread pool).
+"""Cost of the dataset check per mode: json only, the loader's check (header, size and end
+marker: what training runs on every dataset it loads, one thread), and the two modes of
+tools/validate_dataset.py (quick, the same check on a thread pool, and full decode).
 
     python tools/benchmark_dataset_check.py [--num-images 300] [--workers 8]
 

@@ -1,21 +1,19 @@
-"""The full dataset check behind ``tools/validate_dataset.py``: deeper image inspection, a thread
-pool and an on-disk cache of reports, around the package's rules.
+"""The full dataset check behind ``tools/validate_dataset.py``: a thread pool, an optional full
+decode of every image and an on-disk cache of reports, around the package's rules.
 
 :func:`validate_coco_json` runs :func:`retinafocal.data.check_coco_json` (the check training runs
-on loading, with the same fatal / unreadable / fixed rules) with :func:`inspect_image` in place
-of its header check:
+on loading, with the same fatal / unreadable / fixed rules) with
+:func:`retinafocal.data.images.inspect_image`:
 
-* quick mode: the header is parsed as the loader does; JPEG and PNG files must also end with
-  their end marker (``FFD9`` / ``IEND``), which catches truncated files without decoding them
-  (a file that lacks it is decoded to confirm); other formats are decoded. The PNG bit depth
-  and the mode tell which conversion the mapper will apply (16-bit, alpha, grayscale, ...).
+* quick mode: the check training runs (header, size, JPEG / PNG end markers, conversions);
 * full mode (``full_decode=True``, the default of the command): every image is fully decoded,
   which also finds corrupt data in the middle of a file. Several times slower.
 
 :func:`cached_validate_coco_json` keeps reports under ``$RETINAFOCAL_CACHE_DIR`` (default
 ``~/.cache/retinafocal``) in ``dataset_checks/``, keyed by the json's path, size and modification
 time, the image folder's path and modification time and the mode. Replacing an image file in
-place does not change the key: check again without the cache after such a repair.
+place does not change the key: check again without the cache after such a repair. A cache that
+cannot be read or written is skipped with a warning: the check itself never depends on it.
 """
 from __future__ import annotations
 
@@ -23,14 +21,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
-from PIL import Image
-
-from retinafocal.data.checks import ImageInfo, check_coco_json, read_image_header
+from retinafocal.data.checks import check_coco_json
+from retinafocal.data.images import inspect_image
 from retinafocal.data.report import ProblemRecord, ValidationReport
 
 __all__ = [
@@ -42,70 +40,10 @@ __all__ = [
     "cached_validate_coco_json",
 ]
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_MODES_16BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-_MODES_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
-_MODES_GRAY = ("1", "L")
+logger = logging.getLogger(__name__)
 
 # Bump when a report's content or meaning changes, so that old cache entries are ignored.
-_REPORT_VERSION = 2
-
-
-def _has_end_marker(f, image_format: str) -> bool:
-    """Whether a JPEG / PNG file ends as a complete file does, judged from its last bytes."""
-    f.seek(0, os.SEEK_END)
-    f.seek(max(0, f.tell() - 1024))
-    tail = f.read()
-    if image_format == "PNG":
-        return b"IEND" in tail[-64:]
-    # Some writers pad JPEG files with zero bytes after the end-of-image marker.
-    return tail.rstrip(b"\x00").endswith(b"\xff\xd9")
-
-
-def _png_bit_depth(f) -> int:
-    """The bit depth stored in a PNG's IHDR chunk (byte 24), which Pillow does not report for
-    16-bit RGB files (it reads them as 8-bit "RGB")."""
-    f.seek(0)
-    head = f.read(25)
-    if len(head) < 25 or not head.startswith(_PNG_SIGNATURE):
-        return 8
-    return head[24]
-
-
-def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optional[str]:
-    """The ``converted_*`` problem kind of what the mapper does to such an image, or None."""
-    if mode in _MODES_16BIT or bit_depth == 16:
-        return "converted_16bit"
-    if mode in _MODES_ALPHA or has_transparency:
-        return "converted_alpha"
-    if mode in _MODES_GRAY:
-        return "converted_grayscale"
-    return None if mode == "RGB" else "converted_other_mode"
-
-
-def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
-    """Open one image file and report whether and how the training data loader can read it.
-
-    Args:
-        path: a local file path.
-        full_decode: decode all pixels; otherwise the quick mode of the module docstring.
-    """
-    info = read_image_header(path)
-    if not info.readable:
-        return info
-    try:
-        with open(path, "rb") as f:
-            must_decode = full_decode or info.format not in ("JPEG", "PNG")
-            if not must_decode and not _has_end_marker(f, info.format):
-                must_decode = True  # maybe truncated, maybe trailing bytes: decoding tells
-            bit_depth = _png_bit_depth(f) if info.format == "PNG" else 8
-        if must_decode:
-            with Image.open(path) as im:
-                im.load()
-    except Exception as e:  # noqa: BLE001 -- any failure to decode makes the file unreadable
-        return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
-    conversion = _conversion_kind(info.mode, bit_depth, info.has_transparency)
-    return dataclasses.replace(info, conversion=conversion)
+_REPORT_VERSION = 3
 
 
 def validate_coco_json(
@@ -200,10 +138,22 @@ def cached_validate_coco_json(
         num_workers=num_workers,
     )
     if not report.has_fatal:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # Written to a temporary file and renamed, so that a concurrent run never reads half.
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".tmp")
+        try:
+            _store(path, report)
+        except OSError as e:
+            logger.warning(f"Report not cached ({e}); RETINAFOCAL_CACHE_DIR sets another folder.")
+    return report, False
+
+
+def _store(path: str, report: ValidationReport) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Written to a temporary file and renamed, so that a concurrent run never reads half.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".tmp")
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(report_to_dict(report), f)
         os.replace(tmp, path)
-    return report, False
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -6,6 +6,7 @@ detectron2's own datasets keep their loaders. Training checks its datasets first
 (:func:`check_datasets`, :func:`checked_dataset_dicts`).
 """
 from .checks import check_coco_json, fix_coco_box
+from .classes import NumClassesError, check_num_classes, dataset_num_classes
 from .datasets import (
     check_datasets,
     checked_dataset_dicts,
@@ -14,7 +15,7 @@ from .datasets import (
     register_shapes,
 )
 from .loading import checked_report, load_coco_json_checked
-from .mapper import RobustDatasetMapper
+from .mapper import RobustDatasetMapper, UnreadableImageError
 from .report import DatasetValidationError, ValidationReport
 from .shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes_split, generate_shapes_split
 
@@ -22,14 +23,18 @@ register_shapes()
 
 __all__ = [
     "DatasetValidationError",
+    "NumClassesError",
     "RobustDatasetMapper",
     "SHAPE_CLASSES",
     "ShapesSpec",
+    "UnreadableImageError",
     "ValidationReport",
     "check_coco_json",
     "check_datasets",
+    "check_num_classes",
     "checked_dataset_dicts",
     "checked_report",
+    "dataset_num_classes",
     "ensure_shapes_split",
     "fix_coco_box",
     "generate_shapes_split",

@@ -6,23 +6,22 @@ severities decide what training does (see :mod:`retinafocal.data.report`). The c
 (:mod:`retinafocal.data.loading`) and the report tool (``tools/validate_dataset.py``) both run it,
 so they judge a dataset by the same rules.
 
-The image check here is the loader's cheap one: each file exists, its header opens, and its size
-(after the EXIF orientation that detectron2's ``read_image`` applies) matches the json. The tool
-passes a deeper ``inspect`` (end markers, bit depth, full decode) to the same function.
+Image files are checked by :func:`~retinafocal.data.images.inspect_image`: header, size (after
+the EXIF orientation that detectron2's ``read_image`` applies) and, for JPEG and PNG, the end
+marker, so that truncated files are known before training starts. The tool can pass a deeper
+``inspect`` (full decode) to the same function.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from PIL import Image, UnidentifiedImageError
-
+from .images import ImageInfo, inspect_image
 from .report import ValidationReport
 
-__all__ = ["ImageInfo", "read_image_header", "fix_coco_box", "check_coco_json"]
+__all__ = ["fix_coco_box", "segmentation_is_valid", "check_coco_json"]
 
 # Outcomes of fix_coco_box; the non-"ok" ones are also problem kinds.
 BOX_OK = "ok"
@@ -64,57 +63,23 @@ def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[
     return BOX_OK, [x, y, w, h]
 
 
-@dataclass
-class ImageInfo:
-    """What an image check learnt about one file: whether it opens (else ``reason``), its size
-    as detectron2's ``read_image`` returns it (EXIF orientation applied), Pillow's format, mode
-    and transparency flag, and the ``converted_*`` kind a deeper check found, if any."""
+def segmentation_is_valid(segmentation: Any) -> bool:
+    """Whether detectron2's ``load_coco_json`` keeps an annotation with this ``segmentation``.
 
-    readable: bool
-    reason: str = ""
-    width: int = 0
-    height: int = 0
-    format: str = ""
-    mode: str = ""
-    has_transparency: bool = False
-    conversion: Optional[str] = None
-
-
-def _exif_orientation(im: Image.Image) -> Optional[int]:
-    """The EXIF orientation tag, read without decoding pixels."""
-    try:
-        if im.format == "PNG":
-            # Pillow's PngImageFile.getexif() decodes the whole image to look for an eXIf chunk
-            # after the pixel data; use only what the header held.
-            exif = Image.Exif()
-            if "exif" in im.info:
-                exif.load(im.info["exif"])
-        else:
-            exif = im.getexif()
-        return exif.get(0x0112)
-    except Exception:  # noqa: BLE001 -- broken EXIF blocks do not stop detectron2's read_image
-        return None
-
-
-def read_image_header(path: str) -> ImageInfo:
-    """Open one image file's header (no pixels are decoded): the loader's image check.
-
-    A file whose header opens can still hold corrupt pixel data; ``tools/validate_dataset.py``
-    looks deeper.
+    It drops the whole annotation, box included, when a polygon list holds no polygon of at least
+    3 points (6 numbers, an even count), e.g. ``[[1, 2, 3, 4]]``. Absent or empty
+    segmentations and RLE dicts (``counts`` and ``size``) are kept.
     """
-    try:
-        with Image.open(path) as im:
-            info = ImageInfo(readable=True, format=im.format or "", mode=im.mode)
-            info.width, info.height = im.size
-            info.has_transparency = "transparency" in im.info
-            orientation = _exif_orientation(im)
-    except UnidentifiedImageError:
-        return ImageInfo(readable=False, reason="not an image in any format Pillow knows")
-    except Exception as e:  # noqa: BLE001 -- any failure to open makes the file unreadable
-        return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
-    if orientation in (5, 6, 7, 8):  # transposed / rotated by 90 degrees: width and height swap
-        info.width, info.height = info.height, info.width
-    return info
+    if not segmentation:
+        return True
+    if isinstance(segmentation, dict):
+        return "counts" in segmentation and "size" in segmentation
+    if not isinstance(segmentation, list):
+        return False
+    return any(
+        isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+        for polygon in segmentation
+    )
 
 
 def _is_id(value: Any) -> bool:
@@ -157,6 +122,18 @@ def _check_structure(data: Any, report: ValidationReport) -> bool:
     return ok
 
 
+def _check_id_types(ids: Iterable[Any], what: str, report: ValidationReport) -> None:
+    """Ids of one kind must all be integers or all strings: detectron2 sorts image and category
+    ids, which fails on a mix (``TypeError: '<' not supported``)."""
+    ints = [i for i in ids if isinstance(i, int)]
+    strs = [i for i in ids if isinstance(i, str)]
+    if ints and strs:
+        fewer = strs if len(strs) <= len(ints) else ints
+        example = f"{what} ids mix integers (e.g. {ints[0]!r}) and strings (e.g. {strs[0]!r})"
+        for j, offending in enumerate(fewer):  # counted: the ids of the less common type
+            report.add("mixed_id_types", offending, example if j == 0 else None)
+
+
 def _check_categories(categories: List[Any], report: ValidationReport) -> set:
     seen: set = set()
     for i, cat in enumerate(categories):
@@ -167,12 +144,14 @@ def _check_categories(categories: List[Any], report: ValidationReport) -> set:
             example = f"categories[{i}] repeats id {cat['id']}"
             report.add("duplicate_category_id", cat["id"], example)
         seen.add(cat["id"])
+    _check_id_types(seen, "category", report)
     return seen
 
 
 def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict]:
     """Returns image id -> entry, for the first entry of each valid id."""
     by_id: Dict[Any, dict] = {}
+    by_file: Dict[str, Any] = {}  # normalised file_name -> id of the first image naming it
     for i, img in enumerate(images):
         if not isinstance(img, dict):
             report.add("malformed_image", example=f"images[{i}] is not an object")
@@ -189,13 +168,24 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
             report.add("duplicate_image_id", img["id"], example)
             continue
         by_id[img["id"]] = img
+        file_key = os.path.normpath(img["file_name"])
+        if file_key in by_file:
+            example = (
+                f"images[{i}] (id {img['id']!r}) names {img['file_name']}, the file of image "
+                f"{by_file[file_key]!r}"
+            )
+            report.add("duplicate_file_name", img["id"], example)
+        else:
+            by_file[file_key] = img["id"]
+    _check_id_types(by_id, "image", report)
     return by_id
 
 
 def _check_annotations(
     annotations: List[Any], images: Dict[Any, dict], category_ids: set, report: ValidationReport
-) -> None:
-    """Ids, categories, images and boxes of every annotation; then the background images."""
+) -> set:
+    """Ids, categories, images, boxes and segmentations of every annotation; then the
+    background images. Returns the ids of the images with a box that trains (kept, not crowd)."""
     seen: set = set()
     images_with_boxes: set = set()
     known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
@@ -226,16 +216,29 @@ def _check_annotations(
             size = f"{img['width']}x{img['height']}"
             example = f"annotation {ann_id} of image {img['id']} ({size}): bbox {ann.get('bbox')!r}"
             report.add(outcome, ann_id, example)
-        if outcome not in _BOX_DROPPED:
+        if not segmentation_is_valid(ann.get("segmentation")):
+            example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
+            report.add("segmentation_invalid", ann_id, example)
+        # Crowd regions are not trained on (detectron2's mapper drops them).
+        if outcome not in _BOX_DROPPED and not ann.get("iscrowd", 0):
             images_with_boxes.add(img["id"])
     for img_id, img in images.items():
         if img_id not in images_with_boxes:
             report.add("background_image", img_id, f"image {img_id} ({img['file_name']})")
+    if not images_with_boxes:
+        why = (
+            f"its {len(annotations)} annotation(s) are all dropped or crowd regions"
+            if annotations
+            else "the json has no annotation"
+        )
+        report.add("no_usable_box", example=f"{len(images)} image(s), none with a box: {why}")
+    return images_with_boxes
 
 
 def _check_image_files(
     images: Dict[Any, dict],
     image_root: str,
+    images_with_boxes: set,
     report: ValidationReport,
     inspect: Callable[[str], ImageInfo],
     map_images: Callable[..., Iterable[Optional[ImageInfo]]],
@@ -258,16 +261,20 @@ def _check_image_files(
                 f"{img['width']}x{img['height']}"
             )
             report.add("size_mismatch", img["id"], example)
-        elif info.conversion is not None:
-            report.add(info.conversion, img["id"], name)
+        else:
+            if info.conversion is not None:
+                report.add(info.conversion, img["id"], name)
+            continue
+        report.unreadable_files.append(path)
+        report.num_unreadable_with_boxes += img["id"] in images_with_boxes
 
 
 def check_coco_json(
     json_file: str,
     image_root: str,
     *,
-    inspect: Optional[Callable[[str], ImageInfo]] = read_image_header,
-    image_check: str = "header",
+    inspect: Optional[Callable[[str], ImageInfo]] = inspect_image,
+    image_check: str = "quick",
     map_images: Callable[..., Iterable[Optional[ImageInfo]]] = map,
 ) -> ValidationReport:
     """Check a COCO instances json, and the image files it names, for every known problem.
@@ -279,7 +286,8 @@ def check_coco_json(
         json_file: path of the COCO json.
         image_root: folder that the images' ``file_name`` are relative to.
         inspect: opens one existing image file and says what it holds; None checks the json
-            alone. Default: :func:`read_image_header`.
+            alone. Default: :func:`~retinafocal.data.images.inspect_image` (header, size, end
+            marker).
         image_check: the name of ``inspect``'s check, shown in the report.
         map_images: how ``inspect`` is applied to all files (``map``, or a thread pool's).
     """
@@ -294,8 +302,9 @@ def check_coco_json(
 
     category_ids = _check_categories(data["categories"], report)
     images = _check_images(data["images"], report)
-    _check_annotations(annotations, images, category_ids, report)
+    images_with_boxes = _check_annotations(annotations, images, category_ids, report)
+    report.num_images_with_boxes = len(images_with_boxes)
     if inspect is not None:
         report.image_check = image_check
-        _check_image_files(images, image_root, report, inspect, map_images)
+        _check_image_files(images, image_root, images_with_boxes, report, inspect, map_images)
     return report

@@ -171,7 +171,10 @@ def ensure_dataset_files(name: str) -> None:
 
 
 def check_datasets(
-    names: Union[str, Sequence[str]], *, on_unreadable: Optional[str] = None
+    names: Union[str, Sequence[str]],
+    *,
+    on_unreadable: Optional[str] = None,
+    purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
     """Check the named datasets as training does before it starts, whoever registered them.
 
@@ -179,18 +182,20 @@ def check_datasets(
     ``image_root`` and ``evaluator_type`` "coco" (every dataset registered here, detectron2's
     builtin COCO splits, ``register_coco_instances``). Others are not (logged). Checking does not
     change how a dataset loads: detectron2's loaders stay detectron2's, so malformed boxes,
-    which only retinafocal's loader drops, are an error in a dataset registered elsewhere.
+    which only retinafocal's loader drops, are an error in a dataset registered elsewhere, and
+    segmentations that detectron2 rejects still drop their boxes there (a warning says so).
 
     Args:
         names: registered dataset names.
         on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``, or None; see
             :func:`~retinafocal.data.loading.checked_report`.
+        purpose: "training" or "evaluation", for the messages.
 
     Returns:
         name -> report, for the datasets that were checked.
 
     Raises:
-        DatasetValidationError: naming the dataset, with its report, when training cannot run.
+        DatasetValidationError: naming the dataset, with its report, when it cannot be used.
     """
     reports = {}
     for name in [names] if isinstance(names, str) else names:
@@ -201,18 +206,34 @@ def check_datasets(
         if json_file is None or image_root is None or _evaluator_type(name) != "coco":
             logger.info(f"Dataset '{name}' is not registered as a COCO json: not checked.")
             continue
-        report = checked_report(json_file, image_root, name, on_unreadable=on_unreadable)
-        if name not in _REGISTERED_HERE and report.count("box_invalid"):
-            # detectron2's loader raises on some malformed boxes and its mapper on most others;
-            # only retinafocal's loader drops them.
-            raise DatasetValidationError(
-                f"Dataset '{name}' has {report.count('box_invalid')} malformed bbox(es) "
-                f"(annotation ids {report.first_ids('box_invalid')}...) and loads through the "
-                "loader it was registered with, which cannot drop them. Fix the json, or "
-                "register it with retinafocal (DATASETS.COCO_JSON, register_coco_dataset)."
-            )
+        report = checked_report(
+            json_file, image_root, name, on_unreadable=on_unreadable, purpose=purpose
+        )
+        if name not in _REGISTERED_HERE:
+            _refuse_what_detectron2_mishandles(name, report)
         reports[name] = report
     return reports
+
+
+def _refuse_what_detectron2_mishandles(name: str, report: ValidationReport) -> None:
+    """For a dataset that detectron2's own loader reads: raise on malformed boxes, warn about
+    the segmentations whose boxes it drops."""
+    if report.count("box_invalid"):
+        # detectron2's loader raises on some malformed boxes and its mapper on most others;
+        # only retinafocal's loader drops them.
+        raise DatasetValidationError(
+            f"Dataset '{name}' has {report.count('box_invalid')} malformed bbox(es) "
+            f"(annotation ids {report.first_ids('box_invalid')}...) and loads through the "
+            "loader it was registered with, which cannot drop them. Fix the json, or "
+            "register it with retinafocal (DATASETS.COCO_JSON, register_coco_dataset)."
+        )
+    if report.count("segmentation_invalid"):
+        logger.warning(
+            f"Dataset '{name}': detectron2's loader, which it was registered with, drops the "
+            f"{report.count('segmentation_invalid')} annotation(s) with an invalid segmentation "
+            f"(ids {report.first_ids('segmentation_invalid')}...), boxes included. Register it "
+            "with retinafocal (DATASETS.COCO_JSON, register_coco_dataset) to train on their boxes."
+        )
 
 
 def checked_dataset_dicts(
@@ -223,17 +244,35 @@ def checked_dataset_dicts(
     check_consistency: bool = True,
     *,
     on_unreadable: Optional[str] = None,
+    purpose: str = "training",
 ) -> List[Dict[str, Any]]:
     """detectron2's ``get_detection_dataset_dicts`` (same arguments: empty-image filtering and
     the rest are detectron2's) after :func:`check_datasets` has passed ``names``.
 
+    With ``on_unreadable="skip"`` the unreadable images are left out here, before any work
+    starts, and counted in a warning; with "error" they have stopped the check; with None they
+    are kept (the mapper meets them).
+
     For LazyConfig data loaders and users: ``dataset=L(checked_dataset_dicts)(names=...)``.
     """
-    check_datasets(names, on_unreadable=on_unreadable)
-    return get_detection_dataset_dicts(
+    reports = check_datasets(names, on_unreadable=on_unreadable, purpose=purpose)
+    dataset_dicts = get_detection_dataset_dicts(
         names,
         filter_empty=filter_empty,
         min_keypoints=min_keypoints,
         proposal_files=proposal_files,
         check_consistency=check_consistency,
     )
+    if on_unreadable != "skip":
+        return dataset_dicts
+    unreadable = {path for report in reports.values() for path in report.unreadable_files}
+    if not unreadable:
+        return dataset_dicts
+    for name, report in reports.items():
+        if report.unreadable_files:
+            role = "Test dataset" if purpose == "evaluation" else "Dataset"
+            logger.warning(
+                f"{role} '{name}': {report.unreadable_summary()}. DATALOADER.ON_UNREADABLE_IMAGE "
+                f"is 'skip': they are left out of {purpose}."
+            )
+    return [d for d in dataset_dicts if d["file_name"] not in unreadable]

@@ -7,7 +7,8 @@ is the check alone, with the same verdict.
 
 A check is remembered for the rest of the process, keyed by the json's path, size and
 modification time and the image folder's path and modification time, so that the train loader,
-each evaluation's test loader and the registered loader do not repeat it.
+each evaluation's test loader and the registered loader do not repeat it, nor log it again: the
+report and the box fixes are logged once per process.
 """
 from __future__ import annotations
 
@@ -18,14 +19,19 @@ import os
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-from .checks import BOX_INVALID, BOX_OK, check_coco_json, fix_coco_box
+from .checks import BOX_INVALID, BOX_OK, check_coco_json, fix_coco_box, segmentation_is_valid
 from .report import DatasetValidationError, ValidationReport
 
-__all__ = ["checked_report", "load_coco_json_checked"]
+__all__ = ["PURPOSES", "checked_report", "load_coco_json_checked"]
 
 logger = logging.getLogger(__name__)
 
 _REPORTS: Dict[Tuple, ValidationReport] = {}
+# Keys of _REPORTS whose box fixes have been logged.
+_FIXES_LOGGED: set = set()
+#: What a dataset is checked for; it words the messages.
+PURPOSES = ("training", "evaluation")
+_SEGMENTATION_INVALID = "segmentation_invalid"
 
 
 def _stamp(path: str) -> Tuple:
@@ -36,6 +42,30 @@ def _stamp(path: str) -> Tuple:
     return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
+def _key(json_file: str, image_root: str, check_images: bool) -> Tuple:
+    return (_stamp(json_file), _stamp(image_root), check_images)
+
+
+def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, purpose: str) -> str:
+    """Why ``report``'s unreadable images stop ``purpose`` under ``on_unreadable``, and the fix.
+    An option that is already set is never suggested."""
+    summary = report.unreadable_summary()
+    if on_unreadable == "error":
+        if purpose == "training":
+            rest = "train without them"
+        else:
+            rest = "evaluate on the other images (AP then covers those only)"
+        return (
+            f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'error', so {purpose} stops "
+            f"before it starts. Fix or remove them, or set DATALOADER.ON_UNREADABLE_IMAGE to "
+            f"'skip' to {rest}."
+        )
+    return (
+        f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out, "
+        f"but then no image with a box is left for {purpose}. Fix or replace the image files."
+    )
+
+
 def checked_report(
     json_file: str,
     image_root: str,
@@ -43,27 +73,34 @@ def checked_report(
     *,
     on_unreadable: Optional[str] = None,
     check_images: bool = True,
+    purpose: str = "training",
 ) -> ValidationReport:
-    """Check a COCO json and its image files (once per process), and refuse what cannot train.
+    """Check a COCO json and its image files (once per process), and refuse what cannot be used.
 
     The report is logged when it is made: as a warning if it lists problems, else as info.
 
     Args:
         json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``; the name
             only appears in messages.
-        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` when known. With "error", any
-            unreadable image raises here, before training starts; "skip" and None let them
-            through (the mapper skips them or raises when it meets them).
+        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` when known: with "error", any
+            unreadable image raises here, before training or evaluation starts; with "skip",
+            the caller leaves them out, so it raises when no image with a box would be left;
+            None lets them through (the mapper skips them or raises when it meets them).
         check_images: also check the image files (else only the json).
+        purpose: "training" or "evaluation", for the messages.
 
     Raises:
-        DatasetValidationError: with the report, when it has fatal problems, or unreadable
-            images and ``on_unreadable`` is "error".
+        DatasetValidationError: with the report, when it has fatal problems, or when
+            ``on_unreadable`` says that the unreadable images stop ``purpose`` (the message
+            names them, counted, and the fix).
     """
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
-    name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
-    key = (_stamp(json_file), _stamp(image_root), check_images)
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    role = "Test dataset" if purpose == "evaluation" else "Dataset"
+    name = f"{role} '{dataset_name}'" if dataset_name else role
+    key = _key(json_file, image_root, check_images)
     report = _REPORTS.get(key)
     if report is None:
         if check_images:
@@ -76,11 +113,8 @@ def checked_report(
     if report.has_fatal:
         raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
     if on_unreadable is not None and not report.usable(on_unreadable):
-        raise DatasetValidationError(
-            f"{name}: {report.num_unreadable_images} image(s) cannot be read and "
-            "DATALOADER.ON_UNREADABLE_IMAGE is 'error'. Fix or remove them, or set it to 'skip' "
-            f"to train without them:\n{report.format()}"
-        )
+        message = _unusable_message(name, report, on_unreadable, purpose)
+        raise DatasetValidationError(f"{message}\n{report.format()}")
     return copy.deepcopy(report)  # the callers' to change; the memo keeps its own
 
 
@@ -92,8 +126,14 @@ def _rejected_by_detectron2(annotation: dict) -> bool:
 
 
 def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]) -> List[dict]:
-    """detectron2's ``load_coco_json``, given a copy of the json without the annotations it
-    rejects when there are any (they would be dropped anyway, as malformed boxes).
+    """detectron2's ``load_coco_json``, given a copy of the json without what it mishandles:
+
+    * annotations whose bbox it rejects (it stops the whole load; they would be dropped anyway,
+      as malformed boxes);
+    * segmentations it rejects (it would drop their annotation, box included, with a warning
+      in the log only; RetinaNet trains on the box);
+    * annotations of no image (it drops them too, with a warning at every load; the check has
+      counted them).
 
     The copy is a file because ``load_coco_json`` takes only a path, which pycocotools opens
     itself. Every other malformed box is dropped after detectron2 has read the json.
@@ -103,9 +143,13 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
     with open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     annotations = data.get("annotations", [])
-    kept = [a for a in annotations if not _rejected_by_detectron2(a)]
-    if len(kept) == len(annotations):
+    image_ids = {image["id"] for image in data["images"]}
+    kept = [a for a in annotations if a["image_id"] in image_ids and not _rejected_by_detectron2(a)]
+    invalid = [a for a in kept if not segmentation_is_valid(a.get("segmentation"))]
+    if len(kept) == len(annotations) and not invalid:
         return load_coco_json(json_file, image_root, dataset_name)
+    for annotation in invalid:
+        del annotation["segmentation"]
     data["annotations"] = kept
     # The file name keeps the original's, which load_coco_json looks at ("minival").
     fd, tmp = tempfile.mkstemp(prefix="retinafocal_", suffix="_" + os.path.basename(json_file))
@@ -143,11 +187,12 @@ def load_coco_json_checked(
     """Load a COCO json as detectron2 dataset dicts, after :func:`checked_report` has passed it.
 
     * boxes are clipped to their image, and empty / outside / malformed boxes dropped (counted in
-      a warning); annotations of unknown images are dropped (as detectron2 does);
+      a warning, once per process); annotations of unknown images are dropped (as detectron2
+      does); segmentations that detectron2 rejects are dropped, their boxes kept;
     * images with no annotation left are kept (they train as background, unless
       ``cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS`` makes detectron2 drop them later);
-    * unreadable images are kept unless ``on_unreadable`` is "error", which raises: the data
-      loader's mapper (:class:`~retinafocal.data.mapper.RobustDatasetMapper`) handles them.
+    * unreadable images are kept unless ``on_unreadable`` is "error", which raises: training
+      and evaluation leave them out (:func:`~retinafocal.data.checked_dataset_dicts`).
 
     Args:
         json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``.
@@ -163,7 +208,7 @@ def load_coco_json_checked(
         on_unreadable=on_unreadable,
         check_images=check_images,
     )
-    if report.count(BOX_INVALID):
+    if any(report.count(k) for k in (BOX_INVALID, _SEGMENTATION_INVALID, "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice
         from detectron2.data.datasets import load_coco_json
@@ -174,11 +219,19 @@ def load_coco_json_checked(
     # check counted them all.
     counts[BOX_INVALID] = report.count(BOX_INVALID)
     changed = {k: v for k, v in counts.items() if k != BOX_OK and v}
-    if changed:
+    key = _key(json_file, image_root, check_images)
+    if (changed or report.count(_SEGMENTATION_INVALID)) and key not in _FIXES_LOGGED:
+        # Each data loader, evaluation and figure loads the dataset again: say it once.
+        _FIXES_LOGGED.add(key)
         name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
-        logger.warning(
-            f"{name}: "
-            + ", ".join(f"{v} {k.replace('box_', '')}" for k, v in sorted(changed.items()))
-            + " box(es): clipped ones are kept, the others dropped."
-        )
+        fixes = []
+        if changed:
+            counted = ", ".join(f"{v} {k.replace('box_', '')}" for k, v in sorted(changed.items()))
+            fixes.append(f"{counted} box(es): clipped ones are kept, the others dropped")
+        if report.count(_SEGMENTATION_INVALID):
+            fixes.append(
+                f"{report.count(_SEGMENTATION_INVALID)} invalid segmentation(s) dropped, their "
+                "boxes kept"
+            )
+        logger.warning(f"{name}: " + "; ".join(fixes) + ".")
     return dataset_dicts

@@ -12,6 +12,10 @@ does the rest, through :func:`retinafocal.compat.dataset_mapper_call`):
   says) either raises :class:`UnreadableImageError` naming the file (``on_unreadable="error"``,
   the default) or is skipped (``"skip"``): the mapper returns None, which makes detectron2's
   ``MapDataset`` draw another image, and counts it.
+
+Training and evaluation leave out or refuse the unreadable images that the start-up check finds
+(:func:`~retinafocal.data.checked_dataset_dicts`) before the mapper sees any, so the mapper
+meets only what that check cannot see (corrupt data in the middle of a file).
 """
 from __future__ import annotations
 
@@ -81,10 +85,7 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
             image = Image.open(f)
             image.load()  # decode now, while the file is open, so errors surface here
     except Exception as e:  # noqa: BLE001 -- every decoding failure means the same to a user
-        raise UnreadableImageError(
-            f"Cannot read image {file_name}: {type(e).__name__}: {e}. Check the file, or set "
-            "DATALOADER.ON_UNREADABLE_IMAGE to 'skip' to train without unreadable images."
-        ) from e
+        raise UnreadableImageError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 -- a broken EXIF block: keep the stored orientation
@@ -142,6 +143,7 @@ class RobustDatasetMapper(DatasetMapper):
             )
         super().__init__(is_train, **kwargs)
         self.on_unreadable = on_unreadable if is_train else "error"
+        self._configured_policy = on_unreadable  # what the user set, for the error's advice
         self.log_skipped_period = log_skipped_period
         #: Images skipped so far by this process.
         self.num_skipped = 0
@@ -155,6 +157,20 @@ class RobustDatasetMapper(DatasetMapper):
         ret["on_unreadable"] = cfg.DATALOADER.ON_UNREADABLE_IMAGE
         ret["log_skipped_period"] = cfg.DATALOADER.LOG_SKIPPED_PERIOD
         return ret
+
+    def _advice(self) -> str:
+        """What to do about an unreadable image, without suggesting an option already set."""
+        find_all = "tools/validate_dataset.py decodes every image and lists all such files"
+        if self._configured_policy == "skip":
+            return (
+                "DATALOADER.ON_UNREADABLE_IMAGE is 'skip', but an evaluation cannot leave out an "
+                "image once it has started (the images that the start-up check finds are left "
+                f"out before). Fix or remove it; {find_all}."
+            )
+        return (
+            f"Fix or remove it ({find_all}), or set DATALOADER.ON_UNREADABLE_IMAGE to 'skip' to "
+            "go on without unreadable images."
+        )
 
     def _skip(self, file_name: str, error: Exception) -> None:
         self.num_skipped += 1
@@ -199,9 +215,10 @@ class RobustDatasetMapper(DatasetMapper):
         except (UnreadableImageError, utils.SizeMismatchError) as e:
             if self.on_unreadable == "error":
                 if isinstance(e, UnreadableImageError):
-                    raise
-                message = f"Image {file_name} does not match its annotation: {e}"
-                raise UnreadableImageError(message) from e
+                    message = str(e)
+                else:
+                    message = f"Image {file_name} does not match its annotation: {e}"
+                raise UnreadableImageError(f"{message}. {self._advice()}") from e
             self._skip(file_name, e)
             return None
         finally:

@@ -4,17 +4,22 @@
 offending ids (:mod:`retinafocal.data.checks` finds them). The severity of a kind decides what
 happens to the dataset:
 
-* ``fatal``: the fix would have to guess what the author meant: malformed json (reported with
-  file, line and column), missing or ill-typed fields, duplicate category / image / annotation
-  ids (annotations could go to the wrong image, and COCO evaluation keeps only one duplicate),
-  category ids not among the ``categories`` (usually a wrong category list, shifting every
-  class). Loading raises :class:`DatasetValidationError`.
-* ``unreadable``: missing, undecodable or wrongly sized image files. Training stops naming them
-  or skips them, counted, as ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` says.
+* ``fatal``: the fix would have to guess what the author meant, or nothing would train:
+  malformed json (reported with file, line and column), missing or ill-typed fields, duplicate
+  category / image / annotation ids (annotations could go to the wrong image, and COCO
+  evaluation keeps only one duplicate), ids mixing integers and strings (detectron2 sorts
+  them), category ids not among the ``categories`` (usually a wrong category list, shifting
+  every class), one image file under two image ids (one entry's annotations would be missing
+  from the other: which one is right cannot be told), and a dataset in which no image has a box
+  to train on. Loading raises :class:`DatasetValidationError`.
+* ``unreadable``: missing, undecodable (also truncated) or wrongly sized image files. Training
+  and evaluation stop before they start, naming them, or leave them out, counted, as
+  ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` says.
 * ``fixed``: handled automatically, counted: boxes partly outside the image are clipped; empty,
   outside and malformed boxes and annotations of unknown images are dropped on loading;
-  grayscale, alpha, palette/CMYK and 16-bit images are converted by
-  :class:`~retinafocal.data.mapper.RobustDatasetMapper`.
+  segmentations that detectron2 would reject (dropping their box with them) are dropped and
+  their box kept (RetinaNet trains on boxes only); grayscale, alpha, palette/CMYK and 16-bit
+  images are converted by :class:`~retinafocal.data.mapper.RobustDatasetMapper`.
 * ``info``: images with no annotation left, kept and trained as background.
 
 :meth:`ValidationReport.usable` is the one rule for whether training runs, shared by the checked
@@ -51,7 +56,10 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "duplicate_category_id": (FATAL, "category ids used by more than one category"),
     "duplicate_image_id": (FATAL, "image ids used by more than one image entry"),
     "duplicate_annotation_id": (FATAL, "annotation ids used by more than one annotation"),
+    "mixed_id_types": (FATAL, "image or category ids mixing integers and strings"),
     "unknown_category_id": (FATAL, "annotations whose category_id is not among the categories"),
+    "duplicate_file_name": (FATAL, "image entries naming a file that another image id names"),
+    "no_usable_box": (FATAL, "no image has a box to train on (all dropped, crowd, or none)"),
     "missing_file": (UNREADABLE, "image files that do not exist"),
     "unreadable_image": (UNREADABLE, "files that are not a decodable image (corrupt/truncated)"),
     "size_mismatch": (UNREADABLE, "images whose size differs from the json width/height"),
@@ -64,6 +72,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "box_outside": (FIXED, "boxes entirely outside the image (dropped)"),
     "box_invalid": (FIXED, "bbox missing or not 4 finite numbers (annotation dropped)"),
     "orphan_annotation": (FIXED, "annotations whose image_id matches no image (dropped)"),
+    "segmentation_invalid": (FIXED, "segmentations detectron2 rejects (dropped, box kept)"),
     "background_image": (INFO, "images with no usable annotation (kept, trained as background)"),
 }
 
@@ -103,9 +112,13 @@ class ValidationReport:
     Attributes:
         json_file, image_root: what was checked.
         num_images, num_annotations, num_categories: entries in the json (0 when it is malformed).
-        image_check: how image files were checked: "none", "header" (the loader's check), or a
-            deeper mode of ``tools/validate_dataset.py``.
+        image_check: how image files were checked: "none", "quick" (the loader's check:
+            header, size, end marker), or "full" (``tools/validate_dataset.py`` decoding all).
         problems: kind -> :class:`ProblemRecord`, only for kinds that occurred.
+        num_images_with_boxes: images with at least one box that trains (kept, not crowd).
+        unreadable_files: the path (image root joined with ``file_name``, as in detectron2's
+            dataset dicts) of **every** unreadable image, so that they can be left out.
+        num_unreadable_with_boxes: how many of those have a box that trains.
     """
 
     json_file: str
@@ -115,6 +128,9 @@ class ValidationReport:
     num_categories: int = 0
     image_check: str = "none"
     problems: Dict[str, ProblemRecord] = field(default_factory=dict)
+    num_images_with_boxes: int = 0
+    unreadable_files: List[str] = field(default_factory=list)
+    num_unreadable_with_boxes: int = 0
 
     def add(self, kind: str, offending_id: Any = None, example: Optional[str] = None) -> None:
         """Count one occurrence of ``kind``, remembering its id and example if among the first."""
@@ -156,12 +172,30 @@ class ValidationReport:
         """Images that training cannot read (missing, undecodable or of the wrong size)."""
         return self.num_with_severity(UNREADABLE)
 
+    @property
+    def has_readable_box(self) -> bool:
+        """Whether some readable image has a box to train on (what is left with 'skip')."""
+        return self.num_images_with_boxes > self.num_unreadable_with_boxes
+
     def usable(self, on_unreadable: str) -> bool:
         """Whether training runs on this dataset with ``DATALOADER.ON_UNREADABLE_IMAGE`` set to
-        ``on_unreadable``: no fatal problem, and no unreadable image unless they are skipped."""
+        ``on_unreadable``: no fatal problem, and no unreadable image unless they are skipped, in
+        which case some other image must have a box."""
         if on_unreadable not in _ON_UNREADABLE_CHOICES:
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
-        return not self.has_fatal and (on_unreadable == "skip" or not self.num_unreadable_images)
+        if self.has_fatal:
+            return False
+        if on_unreadable == "error":
+            return not self.num_unreadable_images
+        return self.has_readable_box
+
+    def unreadable_summary(self, max_files: int = 5) -> str:
+        """One line: how many images cannot be read, of how many, why, and the first files."""
+        n = len(self.unreadable_files)
+        why = ", ".join(f"{k} {self.count(k)}" for k in self.kinds(UNREADABLE))
+        shown = ", ".join(self.unreadable_files[:max_files])
+        more = f" and {n - max_files} more" if n > max_files else ""
+        return f"{n} of {self.num_images} image(s) cannot be read ({why}): {shown}{more}"
 
     def format(self) -> str:
         """A multi-line summary: one line per problem kind, worst first, then a verdict."""
@@ -195,9 +229,15 @@ class ValidationReport:
                 + ") must be fixed in the json before it can be used."
             )
         n = self.num_unreadable_images
+        if n and not self.has_readable_box:
+            return (
+                f"{n} image(s) cannot be read, and no other image has a box to train on: fix "
+                "them before the dataset can be used."
+            )
         if n:
             return (
-                f"{n} image(s) cannot be read: training stops unless "
-                "DATALOADER.ON_UNREADABLE_IMAGE is 'skip'. Other problems are fixed on loading."
+                f"{n} image(s) cannot be read: training and evaluation stop before they start "
+                "unless DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out. Other "
+                "problems are fixed on loading."
             )
         return "Usable: the problems listed (if any) are fixed on loading."

@@ -1,9 +1,18 @@
-"""Run set-up and reporting shared by the yacs and LazyConfig paths of ``train_net.py``."""
+"""Run set-up and reporting shared by the yacs and LazyConfig paths of ``train_net.py``.
+
+Logs carry no terminal colour codes unless they go to a terminal: detectron2's set-up colours
+its console lines and the config it prints (with pygments) whatever the output is, so a
+redirected console and ``log.txt`` would hold escape sequences. :func:`default_setup` strips
+them from every handler of the run's loggers that does not write to a terminal (always
+``log.txt``; the console when redirected, or when ``NO_COLOR`` is set).
+"""
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any, List, Mapping, Optional
+import os
+import re
+from typing import Any, List, Mapping, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup as d2_default_setup
@@ -11,17 +20,68 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.datasets import ensure_dataset_files
+from .preflight import resolve_num_classes
 
-__all__ = ["default_setup", "dataset_names", "prepare_datasets", "log_bbox_ap"]
+__all__ = [
+    "default_setup",
+    "dataset_names",
+    "prepare_datasets",
+    "log_bbox_ap",
+    "plain_logs_off_terminal",
+]
+
+# ANSI escape sequences (colours, bold, blink): CSI ... final byte.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_RUN_LOGGERS = ("detectron2", "fvcore", "retinafocal")
 
 
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
     """detectron2's ``default_setup`` (output dir, logs, environment info, saved config, seed),
-    plus retinafocal's own loggers, written to the same ``log.txt``."""
-    d2_default_setup(cfg, args)
+    plus retinafocal's own loggers, written to the same ``log.txt``, without colour codes
+    where they are not shown (:func:`plain_logs_off_terminal`); then the datasets are prepared
+    and the number of classes taken from them if the config opts in
+    (:func:`~retinafocal.engine.preflight.resolve_num_classes`; the saved config keeps the
+    opt-in, so it resolves the same way again)."""
     output_dir = cfg.OUTPUT_DIR if isinstance(cfg, CfgNode) else cfg.train.output_dir
-    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="retinafocal", abbrev_name="rf")
+    rank = comm.get_rank()
+    # The very calls detectron2's default_setup makes: setup_logger is cached by its arguments,
+    # so default_setup then reuses these handlers, made plain before it logs anything.
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    setup_logger(output_dir, distributed_rank=rank)
+    setup_logger(output_dir, distributed_rank=rank, name="retinafocal", abbrev_name="rf")
+    plain_logs_off_terminal()
+    d2_default_setup(cfg, args)
     prepare_datasets(cfg)
+    resolve_num_classes(cfg)
+
+
+class _PlainFormatter(logging.Formatter):
+    """The formatter it wraps, with ANSI escape sequences removed from its output."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI.sub("", self.inner.format(record))
+
+
+def _colours_wanted(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal and the user has not asked for no colour."""
+    isatty = getattr(stream, "isatty", None)
+    return not os.environ.get("NO_COLOR") and callable(isatty) and bool(isatty())
+
+
+def plain_logs_off_terminal(names: Sequence[str] = _RUN_LOGGERS) -> None:
+    """Make the handlers of the loggers ``names`` write plain text unless they write to a
+    terminal that may show colours (files never are). Idempotent."""
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is None or _colours_wanted(stream):
+                continue
+            if handler.formatter is not None and not isinstance(handler.formatter, _PlainFormatter):
+                handler.setFormatter(_PlainFormatter(handler.formatter))
 
 
 def dataset_names(cfg: Any) -> List[str]:

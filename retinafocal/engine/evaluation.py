@@ -1,4 +1,10 @@
-"""An evaluator that reports the model's inference time and how many detections it made.
+"""Evaluators: COCO AP that says what it covers, and the model's inference time.
+
+:class:`CheckedCOCOEvaluator` is detectron2's ``COCOEvaluator`` with two differences that a
+dataset check and a barely trained model make visible: AP is computed on the images that were
+evaluated (a test set's unreadable images, left out with ``DATALOADER.ON_UNREADABLE_IMAGE skip``,
+would otherwise count as missed objects), and a model with no detection at all gets AP 0, with a
+note, where pycocotools gives NaN.
 
 detectron2's ``inference_on_dataset`` times the model but only logs that time. Run next to the
 COCO evaluator (``DatasetEvaluators([coco, InferenceStats(model)])``), :class:`InferenceStats`
@@ -8,15 +14,62 @@ metrics, under ``"inference"``, so that they reach the caller, ``EventStorage`` 
 """
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 from torch import nn
 
-__all__ = ["InferenceStats"]
+__all__ = ["CheckedCOCOEvaluator", "InferenceStats"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckedCOCOEvaluator(COCOEvaluator):
+    """detectron2's ``COCOEvaluator`` (same arguments), whose AP covers the images evaluated and
+    is 0 when the model detected nothing (see the module docstring); both are logged."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._image_ids: List[Any] = []
+        self._num_detections = 0
+
+    def process(self, inputs: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]]) -> None:
+        super().process(inputs, outputs)
+        self._image_ids.extend(x["image_id"] for x in inputs)
+        self._num_detections += sum(len(o["instances"]) for o in outputs if "instances" in o)
+
+    def evaluate(self, img_ids: Optional[Sequence[Any]] = None) -> Optional[OrderedDict]:
+        # The parent gathers its predictions from every process when it is distributed (its
+        # default) and evaluates on the main one; these counts follow the same road.
+        distributed = getattr(self, "_distributed", True)
+        local = (self._image_ids, self._num_detections)
+        gathered = comm.gather(local, dst=0) if distributed else [local]
+        if distributed and not comm.is_main_process():
+            return super().evaluate(img_ids)
+        evaluated = set(itertools.chain.from_iterable(ids for ids, _ in gathered))
+        num_detections = sum(n for _, n in gathered)
+        in_json = self._coco_api.getImgIds()
+        if img_ids is None and evaluated and len(evaluated) < len(in_json):
+            img_ids = sorted(evaluated)
+            logger.warning(
+                f"COCO AP on {self._metadata.name} covers the {len(evaluated)} images evaluated, "
+                f"of {len(in_json)} in its json (the others were left out)."
+            )
+        results = super().evaluate(img_ids)
+        if results and "bbox" in results and num_detections == 0:
+            logger.warning(
+                f"The model made no detection on {self._metadata.name} (none scored above its "
+                "test score threshold): every bbox metric is 0 (pycocotools would give NaN)."
+            )
+            results["bbox"] = {k: 0.0 if math.isnan(v) else v for k, v in results["bbox"].items()}
+        return results
 
 
 class InferenceStats(DatasetEvaluator):

@@ -1,6 +1,7 @@
 """Training hooks: a PNG of the model's predictions on a few validation images."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, Callable, Dict, List, Sequence
@@ -13,6 +14,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
+
+from ..data import check_datasets
 
 __all__ = ["draw_predictions", "PredictionImageWriter"]
 
@@ -94,8 +97,14 @@ class PredictionImageWriter(HookBase):
         self._score_thresh = score_thresh
 
     def write(self, model: torch.nn.Module) -> str:
-        """Draw and save the figure; returns its path."""
-        dicts: List[Dict[str, Any]] = DatasetCatalog.get(self._dataset_name)[: self._num_images]
+        """Draw and save the figure; returns its path. Images that the dataset check found
+        unreadable are passed over."""
+        unreadable = set()
+        for report in check_datasets(self._dataset_name).values():
+            unreadable.update(report.unreadable_files)
+        dataset = DatasetCatalog.get(self._dataset_name)
+        readable = (d for d in dataset if d["file_name"] not in unreadable)
+        dicts: List[Dict[str, Any]] = list(itertools.islice(readable, self._num_images))
         figure = draw_predictions(
             model,
             dicts,

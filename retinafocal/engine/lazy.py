@@ -11,14 +11,20 @@ what detectron2's ``configs/common/train.py`` does:
 - ``train``: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp.enabled``, ``ddp``,
   ``checkpointer`` (PeriodicCheckpointer arguments), ``eval_period``, ``log_period``, ``device``;
 - optionally ``datasets.coco_json``: ``[[name, json_file, image_root], ...]`` to register, the
-  counterpart of the yacs key ``DATASETS.COCO_JSON``.
+  counterpart of the yacs key ``DATASETS.COCO_JSON``, and ``datasets.num_classes_from_dataset``
+  (``MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET``).
+
+Before the first iteration, the batch size is checked, both data loaders are built (so that their
+datasets are checked and unreadable images refused or left out) and ``model.num_classes`` is
+checked against the datasets' classes; the test loader is built once and used by every
+evaluation.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -31,12 +37,14 @@ from ..checkpoint import AtomicDetectionCheckpointer
 from ..data.datasets import ensure_dataset_files, register_coco_json_datasets
 from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
+from .preflight import check_batch_size, check_model_num_classes
 from .results import recording_results
 from .train_loop import checked_trainer
 
 __all__ = [
     "register_lazy_datasets",
     "build_lazy_model",
+    "build_lazy_test_loader",
     "build_lazy_trainer",
     "lazy_test",
     "lazy_train",
@@ -57,6 +65,14 @@ def _test_dataset_name(cfg: Any) -> str:
     return names if isinstance(names, str) else names[0]
 
 
+def _dataset_names(loader_cfg: Any) -> List[str]:
+    dataset = loader_cfg.get("dataset", None)
+    names = dataset.get("names", None) if dataset is not None else None
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
+
+
 def build_lazy_model(cfg: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``cfg.train.device``."""
     model = instantiate(cfg.model)
@@ -64,10 +80,19 @@ def build_lazy_model(cfg: Any) -> torch.nn.Module:
     return model
 
 
-def lazy_test(cfg: Any, model: torch.nn.Module) -> OrderedDict:
-    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``, and
-    :class:`InferenceStats` next to it."""
+def build_lazy_test_loader(cfg: Any) -> Any:
+    """Instantiate ``cfg.dataloader.test`` after checking ``model.num_classes`` against its
+    dataset."""
     data_loader = instantiate(cfg.dataloader.test)
+    check_model_num_classes(cfg, _dataset_names(cfg.dataloader.test))
+    return data_loader
+
+
+def lazy_test(cfg: Any, model: torch.nn.Module, data_loader: Any = None) -> OrderedDict:
+    """Evaluate ``model`` on ``data_loader`` (default: ``cfg.dataloader.test``, built now) with
+    ``cfg.dataloader.evaluator``, and :class:`InferenceStats` next to it."""
+    if data_loader is None:
+        data_loader = build_lazy_test_loader(cfg)
     ensure_dataset_files(_test_dataset_name(cfg))
     evaluator = instantiate(cfg.dataloader.evaluator)
     evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
@@ -88,11 +113,15 @@ def build_lazy_trainer(
 
     The last evaluation's results are kept in ``trainer.last_eval_results`` (None before any).
     """
+    check_batch_size(cfg.dataloader.train.total_batch_size, "dataloader.train.total_batch_size")
     model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
+    check_model_num_classes(cfg, _dataset_names(cfg.dataloader.train))
+    # Built now, so that the test set's problems stop the run before the first iteration.
+    test_loader = build_lazy_test_loader(cfg)
     model = create_ddp_model(model, **cfg.train.ddp)
 
     trainer = checked_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
@@ -103,7 +132,7 @@ def build_lazy_trainer(
     trainer.last_eval_results = None
 
     def test_and_keep() -> OrderedDict:
-        trainer.last_eval_results = lazy_test(cfg, model)
+        trainer.last_eval_results = lazy_test(cfg, model, test_loader)
         return trainer.last_eval_results
 
     main = comm.is_main_process()

@@ -2,7 +2,8 @@
 
 Written by the main process only, atomically (a reader never sees half a file), when training
 ends (:class:`~retinafocal.engine.Trainer` and :func:`~retinafocal.engine.lazy_train`), also
-when it stops on a non-finite loss, and by ``train_net.py --eval-only``. Everything comes from
+when it stops on a non-finite loss or on non-finite weights (which the checkpointer refuses to
+save), and by ``train_net.py --eval-only``. Everything comes from
 what detectron2 already keeps: the trainer's iteration, its ``EventStorage`` (the per-iteration
 ``time`` of ``IterationTimer`` and the loss terms) and the evaluation's results, to which
 :class:`~retinafocal.engine.evaluation.InferenceStats` adds the inference time (detectron2 only
@@ -11,7 +12,7 @@ cannot be computed, or is NaN, is ``null``)::
 
     {
       "schema": 1,
-      "status": "completed" | "non_finite_loss",
+      "status": "completed" | "non_finite_loss" | "non_finite_weights",
       "eval_only": bool,
       "iterations": int,             # iterations done (the trainer's iteration); 0: eval only
       "max_iter": int,               # iterations asked for; 0: eval only
@@ -29,8 +30,10 @@ cannot be computed, or is NaN, is ``null``)::
         "total_loss": [float, ...],  # (detectron2's smoothing in metrics.json); this process's
         "loss_cls": [...], ...       # iterations only (a resumed run starts at its checkpoint);
       },                             # {} when no iteration ran (--eval-only)
-      "non_finite": null | {         # status "non_finite_loss": NonFiniteLossError's fields
-        "iteration": int, "terms": [str, ...], "checkpoint": str|null
+      "non_finite": null | {         # status "non_finite_*": the error's fields: iteration,
+        "iteration": int,            # the non-finite loss terms (NonFiniteLossError) or the
+        "terms": [str, ...],         # first non-finite tensors (NonFiniteWeightsError), and the
+        "checkpoint": str|null       # last checkpoint (all finite)
       }
     }
 """
@@ -40,12 +43,15 @@ import contextlib
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import numpy as np
 from detectron2.utils import comm
 
+from ..checkpoint import NonFiniteWeightsError, atomic_write
 from .train_loop import NonFiniteLossError
+
+NonFiniteError = Union[NonFiniteLossError, NonFiniteWeightsError]
 
 __all__ = [
     "RESULTS_FILE",
@@ -115,7 +121,7 @@ def _loss_history(storage: Any) -> Dict[str, List[Optional[float]]]:
 
 
 def training_results(
-    trainer: Any, evaluation: Optional[Mapping], error: Optional[NonFiniteLossError] = None
+    trainer: Any, evaluation: Optional[Mapping], error: Optional[NonFiniteError] = None
 ) -> Dict[str, Any]:
     """The results of a training run.
 
@@ -123,21 +129,24 @@ def training_results(
         trainer: a detectron2 trainer after ``train()`` returned or raised: its ``iter``,
             ``max_iter`` and ``storage`` are read.
         evaluation: the final evaluation's results (None when there was none).
-        error: the error that stopped training, if it was a non-finite loss.
+        error: the error that stopped training, if it was a non-finite loss or weights.
     """
     histories = trainer.storage.histories()
     # IterationTimer's seconds per iteration, after its warm-up iterations.
     times = [v for v, _ in histories["time"].values()] if "time" in histories else []
-    non_finite = None
-    if error is not None:
-        non_finite = {
-            "iteration": int(error.iteration),
-            "terms": list(error.terms),
-            "checkpoint": error.checkpoint or None,
-        }
+    non_finite, status = None, "completed"
+    if isinstance(error, NonFiniteLossError):
+        status = "non_finite_loss"
+        non_finite = {"iteration": int(error.iteration), "terms": list(error.terms)}
+    elif isinstance(error, NonFiniteWeightsError):
+        status = "non_finite_weights"
+        iteration = error.iteration if error.iteration is not None else trainer.iter
+        non_finite = {"iteration": int(iteration), "terms": list(error.tensors)}
+    if error is not None and non_finite is not None:
+        non_finite["checkpoint"] = error.checkpoint or None
     return {
         "schema": SCHEMA_VERSION,
-        "status": "completed" if error is None else "non_finite_loss",
+        "status": status,
         "eval_only": False,
         "iterations": min(int(trainer.iter), int(trainer.max_iter)),
         "max_iter": int(trainer.max_iter),
@@ -172,10 +181,9 @@ def write_results(output_dir: str, results: Mapping[str, Any]) -> Optional[str]:
         return None
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RESULTS_FILE)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, allow_nan=False)  # NaN was made null: standard JSON
-    os.replace(tmp, path)
+    # NaN was made null: standard JSON.
+    text = json.dumps(results, indent=1, allow_nan=False).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text), "Free some space there and run again.")
     return path
 
 
@@ -184,11 +192,12 @@ def recording_results(
     output_dir: str, trainer: Any, evaluation: Callable[[], Optional[Mapping]]
 ) -> Iterator[None]:
     """Around ``trainer.train()``: write ``results.json`` when training returns, and when it
-    raises :class:`NonFiniteLossError` (which then goes on up). ``evaluation`` returns the
-    final evaluation's results, read once training has ended."""
+    raises :class:`NonFiniteLossError` or :class:`~retinafocal.checkpoint.NonFiniteWeightsError`
+    (which then goes on up). ``evaluation`` returns the final evaluation's results, read once
+    training has ended."""
     try:
         yield
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
         write_results(output_dir, training_results(trainer, evaluation(), error=e))
         raise
     write_results(output_dir, training_results(trainer, evaluation()))

@@ -32,7 +32,9 @@ class NonFiniteLossError(FloatingPointError):
     Attributes:
         iteration: the training iteration (0-based) whose losses were not finite.
         terms: names of the non-finite loss terms, e.g. ``["loss_cls"]``.
-        checkpoint: path of the last checkpoint written, "" when there is none.
+        checkpoint: path of the last checkpoint written, "" when there is none. Its tensors
+            are finite: :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` refuses to
+            save others.
     """
 
     def __init__(self, iteration: int, terms: List[str], checkpoint: str, detail: str) -> None:
@@ -40,8 +42,8 @@ class NonFiniteLossError(FloatingPointError):
         self.terms = terms
         self.checkpoint = checkpoint
         where = (
-            f"The last checkpoint is {checkpoint} (resume from it with --resume, perhaps with a "
-            "lower learning rate or a longer warm-up)."
+            f"The last checkpoint is {checkpoint}, whose tensors are all finite (resume from it "
+            "with --resume, perhaps with a lower learning rate or a longer warm-up)."
             if checkpoint
             else "No checkpoint has been written yet."
         )

@@ -9,28 +9,29 @@ from typing import Any, List, Optional
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from torch import nn
 
 from .. import compat
 from ..checkpoint import AtomicDetectionCheckpointer
-from ..data import RobustDatasetMapper, check_datasets
+from ..data import RobustDatasetMapper, check_datasets, checked_dataset_dicts
 from ..data.datasets import ensure_dataset_files
-from .evaluation import InferenceStats
+from .evaluation import CheckedCOCOEvaluator, InferenceStats
 from .hooks import PredictionImageWriter
+from .preflight import check_batch_size, check_model_num_classes
 from .results import recording_results
 from .train_loop import checked_trainer
 
 __all__ = ["Trainer", "build_evaluator"]
 
 
-def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:
-    """COCO AP with per-category AP in the log; detectron2's C++ COCOeval when it is built,
-    pycocotools otherwise."""
+def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> CheckedCOCOEvaluator:
+    """COCO AP (:class:`~retinafocal.engine.evaluation.CheckedCOCOEvaluator`) with per-category
+    AP in the log; detectron2's C++ COCOeval when it is built, pycocotools otherwise."""
     # COCOEvaluator reads the dataset's json when it is built, so the embedded dataset must
     # exist by then even if no loader has touched it yet.
     ensure_dataset_files(dataset_name)
-    return COCOEvaluator(
+    return CheckedCOCOEvaluator(
         dataset_name, tasks=("bbox",), output_dir=output_dir, use_fast_impl=compat.HAS_D2_C
     )
 
@@ -39,8 +40,11 @@ class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` (data loading, LR schedule, checkpointing, periodic
     evaluation, writers) with:
 
-    - datasets checked before their loaders are built (:func:`~retinafocal.data.check_datasets`)
-      and :class:`RobustDatasetMapper` for training and test data;
+    - checks before any work starts: the batch size, the test sets (unreadable images stop the
+      run or are left out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says) and, once the training
+      data is loaded (:func:`~retinafocal.data.checked_dataset_dicts`), ``NUM_CLASSES`` against
+      the datasets' classes;
+    - :class:`RobustDatasetMapper` for training and test data;
     - COCO evaluation (:func:`build_evaluator`) with the model's inference time and detection
       count (:class:`~retinafocal.engine.evaluation.InferenceStats`);
     - a training loop that names non-finite losses (:mod:`retinafocal.engine.train_loop`);
@@ -53,7 +57,13 @@ class Trainer(DefaultTrainer):
     ``MODEL.WEIGHTS`` with full unpickling (see :class:`AtomicDetectionCheckpointer`).
     """
 
-    def __init__(self, cfg: CfgNode, *, trust_weights_file: bool = False):
+    def __init__(self, cfg: CfgNode, *, trust_weights_file: bool = False) -> None:
+        check_batch_size(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+        # Every dataset is checked before the model is built, the test sets too: their problems
+        # must not wait for the first evaluation, hours into training.
+        policy = cfg.DATALOADER.ON_UNREADABLE_IMAGE
+        check_datasets(cfg.DATASETS.TRAIN, on_unreadable=policy)
+        check_datasets(cfg.DATASETS.TEST, on_unreadable=policy, purpose="evaluation")
         # Set first: DefaultTrainer.__init__ calls build_hooks, which makes the checkpointer.
         self._trust_weights_file = trust_weights_file
         super().__init__(cfg)
@@ -117,21 +127,43 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
-        check_datasets(cfg.DATASETS.TRAIN, on_unreadable=cfg.DATALOADER.ON_UNREADABLE_IMAGE)
-        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True))
+        """detectron2's training loader on :func:`~retinafocal.data.checked_dataset_dicts` (the
+        dicts detectron2 would load, checked, unreadable images handled before the first
+        iteration), after ``NUM_CLASSES`` is checked against the train and test sets."""
+        dataset = checked_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+            on_unreadable=cfg.DATALOADER.ON_UNREADABLE_IMAGE,
+        )
+        check_model_num_classes(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        mapper = RobustDatasetMapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
-        # Evaluation never skips an image (the mapper raises), so unreadable ones stop it here.
-        check_datasets(dataset_name, on_unreadable="error")
+        """detectron2's inference loader on the checked test set: its unreadable images stop
+        the evaluation or are left out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says."""
+        dataset = checked_dataset_dicts(
+            [dataset_name],
+            filter_empty=False,
+            on_unreadable=cfg.DATALOADER.ON_UNREADABLE_IMAGE,
+            purpose="evaluation",
+        )
+        check_model_num_classes(cfg, [dataset_name])
         return build_detection_test_loader(
-            cfg, dataset_name, mapper=RobustDatasetMapper(cfg, is_train=False)
+            dataset=dataset,
+            mapper=RobustDatasetMapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
 
     @classmethod
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
-    ) -> COCOEvaluator:
+    ) -> CheckedCOCOEvaluator:
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(dataset_name, output_folder)

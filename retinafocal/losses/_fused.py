@@ -287,9 +287,16 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
     if labels.device.type == "cpu":
         lo, hi = int(labels.min()), int(labels.max())
         if lo < -1 or hi > num_classes:
+            more = (
+                ". K is the number of classes, the logits' last dimension: in a detector, "
+                "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
+                "exceeds"
+                if hi > num_classes
+                else ""
+            )
             raise ValueError(
                 f"{where}: labels must lie in [-1, K={num_classes}] (-1 ignored, K background), "
-                f"got values in [{lo}, {hi}]"
+                f"got values in [{lo}, {hi}]{more}"
             )
     else:
         # No host sync on accelerators: a device-side assert instead of a readable message.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -204,9 +204,28 @@ class FocalRetinaNet(DenseDetector):
         return losses
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        if self.training and self.vis_period > 0:
-            self._batched_inputs_for_vis = batched_inputs
+        if self.training:
+            self._check_gt_classes(batched_inputs)
+            if self.vis_period > 0:
+                self._batched_inputs_for_vis = batched_inputs
         return super().forward(batched_inputs)
+
+    def _check_gt_classes(self, batched_inputs: List[Dict[str, Any]]) -> None:
+        """Refuse class indices >= K: K would train silently as background. Checked on the
+        data loader's CPU tensors, before they move to the device (no device sync)."""
+        for x in batched_inputs:
+            classes = x["instances"].gt_classes if "instances" in x else None
+            if classes is None or not classes.numel() or classes.device.type != "cpu":
+                continue
+            top = int(classes.max())
+            if top >= self.num_classes:
+                raise ValueError(
+                    f"An object of class index {top} ({x.get('file_name', 'an image')}) reached "
+                    f"a model of {self.num_classes} classes (indices 0..{self.num_classes - 1}; "
+                    "MODEL.RETINANET.NUM_CLASSES, LazyConfig model.num_classes). Set it to the "
+                    "dataset's number of categories, or MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET "
+                    "True to take it from the training datasets."
+                )
 
     @torch.no_grad()
     def label_anchors(

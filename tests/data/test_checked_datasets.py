@@ -70,7 +70,7 @@ class TestCheckDatasets(_BrokenDatasetTest):
                 self.assertIn(name, str(ctx.exception))
                 self.assertIn("does_not_exist.jpg", str(ctx.exception))
                 reports = check_datasets(name, on_unreadable="skip")
-                self.assertEqual(reports[name].num_unreadable_images, 3)  # header check
+                self.assertEqual(reports[name].num_unreadable_images, 4)
                 self.assertEqual(list(check_datasets(name)), [name])
 
     def test_malformed_boxes_only_where_retinafocal_loads(self):
@@ -105,13 +105,22 @@ class TestCheckDatasets(_BrokenDatasetTest):
 
 class TestCheckedDatasetDicts(_BrokenDatasetTest):
     def test_same_as_detectron2_once_checked(self):
+        unreadable = {"does_not_exist.jpg", "corrupt.jpg", "truncated.jpg", "small.png"}
         for name in (self.theirs, self.ours):
             for filter_empty in (True, False):
                 with self.subTest(name=name, filter_empty=filter_empty):
-                    ours = checked_dataset_dicts(
-                        name, filter_empty=filter_empty, on_unreadable="skip"
-                    )
-                    self.assertEqual(ours, get_detection_dataset_dicts(name, filter_empty))
+                    theirs = get_detection_dataset_dicts(name, filter_empty)
+                    ours = checked_dataset_dicts(name, filter_empty=filter_empty)
+                    self.assertEqual(ours, theirs)
+                    # "skip" leaves the unreadable images out before any work starts.
+                    with self.assertLogs("retinafocal.data.datasets", "WARNING") as logs:
+                        ours = checked_dataset_dicts(
+                            name, filter_empty=filter_empty, on_unreadable="skip"
+                        )
+                    kept = [d for d in theirs if os.path.basename(d["file_name"]) not in unreadable]
+                    self.assertEqual(ours, kept)
+                    self.assertIn("4 of 10 image(s) cannot be read", logs.output[0])
+                    self.assertIn("they are left out of training", logs.output[0])
         # Filtering is detectron2's: image 8 has no annotation left after retinafocal's fixes.
         kept = {d["image_id"] for d in checked_dataset_dicts([self.ours], filter_empty=True)}
         self.assertEqual(kept, set(range(1, 11)) - {8})
@@ -132,9 +141,12 @@ class TestTrainingLoaders(_BrokenDatasetTest):
         with self.assertRaisesRegex(DatasetValidationError, "does_not_exist.jpg"):
             Trainer.build_train_loader(self.cfg("error"))
         self.assertIsNotNone(Trainer.build_train_loader(self.cfg("skip")))
-        # Evaluation never skips images: unreadable test images stop it before it starts.
-        with self.assertRaisesRegex(DatasetValidationError, "does_not_exist.jpg"):
-            Trainer.build_test_loader(self.cfg("skip"), self.ours)
+        # The test set follows the same policy, with its own message.
+        with self.assertRaisesRegex(DatasetValidationError, "so evaluation stops") as ctx:
+            Trainer.build_test_loader(self.cfg("error"), self.ours)
+        self.assertIn("does_not_exist.jpg", str(ctx.exception))
+        loader = Trainer.build_test_loader(self.cfg("skip"), self.ours)
+        self.assertEqual(len(loader.dataset), 6)  # all but the 4 unreadable images
 
     def test_lazy_loaders_pass_the_policy(self):
         config = os.path.join(REPO, "configs", "Embedded", "retinanet_R18_FPN_shapes.py")
@@ -144,11 +156,13 @@ class TestTrainingLoaders(_BrokenDatasetTest):
         self.assertEqual(cfg.dataloader.train.mapper.on_unreadable, "error")
         with self.assertRaisesRegex(DatasetValidationError, "does_not_exist.jpg"):
             instantiate(cfg.dataloader.train.dataset)
-        cfg.dataloader.train.mapper.on_unreadable = "skip"
-        # All but the background image (filter_empty is detectron2's default, True).
-        self.assertEqual(len(instantiate(cfg.dataloader.train.dataset)), 9)
-        with self.assertRaisesRegex(DatasetValidationError, "does_not_exist.jpg"):
+        with self.assertRaisesRegex(DatasetValidationError, "so evaluation stops"):
             instantiate(cfg.dataloader.test.dataset)
+        cfg.dataloader.train.mapper.on_unreadable = "skip"  # the test set follows it
+        # All but the background image (filter_empty is detectron2's default, True) and the 4
+        # unreadable ones.
+        self.assertEqual(len(instantiate(cfg.dataloader.train.dataset)), 5)
+        self.assertEqual(len(instantiate(cfg.dataloader.test.dataset)), 6)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ class TestLoadCocoJsonChecked(_LoadingTest):
             dicts = load_coco_json_checked(json_file, image_root, "broken_load_test")
         self.assertTrue(any("box_empty" in line for line in logs.output))  # the report
         self.assertIn("2 clipped, 3 empty, 2 invalid, 1 outside box(es)", logs.output[-1])
+        # Said once per process: each loader, evaluation and figure loads the dataset again.
+        with self.assertNoLogs("retinafocal.data.loading", "WARNING"):
+            load_coco_json_checked(json_file, image_root, "broken_load_test")
         by_id = {d["image_id"]: d for d in dicts}
         self.assertEqual(sorted(by_id), list(range(1, 11)))  # unreadable ones are kept too
         self.assertEqual(by_id[8]["annotations"], [])

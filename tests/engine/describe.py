@@ -194,10 +194,12 @@ def recording_data(requested: List[str]) -> Iterator[None]:
         requested.append(name)
         return _fake_records(name)
 
-    def fake_check(names: Any, *, on_unreadable: Optional[str] = None) -> Dict[str, Any]:
+    def fake_check(
+        names: Any, *, on_unreadable: Optional[str] = None, purpose: str = "training"
+    ) -> Dict[str, Any]:
         # The check before loading reads the json; record what it was asked instead.
         for name in [names] if isinstance(names, str) else names:
-            requested.append(f"checked {name} (on_unreadable={on_unreadable})")
+            requested.append(f"checked {name} (on_unreadable={on_unreadable}, for {purpose})")
         return {}
 
     with contextlib.ExitStack() as stack:

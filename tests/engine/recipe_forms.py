@@ -50,6 +50,7 @@ RUN_SETTINGS: Tuple[Tuple[str, str, Any], ...] = (
     ("SOLVER.AMP.ENABLED", "train.amp.enabled", _REQUIRED),
     ("CUDNN_BENCHMARK", "train.cudnn_benchmark", False),
     ("DATASETS.COCO_JSON", "datasets.coco_json", []),
+    ("MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET", "datasets.num_classes_from_dataset", False),
     ("OUTPUT_DIR", "train.output_dir", _REQUIRED),
 )
 

@@ -82,14 +82,18 @@ class TestTrainNetWritesResults(unittest.TestCase):
         self.assertEqual(written["bbox"]["AP"], evaluated["bbox"]["AP"])
         self.assertEqual(written["bbox"]["AP"], trained["bbox"]["AP"])
 
-        # A threshold no score reaches: no detection, COCO metrics NaN, flagged.
+        # A threshold no score reaches: no detection, AP 0 with a note (pycocotools gives NaN),
+        # flagged.
         nothing_dir = os.path.join(self._tmp, "yacs_nothing")
         opts_nothing = opts + weights[:2] + ["OUTPUT_DIR", nothing_dir,
                                              "MODEL.RETINANET.SCORE_THRESH_TEST", "1.0"]
-        run_train_net(["--config-file", config, "--eval-only", *opts_nothing])
+        with self.assertLogs("retinafocal.engine.evaluation", "WARNING") as logs:
+            returned = run_train_net(["--config-file", config, "--eval-only", *opts_nothing])
+        self.assertIn("no detection", "\n".join(logs.output))
+        self.assertEqual(returned["bbox"]["AP"], 0.0)
         written = _read(nothing_dir)
         self.assertTrue(written["no_detections"])
-        self.assertIsNone(written["bbox"]["AP"])
+        self.assertEqual((written["bbox"]["AP"], written["bbox"]["AP50"]), (0.0, 0.0))
 
     def test_lazy_training(self):
         config = os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.py")

@@ -260,8 +260,9 @@ class TestFusedLabelLoss(unittest.TestCase):
 
     def test_bad_labels_name_the_problem(self):
         x = torch.zeros(2, 3, 4)
-        with self.assertRaisesRegex(ValueError, r"\[-1, K=4\].*\[-1, 7\]"):
+        with self.assertRaisesRegex(ValueError, r"\[-1, K=4\].*\[-1, 7\]") as ctx:
             label_focal_loss(x, torch.tensor([[0, 7, -1], [1, 2, 3]]))
+        self.assertIn("MODEL.RETINANET.NUM_CLASSES", str(ctx.exception))  # issue 13, item 3
         with self.assertRaisesRegex(ValueError, r"\[-1, K=4\].*\[-2, 1\]"):
             label_focal_loss(x, torch.tensor([[0, 1, -2], [1, 1, 1]]))
         with self.assertRaisesRegex(TypeError, "integer class indices"):

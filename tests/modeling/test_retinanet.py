@@ -77,6 +77,21 @@ class TestFocalRetinaNet(unittest.TestCase):
         self.assertGreater(losses["loss_cls"].item(), 0)
         self.assertGreater(losses["loss_box_reg"].item(), 0)
 
+    def test_class_index_k_or_more_names_num_classes(self):
+        """Class K would silently train as background (K is the background label), and more
+        would fail inside the loss: both stop here, naming the key."""
+        model = build(small_retinanet_cfg(num_classes=3))
+        for bad in (3, 7):
+            inputs = make_inputs(num_images=1)
+            inputs[0]["instances"].gt_classes[1] = bad
+            inputs[0]["file_name"] = "img.jpg"
+            with self.subTest(bad=bad), self.assertRaises(ValueError) as ctx:
+                train_losses(model, inputs)
+            message = str(ctx.exception)
+            self.assertIn(f"class index {bad} (img.jpg)", message)
+            self.assertIn("model of 3 classes", message)
+            self.assertIn("MODEL.RETINANET.NUM_CLASSES", message)
+
     def test_normalised_by_positive_anchors(self):
         model = build(small_retinanet_cfg())
         inputs = make_inputs()

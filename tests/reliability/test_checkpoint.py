@@ -15,7 +15,13 @@ import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 
 from detectron2.checkpoint import DetectionCheckpointer
 from retinafocal import checkpoint as rf_checkpoint
 from retinafocal import compat
-from retinafocal.checkpoint import AtomicDetectionCheckpointer, CorruptCheckpointError
+from retinafocal.checkpoint import (
+    AtomicDetectionCheckpointer,
+    CorruptCheckpointError,
+    DiskFullError,
+    NonFiniteWeightsError,
+    non_finite_tensors,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -135,6 +141,55 @@ class TestAtomicCheckpointer(unittest.TestCase):
         )
         self.assertTrue(torch.equal(model.weight, self.model.weight))
         self.assertEqual(extra["iteration"], 1)
+
+    def test_non_finite_state_is_never_saved(self):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+        ckpt = AtomicDetectionCheckpointer(model, self.dir, optimizer=self.optimizer)
+        ckpt.save("model_0000001", iteration=1)
+        model[1].running_var[2] = float("inf")  # a buffer, as BatchNorm's after divergence
+        with self.assertRaises(NonFiniteWeightsError) as ctx:
+            ckpt.save("model_0000002", iteration=2)
+        err = ctx.exception
+        self.assertEqual((err.iteration, err.tensors), (2, ["model.1.running_var"]))
+        self.assertEqual(err.checkpoint, os.path.join(self.dir, "model_0000001.pth"))
+        self.assertIn("model_0000001.pth, whose tensors are all finite", str(err))
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "model_0000002.pth")))
+        with open(os.path.join(self.dir, "last_checkpoint")) as f:
+            self.assertEqual(f.read(), "model_0000001.pth")
+        # Optimizer state is checked too; names are listed up to a limit, then counted.
+        model[1].running_var[2] = 1.0
+        inf = torch.full((3, 4), float("inf"))
+        self.optimizer.state[self.model.weight]["momentum_buffer"] = inf
+        with self.assertRaises(NonFiniteWeightsError) as ctx:
+            ckpt.save("model_0000003")
+        self.assertEqual(ctx.exception.tensors, ["optimizer.state.0.momentum_buffer"])
+        self.assertIsNone(ctx.exception.iteration)
+
+    def test_non_finite_tensors_hand_made(self):
+        state = {"a": torch.ones(2), "b": [torch.tensor([1.0, float("nan")]), 3],
+                 "c": {"d": torch.tensor(float("-inf")), "e": torch.arange(3)}}  # fmt: skip
+        self.assertEqual(non_finite_tensors(state), ["b.0", "c.d"])
+        self.assertEqual(non_finite_tensors({"i": torch.arange(3), "x": 1.0}), [])
+
+    def test_full_disk_names_the_file_and_keeps_the_previous_one(self):
+        self.checkpointer().save("model_0000001", iteration=1)
+
+        def no_space(obj, f):
+            f.write(b"x" * 100)
+            raise OSError(28, "No space left on device")
+
+        with mock.patch.object(rf_checkpoint.torch, "save", side_effect=no_space):
+            with self.assertRaises(DiskFullError) as ctx:
+                self.checkpointer().save("model_0000002", iteration=2)
+        target = os.path.join(self.dir, "model_0000002.pth")
+        self.assertIn(f"No space left on device while writing {target}", str(ctx.exception))
+        self.assertIn("--resume, which continues from", str(ctx.exception))
+        self.assertEqual(ctx.exception.errno, 28)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["last_checkpoint", "model_0000001.pth"])
+        # Other errors pass through unchanged.
+        with mock.patch.object(rf_checkpoint.torch, "save", side_effect=OSError(13, "denied")):
+            with self.assertRaisesRegex(PermissionError, "denied"):
+                self.checkpointer().save("model_0000002", iteration=2)
 
 
 class TestKillDuringSave(unittest.TestCase):

@@ -175,6 +175,21 @@ class TestRobustDatasetMapper(_BrokenDatasetTest):
         self.assertFalse({5, 6, 7, 9} & set(seen))
 
 
+class TestEveryImageRejected(unittest.TestCase):
+    def test_clear_error_instead_of_an_empty_choice(self):
+        """Issue 13, item 7: when the mapper skips every image (all unreadable, which the
+        start-up check normally catches first), v0.6's retry loop now says so."""
+        from detectron2.data.common import MapDataset
+
+        dataset = MapDataset(["a.jpg", "b.jpg", "c.jpg"], lambda d: None)
+        if compat.MAP_DATASET_RETRY_FIXED:
+            with self.assertRaisesRegex(RuntimeError, "rejected every one of the 3 images"):
+                dataset[0]
+        else:  # current detectron2's own loop: whatever it raises, it does not hang
+            with self.assertRaises(Exception):
+                dataset[0]
+
+
 class TestDatasetMapperCall(_BrokenDatasetTest):
     """compat.dataset_mapper_call: detectron2's own __call__, with an image read elsewhere."""
 

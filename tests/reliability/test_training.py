@@ -60,23 +60,40 @@ class _TrainNetTest(unittest.TestCase):
 
 
 class TestTrainOnBrokenDataset(_TrainNetTest):
-    def test_skip_switch_trains_and_logs_skipped_images(self):
+    def test_skip_switch_trains_evaluates_and_reports_what_it_left_out(self):
+        """Issue 13, items 1 and 8: the unreadable images of the training and the test set are
+        left out before work starts, counted; the run trains, evaluates the rest and says so.
+        Its output, redirected here as a user's log would be, has no colour codes, no
+        torch.jit warnings, and each box-fix warning once."""
         json_file, image_root, _ = write_broken_coco(self.root)
-        # 2 iterations of 4 images each draw 8 of the 10 images (the training sampler walks
-        # permutations), so at least 2 of the 4 unreadable images are met.
         opts = tiny_overrides(
             json_file, image_root, self.output_dir,
-            **{"DATALOADER.ON_UNREADABLE_IMAGE": "skip", "DATALOADER.LOG_SKIPPED_PERIOD": "1",
+            **{"DATALOADER.ON_UNREADABLE_IMAGE": "skip", "DATASETS.TEST": "('broken_train',)",
+               "INPUT.MIN_SIZE_TEST": str(HEIGHT), "INPUT.MAX_SIZE_TEST": str(WIDTH),
                "SOLVER.MAX_ITER": "2", "SOLVER.IMS_PER_BATCH": "4"},
         )
         proc = self.train_net(opts)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         log = proc.stdout + proc.stderr
-        self.assertIn("Skipped unreadable image", log)
         self.assertIn("missing_file", log)  # the dataset report, logged on first use
+        left_out = "4 of 10 image(s) cannot be read (missing_file 1, unreadable_image 2, "
+        self.assertIn(left_out, log)
+        self.assertIn("they are left out of training", log)
+        self.assertIn("they are left out of evaluation", log)
+        self.assertIn("covers the 6 images evaluated, of 10", log)
+        self.assertNotIn("Skipped unreadable image", log)  # none reached the mapper
         self.assertIn("iter: 1", log)
         final = torch.load(os.path.join(self.output_dir, "model_final.pth"), weights_only=False)
         self.assertEqual(final["iteration"], 1)
+        with open(os.path.join(self.output_dir, "results.json")) as f:
+            self.assertIsNotNone(json.load(f)["bbox"]["AP"])
+        with open(os.path.join(self.output_dir, "log.txt")) as f:
+            log_file = f.read()
+        for text in (proc.stdout, proc.stderr, log_file):
+            self.assertNotIn("\x1b[", text)
+        self.assertNotIn("torch.jit", proc.stderr)
+        self.assertEqual(log_file.count("box(es): clipped ones are kept"), 1)
+        self.assertNotIn("match to images in the file", log_file)  # detectron2's, per load
 
     def test_fatal_dataset_stops_with_its_report(self):
         json_file, image_root, _ = write_broken_coco(self.root, fatal=True)

@@ -23,9 +23,9 @@ def main() -> None:
     train_args = sys.argv[sys.argv.index("--") + 1 :]
     real_atomic_write = rf_checkpoint.atomic_write
 
-    def stalling_atomic_write(path, write):
+    def stalling_atomic_write(path, write, *args, **kwargs):
         if os.path.basename(path) != target:
-            return real_atomic_write(path, write)
+            return real_atomic_write(path, write, *args, **kwargs)
 
         def write_half_then_stall(f):
             buffer = io.BytesIO()
@@ -36,7 +36,7 @@ def main() -> None:
             open(signal_file, "w").close()
             time.sleep(300)  # the parent kills us here
 
-        return real_atomic_write(path, write_half_then_stall)
+        return real_atomic_write(path, write_half_then_stall, *args, **kwargs)
 
     rf_checkpoint.atomic_write = stalling_atomic_write
     sys.argv = [os.path.join(REPO_ROOT, "train_net.py")] + train_args

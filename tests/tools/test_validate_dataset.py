@@ -38,7 +38,8 @@ class _TempDirTest(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="retinafocal_validate_")
         self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        # Keep the report cache out of ~/.cache and away from other tests.
+        self.session_cache_dir = os.environ.get("RETINAFOCAL_CACHE_DIR")
+        # Keep the report cache away from other tests.
         patcher = mock.patch.dict(os.environ, {"RETINAFOCAL_CACHE_DIR": self.root})
         patcher.start()
         self.addCleanup(patcher.stop)
@@ -207,6 +208,29 @@ class TestReportCache(_TempDirTest):
         self.tool.cached_validate_coco_json(json_file, image_root)
         self.assertFalse(self.tool.cached_validate_coco_json(json_file, image_root)[1])
 
+    def test_a_cache_that_cannot_be_written_is_skipped(self):
+        json_file, image_root, _ = write_broken_coco(self.root)
+        not_a_dir = os.path.join(self.root, "a_file")
+        with open(not_a_dir, "w") as f:
+            f.write("the cache folder cannot be made inside a file, whoever runs this")
+        with mock.patch.dict(os.environ, {"RETINAFOCAL_CACHE_DIR": not_a_dir}):
+            with self.assertLogs("dataset_inspection", "WARNING") as logs:
+                report, cached = self.tool.cached_validate_coco_json(json_file, image_root)
+            self.assertFalse(cached)
+            self.assertEqual(report.count("missing_file"), 1)
+            self.assertIn("Report not cached", logs.output[0])
+            self.assertFalse(self.tool.cached_validate_coco_json(json_file, image_root)[1])
+
+    def test_tests_keep_the_cache_out_of_home(self):
+        """``make test`` must not write into ~/.cache/retinafocal: tests/conftest.py points
+        RETINAFOCAL_CACHE_DIR into pytest's temporary directory for the whole session (this
+        class patches it further, per test)."""
+        session_dir = self.session_cache_dir
+        self.assertTrue(session_dir, "RETINAFOCAL_CACHE_DIR is not set for the tests")
+        home_cache = os.path.join(os.path.expanduser("~"), ".cache")
+        self.assertFalse(os.path.abspath(session_dir).startswith(home_cache + os.sep))
+        self.assertIn("retinafocal_cache", session_dir)  # conftest's pytest tmp folder
+
 
 class TestValidateDatasetCommand(_TempDirTest):
     def run_main(self, *argv):
@@ -252,6 +276,9 @@ class TestValidateDatasetCommand(_TempDirTest):
         self.assertEqual(proc.returncode, 1, proc.stderr)
         self.assertIn(f"line {line} column {column}", proc.stdout)
         self.assertNotIn("Traceback", proc.stderr)
+        # Issue 13, item 8: no torch.jit deprecation warnings from fvcore's or detectron2's
+        # imports (retinafocal.compat imports them quietly).
+        self.assertNotIn("Warning", proc.stderr)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,13 @@ dataloader.train = L(build_detection_train_loader)(
 )
 
 dataloader.test = L(build_detection_test_loader)(
-    # Evaluation never skips an image, so unreadable ones stop it before it starts.
+    # Unreadable test images stop evaluation before it starts, or are left out (and AP covers
+    # the others), as the training mapper's on_unreadable says.
     dataset=L(checked_dataset_dicts)(
-        names="coco_2017_val", filter_empty=False, on_unreadable="error"
+        names="coco_2017_val",
+        filter_empty=False,
+        on_unreadable="${...train.mapper.on_unreadable}",
+        purpose="evaluation",
     ),
     mapper=L(RobustDatasetMapper)(
         is_train=False,
@@ -55,4 +59,6 @@ dataloader.evaluator = L(build_evaluator)(
 
 # COCO-format datasets to register before the loaders are built, with no code:
 # [[name, json_file, image_root], ...], the counterpart of the yacs key DATASETS.COCO_JSON.
-datasets = dict(coco_json=[])
+# num_classes_from_dataset=True sets model.num_classes to the number of classes of the training
+# datasets (MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET); off, they must be equal.
+datasets = dict(coco_json=[], num_classes_from_dataset=False)

@@ -1,0 +1,106 @@
+"""How many classes a dataset has, and the check that a model has as many.
+
+detectron2's COCO loader maps a json's category ids, whatever they are (1, 5, 90), to contiguous
+class indices 0 .. C-1 in the order of the ids, and RetinaNet takes index K = ``NUM_CLASSES`` for
+background. With fewer classes than categories, the last category trains silently as background
+(or, further off, fails inside the loss); with more, the model predicts classes that COCO
+evaluation cannot map back, and it stops after training. :func:`check_num_classes` refuses both
+before work starts; :func:`num_classes_from_datasets` is the opt-in that takes the number from
+the training datasets instead.
+
+A dataset's classes are its metadata's ``thing_classes``, detectron2's standard: set when a
+builtin dataset or the embedded one is registered, and by ``load_coco_json`` when a COCO json is
+loaded (so such a dataset is loaded here if it has not been yet).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = [
+    "NumClassesError",
+    "dataset_num_classes",
+    "check_num_classes",
+    "num_classes_from_datasets",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class NumClassesError(ValueError):
+    """The model's number of classes does not fit the datasets; the message names both numbers,
+    the config key and the fix."""
+
+
+def dataset_num_classes(name: str) -> Optional[int]:
+    """The number of classes (``len(thing_classes)``) of a registered dataset, loading it if its
+    loader is what sets them; None when the dataset does not say (nothing to check against)."""
+    metadata = MetadataCatalog.get(name)
+    classes = metadata.get("thing_classes", None)
+    if classes is None and name in DatasetCatalog.list():
+        DatasetCatalog.get(name)  # detectron2's load_coco_json sets thing_classes
+        classes = metadata.get("thing_classes", None)
+    return None if classes is None else len(classes)
+
+
+def _counts(names: Sequence[str]) -> Dict[str, int]:
+    counts = {name: dataset_num_classes(name) for name in names}
+    for name, count in counts.items():
+        if count is None:
+            logger.info(f"Dataset '{name}' does not list its classes: NUM_CLASSES not checked.")
+    return {name: count for name, count in counts.items() if count is not None}
+
+
+def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:
+    """Check that every dataset of ``names`` has ``num_classes`` classes.
+
+    Args:
+        num_classes: the model's K.
+        names: registered dataset names (training and test sets).
+        key: the config key that holds K, for the message (``MODEL.RETINANET.NUM_CLASSES``).
+        opt_in: how to take K from the datasets instead, for the message.
+
+    Raises:
+        NumClassesError: naming each dataset whose class count differs, both numbers, ``key``
+            and the fix.
+    """
+    wrong = {name: n for name, n in _counts(names).items() if n != num_classes}
+    if not wrong:
+        return
+    lines = []
+    for name, n in wrong.items():
+        effect = (
+            f"its last {n - num_classes} class(es) would train as background"
+            if n > num_classes
+            else f"the model would predict {num_classes - n} class(es) it does not have"
+        )
+        lines.append(f"  dataset '{name}' has {n} classes (categories): {effect}")
+    fix = ", ".join(sorted({str(n) for n in wrong.values()}))
+    raise NumClassesError(
+        f"{key} is {num_classes}, but the datasets do not have {num_classes} classes:\n"
+        + "\n".join(lines)
+        + f"\nSet {key} to {fix}, or set {opt_in} to take it from the training datasets."
+    )
+
+
+def num_classes_from_datasets(names: Sequence[str], *, key: str) -> int:
+    """The class count shared by the datasets ``names`` (the opt-in ``key`` asked for it).
+
+    Raises:
+        NumClassesError: when the datasets disagree or none of them lists its classes.
+    """
+    counts = _counts(names)
+    if not counts:
+        raise NumClassesError(
+            f"{key} asks for the number of classes of the training datasets {list(names)}, but "
+            "none lists its classes (metadata 'thing_classes'). Set the number yourself."
+        )
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"'{name}': {n}" for name, n in counts.items())
+        raise NumClassesError(
+            f"{key} asks for the number of classes of the training datasets, but they differ "
+            f"({listed}). Give them the same categories, or train on one."
+        )
+    return next(iter(counts.values()))
