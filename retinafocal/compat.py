@@ -15,6 +15,10 @@ a failed load; :func:`checkpoint_url_options` reads the options of the file's UR
 One serves today's torch: :func:`_import_scripting_modules_quietly` keeps the deprecation
 warning of ``torch.jit.script`` (torch >= 2.14), which fvcore and detectron2 call when imported,
 out of every program's output.
+Multi-process training on CPU needs two: v0.6's ``launch`` gets current detectron2's choice of
+the gloo backend when there is no GPU (:func:`_launch_gloo_without_cuda`), and
+``create_ddp_model``, in v0.6 and current main alike, stops giving a CPU model a device id,
+which ``DistributedDataParallel`` rejects (:func:`_ddp_cpu_model_without_device_ids`).
 
 :func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
 ``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
@@ -48,6 +52,8 @@ __all__ = [
     "dataset_mapper_call",
     "CHECKPOINT_LOAD_STATE_RESET",
     "JIT_SCRIPT_WARNING_SILENCED",
+    "LAUNCH_GLOO_WITHOUT_CUDA",
+    "DDP_CPU_WITHOUT_DEVICE_IDS",
     "apply",
     "describe",
     "forget_failed_load",
@@ -81,6 +87,10 @@ JIT_SCRIPT_WARNING_SILENCED: bool = False
 # The modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
 _SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
 _JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
+#: True when :func:`apply` gave v0.6's ``launch`` workers the gloo backend without CUDA.
+LAUNCH_GLOO_WITHOUT_CUDA: bool = False
+#: True when :func:`apply` made ``create_ddp_model`` leave ``device_ids`` unset for CPU models.
+DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -342,6 +352,8 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
             "utils.read_image: retinafocal.compat.dataset_mapper_call needs updating."
         )
     return result
+
+
 def _detect_checkpoint_load_state() -> None:
     """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` keeps the parsed URL of the
     file it loads in ``_parsed_url_during_load`` for ``_load_file``, and clears it only when the
@@ -408,6 +420,101 @@ def _import_scripting_modules_quietly() -> None:
     JIT_SCRIPT_WARNING_SILENCED = True
 
 
+def _distributed_worker(
+    local_rank: int,
+    main_func: Any,
+    world_size: int,
+    num_workers_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    args: tuple,
+    timeout: Any = None,
+) -> None:
+    """One process of v0.6's ``launch``, as current detectron2 starts it: NCCL and one GPU per
+    worker when CUDA is available, gloo on CPU otherwise. (Spawned workers find this function by
+    its module and name, so a worker imports :mod:`retinafocal` before it runs.)"""
+    import torch
+    import torch.distributed as dist
+    from detectron2.engine.launch import DEFAULT_TIMEOUT
+    from detectron2.utils import comm
+
+    use_cuda = torch.cuda.is_available()
+    if use_cuda and num_workers_per_machine > torch.cuda.device_count():
+        raise RuntimeError(
+            f"launch asked for {num_workers_per_machine} workers per machine but CUDA sees "
+            f"{torch.cuda.device_count()} GPU(s)"
+        )
+    rank = machine_rank * num_workers_per_machine + local_rank
+    try:
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method=dist_url,
+            world_size=world_size,
+            rank=rank,
+            timeout=timeout or DEFAULT_TIMEOUT,
+        )
+    except Exception:
+        logger.error(f"Could not join the process group at {dist_url} as rank {rank}")
+        raise
+    # v0.6's comm has no create_local_process_group; its launch sets the group itself. Every
+    # process must create every group, its own machine's included.
+    for machine in range(world_size // num_workers_per_machine):
+        first = machine * num_workers_per_machine
+        group = dist.new_group(list(range(first, first + num_workers_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()  # all groups exist everywhere before any worker starts its work
+    main_func(*args)
+
+
+def _launch_gloo_without_cuda() -> None:
+    """detectron2 v0.6: ``launch`` with more than one worker asserts that CUDA is available and
+    always joins with NCCL, so ``train_net.py --num-gpus 2`` cannot run on CPU. Current detectron2
+    joins with gloo when there is no GPU; this gives v0.6's ``launch`` that worker."""
+    global LAUNCH_GLOO_WITHOUT_CUDA
+    if LAUNCH_GLOO_WITHOUT_CUDA:
+        return
+    if 'assert torch.cuda.is_available(), "cuda is not available' not in _detectron2_source(
+        "engine/launch.py"
+    ):
+        return
+    launch_module = importlib.import_module("detectron2.engine.launch")
+    launch_module._distributed_worker = _distributed_worker  # launch() looks it up per call
+    LAUNCH_GLOO_WITHOUT_CUDA = True
+
+
+def _ddp_cpu_model_without_device_ids() -> None:
+    """detectron2 v0.6 and current main: ``create_ddp_model`` passes ``device_ids=[local rank]``
+    unless told otherwise, which ``DistributedDataParallel`` rejects for a model on the CPU
+    ("device_ids ... only work with ... GPU modules"), so ``DefaultTrainer`` cannot train on CPU
+    with several processes. This makes it leave ``device_ids`` unset for a CPU model; a model on
+    a GPU gets detectron2's default, and explicit ``device_ids`` are passed on unchanged."""
+    global DDP_CPU_WITHOUT_DEVICE_IDS
+    if DDP_CPU_WITHOUT_DEVICE_IDS:
+        return
+    source = _detectron2_source("engine/defaults.py")
+    if 'kwargs["device_ids"] = [comm.get_local_rank()]' not in source:
+        return
+    import detectron2.engine
+    from detectron2.engine import defaults
+
+    detectron2_create_ddp_model = defaults.create_ddp_model
+
+    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+        first = next(model.parameters(), None)
+        if "device_ids" not in kwargs and first is not None and first.device.type == "cpu":
+            kwargs["device_ids"] = None
+        return detectron2_create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
+
+    create_ddp_model.__doc__ = detectron2_create_ddp_model.__doc__
+    # DefaultTrainer calls it through the module global; users import it from either place.
+    defaults.create_ddp_model = create_ddp_model
+    detectron2.engine.create_ddp_model = create_ddp_model
+    DDP_CPU_WITHOUT_DEVICE_IDS = True
+
+
 def apply() -> None:
     """Apply every workaround the installed detectron2 needs. Idempotent."""
     _stub_missing_d2_c()
@@ -418,6 +525,8 @@ def apply() -> None:
     _export_without_caffe2()
     _check_dataset_mapper_reads_through_utils()
     _detect_checkpoint_load_state()
+    _launch_gloo_without_cuda()
+    _ddp_cpu_model_without_device_ids()
 
 
 def describe() -> str:
@@ -446,4 +555,8 @@ def describe() -> str:
         )
     if JIT_SCRIPT_WARNING_SILENCED:
         parts.append("compat: import-time torch.jit.script deprecation warnings silenced")
+    if LAUNCH_GLOO_WITHOUT_CUDA:
+        parts.append("compat: launch uses gloo without CUDA")
+    if DDP_CPU_WITHOUT_DEVICE_IDS:
+        parts.append("compat: create_ddp_model gives CPU models no device_ids")
     return ", ".join(parts)

@@ -71,6 +71,23 @@ class TestEnvironment(unittest.TestCase):
                 torch.jit.script(_plus_one)
             self.assertTrue(any("torch.jit.script" in str(w.message) for w in caught))
 
+    def test_launch_and_ddp_fixes_only_where_needed(self):
+        import detectron2.engine
+        from detectron2.engine import defaults
+
+        launch = importlib.import_module("detectron2.engine.launch")
+        asserts_cuda = "cuda is not available" in compat._detectron2_source("engine/launch.py")
+        # v0.6's worker asserts CUDA and is replaced; current detectron2's picks gloo itself.
+        self.assertEqual(compat.LAUNCH_GLOO_WITHOUT_CUDA, asserts_cuda)
+        self.assertEqual(launch._distributed_worker is compat._distributed_worker, asserts_cuda)
+        self.assertEqual("launch uses gloo" in compat.describe(), asserts_cuda)
+        # Both give a CPU model device_ids, which DDP rejects; one function serves both names.
+        gives_ids = 'kwargs["device_ids"] = [comm.get_local_rank()]' in compat._detectron2_source(
+            "engine/defaults.py")  # fmt: skip
+        self.assertEqual(compat.DDP_CPU_WITHOUT_DEVICE_IDS, gives_ids)
+        self.assertIs(detectron2.engine.create_ddp_model, defaults.create_ddp_model)
+        self.assertEqual(defaults.create_ddp_model.__module__ == compat.__name__, gives_ids)
+
     def test_apply_is_idempotent(self):
         before = (compat.HAS_D2_C, compat.D2_C_STUBBED, compat.PIL_LINEAR_ALIASED)
         stub = sys.modules.get("detectron2._C")

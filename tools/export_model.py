@@ -4,6 +4,7 @@ model on the sample image.
 
     python tools/export_model.py --config-file configs/COCO/retinanet_R50_FPN_1x.yaml \
         --output exported/ --sample-image photo.jpg --opts MODEL.WEIGHTS model_final.pth
+    python tools/export_model.py --export-method scripting --config-file ... --output ...
 
 Writes ``model.ts``, ``model.onnx`` and ``export_info.json`` (input layout, the resize to apply
 before the model, output names) into ``--output``. The export runs on the CPU. The weights must
@@ -20,9 +21,17 @@ model's rich inputs and outputs (a list of dicts with ``Instances``) into tuples
 * outputs, in this order: ``pred_boxes`` (D, 4) XYXY in pixels of the input, ``pred_classes``
   (D,) int64 contiguous class indices, ``scores`` (D,), ``image_size`` (2,) = (H, W).
 
-TorchScript: ``torch.jit.trace`` of the adapter (``model.ts``). ONNX: the TorchScript-based
-exporter (``torch.onnx.export(..., dynamo=False)``) at opset :data:`ONNX_OPSET`, with dynamic H,
-W and D (``model.onnx``); torchvision registers the ONNX form of its ``nms``.
+TorchScript (``model.ts``), by ``--export-method``, as detectron2's exporter offers:
+
+* ``tracing`` (default): ``torch.jit.trace`` of the adapter;
+* ``scripting``: ``torch.jit.script`` of the model through detectron2's
+  ``scripting_with_instances``, wrapped in :class:`ScriptableDetector`, which takes and returns
+  the same tensors as the traced module. Control flow stays in the program instead of being
+  frozen by one trace. TorchScript only.
+
+ONNX (tracing only): the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) at
+opset :data:`ONNX_OPSET`, with dynamic H, W and D (``model.onnx``); torchvision registers the
+ONNX form of its ``nms``.
 """
 from __future__ import annotations
 
@@ -52,6 +61,8 @@ ONNX_OPSET = 17
 #: sorted by name, then its image size).
 OUTPUT_NAMES = ("pred_boxes", "pred_classes", "scores", "image_size")
 INPUT_NAME = "image"
+#: How the TorchScript module is made (detectron2's exporter's names; no caffe2).
+EXPORT_METHODS = ("tracing", "scripting")
 
 
 def _tracing_adapter(model: nn.Module, image: Tensor):
@@ -100,6 +111,48 @@ def trace_detector(model: nn.Module, image: Tensor) -> Tuple[torch.jit.ScriptMod
     return traced, adapter
 
 
+class ScriptableDetector(nn.Module):
+    """A detector behind the export's interface, for scripting: one (3, H, W) float image in,
+    the tensors of :data:`OUTPUT_NAMES` out, as the traced module takes and returns them.
+
+    Scripted, a detectron2 meta-architecture returns its raw per-image ``Instances`` (the eager
+    one returns them post-processed); this clips the boxes to the image and drops empty ones as
+    that post-processing does at the input's own size. Returning tensors, not the scripted
+    ``Instances`` class, keeps the saved module loadable in another process.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        # "image" is INPUT_NAME, written out: TorchScript does not read module globals.
+        instances = self.model([{"image": image}])[0]
+        height, width = instances.image_size
+        boxes = instances.pred_boxes
+        boxes.clip((height, width))
+        keep = boxes.nonempty()
+        size = torch.tensor([height, width], dtype=torch.int64)
+        return boxes.tensor[keep], instances.pred_classes[keep], instances.scores[keep], size
+
+
+def script_detector(model: nn.Module) -> torch.jit.ScriptModule:
+    """Script ``model`` (eval mode) behind :class:`ScriptableDetector`'s interface, with
+    detectron2's ``scripting_with_instances``."""
+    from detectron2.export import scripting_with_instances
+    from detectron2.structures import Boxes
+
+    model.eval()
+    fields = {"pred_boxes": Boxes, "scores": Tensor, "pred_classes": Tensor}
+    try:
+        return scripting_with_instances(ScriptableDetector(model).eval(), fields)
+    except Exception as e:  # TorchScript raises RuntimeError / NotSupportedError / ...
+        raise ToolError(
+            f"TorchScript cannot script this model ({type(e).__name__}: {str(e)[:2000]}); "
+            "--export-method tracing does not need it"
+        ) from e
+
+
 def _check_outputs(outputs: Sequence[Tensor]) -> None:
     if len(outputs) != len(OUTPUT_NAMES):
         raise ToolError(
@@ -109,12 +162,17 @@ def _check_outputs(outputs: Sequence[Tensor]) -> None:
         )
 
 
-def export_torchscript(model: nn.Module, image: Tensor, path: str) -> str:
-    """Trace ``model`` on ``image`` and save the TorchScript module to ``path``."""
-    traced, _ = trace_detector(model, image)
+def export_torchscript(
+    model: nn.Module, image: Tensor, path: str, method: str = "tracing"
+) -> str:
+    """Trace ``model`` on ``image``, or script it (``method="scripting"``; ``image`` then only
+    checks the outputs), and save the TorchScript module to ``path``."""
+    if method not in EXPORT_METHODS:
+        raise ToolError(f"unknown export method {method!r}; choose one of {EXPORT_METHODS}")
+    module = trace_detector(model, image)[0] if method == "tracing" else script_detector(model)
     with torch.no_grad():
-        _check_outputs(traced(image.float()))
-    traced.save(path)
+        _check_outputs(module(image.float()))
+    module.save(path)
     return path
 
 
@@ -194,6 +252,7 @@ def export_from_config(
     opts: Sequence[str],
     output_dir: str,
     formats: Sequence[str] = ("torchscript", "onnx"),
+    export_method: str = "tracing",
     sample_image: Optional[str] = None,
     height: int = 800,
     width: int = 1067,
@@ -202,9 +261,10 @@ def export_from_config(
 ) -> Dict[str, Any]:
     """Everything ``tools/export_model.py`` does: build the config's model on the CPU with its
     weights (a config without weights is an error unless ``random_weights``), trace it on a
-    sample image (a file resized like the config's test data, or a random one of ``height`` x
-    ``width``), export, run each export on the sample and compare with the eager model
-    (:func:`check_export`). Writes ``export_info.json`` describing the input and outputs.
+    sample image (or script it: ``export_method``; a file resized like the config's test data,
+    or a random image of ``height`` x ``width``), export, run each export on the sample and
+    compare with the eager model (:func:`check_export`). Writes ``export_info.json`` describing
+    the input and outputs.
 
     Returns:
         {"files": {format: path}, "checks": {format: None or what failed}, "info": {...}}.
@@ -212,6 +272,13 @@ def export_from_config(
     unknown = [f for f in formats if f not in ("torchscript", "onnx")]
     if unknown:
         raise ToolError(f"unknown export format(s) {unknown}; choose torchscript and/or onnx")
+    if export_method not in EXPORT_METHODS:
+        raise ToolError(
+            f"unknown export method {export_method!r}; choose one of {EXPORT_METHODS}"
+        )
+    if export_method == "scripting" and "onnx" in formats:
+        raise ToolError("--export-method scripting exports TorchScript only; export ONNX with "
+                        "--export-method tracing")
     cfg = loading.load_config(config_file, opts)
     loading.set_device(cfg, "cpu")
     model = loading.build_model(
@@ -222,8 +289,9 @@ def export_from_config(
     reference = eager_detections(model, image)
     files, checks = {}, {}
     if "torchscript" in formats:
-        files["torchscript"] = export_torchscript(model, image, os.path.join(output_dir,
-                                                                              "model.ts"))
+        files["torchscript"] = export_torchscript(
+            model, image, os.path.join(output_dir, "model.ts"), method=export_method
+        )
         checks["torchscript"] = check_export(reference,
                                              run_torchscript(files["torchscript"], image))
     if "onnx" in formats:
@@ -245,6 +313,7 @@ def export_from_config(
             "scores": "(D,) float32, sorted in decreasing order",
             "image_size": "(2,) int64, height and width of the input",
         },
+        "export_method": export_method,
         "onnx_opset": ONNX_OPSET if "onnx" in formats else None,
         "sample_detections": len(reference),
         "config_file": config_file,
@@ -288,8 +357,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, help=".yaml (yacs) or .py (LazyConfig)")
     parser.add_argument("--output", required=True, help="folder for the exported files")
-    parser.add_argument("--format", nargs="+", default=["torchscript", "onnx"],
-                        choices=["torchscript", "onnx"], help="default: both")
+    parser.add_argument("--format", nargs="+", default=None, choices=["torchscript", "onnx"],
+                        help="default: both (torchscript only with --export-method scripting)")
+    parser.add_argument("--export-method", default="tracing", choices=list(EXPORT_METHODS),
+                        help="how the TorchScript module is made (default tracing; scripting "
+                        "exports TorchScript only)")
     parser.add_argument("--sample-image", default=None,
                         help="image to trace and check on, resized like the test data "
                         "(default: a random image of --size)")
@@ -309,7 +381,9 @@ def main(argv=None) -> int:
             config_file=args.config_file,
             opts=args.opts,
             output_dir=args.output,
-            formats=args.format,
+            formats=args.format or (["torchscript"] if args.export_method == "scripting"
+                                    else ["torchscript", "onnx"]),
+            export_method=args.export_method,
             sample_image=args.sample_image,
             height=args.size[0],
             width=args.size[1],

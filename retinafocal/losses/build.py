@@ -17,7 +17,7 @@ A member is an ``nn.Module`` class, ``@configurable`` with a keyword-only ``__in
 ``from_config(cls, cfg)`` that reads its parameters. It has a class attribute
 ``self_normalizing: bool`` and two methods:
 
-    forward(pred_logits, gt_labels, *, anchor_boxes=None) -> Tensor
+    forward(pred_logits, gt_labels, anchor_boxes=None) -> Tensor
     elementwise_losses(pred_logits, gt_labels, *, anchor_boxes=None) -> Tensor
 
 taking
@@ -30,6 +30,11 @@ taking
 ``forward`` returns an fp32 scalar. When ``self_normalizing`` is False it is the loss summed over
 the non-ignored anchors, which the meta-architecture divides by its normaliser (the number of
 positive anchors); when True it is already normalised and used as is.
+
+TorchScript compiles the ``forward`` of every submodule of a detector it scripts, used or not
+(``detectron2.export.scripting_with_instances``), so ``forward`` must have a signature TorchScript
+parses (no keyword-only arguments with defaults) and either be scriptable or be decorated with
+``@torch.jit.unused`` (the built-in losses are: they only train).
 
 ``elementwise_losses`` returns, without gradient, an (N, R, K) fp32 tensor: the part of
 ``forward``'s value that each (anchor, class) element contributes, 0 for ignored anchors, so that

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from detectron2.config import configurable
 from torch import Tensor, nn
 
@@ -29,8 +30,9 @@ class _FusedSumLoss(nn.Module):
         # The runner owns this loss's compiled kernels (when ``compile``) and its fallback state.
         self.runner = LabelLossRunner(terms, compile)
 
+    @torch.jit.unused  # training only: a scripted detector keeps it as a stub
     def forward(
-        self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
+        self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
         """
         Args:

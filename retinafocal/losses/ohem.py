@@ -188,8 +188,9 @@ class OHEMLoss(nn.Module):
             )
         return anchor_boxes
 
+    @torch.jit.unused  # training only: a scripted detector keeps it as a stub
     def forward(
-        self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
+        self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
         """
         Args:

@@ -13,7 +13,12 @@ from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.utils.registry import Registry
 
-__all__ = ["RETINAFOCAL_HEAD_REGISTRY", "build_retinafocal_head", "RetinaFocalHead"]
+__all__ = [
+    "RETINAFOCAL_HEAD_REGISTRY",
+    "build_retinafocal_head",
+    "RetinaFocalHead",
+    "LevelBatchNorm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +41,38 @@ def build_retinafocal_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     return RETINAFOCAL_HEAD_REGISTRY.get(name)(cfg, input_shape)
 
 
+class LevelBatchNorm(CycleBatchNormList):
+    """detectron2's ``CycleBatchNormList`` (the same parameters, buffers and behaviour: call i
+    normalises with the statistics of BatchNorm ``i % length``, then applies the shared affine)
+    with a ``forward`` that TorchScript compiles. detectron2's indexes its list with a variable,
+    which TorchScript rejects; this one enumerates it."""
+
+    __constants__ = ["_affine"]  # lets TorchScript drop the affine branch when it is off
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, C, H, W) -> (N, C, H, W)."""
+        out = x
+        length = 0  # TorchScript has no len() of a ModuleList subclass
+        for bn in self:
+            if length == self._pos:
+                out = bn(x)
+            length += 1
+        self._pos = (self._pos + 1) % length
+        if self._affine:
+            return out * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        return out
+
+
 def _norm_factory(norm: Union[str, Callable], num_levels: int) -> Callable[[int], nn.Module]:
     """Return ``channels -> norm module`` for the head's conv layers.
 
-    BatchNorm gets one set of statistics per level (detectron2's ``CycleBatchNormList``), because
-    the levels' activations have different statistics while the convs are shared. GroupNorm and
+    BatchNorm gets one set of statistics per level (:class:`LevelBatchNorm`), because the
+    levels' activations have different statistics while the convs are shared. GroupNorm and
     the other :func:`get_norm` types are shared across levels.
     """
     if norm in ("BN", "SyncBN"):
         bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
-        return lambda c: CycleBatchNormList(length=num_levels, bn_class=bn_class, num_features=c)
+        return lambda c: LevelBatchNorm(length=num_levels, bn_class=bn_class, num_features=c)
     return lambda c: get_norm(norm, c)
 
 

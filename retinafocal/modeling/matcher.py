@@ -102,12 +102,12 @@ class ChunkedIoUMatcher(nn.Module):
             "chunk_elements": cfg.MODEL.RETINAFOCAL.MATCHER_CHUNK_ELEMENTS,
         }
 
-    def _chunks(self, num_gt: int, num_anchors: int):
+    def _chunks(self, num_gt: int, num_anchors: int) -> List[Tuple[int, int]]:
+        """(start, end) of the anchor chunks: a list, not a generator, so that TorchScript
+        compiles it."""
         step = max(1, self.chunk_elements // max(num_gt, 1))
-        for start in range(0, num_anchors, step):
-            yield start, min(start + step, num_anchors)
+        return [(start, min(start + step, num_anchors)) for start in range(0, num_anchors, step)]
 
-    @torch.no_grad()
     def forward(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
         """
         Args:
@@ -118,6 +118,14 @@ class ChunkedIoUMatcher(nn.Module):
             matched_idxs: (R,) int64, the matched ground truth of each anchor (0 when M == 0).
             match_labels: (R,) int8, 1 = foreground, 0 = background, -1 = ignored.
         """
+        # A ``with`` block rather than the @torch.no_grad() decorator, which TorchScript
+        # cannot compile.
+        with torch.no_grad():
+            matched_idxs, match_labels = self._match(gt_boxes, anchors)
+        return matched_idxs, match_labels
+
+    def _match(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
+        """:meth:`forward` without its ``no_grad``."""
         num_gt, num_anchors = gt_boxes.shape[0], anchors.shape[0]
         device = anchors.device
         if num_gt == 0:
@@ -130,16 +138,25 @@ class ChunkedIoUMatcher(nn.Module):
         matched_idxs = torch.empty(num_anchors, dtype=torch.int64, device=device)
         best_iou_per_gt = torch.zeros(num_gt, dtype=torch.float32, device=device)
         for start, end in self._chunks(num_gt, num_anchors):
-            iou = pairwise_iou(gt, Boxes(anchors[start:end]))  # (M, chunk)
-            best_iou[start:end], matched_idxs[start:end] = iou.max(dim=0)
+            chunk_best, chunk_idxs, chunk_best_per_gt = self._best_in_chunk(gt, anchors[start:end])
+            best_iou[start:end] = chunk_best
+            matched_idxs[start:end] = chunk_idxs
             if self.allow_low_quality_matches:
-                torch.maximum(best_iou_per_gt, iou.max(dim=1).values, out=best_iou_per_gt)
-            del iou
+                torch.maximum(best_iou_per_gt, chunk_best_per_gt, out=best_iou_per_gt)
 
         match_labels = self._label_of_iou(best_iou)
         if self.allow_low_quality_matches:
             self._set_low_quality_matches(match_labels, gt, anchors, best_iou_per_gt)
         return matched_idxs, match_labels
+
+    def _best_in_chunk(self, gt: Boxes, anchors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """For C anchors: the highest IoU of each (C,), its ground truth (C,), and the highest
+        IoU of each ground truth (M,) (empty without low-quality matches). The (M, C) IoU block
+        is freed when this returns, before the next chunk's is computed."""
+        iou = pairwise_iou(gt, Boxes(anchors))  # (M, C)
+        best, idxs = iou.max(dim=0)
+        per_gt = iou.max(dim=1).values if self.allow_low_quality_matches else iou.new_empty(0)
+        return best, idxs, per_gt
 
     def _label_of_iou(self, best_iou: Tensor) -> Tensor:
         """(R,) IoU of each anchor with its best ground truth -> (R,) int8 labels."""
@@ -157,13 +174,17 @@ class ChunkedIoUMatcher(nn.Module):
         The anchor keeps its own best match in ``matched_idxs`` (which may be another ground truth
         with the same IoU), as in detectron2. Ground truths that overlap no anchor are skipped.
         """
-        target = best_iou_per_gt[:, None]
-        overlapping = target > 0
-        for start, end in self._chunks(len(gt), anchors.shape[0]):
-            iou = pairwise_iou(gt, Boxes(anchors[start:end]))
-            is_best = ((iou == target) & overlapping).any(dim=0)
+        for start, end in self._chunks(gt.tensor.shape[0], anchors.shape[0]):
+            is_best = self._reaches_best_in_chunk(gt, anchors[start:end], best_iou_per_gt)
             match_labels[start:end][is_best] = 1
-            del iou
+
+    @staticmethod
+    def _reaches_best_in_chunk(gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor) -> Tensor:
+        """(C,) bool: which of C anchors reach the highest IoU of some ground truth that
+        overlaps any anchor. As in :meth:`_best_in_chunk`, the IoU block dies on return."""
+        target = best_iou_per_gt[:, None]
+        iou = pairwise_iou(gt, Boxes(anchors))
+        return ((iou == target) & (target > 0)).any(dim=0)
 
     def extra_repr(self) -> str:
         return (

@@ -98,10 +98,12 @@ class FocalRetinaNet(DenseDetector):
                 from the per-element losses of ``classification_loss``.
             vis_period: visualise training predictions every this many iterations (0: off).
             input_format: "BGR" or "RGB", for visualisation.
-            memory_format: layout of the 4-d weights and of the images fed to the backbone:
-                "NCHW" (PyTorch's default; results identical to detectron2's RetinaNet) or
-                "NHWC" (channels-last, which oneDNN and cuDNN convolve without reordering;
-                the same results up to float rounding).
+            memory_format: layout of the 4-d weights: "NCHW" (PyTorch's default; results
+                identical to detectron2's RetinaNet) or "NHWC" (channels-last, which oneDNN and
+                cuDNN convolve without reordering; the same results up to float rounding).
+                A convolution with channels-last weights gives channels-last outputs whatever
+                its input's layout, so from the first convolution on the backbone and head
+                compute in it: the images are converted there, by PyTorch.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -175,12 +177,6 @@ class FocalRetinaNet(DenseDetector):
             "memory_format": cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT,
         }
 
-    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
-        """Normalise, pad and batch the images (detectron2's), in ``memory_format``."""
-        images = super().preprocess_image(batched_inputs)
-        images.tensor = images.tensor.contiguous(memory_format=_MEMORY_FORMATS[self.memory_format])
-        return images
-
     # ------------------------------------------------------------------ training
     def forward_training(
         self,
@@ -189,6 +185,7 @@ class FocalRetinaNet(DenseDetector):
         predictions: List[List[Tensor]],
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
+        self._check_gt_classes(gt_instances)
         pred_logits, pred_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4]
         )
@@ -200,27 +197,35 @@ class FocalRetinaNet(DenseDetector):
             if storage.iter % self.vis_period == 0:
                 with torch.no_grad():
                     results = self.forward_inference(images, features, predictions)
-                self.visualize_training(self._batched_inputs_for_vis, results)
+                self.visualize_training(self._inputs_for_visualization(images, gt_instances),
+                                        results)  # fmt: skip
         return losses
 
-    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        if self.training:
-            self._check_gt_classes(batched_inputs)
-            if self.vis_period > 0:
-                self._batched_inputs_for_vis = batched_inputs
-        return super().forward(batched_inputs)
+    def _inputs_for_visualization(
+        self, images: ImageList, gt_instances: List[Instances]
+    ) -> List[Dict[str, object]]:
+        """The training inputs as ``visualize_training`` reads them (``image``: (C, H, W) uint8,
+        ``instances``), rebuilt from the normalised, padded batch. The model keeps no reference
+        to its inputs: it has no ``forward`` or ``preprocess_image`` of its own, since
+        TorchScript compiles detectron2's but not a ``super()`` call."""
+        inputs: List[Dict[str, object]] = []
+        for i, (height, width) in enumerate(images.image_sizes):
+            image = images.tensor[i, :, :height, :width] * self.pixel_std + self.pixel_mean
+            image = image.round().clamp(0, 255).to(torch.uint8).cpu()
+            inputs.append({"image": image, "instances": gt_instances[i]})
+        return inputs
 
-    def _check_gt_classes(self, batched_inputs: List[Dict[str, Any]]) -> None:
-        """Refuse class indices >= K: K would train silently as background. Checked on the
-        data loader's CPU tensors, before they move to the device (no device sync)."""
-        for x in batched_inputs:
-            classes = x["instances"].gt_classes if "instances" in x else None
-            if classes is None or not classes.numel() or classes.device.type != "cpu":
+    def _check_gt_classes(self, gt_instances: List[Instances]) -> None:
+        """Refuse class indices >= K: K would train silently as background. (One host sync a
+        step on a GPU, as the loss's positive-anchor count already makes.)"""
+        for i, instances in enumerate(gt_instances):
+            classes = instances.gt_classes
+            if not classes.numel():
                 continue
             top = int(classes.max())
             if top >= self.num_classes:
                 raise ValueError(
-                    f"An object of class index {top} ({x.get('file_name', 'an image')}) reached "
+                    f"An object of class index {top} (image {i} of the batch) reached "
                     f"a model of {self.num_classes} classes (indices 0..{self.num_classes - 1}; "
                     "MODEL.RETINANET.NUM_CLASSES, LazyConfig model.num_classes). Set it to the "
                     "dataset's number of categories, or MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET "

@@ -5,6 +5,7 @@ import itertools
 import math
 import unittest
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -274,6 +275,7 @@ class TestFusedLabelLoss(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "gamma"):
             label_focal_loss(x, torch.zeros(2, 3, dtype=torch.long), gamma=-1.0)
 
+    @pytest.mark.gpu
     @unittest.skipIf(not torch.cuda.is_available(), "needs a GPU")
     def test_cuda_matches_cpu(self):
         logits, labels = self._data(8)

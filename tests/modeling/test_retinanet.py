@@ -6,6 +6,7 @@ import torch
 
 import retinafocal  # noqa: F401
 from detectron2.config import instantiate
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.utils.events import EventStorage
@@ -84,11 +85,10 @@ class TestFocalRetinaNet(unittest.TestCase):
         for bad in (3, 7):
             inputs = make_inputs(num_images=1)
             inputs[0]["instances"].gt_classes[1] = bad
-            inputs[0]["file_name"] = "img.jpg"
             with self.subTest(bad=bad), self.assertRaises(ValueError) as ctx:
                 train_losses(model, inputs)
             message = str(ctx.exception)
-            self.assertIn(f"class index {bad} (img.jpg)", message)
+            self.assertIn(f"class index {bad} (image 0 of the batch)", message)
             self.assertIn("model of 3 classes", message)
             self.assertIn("MODEL.RETINANET.NUM_CLASSES", message)
 
@@ -168,6 +168,39 @@ class TestFocalRetinaNet(unittest.TestCase):
         self.assertEqual(len(outputs[0]["instances"]), 0)
 
 
+class TestTrainingVisualization(unittest.TestCase):
+    """VIS_PERIOD: the model shows its training inputs, which it rebuilds from the batch."""
+
+    def inputs(self):
+        # Two sizes, so the second image is padded in the batch; uint8, as the mapper gives.
+        inputs = make_inputs(1, size=(96, 128)) + make_inputs(1, size=(64, 80), seed=1)
+        for x in inputs:
+            x["image"] = x["image"].to(torch.uint8)
+        return inputs
+
+    def test_rebuilt_inputs_equal_the_inputs(self):
+        model = build(small_retinanet_cfg())
+        inputs = self.inputs()
+        images = model.preprocess_image(inputs)
+        rebuilt = model._inputs_for_visualization(images, [x["instances"] for x in inputs])
+        for before, after in zip(inputs, rebuilt):
+            self.assertTrue(torch.equal(before["image"], after["image"]))
+            self.assertIs(before["instances"], after["instances"])
+
+    def test_vis_period_stores_an_image(self):
+        cfg = small_retinanet_cfg()
+        cfg.VIS_PERIOD = 2
+        model = build(cfg).train()
+        stored = []
+        for it in (0, 1):
+            with EventStorage(it) as storage:
+                model(self.inputs())
+            stored.append(storage._vis_data)
+        self.assertEqual(len(stored[1]), 0)  # iteration 1 is not a multiple of 2
+        ((_, image, _),) = stored[0]
+        self.assertEqual(image.shape, (3, 2 * 96, 128))  # ground truth above predictions
+
+
 class TestMemoryFormat(unittest.TestCase):
     """MODEL.RETINAFOCAL.MEMORY_FORMAT = "NHWC": channels-last weights and inputs, same model."""
 
@@ -179,18 +212,27 @@ class TestMemoryFormat(unittest.TestCase):
         nhwc.load_state_dict(nchw.state_dict(), strict=True)
         return nchw, nhwc
 
-    def test_weights_and_images_are_channels_last(self):
+    def test_weights_and_feature_maps_are_channels_last(self):
         nchw, nhwc = self.build_pair()
         convs = [p for p in nhwc.parameters() if p.dim() == 4]
         self.assertGreater(len(convs), 20)
         # load_state_dict copied NCHW tensors into the model without changing its layout.
         for p in convs:
             self.assertTrue(p.is_contiguous(memory_format=torch.channels_last))
-        images = nhwc.preprocess_image(make_inputs())
-        self.assertTrue(images.tensor.is_contiguous(memory_format=torch.channels_last))
-        self.assertFalse(images.tensor.is_contiguous())
-        self.assertTrue(nchw.preprocess_image(make_inputs()).tensor.is_contiguous())
         self.assertTrue(all(p.is_contiguous() for p in nchw.parameters()))
+        # The batched image is plain NCHW; the first convolution's channels-last weights make
+        # its output, and from there every feature map and head output, channels-last.
+        for model, channels_last in ((nhwc, True), (nchw, False)):
+            with torch.no_grad():
+                images = model.preprocess_image(make_inputs())
+                stem = model.backbone.bottom_up.stem(images.tensor)
+                features = model.backbone(images.tensor)
+                logits, deltas = model.head([features[f] for f in model.head_in_features])
+            maps = [stem, *features.values(), *logits, *deltas]
+            for x in [m for m in maps if m.shape[2] * m.shape[3] > 1]:  # 1x1: both layouts
+                self.assertEqual(x.is_contiguous(memory_format=torch.channels_last),
+                                 channels_last)  # fmt: skip
+                self.assertEqual(x.is_contiguous(), not channels_last)
 
     def test_same_losses_gradients_and_detections_as_nchw(self):
         nchw, nhwc = self.build_pair()
@@ -233,7 +275,9 @@ class TestLazyConfigModel(unittest.TestCase):
         del lazy.backbone.bottom_up.stages.stride_in_1x1  # not an argument of BasicBlock
         lazy.backbone.top_block.in_channels = 512
         lazy.backbone.out_channels = 32
-        lazy.head.input_shape = [lazy.head.input_shape[0].__class__(channels=32)] * 5
+        # A ShapeSpec, not the type the loaded config holds: a namedtuple in detectron2 v0.6,
+        # an omegaconf DictConfig in current detectron2 (where ShapeSpec is a dataclass).
+        lazy.head.input_shape = [ShapeSpec(channels=32)] * 5
         lazy.head.conv_dims = [32] * 4
         lazy.diagnostics_period = 0
         lazy.smooth_l1_beta = 0.0  # detectron2's Base-RetinaNet.yaml, which the yacs side loads

@@ -1,6 +1,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -98,6 +100,26 @@ class TestExport(unittest.TestCase):
         for image, reference in zip(self.test_images, self.references):
             self.assertIsNone(compare_detections(reference, E.run_onnx(session, image)))
 
+    def test_scripted_round_trip(self):
+        path = E.export_torchscript(self.model, self.trace_image,
+                                    os.path.join(self.tmp.name, "scripted.ts"), method="scripting")
+        loaded = torch.jit.load(path)
+        for image, reference in zip(self.test_images, self.references):
+            self.assertIsNone(compare_detections(reference, E.run_torchscript(loaded, image)))
+        # The file stands alone: a process with torch and torchvision (whose nms it calls), but
+        # without detectron2 or retinafocal, runs it.
+        image_file = os.path.join(self.tmp.name, "image.pt")
+        torch.save(self.test_images[0], image_file)
+        code = (
+            "import sys, torch, torchvision; m = torch.jit.load(sys.argv[1]); "
+            "assert 'detectron2' not in sys.modules; "
+            "print(len(m(torch.load(sys.argv[2]))[0]))"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        out = subprocess.run([sys.executable, "-c", code, path, image_file], env=env,
+                             capture_output=True, text=True, check=True)
+        self.assertEqual(int(out.stdout.strip()), len(self.references[0]))
+
     def test_rejects_batched_input(self):
         with self.assertRaisesRegex(ToolError, r"\(3, H, W\)"):
             E.eager_detections(self.model, torch.zeros(1, 3, 32, 32))
@@ -119,6 +141,22 @@ class TestExportScript(unittest.TestCase):
             self.assertEqual(info["input"]["resize_before"]["max_size"], 256)
             self.assertEqual(info["sample_detections"], 5)
             self.assertEqual(list(info["outputs"]), list(E.OUTPUT_NAMES))
+
+    def test_scripting_writes_torchscript_only(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
+            out = os.path.join(tmp, "export")
+            code = E.main(["--config-file", config, "--output", out, "--size", "64", "80",
+                           "--export-method", "scripting"])
+            self.assertEqual(code, 0)
+            self.assertEqual(sorted(os.listdir(out)), ["export_info.json", "model.ts"])
+            with open(os.path.join(out, "export_info.json")) as f:
+                info = json.load(f)
+            self.assertEqual(info["export_method"], "scripting")
+            self.assertEqual(info["sample_detections"], 5)
+            with self.assertRaisesRegex(ToolError, "scripting exports TorchScript only"):
+                E.export_from_config(config_file=config, opts=[], output_dir=out,
+                                     formats=["onnx"], export_method="scripting")
 
     def test_unknown_format_is_an_error(self):
         with self.assertRaisesRegex(ToolError, "unknown export format"):
