@@ -16,6 +16,7 @@ only way to tell what a None key wants is its documentation).
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
@@ -274,7 +275,8 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
     Like detectron2's ``LazyConfig.apply_overrides``, but a key that does not exist raises
     :class:`ConfigKeyError` with the nearest valid keys, unless written ``+key=value`` (hydra's
     syntax for adding a key), and a value of the wrong type raises :class:`ConfigTypeError`.
-    Values that are interpolations (``${...}``) or missing (``???``) accept any type.
+    Values that are interpolations (``${...}``) or missing (``???``) accept any type. The
+    overrides are applied all together or not at all: when one is rejected, ``cfg`` is unchanged.
 
     Returns:
         ``cfg``, for chaining.
@@ -319,6 +321,9 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         raise ConfigKeyError("\n".join(key_errors + type_errors))
     if type_errors:
         raise ConfigTypeError("\n".join(type_errors))
-    for key, value in updates:
-        OmegaConf.update(cfg, key, value, merge=True)
+    # All or nothing, also for what only omegaconf can refuse (a struct or read-only node): the
+    # updates run on a copy first, so a refused one raises before ``cfg`` has changed at all.
+    for target in (copy.deepcopy(cfg), cfg):
+        for key, value in updates:
+            OmegaConf.update(target, key, value, merge=True)
     return cfg
