@@ -77,6 +77,11 @@ def _unknown_key_message(key: str, valid_keys: Sequence[str], origin: str, hint:
     return msg + hint
 
 
+def _group_message(key: str, members: List[str], origin: str) -> str:
+    shown = ", ".join(members[:5]) + (", ..." if len(members) > 5 else "")
+    return f"Config key '{key}' is a group of keys ({shown}); set one of them instead ({origin})."
+
+
 def _coerce(value: Any, original: Any, key: str, origin: str) -> Any:
     """``value`` converted to the type of ``original`` when the rules in the module docstring
     allow it; raises ConfigTypeError otherwise."""
@@ -162,10 +167,7 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
             continue
         value = type(cfg)._decode_cfg_value(raw)
         if leaf in node and isinstance(node[leaf], dict):
-            type_errors.append(
-                f"Config key '{full_key}' is a group of keys ({', '.join(list(node[leaf])[:5])}"
-                f"{', ...' if len(node[leaf]) > 5 else ''}); set one of them instead ({origin})."
-            )
+            type_errors.append(_group_message(full_key, list(node[leaf]), origin))
             continue
         try:
             value = _coerce(value, node.get(leaf), full_key, origin)
@@ -305,10 +307,7 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         if isinstance(current, str) and (current == "???" or "${" in current):
             current = None  # missing or interpolated: the type is not known here
         if isinstance(current, dict) and not isinstance(value, dict):
-            type_errors.append(
-                f"Config key '{key}' is a group of keys ({', '.join(list(current)[:5])}); "
-                f"set one of them instead ({origin})."
-            )
+            type_errors.append(_group_message(key, list(current), origin))
             continue
         if current is not _ABSENT and not isinstance(current, dict):
             try:
