@@ -33,7 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-EQUIVALENTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mutation_equivalents.toml")
+HERE = os.path.dirname(os.path.abspath(__file__))
+EQUIVALENTS_FILE = os.path.join(HERE, "mutation_equivalents.toml")
 
 # mutmut's exit codes (mutmut/stats.py): what each means for the score.
 KILLED = {1, 3}
@@ -145,7 +146,9 @@ def attach_diffs(mutants: Sequence[Mutant]) -> None:
         m.added = _strip_lines([line[1:] for line in body if line.startswith("+")])
 
 
-def match_equivalents(mutants: Sequence[Mutant], equivalents: Sequence[Equivalent]) -> Dict[str, Equivalent]:
+def match_equivalents(
+    mutants: Sequence[Mutant], equivalents: Sequence[Equivalent]
+) -> Dict[str, Equivalent]:
     """mutant key -> its entry, for the surviving mutants that an entry describes."""
     by_change = {(e.function, e.removed, e.added): e for e in equivalents}
     matched = {}
@@ -218,7 +221,9 @@ def render(
         lines.append(f"| {label} | {sum(c.values())} | {c['killed']} | {c['timeout']} | "
                      f"{c['equivalent']} | {c['survived']} | {c['no tests']} | {other} | "
                      f"{100 * score:.1f}% |")  # fmt: skip
-    survivors = [m for m in mutants if m.status not in ("killed", "timeout") and m.key not in equivalent]
+    survivors = [
+        m for m in mutants if m.status not in ("killed", "timeout") and m.key not in equivalent
+    ]
     lines += ["", f"## Surviving mutants ({len(survivors)})", ""]
     if not survivors:
         lines.append("None.")
@@ -244,11 +249,26 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def skeleton(m: Mutant) -> str:
+    """An [[equivalent]] entry describing mutant ``m``, its reason left to write."""
+    return "\n".join([
+        "[[equivalent]]",
+        f"function = {json.dumps(m.function)}",
+        f"removed = {json.dumps(list(m.removed))}",
+        f"added = {json.dumps(list(m.added))}",
+        'reason = "TODO"',
+        "",
+    ])  # fmt: skip
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="reports/mutation/REPORT.md")
     parser.add_argument("--wall-seconds", type=float, default=None)
     parser.add_argument("--min-score", type=float, default=0.90)
+    parser.add_argument("--skeleton", action="store_true",
+                        help="print an [[equivalent]] entry for every survivor (to fill in its "
+                        "reason and paste into the list), write no report")  # fmt: skip
     args = parser.parse_args(argv)
     with open("pyproject.toml", "rb") as f:
         only_mutate = tomllib.load(f)["tool"]["mutmut"]["only_mutate"]
@@ -257,6 +277,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     attach_diffs(mutants)
     equivalents = load_equivalents()
     equivalent = match_equivalents(mutants, equivalents)
+    if args.skeleton:
+        for m in mutants:
+            if m.status not in ("killed", "timeout") and m.key not in equivalent:
+                print(skeleton(m))
+        return 0
     rows = score_rows(mutants, equivalent)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

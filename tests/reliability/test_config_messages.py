@@ -203,7 +203,8 @@ class TestLazyWithoutHydra(unittest.TestCase):
     as a Python literal, and ``+key=value`` to add a key."""
 
     def setUp(self):
-        patcher = mock.patch.dict(sys.modules, {"hydra.core.override_parser.overrides_parser": None})
+        parser_module = "hydra.core.override_parser.overrides_parser"
+        patcher = mock.patch.dict(sys.modules, {parser_module: None})
         patcher.start()
         self.addCleanup(patcher.stop)
 
@@ -220,8 +221,8 @@ class TestLazyWithoutHydra(unittest.TestCase):
     def test_not_key_value(self):
         with self.assertRaises(ValueError) as ctx:
             apply_lazy_overrides(lazy_cfg(), ["train.max_iter"])
-        self.assertEqual(str(ctx.exception),
-                         "Config override 'train.max_iter' is not of the form key=value.")  # fmt: skip
+        message = "Config override 'train.max_iter' is not of the form key=value."
+        self.assertEqual(str(ctx.exception), message)
 
 
 if __name__ == "__main__":
