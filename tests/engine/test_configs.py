@@ -128,8 +128,8 @@ class TestEveryConfigRuns(unittest.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(output_dir, "predictions.png")))
         family = torch.load(weights, map_location="cpu", weights_only=False)["model"]
         shapes = {k: tuple(v.shape) for k, v in final["model"].items()}
-        self.assertEqual(shapes, {k: tuple(v.shape) for k, v in family.items()},
-                         f"configs/{rel} no longer builds the model of {family_of(rel)}")  # fmt: skip
+        expected = {k: tuple(v.shape) for k, v in family.items()}
+        self.assertEqual(shapes, expected, f"configs/{rel}: not the model of {family_of(rel)}")
         ap = results["bbox"]["AP"]
         self.assertTrue(math.isfinite(ap), f"configs/{rel}: AP {ap}")
         self.assertGreater(ap, AP_FLOOR, f"configs/{rel}")

@@ -136,6 +136,27 @@ class TestCompileState(unittest.TestCase):
         self.assertEqual(restored.runner._compiled, {})
         self.assertEqual(vars(restored.runner.terms), vars(loss.runner.terms))
 
+    def test_compiled_only_when_asked_and_for_two_rows_or_more(self):
+        """A single row stays eager (a compiled kernel would specialise on it); the compiled
+        passes see whole tensors and give the eager results."""
+        calls = []
+
+        def counting_compile(fn, *args, **kwargs):
+            calls.append(fn)
+            return fn
+
+        logits, labels = _batch(5, n=1, r=2)
+        with mock.patch.object(torch, "compile", counting_compile):
+            eager = FocalLoss(alpha=0.25, gamma=2.0)
+            self.assertEqual(eager(logits, labels).dtype, torch.float32)
+            self.assertEqual(calls, [])
+            compiled = FocalLoss(alpha=0.25, gamma=2.0, compile=True)
+            one_row = compiled(logits[:, :1], labels[:, :1])
+            self.assertEqual(calls, [])
+            torch.testing.assert_close(one_row, eager(logits[:, :1], labels[:, :1]))
+            torch.testing.assert_close(compiled(logits, labels), eager(logits, labels))
+            self.assertEqual(len(calls), 1)
+
     def test_every_fused_loss_owns_a_runner(self):
         for loss in (FocalLoss(), FocalLossStar(), HingeLoss()):
             self.assertIsInstance(loss.runner, _fused.LabelLossRunner)
