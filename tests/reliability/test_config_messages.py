@@ -13,6 +13,7 @@ from retinafocal.config_overrides import (
     ConfigKeyError,
     ConfigTypeError,
     apply_lazy_overrides,
+    merge_yacs_file,
     merge_yacs_overrides,
     suggest_keys,
 )
@@ -148,6 +149,21 @@ class TestYacsMessages(unittest.TestCase):
             merge_yacs_overrides(cfg, ["SOLVER.BASE_LR", "0.1"])
         self.assertEqual(str(ctx.exception),
                          "The config is frozen; apply overrides before cfg.freeze().")  # fmt: skip
+
+
+class TestErrorsWithoutMessage(unittest.TestCase):
+    def test_key_error_without_message(self):
+        self.assertEqual(str(ConfigKeyError()), "")
+        self.assertEqual(str(ConfigKeyError("a 'quoted' key")), "a 'quoted' key")
+
+    def test_other_yacs_key_errors_pass_through(self):
+        cfg = yacs_cfg()
+        for error in (KeyError(), KeyError("something else")):
+            with self.subTest(error=error), mock.patch.object(
+                CfgNode, "merge_from_file", side_effect=error
+            ), self.assertRaises(KeyError) as ctx:
+                merge_yacs_file(cfg, "any.yaml")
+            self.assertIs(ctx.exception, error)
 
 
 class TestLazyMessages(unittest.TestCase):
