@@ -237,8 +237,9 @@ def render(
             change = " / ".join(m.added) or "(line removed)"
             lines.append(f"- `{m.function}`: `{change}`: {equivalent[m.key].reason}")
     lines += ["", f"## Functions mutmut does not mutate ({len(unmutated)})", "",
-              "mutmut 3 leaves decorated functions alone (other than a lone @staticmethod or "
-              "@classmethod): their code is not part of the score.", ""]  # fmt: skip
+              "mutmut 3 mutates code inside functions only, and leaves decorated functions "
+              "alone (other than a lone @staticmethod or @classmethod): module-level constants "
+              "and the code of these functions are not part of the score.", ""]  # fmt: skip
     lines += [f"- `{name}` ({decorators})" for name, decorators in unmutated]
     stale = [e for e in equivalents if not e.matched]
     if stale:
