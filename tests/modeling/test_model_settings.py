@@ -129,6 +129,21 @@ class TestTrainingSettings(unittest.TestCase):
         cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD = 0
         self.assertNotIn("imbalance/num_pos_anchors", train_step(build(cfg), inputs, 0)[1])
 
+    def test_training_predictions_drawn_every_vis_period(self):
+        cfg = small_retinanet_cfg()
+        cfg.VIS_PERIOD = 2
+        model = build(cfg)
+        model.train()
+        drawn = []
+        for iteration in (0, 1, 2):
+            with EventStorage(iteration) as storage:
+                model(copy.deepcopy(make_inputs(num_images=1)))
+                drawn.append([name for name, _, _ in storage._vis_data])
+        self.assertEqual(len(drawn[0]), 1)
+        self.assertEqual(drawn[1], [])
+        self.assertEqual(len(drawn[2]), 1)
+        self.assertIn("GT bounding boxes", drawn[0][0])
+
     def test_l1_is_smooth_l1_with_beta_zero(self):
         inputs = make_inputs()
         losses = {}
