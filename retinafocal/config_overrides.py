@@ -16,6 +16,7 @@ only way to tell what a None key wants is its documentation).
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
@@ -74,6 +75,11 @@ def _unknown_key_message(key: str, valid_keys: Sequence[str], origin: str, hint:
     else:
         msg += " No similar key exists."
     return msg + hint
+
+
+def _group_message(key: str, members: List[str], origin: str) -> str:
+    shown = ", ".join(members[:5]) + (", ..." if len(members) > 5 else "")
+    return f"Config key '{key}' is a group of keys ({shown}); set one of them instead ({origin})."
 
 
 def _coerce(value: Any, original: Any, key: str, origin: str) -> Any:
@@ -161,10 +167,7 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
             continue
         value = type(cfg)._decode_cfg_value(raw)
         if leaf in node and isinstance(node[leaf], dict):
-            type_errors.append(
-                f"Config key '{full_key}' is a group of keys ({', '.join(list(node[leaf])[:5])}"
-                f"{', ...' if len(node[leaf]) > 5 else ''}); set one of them instead ({origin})."
-            )
+            type_errors.append(_group_message(full_key, list(node[leaf]), origin))
             continue
         try:
             value = _coerce(value, node.get(leaf), full_key, origin)
@@ -274,7 +277,8 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
     Like detectron2's ``LazyConfig.apply_overrides``, but a key that does not exist raises
     :class:`ConfigKeyError` with the nearest valid keys, unless written ``+key=value`` (hydra's
     syntax for adding a key), and a value of the wrong type raises :class:`ConfigTypeError`.
-    Values that are interpolations (``${...}``) or missing (``???``) accept any type.
+    Values that are interpolations (``${...}``) or missing (``???``) accept any type. The
+    overrides are applied all together or not at all: when one is rejected, ``cfg`` is unchanged.
 
     Returns:
         ``cfg``, for chaining.
@@ -303,10 +307,7 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         if isinstance(current, str) and (current == "???" or "${" in current):
             current = None  # missing or interpolated: the type is not known here
         if isinstance(current, dict) and not isinstance(value, dict):
-            type_errors.append(
-                f"Config key '{key}' is a group of keys ({', '.join(list(current)[:5])}); "
-                f"set one of them instead ({origin})."
-            )
+            type_errors.append(_group_message(key, list(current), origin))
             continue
         if current is not _ABSENT and not isinstance(current, dict):
             try:
@@ -319,6 +320,9 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         raise ConfigKeyError("\n".join(key_errors + type_errors))
     if type_errors:
         raise ConfigTypeError("\n".join(type_errors))
-    for key, value in updates:
-        OmegaConf.update(cfg, key, value, merge=True)
+    # All or nothing, also for what only omegaconf can refuse (a struct or read-only node): the
+    # updates run on a copy first, so a refused one raises before ``cfg`` has changed at all.
+    for target in (copy.deepcopy(cfg), cfg):
+        for key, value in updates:
+            OmegaConf.update(target, key, value, merge=True)
     return cfg

@@ -245,7 +245,8 @@ class _FusedLabelLoss(torch.autograd.Function):
         runner.run("rows_and_grad", x, lab, (rows, grad))
         total = rows.sum()
         if reduction == "mean":
-            ctx.scale = 1.0 / _num_valid_elements(lab, x.shape[1])
+            # In the loss's own dtype: an fp32 scale would round float64 means at 1e-8.
+            ctx.scale = 1.0 / _num_valid_elements(lab, x.shape[1]).to(rows.dtype)
             total = total * ctx.scale
         return total
 

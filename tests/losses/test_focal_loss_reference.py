@@ -115,6 +115,35 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
         torchvision.ops.sigmoid_focal_loss(logits, t2, reduction="sum").backward()
         torch.testing.assert_close(targets.grad, t2.grad)
 
+    def test_differentiable_targets_every_reduction_and_alpha(self):
+        gen = torch.Generator().manual_seed(3)
+        logits = torch.randn(6, 3, generator=gen) * 2
+        for reduction, alpha, gamma in (("none", -1.0, 2.0), ("mean", 0.25, 1.5), ("sum", -1, 0)):
+            with self.subTest(reduction=reduction, alpha=alpha, gamma=gamma):
+                targets = torch.rand(6, 3, generator=gen).requires_grad_()
+                t2 = targets.detach().clone().requires_grad_()
+                ours = sigmoid_focal_loss(logits, targets, alpha, gamma, reduction)
+                theirs = torchvision.ops.sigmoid_focal_loss(logits, t2, alpha, gamma, reduction)
+                torch.testing.assert_close(ours, theirs)
+                ours.sum().backward()
+                theirs.sum().backward()
+                torch.testing.assert_close(targets.grad, t2.grad)
+
+    def test_without_gradient_same_values_in_the_inputs_dtype(self):
+        gen = torch.Generator().manual_seed(4)
+        logits = torch.randn(20, 4, generator=gen) * 3
+        targets = (torch.rand(20, 4, generator=gen) > 0.7).float()
+        for reduction in ("none", "mean", "sum"):
+            with self.subTest(reduction=reduction):
+                with_grad = sigmoid_focal_loss(logits.clone().requires_grad_(), targets,
+                                               reduction=reduction)  # fmt: skip
+                without = sigmoid_focal_loss(logits, targets, reduction=reduction)
+                self.assertFalse(without.requires_grad)
+                torch.testing.assert_close(without, with_grad.detach())
+                half = sigmoid_focal_loss(logits.half(), targets.half(), reduction=reduction)
+                self.assertEqual(half.dtype, torch.float16)
+                torch.testing.assert_close(half.float(), without, rtol=2e-3, atol=2e-3)
+
     def test_bad_arguments(self):
         x = torch.zeros(2, 3)
         with self.assertRaisesRegex(ValueError, "reduction"):

@@ -136,6 +136,70 @@ class TestCompileState(unittest.TestCase):
         self.assertEqual(restored.runner._compiled, {})
         self.assertEqual(vars(restored.runner.terms), vars(loss.runner.terms))
 
+    def test_compiled_only_when_asked_and_for_two_rows_or_more(self):
+        """A single row stays eager (a compiled kernel would specialise on it); the compiled
+        passes see whole tensors and give the eager results."""
+        calls = []
+
+        def counting_compile(fn, *args, **kwargs):
+            calls.append(fn)
+            return fn
+
+        logits, labels = _batch(5, n=1, r=2)
+        with mock.patch.object(torch, "compile", counting_compile):
+            eager = FocalLoss(alpha=0.25, gamma=2.0)
+            self.assertEqual(eager(logits, labels).dtype, torch.float32)
+            self.assertEqual(calls, [])
+            compiled = FocalLoss(alpha=0.25, gamma=2.0, compile=True)
+            one_row = compiled(logits[:, :1], labels[:, :1])
+            self.assertEqual(calls, [])
+            torch.testing.assert_close(one_row, eager(logits[:, :1], labels[:, :1]))
+            torch.testing.assert_close(compiled(logits, labels), eager(logits, labels))
+            self.assertEqual(len(calls), 1)
+
+    def test_the_warning_names_the_pass_the_device_and_the_reason(self):
+        for error, reason in ((RuntimeError("no C++ compiler\nsecond line"),
+                               "RuntimeError: no C++ compiler"),
+                              (OSError(), "OSError: ")):  # fmt: skip
+
+            def broken(fn, *args, **kwargs):
+                def run(*a, **k):
+                    raise error
+
+                return run
+
+            logits, labels = _batch(6)
+            with self.subTest(reason=reason), mock.patch.object(torch, "compile", broken):
+                with self.assertLogs(_fused.logger, level=logging.WARNING) as logs:
+                    FocalLoss(compile=True)(logits.clone().requires_grad_(), labels)
+                self.assertEqual(logs.records[0].getMessage(), (
+                    "retinafocal.losses: torch.compile of the fused loss (rows_and_grad) failed "
+                    f"on cpu; this loss runs eagerly from now on. Reason: {reason}"
+                ))  # fmt: skip
+
+    def test_compiled_results_are_used_and_every_size_shares_a_kernel(self):
+        """What the compiled pass writes is the result (no second, eager pass), and the anchor
+        dimension of every tensor it gets is marked dynamic, so any image size reuses it."""
+        marked = []
+
+        def fake_compile(fn, *args, **kwargs):
+            def run(terms, x, labels, *outs):
+                for out in outs:
+                    out.fill_(0.5)
+
+            return run
+
+        logits, labels = _batch(7, n=1, r=4, k=3)
+        with mock.patch.object(torch, "compile", fake_compile), mock.patch.object(
+            torch._dynamo, "mark_dynamic", lambda t, dim: marked.append((tuple(t.shape), dim))
+        ):
+            x = logits.clone().requires_grad_()
+            loss = FocalLoss(compile=True)(x, labels)
+            loss.backward()
+        self.assertEqual(loss.item(), 0.5 * 4)  # 4 rows, each "0.5"
+        self.assertTrue(torch.equal(x.grad, torch.full_like(x, 0.5)))
+        self.assertEqual(marked, [((4, 3), 0), ((4,), 0), ((4,), 0), ((4, 3), 0)])
+
     def test_every_fused_loss_owns_a_runner(self):
         for loss in (FocalLoss(), FocalLossStar(), HingeLoss()):
             self.assertIsInstance(loss.runner, _fused.LabelLossRunner)

@@ -162,12 +162,20 @@ class TestOHEM(unittest.TestCase):
                 self.assertEqual(int((picked_labels == 2).sum()), want_neg)
                 self.assertFalse((picked_labels == -1).any())
                 # The hardest of each group: the first positives and the first negatives.
-                expected = list(range(want_pos)) + list(range(num_pos, num_pos + want_neg))
-                self.assertEqual(sorted(picked.tolist()), expected)
-                loss = loss_fn(logits.requires_grad_(), labels, anchor_boxes=boxes)
-                self.assertTrue(torch.isfinite(loss))
-                if num_pos == 0:
-                    self.assertEqual(loss.item(), 0.0)
+                expected_idx = list(range(want_pos)) + list(range(num_pos, num_pos + want_neg))
+                self.assertEqual(sorted(picked.tolist()), expected_idx)
+                x = logits.clone().requires_grad_()
+                loss = loss_fn(x, labels, anchor_boxes=boxes)
+                # The mean over the picked anchors of their CE summed over the K = 2 classes:
+                # softplus(-x) for the true class of a positive, softplus(x) for the others.
+                targets = torch.nn.functional.one_hot(labels[0, picked], 3)[:, :2].float()
+                chosen = logits[0, picked]
+                ce = torch.nn.functional.softplus(chosen * (1 - 2 * targets)).sum()
+                expected = ce / len(picked) if len(picked) else torch.tensor(0.0)
+                torch.testing.assert_close(loss, expected)
+                loss.backward()
+                trained = torch.nonzero(x.grad[0].abs().sum(-1)).squeeze(1)
+                self.assertEqual(sorted(trained.tolist()), expected_idx)
 
     def test_without_ratio_takes_the_hardest_overall(self):
         logits, labels, boxes = self._ratio_case(5)

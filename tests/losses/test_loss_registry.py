@@ -153,5 +153,22 @@ class TestRegistry(unittest.TestCase):
             build_classification_loss(cfg)
 
 
+class TestPrintedSettings(unittest.TestCase):
+    """What ``print(model)`` shows of each loss: its parameters as configured."""
+
+    def test_reprs(self):
+        self.assertEqual(repr(FocalLoss(alpha=0.5, gamma=1.0, compile=True)),
+                         "FocalLoss(alpha=0.5, gamma=1.0, compile=True)")  # fmt: skip
+        self.assertEqual(repr(BalancedCELoss(alpha=0.75)),
+                         "BalancedCELoss(alpha=0.75, gamma=0.0, compile=False)")  # fmt: skip
+        self.assertEqual(repr(FocalLossStar(gamma=3.0, beta=0.5)),
+                         "FocalLossStar(gamma=3.0, beta=0.5, compile=False)")  # fmt: skip
+        self.assertEqual(repr(HingeLoss(margin=0.3)), "HingeLoss(margin=0.3, compile=False)")
+        self.assertEqual(
+            repr(OHEMLoss(batch_size_per_image=64, neg_pos_ratio=3, nms_thresh=0.7, compile=True)),
+            "OHEMLoss(batch_size_per_image=64, neg_pos_ratio=3.0, nms_thresh=0.7, compile=True)",
+        )
+
+
 if __name__ == "__main__":
     unittest.main()

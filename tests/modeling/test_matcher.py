@@ -42,6 +42,18 @@ class TestChunkedIoUMatcher(unittest.TestCase):
         _, labels = paper_matcher(allow_low_quality_matches=False)(gt, anchors)
         self.assertEqual(labels.tolist(), [1, 1, -1, 0, 0])
 
+    def test_thresholds_are_lower_bounds(self):
+        """IoU exactly 0.5 is foreground and exactly 0.4 ignored (each interval includes its
+        lower threshold), as in detectron2."""
+        gt = torch.tensor([[0.0, 0, 10, 10]])
+        # IoU 0.5, 0.4 and just below 0.4:
+        anchors = torch.tensor([[0.0, 0, 10, 20], [0, 0, 10, 25], [0, 0, 10, 26]])
+        matcher = paper_matcher(allow_low_quality_matches=False)
+        self.assertEqual(matcher(gt, anchors)[1].tolist(), [1, -1, 0])
+        labels = ChunkedIoUMatcher(thresholds=[0.4, 0.5], labels=[-1, 0, 1])(gt, anchors)[1]
+        self.assertEqual(labels.tolist(), [1, 0, -1])
+        self.assertEqual(labels.dtype, torch.int8)
+
     def test_equals_detectron2_matcher(self):
         g = torch.Generator().manual_seed(0)
         for trial in range(30):

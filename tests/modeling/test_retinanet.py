@@ -42,8 +42,7 @@ class TestFocalRetinaNet(unittest.TestCase):
             sides.append((wh[:, 0] * wh[:, 1]).sqrt())
         sides = torch.cat(sides)
         self.assertAlmostEqual(sides.min().item(), 32.0, places=3)
-        self.assertAlmostEqual(sides.max().item(), 512 * 2 ** (2 / 3), places=2)  # 812.7
-        self.assertAlmostEqual(512 * 2 ** (2 / 3), 812.75, places=2)
+        self.assertAlmostEqual(sides.max().item(), 812.75, places=2)  # 512 * 2 ** (2 / 3)
         ratios = set()
         for cell in model.anchor_generator.cell_anchors:
             wh = cell[:, 2:] - cell[:, :2]

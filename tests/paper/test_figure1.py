@@ -45,11 +45,34 @@ class TestFigure1Curves(unittest.TestCase):
             with self.assertRaises(ValueError):
                 focal_loss_curve(np.array([bad]), 2.0)
 
-    def test_plot_writes_a_png(self):
+    def test_plot_draws_one_curve_per_gamma_in_loss_order(self):
+        """Each gamma's curve is drawn in its own colour of matplotlib's default cycle; the
+        curves stack as in the paper: cross-entropy (gamma 0) highest, gamma 5 lowest."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = plot_figure1(os.path.join(tmp, "f1.png"), points=50)
-            with open(path, "rb") as f:
-                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+            rows = _curve_rows(plot_figure1(os.path.join(tmp, "f1.png"), points=50))
+            self.assertTrue(all(len(r) > 100 for r in rows), [len(r) for r in rows])
+            # Image rows grow downwards: a larger loss is drawn at a smaller row.
+            medians = [float(np.median(r)) for r in rows]
+            self.assertEqual(medians, sorted(medians), medians)
+            only = _curve_rows(plot_figure1(os.path.join(tmp, "f2.png"), gammas=(2.0,)))
+            self.assertGreater(len(only[0]), 100)
+            self.assertEqual([len(r) for r in only[1:]], [0, 0, 0, 0])
+
+
+def _curve_rows(path: str):
+    """For each of the first five colours of matplotlib's default cycle, the image rows of the
+    pixels drawn in it in the middle third of the image's width (p_t around 0.3 to 0.6, where
+    the curves are apart and the legend is not)."""
+    import matplotlib.image
+
+    image = np.round(matplotlib.image.imread(path)[..., :3] * 255).astype(int)
+    width = image.shape[1]
+    image = image[:, width // 3 : 2 * width // 3]
+    rows = []
+    for colour in ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"):
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        rows.append(np.nonzero(np.abs(image - rgb).max(axis=-1) <= 8)[0])
+    return rows
 
 
 if __name__ == "__main__":

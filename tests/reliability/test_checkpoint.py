@@ -80,7 +80,6 @@ class TestAtomicCheckpointer(unittest.TestCase):
         reference = self.model.weight.detach().clone()
         with torch.no_grad():
             self.model.weight.add_(1.0)
-        self.assertTrue(hasattr(rf_checkpoint.torch, "save"))
         with mock.patch.object(rf_checkpoint.torch, "save", half_write_then_fail):
             with self.assertRaises(_Interrupted):
                 checkpointer.save("model_0000002", iteration=2)
@@ -132,6 +131,34 @@ class TestAtomicCheckpointer(unittest.TestCase):
         os.remove(os.path.join(self.dir, "model_0000001.pth"))
         with self.assertRaisesRegex(CorruptCheckpointError, "no other checkpoint"):
             self.fresh_resume()
+
+    def test_resume_takes_the_newest_readable_of_several(self):
+        """Four complete checkpoints; the tagged (newest) one is damaged, then also the next:
+        resuming must take the newest readable one each time, never an older one."""
+        checkpointer = self.checkpointer()
+        start = time.time() - 100
+        for it in (1, 2, 3, 4):
+            checkpointer.save(f"model_000000{it}", iteration=it)
+            path = os.path.join(self.dir, f"model_000000{it}.pth")
+            os.utime(path, (start + it, start + it))  # distinct, increasing modification times
+        for damaged, expected in (("model_0000004.pth", 3), ("model_0000003.pth", 2)):
+            path = os.path.join(self.dir, damaged)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+            with self.subTest(damaged=damaged), self.assertLogs("fvcore.common.checkpoint"):
+                self.assertEqual(self.fresh_resume()[1]["iteration"], expected)
+
+    def test_resume_when_the_tagged_file_is_missing(self):
+        checkpointer = self.checkpointer()
+        start = time.time() - 100
+        for it in (1, 2, 3):
+            checkpointer.save(f"model_000000{it}", iteration=it)
+            path = os.path.join(self.dir, f"model_000000{it}.pth")
+            os.utime(path, (start + it, start + it))
+        os.remove(os.path.join(self.dir, "model_0000003.pth"))
+        with self.assertLogs("fvcore.common.checkpoint", "ERROR") as logs:
+            self.assertEqual(self.fresh_resume()[1]["iteration"], 2)
+        self.assertIn("model_0000003.pth, which does not exist", "\n".join(logs.output))
 
     def test_non_resume_load_is_unchanged(self):
         self.checkpointer().save("model_0000001", iteration=1)

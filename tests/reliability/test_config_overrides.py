@@ -193,6 +193,33 @@ class TestLazyOverrides(unittest.TestCase):
         with self.assertRaisesRegex(ConfigTypeError, "group of keys"):
             apply_lazy_overrides(cfg, ["train.amp=1"])
 
+    def test_a_rejected_override_leaves_the_config_unchanged(self):
+        """Good overrides around a bad one: the error names the bad one, and none is applied."""
+        good = ["train.max_iter=5", "train.steps=[1]", "+train.seed=3"]
+        for bad, error in (("train.max_iters=10", ConfigKeyError),
+                           ("train.amp.on=3", ConfigTypeError),
+                           ("train.amp=1", ConfigTypeError),
+                           ("+train.max_iter.sub=3", ConfigTypeError)):  # fmt: skip
+            with self.subTest(bad=bad):
+                cfg = lazy_cfg()
+                with self.assertRaises(error) as ctx:
+                    apply_lazy_overrides(cfg, good[:2] + [bad] + good[2:])
+                self.assertIn(bad.lstrip("+").split("=")[0], str(ctx.exception))
+                self.assertEqual(OmegaConf.to_container(cfg), OmegaConf.to_container(lazy_cfg()))
+
+    def test_an_override_omegaconf_refuses_leaves_the_config_unchanged(self):
+        """A struct config refuses a new key only when it is set, after the checks above: the
+        good override before it must not stay applied."""
+        cfg = lazy_cfg()
+        OmegaConf.set_struct(cfg, True)
+        with self.assertRaises(Exception):
+            apply_lazy_overrides(cfg, ["train.max_iter=5", "dataloader.augs.0.size=9",
+                                       "+train.seed=3"])  # fmt: skip
+        self.assertEqual(OmegaConf.to_container(cfg), OmegaConf.to_container(lazy_cfg()))
+        self.assertTrue(OmegaConf.is_struct(cfg))
+        apply_lazy_overrides(cfg, ["train.max_iter=5", "dataloader.augs.0.size=9"])
+        self.assertEqual((cfg.train.max_iter, cfg.dataloader.augs[0].size), (5, 9))
+
     def test_int_for_float_and_untyped_values(self):
         cfg = lazy_cfg()
         apply_lazy_overrides(

@@ -42,9 +42,6 @@ def tiny_overrides(json_file, image_root, output_dir, **extra):
     return [item for pair in opts.items() for item in pair]
 
 
-@unittest.skipUnless(
-    os.path.isfile(TRAIN_NET) and os.path.isfile(CONFIG), "train_net.py or its config is missing"
-)
 class _TrainNetTest(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="retinafocal_train_")

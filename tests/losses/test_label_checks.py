@@ -1,0 +1,54 @@
+"""The fused losses refuse inputs that do not fit, with a message naming the loss and the
+problem, and accept every valid edge case (no anchors, the extreme labels -1 and K)."""
+
+import unittest
+
+import torch
+
+import retinafocal  # noqa: F401  (compat before detectron2)
+from retinafocal.losses import FocalLoss, label_focal_loss
+
+
+class TestLabelChecks(unittest.TestCase):
+    def test_logits_must_be_floating_with_a_class_dimension(self):
+        labels = torch.zeros(2, dtype=torch.long)
+        with self.assertRaisesRegex(TypeError, "FocalLoss: logits must be a floating tensor, "
+                                               "got torch.int64"):  # fmt: skip
+            FocalLoss()(torch.zeros(2, 3, dtype=torch.long), labels)
+        with self.assertRaisesRegex(ValueError, r"FocalLoss: logits must have a class dimension"):
+            FocalLoss()(torch.tensor(1.0), torch.tensor(0))
+
+    def test_labels_must_be_integers(self):
+        logits = torch.zeros(1, 2, 3)
+        for dtype in (torch.float32, torch.bool, torch.complex64):
+            with self.subTest(dtype=dtype), self.assertRaisesRegex(
+                TypeError, f"integer class indices .*got dtype {dtype}"
+            ):
+                label_focal_loss(logits, torch.zeros(1, 2, dtype=dtype))
+        for dtype in (torch.int8, torch.int32, torch.int64):
+            label_focal_loss(logits, torch.zeros(1, 2, dtype=dtype))
+
+    def test_labels_on_another_device(self):
+        with self.assertRaisesRegex(ValueError, "labels on meta, logits on cpu"):
+            label_focal_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long,
+                                                                device="meta"))  # fmt: skip
+
+    def test_a_single_label_out_of_range_is_refused(self):
+        for bad in (-2, 4):
+            with self.subTest(bad=bad), self.assertRaisesRegex(
+                ValueError, rf"\[-1, K=3\].*got values in \[{bad}, {bad}\]"
+            ):
+                label_focal_loss(torch.zeros(1, 1, 3), torch.tensor([[bad]]))
+
+    def test_extreme_valid_labels_and_no_anchors(self):
+        logits = torch.zeros(1, 2, 3)
+        # -1 (ignored) and K = 3 (background) are valid: 3 negatives at p = 0.5, alpha 0.75.
+        value = label_focal_loss(logits, torch.tensor([[-1, 3]]))
+        expected = 3 * 0.75 * 0.25 * torch.log(torch.tensor(2.0))
+        torch.testing.assert_close(value, expected)
+        empty = label_focal_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+        self.assertEqual(empty.item(), 0.0)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,71 @@
+"""RetinaFocalHead built from a config: its norms, depth, output shapes and config errors."""
+import unittest
+
+import torch
+from torch import nn
+
+import retinafocal  # noqa: F401
+from detectron2.layers import CycleBatchNormList, ShapeSpec
+from retinafocal.modeling import build_retinafocal_head
+
+from .common import small_retinanet_cfg
+
+LEVELS = [ShapeSpec(channels=32, stride=s) for s in (8, 16, 32, 64, 128)]  # GN: 32 groups
+
+
+def head(norm: str = "", num_convs: int = 2, num_classes: int = 3):
+    cfg = small_retinanet_cfg(num_classes=num_classes)
+    cfg.MODEL.RETINANET.NORM = norm
+    cfg.MODEL.RETINANET.NUM_CONVS = num_convs
+    return build_retinafocal_head(cfg, LEVELS)
+
+
+class TestRetinaFocalHead(unittest.TestCase):
+    def test_output_shapes_per_level(self):
+        h = head(num_convs=3, num_classes=4)
+        feats = [torch.randn(2, 32, 16 // 2**i + 1, 12 // 2**i + 1) for i in range(5)]
+        logits, deltas = h(feats)
+        self.assertEqual([tuple(x.shape) for x in logits],
+                         [(2, 9 * 4) + tuple(f.shape[2:]) for f in feats])  # fmt: skip
+        self.assertEqual([tuple(x.shape) for x in deltas],
+                         [(2, 9 * 4) + tuple(f.shape[2:]) for f in feats])  # fmt: skip
+        convs = [m for m in h.cls_subnet if isinstance(m, nn.Conv2d)]
+        self.assertEqual([(c.in_channels, c.out_channels) for c in convs], [(32, 32)] * 3)
+        self.assertEqual(sum(isinstance(m, nn.ReLU) for m in h.bbox_subnet), 3)
+
+    def test_batch_norm_is_kept_per_level_group_norm_shared(self):
+        bn = head("BN")
+        norms = [m for m in bn.cls_subnet if isinstance(m, CycleBatchNormList)]
+        self.assertEqual(len(norms), 2)
+        self.assertEqual([len(n) for n in norms], [5, 5])
+        self.assertTrue(all(isinstance(b, nn.BatchNorm2d) for b in norms[0]))
+        sync = head("SyncBN")
+        norm = next(m for m in sync.cls_subnet if isinstance(m, CycleBatchNormList))
+        self.assertIsInstance(norm[0], nn.SyncBatchNorm)
+        gn = head("GN")
+        self.assertEqual(sum(isinstance(m, nn.GroupNorm) for m in gn.cls_subnet), 2)
+        plain = head("")
+        self.assertEqual([type(m) for m in plain.cls_subnet],
+                         [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU])  # fmt: skip
+
+    def test_wrong_number_of_levels_is_named(self):
+        with self.assertRaisesRegex(ValueError, "head built for 5 levels, got 2"):
+            head()([torch.randn(1, 32, 4, 4)] * 2)
+
+    def test_unequal_anchors_per_level_are_refused(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]] * 4 + [[0.5, 1.0]]
+        with self.assertRaisesRegex(ValueError, r"different number of anchors per level"):
+            build_retinafocal_head(cfg, LEVELS)
+
+    def test_unequal_channels_and_bad_prior_are_refused(self):
+        cfg = small_retinanet_cfg()
+        with self.assertRaisesRegex(ValueError, "equal channels"):
+            build_retinafocal_head(cfg, LEVELS[:4] + [ShapeSpec(channels=4)])
+        cfg.MODEL.RETINANET.PRIOR_PROB = 1.0
+        with self.assertRaisesRegex(ValueError, "prior_prob"):
+            build_retinafocal_head(cfg, LEVELS)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,190 @@
+"""FocalRetinaNet's settings as a user meets them: test-time thresholds and top-k, the loss
+normaliser without objects, the diagnostics period, the box-loss choices and config errors."""
+import copy
+import math
+import unittest
+
+import torch
+
+import retinafocal  # noqa: F401
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+from detectron2.utils.events import EventStorage
+
+from .common import make_inputs, small_retinanet_cfg
+
+
+def build(cfg, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def infer(model, inputs):
+    model.eval()
+    with torch.no_grad():
+        return [out["instances"] for out in model(copy.deepcopy(inputs))]
+
+
+def spy_on_classification_loss(model):
+    """The values the model's classification loss returns, recorded as it trains."""
+    calls = []
+    original = model.classification_loss.forward
+
+    def spy(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    model.classification_loss.forward = spy
+    return calls
+
+
+def train_step(model, inputs, iteration: int = 0):
+    model.train()
+    with EventStorage(iteration) as storage:
+        losses = model(copy.deepcopy(inputs))
+        latest = dict(storage.latest())
+    return losses, latest
+
+
+class TestInferenceSettings(unittest.TestCase):
+    def one_level_model(self, **retinanet):
+        cfg = small_retinanet_cfg(num_classes=2)
+        for key, value in retinanet.items():
+            cfg.MODEL.RETINANET[key] = value
+        return build(cfg)
+
+    def decode(self, model, logits, deltas=None):
+        """inference_single_image on one level of 4 far-apart anchors."""
+        anchors = Boxes(torch.tensor([[0.0, 0, 10, 10], [100, 0, 110, 10], [0, 100, 10, 110],
+                                      [100, 100, 110, 110]]))  # fmt: skip
+        deltas = torch.zeros(4, 4) if deltas is None else deltas
+        return model.inference_single_image([anchors], [logits], [deltas], (200, 200))
+
+    def test_scores_just_above_the_threshold_are_kept(self):
+        """Logits a hair above logit(0.05) pass, a hair below do not; classes and boxes are
+        those of their (anchor, class) pair."""
+        model = self.one_level_model()
+        t = math.log(0.05 / 0.95)
+        logits = torch.tensor([[t + 2e-5, -9.0], [-9.0, t - 2e-5], [-9.0, t + 1.0], [-9.0, -9.0]])
+        result = self.decode(model, logits)
+        self.assertEqual(result.pred_classes.tolist(), [1, 0])
+        self.assertEqual(result.pred_boxes.tensor.tolist(), [[0.0, 100, 10, 110], [0, 0, 10, 10]])
+        torch.testing.assert_close(result.scores, torch.sigmoid(logits[[2, 0], [1, 0]]))
+
+    def test_threshold_zero_keeps_the_top_k_of_every_level(self):
+        model = self.one_level_model(SCORE_THRESH_TEST=0.0, TOPK_CANDIDATES_TEST=3)
+        logits = torch.arange(8, dtype=torch.float32).reshape(4, 2) - 20  # all scores ~1e-9
+        result = self.decode(model, logits)
+        # The 3 best pairs: anchor 3 class 1, anchor 3 class 0, anchor 2 class 1.
+        self.assertEqual(result.pred_classes.tolist(), [1, 0, 1])
+        self.assertEqual(result.pred_boxes.tensor[:, 0].tolist(), [100.0, 100.0, 0.0])
+
+    def test_threshold_one_keeps_nothing(self):
+        model = self.one_level_model(SCORE_THRESH_TEST=1.0)
+        self.assertEqual(len(self.decode(model, torch.full((4, 2), 50.0))), 0)
+
+    def test_top_k_is_per_level_and_detections_are_capped(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 2
+        model = build(cfg)
+        with torch.no_grad():
+            model.head.cls_score.bias.zero_()  # p = 0.5 everywhere: every level has candidates
+        for inst in infer(model, make_inputs(num_images=1)):
+            self.assertLessEqual(len(inst), 2 * 5)  # 5 levels, 2 candidates each
+            self.assertGreater(len(inst), 2)
+        cfg.TEST.DETECTIONS_PER_IMAGE = 3
+        model = build(cfg)
+        with torch.no_grad():
+            model.head.cls_score.bias.zero_()
+        self.assertEqual(len(infer(model, make_inputs(num_images=1))[0]), 3)
+
+    def test_deltas_move_the_boxes(self):
+        model = self.one_level_model()
+        deltas = torch.zeros(4, 4)
+        deltas[0] = torch.tensor([0.1, 0.0, 0.0, 0.0])  # dx = 0.1 x weight 1 x width 10 = 1 px
+        result = self.decode(model, torch.tensor([[5.0, -9], [-9, -9], [-9, -9], [-9, -9]]),
+                             deltas)  # fmt: skip
+        torch.testing.assert_close(result.pred_boxes.tensor, torch.tensor([[1.0, 0, 11, 10]]))
+
+
+class TestTrainingSettings(unittest.TestCase):
+    def test_without_objects_the_loss_is_not_divided(self):
+        """No positive anchor: the normaliser is 1, so loss_cls is the classification loss's
+        sum over all anchors."""
+        model = build(small_retinanet_cfg())
+        calls = spy_on_classification_loss(model)
+        losses, latest = train_step(model, make_inputs(with_boxes=False))
+        self.assertEqual(latest["num_pos_anchors"][0], 0.0)
+        torch.testing.assert_close(losses["loss_cls"], calls[0])
+        self.assertEqual(losses["loss_box_reg"].item(), 0.0)
+
+    def test_diagnostics_only_every_period(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD = 2
+        model = build(cfg)
+        inputs = make_inputs()
+        self.assertIn("imbalance/num_pos_anchors", train_step(model, inputs, 0)[1])
+        self.assertNotIn("imbalance/num_pos_anchors", train_step(model, inputs, 1)[1])
+        self.assertIn("imbalance/num_pos_anchors", train_step(model, inputs, 4)[1])
+        cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD = 0
+        self.assertNotIn("imbalance/num_pos_anchors", train_step(build(cfg), inputs, 0)[1])
+
+    def test_training_predictions_drawn_every_vis_period(self):
+        cfg = small_retinanet_cfg()
+        cfg.VIS_PERIOD = 2
+        model = build(cfg)
+        model.train()
+        drawn = []
+        for iteration in (0, 1, 2):
+            with EventStorage(iteration) as storage:
+                model(copy.deepcopy(make_inputs(num_images=1)))
+                drawn.append([name for name, _, _ in storage._vis_data])
+        self.assertEqual(len(drawn[0]), 1)
+        self.assertEqual(drawn[1], [])
+        self.assertEqual(len(drawn[2]), 1)
+        self.assertIn("GT bounding boxes", drawn[0][0])
+
+    def test_l1_is_smooth_l1_with_beta_zero(self):
+        inputs = make_inputs()
+        losses = {}
+        for loss_type, beta in (("l1", 0.5), ("smooth_l1", 0.0), ("giou", 0.0)):
+            cfg = small_retinanet_cfg()
+            cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = loss_type
+            cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = beta
+            losses[loss_type, beta] = train_step(build(cfg), inputs)[0]["loss_box_reg"]
+        # "l1" ignores the beta it is given; GIoU is another loss altogether.
+        self.assertEqual(losses["l1", 0.5].item(), losses["smooth_l1", 0.0].item())
+        self.assertNotEqual(losses["giou", 0.0].item(), losses["smooth_l1", 0.0].item())
+
+    def test_ema_normaliser_starts_at_100(self):
+        """detectron2's moving average: 0.9 x 100 + 0.1 x (positives in the batch)."""
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.LOSS_NORMALIZER = "ema"
+        model = build(cfg)
+        calls = spy_on_classification_loss(model)
+        losses, latest = train_step(model, make_inputs())
+        num_pos = latest["num_pos_anchors"][0] * 2
+        torch.testing.assert_close(losses["loss_cls"], calls[0] / (0.9 * 100 + 0.1 * num_pos))
+
+
+class TestConfigErrors(unittest.TestCase):
+    def test_unknown_in_feature_is_named(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINANET.IN_FEATURES = ["p3", "p9", "p5"]
+        with self.assertRaisesRegex(ValueError, r"IN_FEATURES names \['p9'\]"):
+            build(cfg)
+
+    def test_unknown_box_loss_and_normaliser_are_named(self):
+        for key, value, pattern in (
+            ("RETINANET.BBOX_REG_LOSS_TYPE", "l3", "box_reg_loss_type must be one of .*'l3'"),
+            ("RETINAFOCAL.LOSS_NORMALIZER", "mean", "loss_normalizer must be one of .*'mean'"),
+        ):
+            cfg = small_retinanet_cfg()
+            group, name = key.split(".")
+            cfg.MODEL[group][name] = value
+            with self.subTest(key=key), self.assertRaisesRegex(ValueError, pattern):
+                build(cfg)
+
+
+if __name__ == "__main__":
+    unittest.main()
