@@ -31,7 +31,7 @@ def parse(argv):
 def results(*, status="completed", eval_only=False, bbox=None, no_detections=False,
             losses=(), non_finite=None):  # fmt: skip
     return {
-        "schema": 1,
+        "schema": 2,
         "status": status,
         "eval_only": eval_only,
         "iterations": 0 if eval_only else 60,

@@ -160,7 +160,7 @@ class TestReadingResults(unittest.TestCase):
     def test_unusable_files_are_failures_that_say_why(self):
         self.assertEqual(read_train_results(self.dir)[0], None)
         self.assertIn("no results.json", read_train_results(self.dir)[1])
-        self.write('{"schema": 1, "status": "comp')  # torn
+        self.write('{"schema": 2, "status": "comp')  # torn
         result, reason = self.read()
         self.assertIsNone(result)
         self.assertIn("cannot be read as JSON", reason)
