@@ -13,10 +13,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Tuple
 
+from .claims import CONVERGENCE_POINT
 from .grid import (
     NO_PRIOR_OPTS,
     Grid,
     GridBuilder,
+    Level,
     anchor_opts,
     ce_opts,
     fl_opts,
@@ -24,6 +26,7 @@ from .grid import (
     run_name,
 )
 from .references import TABLE_1A, TABLE_1B, TABLE_1C, TABLE_1D, TABLE_1E
+from .sweep import SWEEP_MAX_ITER, add_sweep, prepare_sweep_data, sweep_schedule
 
 __all__ = [
     "GRID_NAMES",
@@ -121,14 +124,17 @@ def _init_rows(b: GridBuilder, no_prior: str, ce_prior: str, fl: str) -> None:
 
 
 def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: int = 0,
-                config_file: str = EMBEDDED_CONFIG) -> Grid:  # fmt: skip
-    """The miniature of Table 1 on the embedded shapes dataset.
+                config_file: str = EMBEDDED_CONFIG,
+                sweep_max_iter: int = SWEEP_MAX_ITER) -> Grid:  # fmt: skip
+    """The miniature of Table 1 on the embedded shapes dataset, and the imbalance sweep
+    (:mod:`paper.sweep`).
 
     Args:
-        max_iter: training iterations of every run.
+        max_iter: training iterations of every Table 1 run.
         full: every row of Table 1 (``shapes-full``) instead of the justified subset.
         seed: ``SEED`` of every run.
         config_file: the embedded recipe the runs override.
+        sweep_max_iter: training iterations of every sweep run; 0 leaves the sweep out.
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -141,8 +147,12 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
         # Only the final checkpoint: a run is short, and a period of max_iter would write
         # model_<max_iter - 1>.pth next to model_final.pth, the same weights twice.
         "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
+        # Also evaluated at 75% of the schedule, for the convergence rule (paper/claims.py).
+        "TEST.EVAL_PERIOD", str(max(1, round(CONVERGENCE_POINT * max_iter))),
     )  # fmt: skip
     b = GridBuilder(base, seed, max_iter)
+    # The sweep's runs first: they decide the central claims in the paper's regime.
+    sweep_levels = add_sweep(b, config_file, max_iter=sweep_max_iter) if sweep_max_iter > 0 else []
     cfg = config_file
     anchors = recipe.base_sizes
     train_size = recipe.train_size
@@ -275,6 +285,9 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
             "time': model forward and post-processing, after 5 warm-up images)."
         ),
     }
+    miniature = Level("shapes", f"{recipe.num_classes} classes, 3-10 objects (Table 1 "
+                      f"miniature, {max_iter} iterations)", measure_run=default_fl,
+                      sections=("init", "1a", "1b"))  # fmt: skip
     return Grid(
         name="shapes-full" if full else "shapes",
         runs=runs,
@@ -283,6 +296,9 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
         notes=notes,
         schedule=schedule,
         datasets=("shapes_train", "shapes_val"),
+        levels=[miniature] + sweep_levels,
+        prepare_data=prepare_sweep_data if sweep_levels else None,
+        sweep_schedule=sweep_schedule(sweep_max_iter, seed) if sweep_levels else "",
     )
 
 
@@ -365,12 +381,14 @@ def coco_grid(*, seed: int = 0) -> Grid:
 
 def build_grid(name: str, **kwargs: Any) -> Grid:
     """Build a grid by name: "shapes", "shapes-full" or "coco"; keyword arguments go to its
-    builder (``max_iter`` and ``seed`` for the shapes grids, ``seed`` for coco)."""
+    builder (``max_iter``, ``sweep_max_iter`` and ``seed`` for the shapes grids, ``seed`` for
+    coco)."""
     if name == "shapes":
         return shapes_grid(**kwargs)
     if name == "shapes-full":
         return shapes_grid(full=True, **kwargs)
     if name == "coco":
         kwargs.pop("max_iter", None)
+        kwargs.pop("sweep_max_iter", None)
         return coco_grid(**kwargs)
     raise ValueError(f"unknown grid {name!r}; choose one of {GRID_NAMES}")

@@ -5,7 +5,8 @@ import unittest
 import retinafocal  # noqa: F401  (compat first)
 from detectron2.config import get_cfg
 
-from paper.grid import SECTIONS, Grid, Row, RunSpec, anchor_sizes, run_name
+from paper.grid import SECTIONS, Grid, Level, Row, RunSpec, anchor_sizes, run_name
+from paper.sweep import CE_ALPHAS, EXTRA_GAMMAS, FL_ALPHAS, SWEEP_MAX_ITER
 from paper.table1 import build_grid
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
@@ -73,7 +74,7 @@ class TestShapesGrid(unittest.TestCase):
         fl = self.grid.loss_analysis_run
         self.assertEqual(fl, "fl_g2_a0p25")
         sections = {row.section for row in self.grid.rows if row.run == fl}
-        self.assertEqual(sections, set(SECTIONS) - {"1a"})  # 1a is CE only
+        self.assertEqual(sections, set(SECTIONS) - {"1a", "sweep"})  # 1a is CE only
 
     def test_subsets_and_paper_rows(self):
         alphas = [r.params["alpha"] for r in self.grid.rows_of("1a")]
@@ -121,7 +122,13 @@ class TestShapesGrid(unittest.TestCase):
             with self.subTest(run=spec.name):
                 cfg = _merged(spec)
                 self.assertEqual(cfg.MODEL.META_ARCHITECTURE, "FocalRetinaNet")
-                self.assertEqual(cfg.SOLVER.MAX_ITER, 40)
+                sweep = spec.name.split("_")[0] in ("s5", "s20", "s80")
+                max_iter = SWEEP_MAX_ITER if sweep else 40
+                self.assertEqual(cfg.SOLVER.MAX_ITER, max_iter)
+                self.assertEqual(spec.max_iter, 0 if spec.eval_only else max_iter)
+                # Every training run is also evaluated after 75% of its iterations.
+                if not spec.eval_only:
+                    self.assertEqual(cfg.TEST.EVAL_PERIOD, round(0.75 * max_iter))
                 self.assertEqual(cfg.SEED, 0)
         cfg = _merged(self.grid.run("ce_a0p5_noprior"))
         self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, 0.5)
@@ -139,6 +146,56 @@ class TestShapesGrid(unittest.TestCase):
         test64 = self.grid.run("fl_g2_a0p25_test64")
         self.assertEqual(test64.eval_of, "fl_g2_a0p25")
         self.assertEqual(_merged(test64).INPUT.MIN_SIZE_TEST, 64)
+
+
+class TestSweep(unittest.TestCase):
+    def setUp(self):
+        self.grid = build_grid("shapes", max_iter=40, sweep_max_iter=60)
+
+    def test_levels_and_their_runs(self):
+        self.assertEqual([(lvl.key, lvl.sections) for lvl in self.grid.levels], [
+            ("shapes", ("init", "1a", "1b")), ("sparse-5", ("sweep",)),
+            ("sparse-20", ("sweep",)), ("sparse-80", ("sweep",))])  # fmt: skip
+        self.assertEqual(self.grid.levels[0].measure_run, "fl_g2_a0p25")
+        for level, k in zip(self.grid.levels[1:], (5, 20, 80)):
+            rows = [r for r in self.grid.rows_of("sweep") if r.params["level"] == level.key]
+            losses = sorted((r.params["loss"], r.params["alpha"], r.params["gamma"],
+                             r.params["prior"]) for r in rows)  # fmt: skip
+            expected = [("CE", 0.5, 0.0, 0.01), ("CE", 0.5, 0.0, 0.5)]
+            expected += [("CE", a, 0.0, 0.01) for a in CE_ALPHAS if a != 0.5]
+            expected += [("FL", a, 2.0, 0.01) for a in FL_ALPHAS]
+            if k == 80:
+                expected += [("FL", a, g, 0.01) for g, a in EXTRA_GAMMAS.items()]
+            self.assertEqual(losses, sorted(expected))
+            for row in rows:
+                cfg = _merged(self.grid.run(row.run))
+                self.assertEqual(cfg.MODEL.RETINANET.NUM_CLASSES, k)
+                self.assertEqual(cfg.DATASETS.TRAIN, (f"shapes_sparse{k}_train",))
+                self.assertEqual(cfg.DATASETS.TEST, (f"shapes_sparse{k}_val",))
+                self.assertEqual([e[0] for e in cfg.DATASETS.COCO_JSON],
+                                 [f"shapes_sparse{k}_train", f"shapes_sparse{k}_val"])
+                self.assertTrue(cfg.DATASETS.COCO_JSON[0][1].endswith(f"train_{k}c.json"))
+                self.assertEqual((cfg.SOLVER.MAX_ITER, cfg.TEST.EVAL_PERIOD), (60, 45))
+                self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, row.params["prior"])
+                self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.NAME,
+                                 "FocalLoss" if row.params["loss"] == "FL" else "BalancedCELoss")
+                self.assertEqual(cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, row.params["alpha"])
+        self.assertIsNotNone(self.grid.prepare_data)
+        self.assertIn("fixed before the runs", self.grid.sweep_schedule)
+
+    def test_no_sweep(self):
+        grid = build_grid("shapes", max_iter=40, sweep_max_iter=0)
+        self.assertEqual([lvl.key for lvl in grid.levels], ["shapes"])
+        self.assertFalse(grid.rows_of("sweep"))
+        self.assertIsNone(grid.prepare_data)
+
+    def test_invalid_levels(self):
+        run = RunSpec("a", "c.yaml")
+        with self.assertRaisesRegex(ValueError, "measures 'b', which is not a training run"):
+            Grid("g", [run], [], levels=[Level("x", "x", measure_run="b")])
+        with self.assertRaisesRegex(ValueError, "names level 'y'"):
+            Grid("g", [run], [Row("sweep", "a", "r", {"level": "y"})],
+                 levels=[Level("x", "x", measure_run="a")])  # fmt: skip
 
 
 class TestCocoGrid(unittest.TestCase):
