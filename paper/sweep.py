@@ -49,9 +49,17 @@ SWEEP_TRAIN_IMAGES = 2000
 SWEEP_VAL_IMAGES = 500
 #: Training iterations of every sweep run (batch, LR: see :data:`SWEEP_OPTS`).
 SWEEP_MAX_ITER = 600
-#: The schedule of the sweep's runs, on top of the embedded recipe.
-SWEEP_OPTS: Tuple[str, ...] = ()
-SCHEDULE_TEXT = "ResNet-18-FPN from scratch, batch 16, SGD lr 0.02, cosine decay"
+#: The sweep's runs on top of the embedded recipe: the paper's step schedule (lr x 0.1 after
+#: 2/3 and 8/9 of the iterations, its 60k and 80k of 90k) rather than the recipe's cosine, so
+#: that the evaluation at 75% sees a model that has already had its first decay, as at the
+#: end; and channels-last convolutions, about 10% faster on CPU with the same results up to
+#: float rounding.
+SWEEP_OPTS: Tuple[str, ...] = (
+    "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR",
+    "MODEL.RETINAFOCAL.MEMORY_FORMAT", "NHWC",
+)  # fmt: skip
+SCHEDULE_TEXT = ("ResNet-18-FPN from scratch, batch 16, SGD lr 0.02, channels-last; the paper's "
+                 "step schedule: lr x 0.1 after 2/3 and 8/9 of the iterations")  # fmt: skip
 #: Alpha grids, fixed before the runs: CE around the paper's best (.75) and the unweighted .5;
 #: FL at the paper's best for gamma 2 (.25) and .5.
 CE_ALPHAS: Tuple[float, ...] = (0.5, 0.75)
@@ -104,6 +112,7 @@ def sweep_base_opts(max_iter: int) -> Tuple[str, ...]:
         "MODEL.META_ARCHITECTURE", "FocalRetinaNet",
         "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.WARMUP_ITERS", str(max(1, max_iter // 10)),
+        "SOLVER.STEPS", repr((round(max_iter * 2 / 3), round(max_iter * 8 / 9))),
         "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
         "TEST.EVAL_PERIOD", str(round(0.75 * max_iter)),
     )  # fmt: skip

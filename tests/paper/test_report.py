@@ -153,9 +153,9 @@ class TestReportOnFakeResults(unittest.TestCase):
 
     def test_diverged_and_missing_runs(self):
         results = _fake_results(self.grid, lambda n: 10.0, diverged=("ce_a0p5_noprior",))
-        del results["ohem_b512_r3_n0p5"]
+        del results["ohem_b512_r0_n0p5"]
         inputs = self._inputs(results, None)
-        inputs.failures["ohem_b512_r3_n0p5"] = "exit code 1: boom"
+        inputs.failures["ohem_b512_r0_n0p5"] = "exit code 1: boom"
         claims = {c.key: c for c in evaluate_claims(inputs)}
         self.assertIs(claims["init"].holds, True)
         self.assertIn("diverged", claims["init"].ours)
