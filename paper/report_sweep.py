@@ -43,7 +43,7 @@ def imbalance_table(inputs: ReportInputs) -> str:
     for level in levels_of(inputs.grid):
         s = inputs.imbalance.get(level.key)
         if s is None:
-            lines.append(f"| {level.key} | not measured | – | – | – | – | – | – | – |")
+            lines.append(f"| {level.key} | not measured |" + " – |" * 7)
             continue
         lines.append(
             f"| {level.key} | `{s.dataset}` | {s.num_images:,} | {s.anchors_per_image:,.0f} | "

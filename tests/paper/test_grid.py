@@ -167,8 +167,7 @@ class TestSweep(unittest.TestCase):
             expected = [("CE", 0.5, 0.0, 0.01), ("CE", 0.5, 0.0, 0.5)]
             expected += [("CE", a, 0.0, 0.01) for a in CE_ALPHAS if a != 0.5]
             expected += [("FL", a, 2.0, 0.01) for a in FL_ALPHAS]
-            if k == 80:
-                expected += [("FL", a, g, 0.01) for g, a in EXTRA_GAMMAS.items()]
+            # gamma .5 and 1 only in shapes-full (below)
             self.assertEqual(losses, sorted(expected))
             for row in rows:
                 cfg = _merged(self.grid.run(row.run))
@@ -185,6 +184,11 @@ class TestSweep(unittest.TestCase):
                 self.assertEqual(cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, row.params["alpha"])
         self.assertIsNotNone(self.grid.prepare_data)
         self.assertIn("fixed before the runs", self.grid.sweep_schedule)
+        full = build_grid("shapes-full", max_iter=40, sweep_max_iter=60)
+        extra = sorted((r.params["gamma"], r.params["alpha"]) for r in full.rows_of("sweep")
+                       if r.params["level"] == "sparse-80" and r.params["gamma"] not in (0, 2))
+        self.assertEqual(extra, sorted((g, a) for g, a in EXTRA_GAMMAS.items()))
+        self.assertIn("gamma 0.5 (alpha 0.5)", full.sweep_schedule)
 
     def test_no_sweep(self):
         grid = build_grid("shapes", max_iter=40, sweep_max_iter=0)
