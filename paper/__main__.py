@@ -23,6 +23,7 @@ import retinafocal  # noqa: F401  (first: compat, registries)
 
 from .reproduce import reproduce
 from .runner import LaunchOptions
+from .sweep import SWEEP_MAX_ITER
 from .table1 import GRID_NAMES, SHAPES_MAX_ITER, build_grid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--output", default=os.path.join(REPO_ROOT, "reports", "paper"),
                    help="report directory; runs go to <output>/runs")  # fmt: skip
     p.add_argument("--max-iter", type=int, default=SHAPES_MAX_ITER,
-                   help="iterations per run of the shapes grids (coco: the configs' schedule)")
+                   help="iterations per Table 1 run of the shapes grids (coco: the configs')")
+    p.add_argument("--sweep-max-iter", type=int, default=SWEEP_MAX_ITER,
+                   help="iterations per run of the imbalance sweep (shapes grids; 0: no sweep)")
     p.add_argument("--seed", type=int, default=0, help="SEED of every run")
     p.add_argument("--jobs", type=int, default=1, help="runs at the same time on this machine")
     p.add_argument("--threads", type=int, default=0,
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     kwargs = {"seed": args.seed}
     if args.grid != "coco":
         kwargs["max_iter"] = args.max_iter
+        kwargs["sweep_max_iter"] = args.sweep_max_iter
     grid = build_grid(args.grid, **kwargs)
     threads = args.threads
     if not threads and args.grid != "coco":  # GPU runs: leave the environment's threads alone

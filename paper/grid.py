@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .references import PaperAP
 
 __all__ = [
     "RunSpec",
     "Row",
+    "Level",
     "Grid",
     "GridBuilder",
     "SECTIONS",
@@ -32,8 +33,10 @@ __all__ = [
     "run_name",
 ]
 
-#: The report's sections, in order.
-SECTIONS: Tuple[str, ...] = ("init", "1a", "1b", "1c", "1d", "1e")
+#: The report's sections, in order; "sweep" holds the imbalance sweep's rows (one set per
+#: :class:`Level`).
+SECTIONS: Tuple[str, ...] = ("init", "1a", "1b", "1c", "1d", "1e", "sweep")
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -105,6 +108,29 @@ class Row:
     paper_label: str = ""
 
 
+@dataclass(frozen=True)
+class Level:
+    """A dataset on which the paper's two central claims are checked: CE without the prior
+    fails where CE with it and FL train (Sec. 5.1), and FL beats the best alpha-balanced CE
+    (Table 1b). The report calls each a grid, measures its imbalance and gives each claim a
+    verdict on it.
+
+    Attributes:
+        key: short name, e.g. "sparse-80"; the rows of section "sweep" carry it as
+            ``params["level"]``.
+        title: the dataset in a few words, for tables.
+        measure_run: a training run on this dataset; its config and first training set are what
+            the imbalance is measured on (:mod:`paper.imbalance`).
+        sections: where the level's rows are: ``("init", "1a", "1b")`` for the Table 1
+            miniature, ``("sweep",)`` for a sweep level.
+    """
+
+    key: str
+    title: str
+    measure_run: str
+    sections: Tuple[str, ...] = ("sweep",)
+
+
 @dataclass
 class Grid:
     """Runs, report rows, and what to say about them.
@@ -120,6 +146,11 @@ class Grid:
         schedule: markdown describing the training schedule.
         datasets: registered datasets to generate before any run starts (the embedded splits),
             so that parallel runs never write the same files at once.
+        levels: the datasets on which the central claims are checked, in the order of their
+            imbalance (the Table 1 miniature, then the sweep's).
+        prepare_data: generates datasets that the runs register by ``DATASETS.COCO_JSON``
+            (the sweep's), before any run starts; None when there are none.
+        sweep_schedule: markdown describing the sweep's schedule and rules ("" without one).
     """
 
     name: str
@@ -130,6 +161,9 @@ class Grid:
     notes: Dict[str, str] = field(default_factory=dict)
     schedule: str = ""
     datasets: Tuple[str, ...] = ()
+    levels: List[Level] = field(default_factory=list)
+    prepare_data: Optional[Callable[[], None]] = None
+    sweep_schedule: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -174,6 +208,18 @@ class Grid:
                 raise ValueError(
                     f"grid {self.name!r}: loss_analysis_run {name!r} is not a training run"
                 )
+        keys = [level.key for level in self.levels]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"grid {self.name!r}: duplicate level keys {keys}")
+        for level in self.levels:
+            spec = seen.get(level.measure_run)
+            if spec is None or spec.eval_only:
+                raise ValueError(f"grid {self.name!r}: level {level.key!r} measures "
+                                 f"{level.measure_run!r}, which is not a training run")
+        for row in self.rows_of("sweep"):
+            if row.params.get("level") not in keys:
+                raise ValueError(f"grid {self.name!r}: sweep row {row.label!r} names level "
+                                 f"{row.params.get('level')!r}; levels are {keys}")
 
 
 def _fmt(value: float) -> str:
@@ -260,15 +306,18 @@ class GridBuilder:
         self.runs: Dict[str, RunSpec] = {}
         self.rows: List[Row] = []
 
-    def train(self, name: str, config_file: str, opts: Tuple[str, ...], description: str) -> str:
-        """Add a training run, once per name; returns the name."""
+    def train(self, name: str, config_file: str, opts: Tuple[str, ...], description: str, *,
+              base_opts: Optional[Tuple[str, ...]] = None,
+              max_iter: Optional[int] = None) -> str:  # fmt: skip
+        """Add a training run, once per name; returns the name. ``base_opts`` and ``max_iter``
+        replace the builder's for this run (the sweep's runs have their own schedule)."""
         if name not in self.runs:
             self.runs[name] = RunSpec(
                 name=name,
                 config_file=config_file,
-                opts=self.base_opts + opts,
+                opts=(self.base_opts if base_opts is None else base_opts) + opts,
                 seed=self.seed,
-                max_iter=self.max_iter,
+                max_iter=self.max_iter if max_iter is None else max_iter,
                 description=description,
             )
         return name

@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 
 from .claims import (
     CLEAR_MARGIN_AP,
+    CONVERGED_AP_CHANGE,
+    CONVERGENCE_POINT,
     SMALL_FRACTION,
     TRAINS_MIN_AP,
     Claim,
@@ -28,6 +30,7 @@ from .claims import (
 from .figures import plot_figure1, plot_loss_histories, plot_speed_accuracy
 from .grid import Row
 from .references import CITATION, FIGURE4_STATEMENT, INIT_STATEMENT, SECTION_SETTINGS, cite
+from .report_sweep import imbalance_table, sweep_section, terms_text
 from .results import RunResult
 
 __all__ = ["ReportInputs", "write_report"]
@@ -209,14 +212,26 @@ def write_report(inputs: ReportInputs) -> str:
     md.append("## Schedule\n\n" + grid.schedule + "\n")
 
     md.append("## Claims\n")
-    md.append(_table(["claim", "verdict", "ours", "paper"],
-                     [[c.statement, verdict(c.holds), c.ours, c.paper] for c in claims]))
+    md.append(_claims_table(inputs, claims))
     md.append(
         f"\nRules, fixed before the runs: a run *trains* when its losses stay finite and below "
-        f"10x the first logged loss and it reaches {TRAINS_MIN_AP:g} AP; a *clear margin* is "
-        f">= {CLEAR_MARGIN_AP:g} AP; a *small fraction* is <= {100 * SMALL_FRACTION:g}%. Each "
-        "setting is one seeded run, so differences of about 1 AP are within run-to-run noise.\n"
+        f"10x the first logged loss (medians of 20 iterations) and it reaches "
+        f"{TRAINS_MIN_AP:g} AP; a *clear margin* is >= {CLEAR_MARGIN_AP:g} AP; a *small "
+        f"fraction* is <= {100 * SMALL_FRACTION:g}%. A run has *converged* when its AP at the "
+        f"end is within {CONVERGED_AP_CHANGE:g} AP of its AP after "
+        f"{100 * CONVERGENCE_POINT:g}% of its iterations; a verdict that rests on a run that "
+        "has not is flagged in the last column. Each setting is one seeded run, so differences "
+        "of about 1 AP are within run-to-run noise.\n"
     )  # fmt: skip
+    md.append("## Imbalance of each grid (measured)\n")
+    md.append(
+        "Binary classification terms per positive anchor: (anchors - ignored anchors) x "
+        "classes, summed over the training set, divided by the positive anchors, with the "
+        "config's own anchor generator and matcher (`paper/imbalance.py`). COCO, for "
+        "comparison: about 100k anchors x 80 classes per image, about 1e5 terms per positive "
+        "(paper, Sec. 1 and 4).\n"
+    )
+    md.append(imbalance_table(inputs) + "\n")
 
     md.append("## Figure 1: focal loss against p_t\n")
     plot_figure1(os.path.join(out, "figure1.png"))
@@ -267,6 +282,8 @@ def write_report(inputs: ReportInputs) -> str:
             md.append(f"\nClaim: {claim.statement}: {verdict(claim.holds)}. {claim.ours}. "
                       f"Paper: {claim.paper}.")  # fmt: skip
         md.append("")
+
+    md.extend(sweep_section(inputs, claims, out))
 
     md.append("## Figure 4: cumulative distribution of the normalised loss\n")
     md.append(f"*Paper:* {FIGURE4_STATEMENT}\n")
@@ -322,6 +339,15 @@ def write_report(inputs: ReportInputs) -> str:
     return path
 
 
+def _claims_table(inputs: ReportInputs, claims: List[Claim]) -> str:
+    """The claims, one row per claim and grid, with the grid's imbalance and any flag."""
+    return _table(
+        ["claim", "grid", "binary terms per positive", "verdict", "ours", "paper", "flags"],
+        [[c.statement, c.level, terms_text(inputs, c.level), verdict(c.holds), c.ours, c.paper,
+          "; ".join(c.flags) or "–"] for c in claims],
+    )  # fmt: skip
+
+
 def _write_headline(inputs: ReportInputs, claims: List[Claim]) -> str:
     """``HEADLINE.md``: the claims table and the two figures, for the README (links relative
     to ``inputs.headline_dir``)."""
@@ -333,11 +359,18 @@ def _write_headline(inputs: ReportInputs, claims: List[Claim]) -> str:
     lines = [
         f"Measured by `{inputs.command}` (grid `{inputs.grid.name}`); details in "
         f"[REPORT.md]({link('REPORT.md')}).\n",
-        _table(["claim (paper)", "ours", "verdict"],
-               [[f"{c.statement} ({c.paper})", c.ours, verdict(c.holds)] for c in claims]),
+        _table(["claim (paper)", "grid (binary terms per positive)", "ours", "verdict"],
+               [[f"{c.statement} ({c.paper})", f"{c.level} ({terms_text(inputs, c.level)})",
+                 c.ours + (f" Flagged: {'; '.join(c.flags)}" if c.flags else ""),
+                 verdict(c.holds)] for c in claims]),
         "",
         f"![Figure 1: focal loss against p_t]({link('figure1.png')})",
     ]  # fmt: skip
+    for png, alt in (("sweep_fl_margin.png", "FL minus the best alpha-CE against imbalance"),
+                     ("sweep_noprior_loss.png", "loss of CE without the prior against "
+                      "imbalance")):  # fmt: skip
+        if os.path.isfile(os.path.join(inputs.output_dir, png)):
+            lines.append(f"![{alt}]({link(png)})")
     if os.path.isfile(os.path.join(inputs.output_dir, "figure4_loss_cdf.png")):
         lines.append(f"![Figure 4: loss CDFs of positives and negatives]"
                      f"({link('figure4_loss_cdf.png')})")  # fmt: skip

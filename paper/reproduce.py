@@ -9,14 +9,15 @@ import os
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from .grid import Grid
 from .analyze_loss import analyze_model
+from .grid import Grid
+from .imbalance import ImbalanceStats, imbalance_of_config
 from .loss_analysis import DEFAULT_GAMMAS, write_analysis
 from .report import ReportInputs, write_report
 from .results import RunResult, load_results
 from .runner import GridRunner, LaunchOptions
 
-__all__ = ["figure4_step", "reproduce"]
+__all__ = ["figure4_step", "imbalance_step", "reproduce"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,43 @@ def figure4_step(grid: Grid, results: Dict[str, RunResult], runs_dir: str, outpu
     return analysis
 
 
+def imbalance_step(grid: Grid, output_dir: str, *,
+                   cwd: Optional[str] = None) -> Dict[str, ImbalanceStats]:  # fmt: skip
+    """Measure the imbalance of every level of ``grid`` (:mod:`paper.imbalance`), reusing
+    ``<output_dir>/imbalance.json`` for levels whose measured run has the same fingerprint.
+    A level whose dataset cannot be loaded is left out (logged)."""
+    path = os.path.join(output_dir, "imbalance.json")
+    stored: Dict[str, Any] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+    out: Dict[str, ImbalanceStats] = {}
+    for level in grid.levels:
+        spec = grid.run(level.measure_run)
+        entry = stored.get(level.key)
+        if entry and entry.get("fingerprint") == spec.fingerprint():
+            out[level.key] = ImbalanceStats.from_json(entry["stats"])
+            continue
+        config_file = spec.config_file
+        if cwd and not os.path.isabs(config_file):
+            config_file = os.path.join(cwd, config_file)
+        start = time.time()
+        try:
+            stats = imbalance_of_config(config_file, spec.opts)
+        except Exception as e:  # noqa: BLE001  (the report says "not measured")
+            logger.warning(f"imbalance of {level.key!r} not measured: {type(e).__name__}: {e}")
+            continue
+        logger.info(f"imbalance of {level.key}: {stats.terms_per_positive:,.0f} binary terms "
+                    f"per positive ({time.time() - start:.0f} s)")  # fmt: skip
+        out[level.key] = stats
+        stored[level.key] = {"fingerprint": spec.fingerprint(), "stats": stats.to_json()}
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(stored, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return out
+
+
 def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int = 1,
               report_only: bool = False, only: Optional[Sequence[str]] = None,
               loss_num_images: int = 200, command: str = "make paper",
@@ -94,6 +132,8 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
 
             for name in grid.datasets:
                 ensure_dataset_files(name)
+            if grid.prepare_data is not None:
+                grid.prepare_data()
         runner = GridRunner(grid, runs_dir, launch, jobs=jobs, only=only)
         results = runner.run()
         failures = dict(runner.failures)
@@ -109,6 +149,12 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
     except Exception as e:  # noqa: BLE001  (the report is still written, saying why)
         logger.exception("Figure 4 failed")
         failures["figure4"] = f"loss analysis failed: {type(e).__name__}: {e}"
+    imbalance: Dict[str, ImbalanceStats] = {}
+    try:
+        imbalance = imbalance_step(grid, output_dir, cwd=launch.cwd)
+    except Exception as e:  # noqa: BLE001  (the report is still written, saying why)
+        logger.exception("imbalance measurement failed")
+        failures["imbalance"] = f"imbalance measurement failed: {type(e).__name__}: {e}"
     png = os.path.join(output_dir, "figure4", "loss_cdf.png")
     report = write_report(
         ReportInputs(
@@ -122,6 +168,7 @@ def reproduce(grid: Grid, output_dir: str, launch: LaunchOptions, *, jobs: int =
             command=command,
             elapsed_seconds=None if report_only else time.time() - start,
             headline_dir=headline_dir,
+            imbalance=imbalance,
         )
     )
     logger.info(f"Report written to {report}")

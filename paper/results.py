@@ -61,6 +61,11 @@ class RunResult:
         error: for a diverged run, what stopped it.
         no_detections: the evaluation had no detection above the score threshold; COCO
             evaluation then gives NaN, which is stored here as AP 0 (COCO AP with recall 0).
+        evaluations: ``[iteration, AP]`` per evaluation during training (the final one last);
+            AP NaN when COCO gave none (no detection).
+        raw_first_loss: total loss of the first iteration itself (not a median).
+        raw_max_loss, raw_max_loss_iter: the largest finite per-iteration total loss, and its
+            iteration.
     """
 
     name: str
@@ -80,6 +85,17 @@ class RunResult:
     loss_history: List[List[float]] = field(default_factory=list)
     error: str = ""
     no_detections: bool = False
+    evaluations: List[List[float]] = field(default_factory=list)
+    raw_first_loss: float = math.nan
+    raw_max_loss: float = math.nan
+    raw_max_loss_iter: Optional[int] = None
+
+    def ap_at(self, iteration: int) -> float:
+        """AP of the evaluation after ``iteration`` iterations; NaN when there was none."""
+        for it, ap in self.evaluations:
+            if int(it) == iteration:
+                return ap
+        return math.nan
 
     @property
     def first_loss(self) -> float:
@@ -182,6 +198,15 @@ def result_from_outputs(spec: RunSpec, run_dir: str, *, returncode: int,
     result.s_per_iter = _number(data["s_per_iter"])
     result.inference_ms = 1000.0 * _number(data["inference_s_per_image"])
     result.loss_history = _loss_history(data)
+    extremes = data.get("loss_extremes") or {}
+    if "first" in extremes:
+        result.raw_first_loss = _number(extremes["first"].get("total_loss"))
+    if "largest" in extremes:
+        result.raw_max_loss = _number(extremes["largest"].get("total_loss"))
+        result.raw_max_loss_iter = int(extremes["largest"]["iteration"])
+    evaluations = data.get("evaluations") or {}
+    result.evaluations = [[int(it), _number(ap)] for it, ap in
+                          zip(evaluations.get("iteration", []), evaluations.get("AP", []))]
     losses = [h[1] for h in result.loss_history]
     if losses:
         finite = [v for v in losses if math.isfinite(v)]

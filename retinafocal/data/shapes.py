@@ -38,6 +38,8 @@ __all__ = [
     "ShapesSpec",
     "DEFAULT_SPLITS",
     "draw_shapes_image",
+    "shape_outline",
+    "textured_background",
     "generate_shapes_split",
     "ensure_shapes_split",
     "shapes_json_path",
@@ -110,7 +112,7 @@ DEFAULT_SPLITS: Dict[str, Tuple[int, ShapesSpec]] = {
 }
 
 
-def _textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
+def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A (size, size, 3) float32 image in [0, 255]: a dim random tint, low-frequency blotches,
     a few faint lines and pixel noise, so that background anchors are not trivially flat."""
     tint = rng.uniform(20, 110, size=3).astype(np.float32)
@@ -130,7 +132,7 @@ def _textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
-def _shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, float]]:
+def shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, float]]:
     """Polygon vertices of a shape whose pixels fill exactly columns ``[x0, x0 + side)`` and rows
     ``[y0, y0 + side)``. PIL fills pixel centres, so the far edge is at ``x0 + side - 1``."""
     x1, y1 = x0 + side - 1, y0 + side - 1
@@ -173,7 +175,7 @@ def draw_shapes_image(
             the drawn pixels of the object.
     """
     size = spec.image_size
-    canvas = Image.fromarray(_textured_background(rng, size).astype(np.uint8))
+    canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     wanted = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     placed = np.zeros((0, 4), dtype=np.float32)
@@ -196,7 +198,7 @@ def draw_shapes_image(
         if kind == "circle":
             draw.ellipse([x0, y0, x0 + side - 1, y0 + side - 1], fill=fill)
         else:
-            draw.polygon(_shape_outline(kind, x0, y0, side), fill=fill)
+            draw.polygon(shape_outline(kind, x0, y0, side), fill=fill)
         placed = np.concatenate([placed, box[None]])
         objects.append((cls, [float(x0), float(y0), float(side), float(side)]))
     return np.asarray(canvas), objects

@@ -11,7 +11,7 @@ logs its own) and the detection count. Schema (version :data:`SCHEMA_VERSION`; a
 cannot be computed, or is NaN, is ``null``)::
 
     {
-      "schema": 1,
+      "schema": 2,
       "status": "completed" | "non_finite_loss" | "non_finite_weights",
       "eval_only": bool,
       "iterations": int,             # iterations done (the trainer's iteration); 0: eval only
@@ -30,12 +30,23 @@ cannot be computed, or is NaN, is ``null``)::
         "total_loss": [float, ...],  # (detectron2's smoothing in metrics.json); this process's
         "loss_cls": [...], ...       # iterations only (a resumed run starts at its checkpoint);
       },                             # {} when no iteration ran (--eval-only)
+      "loss_extremes": {             # single iterations, not medians: what a loss started at
+        "first": {"iteration": int, "total_loss": float|null, "loss_cls": ..., ...},
+        "largest": {...}             # and the iteration of the largest finite total_loss
+      },                             # {} when no iteration ran
+      "evaluations": {               # every bbox evaluation during training (TEST.EVAL_PERIOD
+        "iteration": [int, ...],     # and the final one), on the first test set; "iteration"
+        "AP": [float|null, ...],     # counts the iterations done before it
+        "AP50": [...], "AP75": [...]
+      },                             # {} when there was none (and for --eval-only)
       "non_finite": null | {         # status "non_finite_*": the error's fields: iteration,
         "iteration": int,            # the non-finite loss terms (NonFiniteLossError) or the
         "terms": [str, ...],         # first non-finite tensors (NonFiniteWeightsError), and the
         "checkpoint": str|null       # last checkpoint (all finite)
       }
     }
+
+Schema 2 added ``loss_extremes`` and ``evaluations`` to schema 1.
 """
 from __future__ import annotations
 
@@ -64,7 +75,7 @@ __all__ = [
 ]
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Iterations per point of ``loss_history``: detectron2's default logging period and window.
 LOSS_WINDOW = 20
 
@@ -120,6 +131,55 @@ def _loss_history(storage: Any) -> Dict[str, List[Optional[float]]]:
     return out
 
 
+def _loss_extremes(storage: Any) -> Dict[str, Dict[str, Any]]:
+    """``loss_extremes`` of the schema: the losses of the first iteration and of the iteration
+    with the largest finite total loss, from the ``EventStorage``'s per-iteration values."""
+    histories = storage.histories()
+    if "total_loss" not in histories:
+        return {}
+    names = sorted(n for n in histories if n == "total_loss" or n.startswith("loss_"))
+    values = {n: {int(it): v for v, it in histories[n].values()} for n in names}
+    totals = values["total_loss"]
+    if not totals:
+        return {}
+    finite = [it for it, v in totals.items() if math.isfinite(v)]
+
+    def at(iteration: int) -> Dict[str, Any]:
+        point: Dict[str, Any] = {"iteration": iteration}
+        point.update({n: _finite_or_none(values[n].get(iteration)) for n in names})
+        return point
+
+    out = {"first": at(min(totals))}
+    if finite:
+        out["largest"] = at(max(finite, key=lambda it: totals[it]))
+    return out
+
+
+def _evaluation_history(storage: Any, max_iter: int) -> Dict[str, List[Any]]:
+    """``evaluations`` of the schema: detectron2's ``EvalHook`` puts every evaluation's
+    flattened metrics into the storage ("bbox/AP"; "<dataset>/bbox/AP" with several test sets,
+    the first set's first)."""
+    histories = storage.histories()
+    keys = [k for k in histories if k == "bbox/AP" or k.endswith("/bbox/AP")]
+    if not keys:
+        return {}
+    prefix = keys[0][: -len("AP")]
+
+    def done(iteration: int) -> int:
+        # A periodic evaluation runs after the step of iteration i, at storage iteration i
+        # (i + 1 done, fewer than max_iter); the final one after training, at storage
+        # iteration max_iter (detectron2's after_train sets it so).
+        return min(int(iteration) + 1, max_iter)
+
+    out: Dict[str, List[Any]] = {"iteration": sorted({done(it) for _, it in
+                                                      histories[keys[0]].values()})}  # fmt: skip
+    for metric in ("AP", "AP50", "AP75"):
+        pairs = histories[prefix + metric].values() if prefix + metric in histories else []
+        by_iter = {done(it): v for v, it in pairs}
+        out[metric] = [_finite_or_none(by_iter.get(it)) for it in out["iteration"]]
+    return out
+
+
 def training_results(
     trainer: Any, evaluation: Optional[Mapping], error: Optional[NonFiniteError] = None
 ) -> Dict[str, Any]:
@@ -154,6 +214,8 @@ def training_results(
         "s_per_iter": _finite_or_none(sum(times) / len(times)) if times else None,
         **_evaluation_fields(evaluation),
         "loss_history": _loss_history(trainer.storage),
+        "loss_extremes": _loss_extremes(trainer.storage),
+        "evaluations": _evaluation_history(trainer.storage, int(trainer.max_iter)),
         "non_finite": non_finite,
     }
 
@@ -170,6 +232,8 @@ def evaluation_results(evaluation: Optional[Mapping]) -> Dict[str, Any]:
         "s_per_iter": None,
         **_evaluation_fields(evaluation),
         "loss_history": {},
+        "loss_extremes": {},
+        "evaluations": {},
         "non_finite": None,
     }
 

@@ -35,10 +35,10 @@ class TestDrawShapesImage(unittest.TestCase):
     def test_boxes_enclose_exactly_the_drawn_pixels(self):
         # On a black background every non-black pixel belongs to an object: each box must touch
         # its object on all four sides, and no object pixel may lie outside every box.
-        self.assertTrue(hasattr(shapes, "_textured_background"))
+        self.assertTrue(hasattr(shapes, "textured_background"))
         spec = ShapesSpec(image_size=96, max_overlap=0.0, min_object_size=6, max_object_size=30)
         seen_classes = set()
-        with mock.patch.object(shapes, "_textured_background", _black_background):
+        with mock.patch.object(shapes, "textured_background", _black_background):
             for seed in range(40):
                 image, objects = draw_shapes_image(spec, np.random.default_rng(seed))
                 drawn = image.sum(axis=-1) > 0

@@ -18,7 +18,8 @@ from .common import CONFIG_DIR, lazy_tiny_overrides, run_train_net, tiny_shapes,
 
 SCHEMA_KEYS = {
     "schema", "status", "eval_only", "iterations", "max_iter", "train_seconds", "s_per_iter",
-    "bbox", "inference_s_per_image", "no_detections", "loss_history", "non_finite",
+    "bbox", "inference_s_per_image", "no_detections", "loss_history", "loss_extremes",
+    "evaluations", "non_finite",
 }  # fmt: skip
 
 
@@ -40,7 +41,7 @@ class TestTrainNetWritesResults(unittest.TestCase):
     def check_training(self, out, returned, iters):
         written = _read(out)
         self.assertEqual(set(written), SCHEMA_KEYS)
-        self.assertEqual((written["schema"], written["status"]), (1, "completed"))
+        self.assertEqual((written["schema"], written["status"]), (2, "completed"))
         self.assertEqual((written["iterations"], written["max_iter"]), (iters, iters))
         self.assertFalse(written["eval_only"])
         self.assertIsNone(written["non_finite"])
@@ -60,6 +61,17 @@ class TestTrainNetWritesResults(unittest.TestCase):
         self.assertEqual(history["iteration"], [iters - 1])
         self.assertTrue({"total_loss", "loss_cls", "loss_box_reg"} <= set(history))
         self.assertGreater(history["total_loss"][0], 0)
+        # The first iteration's own losses, and the largest: at least the median of all.
+        extremes = written["loss_extremes"]
+        self.assertEqual(extremes["first"]["iteration"], 0)
+        self.assertGreaterEqual(extremes["largest"]["total_loss"], history["total_loss"][0])
+        self.assertGreaterEqual(extremes["largest"]["total_loss"],
+                                extremes["first"]["total_loss"])  # fmt: skip
+        # The final evaluation is in the history, at the last iteration, with the final AP.
+        evaluations = written["evaluations"]
+        self.assertEqual(evaluations["iteration"][-1], iters)
+        final_ap = returned["bbox"]["AP"]
+        self.assertEqual(evaluations["AP"][-1], None if math.isnan(final_ap) else final_ap)
         return written
 
     def test_yacs_training_then_eval_only(self):
@@ -68,8 +80,11 @@ class TestTrainNetWritesResults(unittest.TestCase):
         # Keep every detection of the barely trained model, so that AP is a number.
         opts = yacs_tiny_overrides(self.data, out, iters=4) + [
             "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]  # fmt: skip
-        trained = run_train_net(["--config-file", config, *opts])
-        self.check_training(out, trained, iters=4)
+        # Also an evaluation after 3 of the 4 iterations (detectron2's periodic EvalHook).
+        trained = run_train_net(["--config-file", config, *opts, "TEST.EVAL_PERIOD", "3"])
+        written = self.check_training(out, trained, iters=4)
+        self.assertEqual(written["evaluations"]["iteration"], [3, 4])
+        self.assertIsNotNone(written["evaluations"]["AP"][0])
 
         eval_dir = os.path.join(self._tmp, "yacs_eval")
         weights = ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", eval_dir]
@@ -81,6 +96,7 @@ class TestTrainNetWritesResults(unittest.TestCase):
         self.assertIsNone(written["s_per_iter"])
         self.assertEqual(written["bbox"]["AP"], evaluated["bbox"]["AP"])
         self.assertEqual(written["bbox"]["AP"], trained["bbox"]["AP"])
+        self.assertEqual((written["loss_extremes"], written["evaluations"]), ({}, {}))
 
         # A threshold no score reaches: no detection, AP 0 with a note (pycocotools gives NaN),
         # flagged.
@@ -148,6 +164,27 @@ class TestTrainingResults(unittest.TestCase):
         # The window with the NaN has no finite median: null.
         self.assertEqual(history["loss_cls"][:2], [19.0, 59.0])
         self.assertIsNone(history["loss_cls"][2])
+
+    def test_loss_extremes_and_evaluations(self):
+        # total_loss peaks at iteration 3 (an inf at 4 is not finite, so not the largest);
+        # evaluations after iteration 5 (periodic) and after training (storage iteration 10).
+        total = [(v, i) for i, v in enumerate([4.0, 6.0, 2.0, 9.0, float("inf"), 1.0])]
+        cls_ = [(v / 2, i) for v, i in total]
+        evals = {"bbox/AP": [(12.5, 5), (float("nan"), 10)], "bbox/AP50": [(30.0, 5), (40.0, 10)]}
+        trainer = mock.Mock(iter=10, max_iter=10)
+        trainer.storage = _Storage({"total_loss": _History(total), "loss_cls": _History(cls_),
+                                    **{k: _History(v) for k, v in evals.items()}})
+        out = results.training_results(trainer, OrderedDict())
+        self.assertEqual(out["loss_extremes"], {
+            "first": {"iteration": 0, "total_loss": 4.0, "loss_cls": 2.0},
+            "largest": {"iteration": 3, "total_loss": 9.0, "loss_cls": 4.5},
+        })  # fmt: skip
+        self.assertEqual(out["evaluations"], {"iteration": [6, 10], "AP": [12.5, None],
+                                              "AP50": [30.0, 40.0], "AP75": [None, None]})
+        # With several test sets, the first set's metrics.
+        trainer.storage = _Storage({
+            "val_a/bbox/AP": _History([(1.0, 10)]), "val_b/bbox/AP": _History([(2.0, 10)])})
+        self.assertEqual(results.training_results(trainer, None)["evaluations"]["AP"], [1.0])
 
     def test_several_test_sets_report_the_first(self):
         evaluation = OrderedDict([

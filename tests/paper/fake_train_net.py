@@ -31,7 +31,7 @@ def parse(argv):
 def results(*, status="completed", eval_only=False, bbox=None, no_detections=False,
             losses=(), non_finite=None):  # fmt: skip
     return {
-        "schema": 1,
+        "schema": 2,
         "status": status,
         "eval_only": eval_only,
         "iterations": 0 if eval_only else 60,
@@ -46,8 +46,18 @@ def results(*, status="completed", eval_only=False, bbox=None, no_detections=Fal
             "total_loss": list(losses),
             "loss_cls": [None if v is None else v / 2 for v in losses],
         },
+        "loss_extremes": {} if eval_only else {
+            "first": {"iteration": 0, "total_loss": 2.5, "loss_cls": 2.0},
+            "largest": {"iteration": 0, "total_loss": 2.5, "loss_cls": 2.0},
+        },
+        # A training run's evaluations: after 45 of its 60 iterations (2 AP less), and the end.
+        "evaluations": {} if eval_only or bbox is None else {
+            "iteration": [45, 60],
+            "AP": [None if bbox.get("AP") is None else bbox["AP"] - 2, bbox.get("AP")],
+            "AP50": [None, None], "AP75": [None, None],
+        },
         "non_finite": non_finite,
-    }
+    }  # fmt: skip
 
 
 def main(argv):

@@ -5,7 +5,8 @@ import unittest
 import retinafocal  # noqa: F401  (compat first)
 from detectron2.config import get_cfg
 
-from paper.grid import SECTIONS, Grid, Row, RunSpec, anchor_sizes, run_name
+from paper.grid import SECTIONS, Grid, Level, Row, RunSpec, anchor_sizes, run_name
+from paper.sweep import CE_ALPHAS, EXTRA_GAMMAS, FL_ALPHAS, SWEEP_MAX_ITER
 from paper.table1 import build_grid
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
@@ -73,7 +74,7 @@ class TestShapesGrid(unittest.TestCase):
         fl = self.grid.loss_analysis_run
         self.assertEqual(fl, "fl_g2_a0p25")
         sections = {row.section for row in self.grid.rows if row.run == fl}
-        self.assertEqual(sections, set(SECTIONS) - {"1a"})  # 1a is CE only
+        self.assertEqual(sections, set(SECTIONS) - {"1a", "sweep"})  # 1a is CE only
 
     def test_subsets_and_paper_rows(self):
         alphas = [r.params["alpha"] for r in self.grid.rows_of("1a")]
@@ -83,7 +84,10 @@ class TestShapesGrid(unittest.TestCase):
         gammas = {r.params["gamma"] for r in self.grid.rows_of("1b")}
         self.assertEqual(gammas, {0.0, 0.5, 1.0, 2.0, 5.0})
         anchors = {(r.params["scales"], r.params["ratios"]) for r in self.grid.rows_of("1c")}
-        self.assertEqual(anchors, {(1, 1), (2, 3), (3, 3)})
+        self.assertEqual(anchors, {(1, 1), (3, 3)})
+        # The rows cut for the sweep's time say so, and are in shapes-full.
+        self.assertIn("cut to make room for the imbalance sweep", self.grid.notes["1c"])
+        self.assertEqual(len(self.grid.rows_of("1d")), 4)
         sizes = [r.params["size"] for r in self.grid.rows_of("1e")]
         self.assertEqual(sizes, [64, 80, 96, 112, 128])
 
@@ -121,7 +125,13 @@ class TestShapesGrid(unittest.TestCase):
             with self.subTest(run=spec.name):
                 cfg = _merged(spec)
                 self.assertEqual(cfg.MODEL.META_ARCHITECTURE, "FocalRetinaNet")
-                self.assertEqual(cfg.SOLVER.MAX_ITER, 40)
+                sweep = spec.name.split("_")[0] in ("s5", "s20", "s80")
+                max_iter = SWEEP_MAX_ITER if sweep else 40
+                self.assertEqual(cfg.SOLVER.MAX_ITER, max_iter)
+                self.assertEqual(spec.max_iter, 0 if spec.eval_only else max_iter)
+                # Every training run is also evaluated after 75% of its iterations.
+                if not spec.eval_only:
+                    self.assertEqual(cfg.TEST.EVAL_PERIOD, round(0.75 * max_iter))
                 self.assertEqual(cfg.SEED, 0)
         cfg = _merged(self.grid.run("ce_a0p5_noprior"))
         self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, 0.5)
@@ -133,12 +143,66 @@ class TestShapesGrid(unittest.TestCase):
         cfg = _merged(self.grid.run("fl_anchors_s1_r1"))
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.SIZES, [[12.0], [24.0], [48.0]])
         self.assertEqual(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, [[1.0]])
-        cfg = _merged(self.grid.run("ohem_b512_r3_n0p5"))
-        self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE, 512)
+        cfg = _merged(self.grid.run("ohem_b128_r3_n0p5"))
+        self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE, 128)
         self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO, 3.0)
         test64 = self.grid.run("fl_g2_a0p25_test64")
         self.assertEqual(test64.eval_of, "fl_g2_a0p25")
         self.assertEqual(_merged(test64).INPUT.MIN_SIZE_TEST, 64)
+
+
+class TestSweep(unittest.TestCase):
+    def setUp(self):
+        self.grid = build_grid("shapes", max_iter=40, sweep_max_iter=60)
+
+    def test_levels_and_their_runs(self):
+        self.assertEqual([(lvl.key, lvl.sections) for lvl in self.grid.levels], [
+            ("shapes", ("init", "1a", "1b")), ("sparse-5", ("sweep",)),
+            ("sparse-20", ("sweep",)), ("sparse-80", ("sweep",))])  # fmt: skip
+        self.assertEqual(self.grid.levels[0].measure_run, "fl_g2_a0p25")
+        for level, k in zip(self.grid.levels[1:], (5, 20, 80)):
+            rows = [r for r in self.grid.rows_of("sweep") if r.params["level"] == level.key]
+            losses = sorted((r.params["loss"], r.params["alpha"], r.params["gamma"],
+                             r.params["prior"]) for r in rows)  # fmt: skip
+            expected = [("CE", 0.5, 0.0, 0.01), ("CE", 0.5, 0.0, 0.5)]
+            expected += [("CE", a, 0.0, 0.01) for a in CE_ALPHAS if a != 0.5]
+            expected += [("FL", a, 2.0, 0.01) for a in FL_ALPHAS]
+            # gamma .5 and 1 only in shapes-full (below)
+            self.assertEqual(losses, sorted(expected))
+            for row in rows:
+                cfg = _merged(self.grid.run(row.run))
+                self.assertEqual(cfg.MODEL.RETINANET.NUM_CLASSES, k)
+                self.assertEqual(cfg.DATASETS.TRAIN, (f"shapes_sparse{k}_train",))
+                self.assertEqual(cfg.DATASETS.TEST, (f"shapes_sparse{k}_val",))
+                self.assertEqual([e[0] for e in cfg.DATASETS.COCO_JSON],
+                                 [f"shapes_sparse{k}_train", f"shapes_sparse{k}_val"])
+                self.assertTrue(cfg.DATASETS.COCO_JSON[0][1].endswith(f"train_{k}c.json"))
+                self.assertEqual((cfg.SOLVER.MAX_ITER, cfg.TEST.EVAL_PERIOD), (60, 45))
+                self.assertEqual(cfg.MODEL.RETINANET.PRIOR_PROB, row.params["prior"])
+                self.assertEqual(cfg.MODEL.RETINAFOCAL.LOSS.NAME,
+                                 "FocalLoss" if row.params["loss"] == "FL" else "BalancedCELoss")
+                self.assertEqual(cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, row.params["alpha"])
+        self.assertIsNotNone(self.grid.prepare_data)
+        self.assertIn("fixed before the runs", self.grid.sweep_schedule)
+        full = build_grid("shapes-full", max_iter=40, sweep_max_iter=60)
+        extra = sorted((r.params["gamma"], r.params["alpha"]) for r in full.rows_of("sweep")
+                       if r.params["level"] == "sparse-80" and r.params["gamma"] not in (0, 2))
+        self.assertEqual(extra, sorted((g, a) for g, a in EXTRA_GAMMAS.items()))
+        self.assertIn("gamma 0.5 (alpha 0.5)", full.sweep_schedule)
+
+    def test_no_sweep(self):
+        grid = build_grid("shapes", max_iter=40, sweep_max_iter=0)
+        self.assertEqual([lvl.key for lvl in grid.levels], ["shapes"])
+        self.assertFalse(grid.rows_of("sweep"))
+        self.assertIsNone(grid.prepare_data)
+
+    def test_invalid_levels(self):
+        run = RunSpec("a", "c.yaml")
+        with self.assertRaisesRegex(ValueError, "measures 'b', which is not a training run"):
+            Grid("g", [run], [], levels=[Level("x", "x", measure_run="b")])
+        with self.assertRaisesRegex(ValueError, "names level 'y'"):
+            Grid("g", [run], [Row("sweep", "a", "r", {"level": "y"})],
+                 levels=[Level("x", "x", measure_run="a")])  # fmt: skip
 
 
 class TestCocoGrid(unittest.TestCase):

@@ -9,6 +9,7 @@ import unittest
 
 import retinafocal  # noqa: F401  (compat first)
 from paper.claims import CLEAR_MARGIN_AP, ReportInputs, evaluate_claims, kendall_tau
+from paper.imbalance import ImbalanceStats
 from paper.report import write_report
 from paper.reproduce import reproduce
 from paper.results import RunResult, load_results
@@ -29,14 +30,19 @@ def _analysis(neg_fraction_by_gamma):
     }  # fmt: skip
 
 
-def _fake_results(grid, ap_of, diverged=()):
+def _fake_results(grid, ap_of, diverged=(), mid_ap_of=None):
+    """Results of every run of ``grid``: AP ``ap_of(name)`` at the end, ``mid_ap_of(name)``
+    (default: the same) after 75% of the iterations."""
     results = {}
     for spec in grid.runs:
         ap = ap_of(spec.name)
+        mid = ap if mid_ap_of is None else mid_ap_of(spec.name)
         r = RunResult(name=spec.name, fingerprint=spec.fingerprint(), ap=ap, ap50=ap + 15,
                       ap75=ap - 2, max_iter=spec.max_iter, iterations=spec.max_iter,
                       s_per_iter=0.5, wall_seconds=150.0, inference_ms=20.0,
-                      loss_history=[[19, 3.0, 2.0], [39, 1.0, 0.6]])  # fmt: skip
+                      loss_history=[[19, 3.0, 2.0], [39, 1.0, 0.6]],
+                      evaluations=[[round(0.75 * spec.max_iter), mid], [spec.max_iter, ap]],
+                      raw_first_loss=5.0, raw_max_loss=6.0, raw_max_loss_iter=3)  # fmt: skip
         if spec.name in diverged:
             r.diverged, r.nan_iter, r.ap = True, 12, math.nan
         if spec.eval_of:
@@ -59,7 +65,7 @@ class TestKendallTau(unittest.TestCase):
 class TestReportOnFakeResults(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="rf_report_")
-        self.grid = build_grid("shapes", max_iter=100)
+        self.grid = build_grid("shapes", max_iter=100, sweep_max_iter=0)
 
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -143,13 +149,13 @@ class TestReportOnFakeResults(unittest.TestCase):
         self.assertIn("-5.0 AP", claims["anchors"].ours)
         text = open(write_report(inputs)).read()
         self.assertIn("**not reproduced**", text)
-        self.assertIn("first logged loss 3.000, largest 3.000", text)
+        self.assertIn("first loss 5, largest 6, single iterations", text)
 
     def test_diverged_and_missing_runs(self):
         results = _fake_results(self.grid, lambda n: 10.0, diverged=("ce_a0p5_noprior",))
-        del results["ohem_b512_r3_n0p5"]
+        del results["ohem_b512_r0_n0p5"]
         inputs = self._inputs(results, None)
-        inputs.failures["ohem_b512_r3_n0p5"] = "exit code 1: boom"
+        inputs.failures["ohem_b512_r0_n0p5"] = "exit code 1: boom"
         claims = {c.key: c for c in evaluate_claims(inputs)}
         self.assertIs(claims["init"].holds, True)
         self.assertIn("diverged", claims["init"].ours)
@@ -158,6 +164,86 @@ class TestReportOnFakeResults(unittest.TestCase):
         self.assertIn("**diverged** (non-finite loss at iter 12)", text)
         self.assertIn("no result: exit code 1: boom", text)
         self.assertIn("Not computed", text)
+
+
+class TestSweepReport(unittest.TestCase):
+    """The central claims on every level, the convergence rule, the imbalance table and the
+    sweep figures, on fake results."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="rf_sweep_report_")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.grid = build_grid("shapes", max_iter=100, sweep_max_iter=80)
+        terms = {"shapes": (5, 65000), "sparse-5": (5, 21000), "sparse-20": (20, 21000),
+                 "sparse-80": (80, 21000)}  # fmt: skip
+        self.imbalance = {
+            key: ImbalanceStats(f"{key}_train", 2000, k, 2000 * 3024, positives, 2000 * 17,
+                                4000) for key, (k, positives) in terms.items()
+        }  # fmt: skip
+
+    def test_verdicts_per_level_and_flags(self):
+        self.assertEqual([lvl.key for lvl in self.grid.levels],
+                         ["shapes", "sparse-5", "sparse-20", "sparse-80"])  # fmt: skip
+
+        def ap(name):
+            table = {"s80_ce_a0p5_noprior": 0.3, "s80_ce_a0p5": 10.0, "s80_ce_a0p75": 12.0,
+                     "s80_fl_g2_a0p25": 15.0, "s80_fl_g2_a0p5": 14.0,
+                     "s5_fl_g2_a0p25": 10.0, "s5_fl_g2_a0p5": 9.0, "s5_ce_a0p75": 12.0}
+            return table.get(name, 11.0)  # fmt: skip
+
+        def mid_ap(name):
+            return 5.0 if name == "s20_fl_g2_a0p25" else ap(name)  # 5 -> 11: not converged
+
+        results = _fake_results(self.grid, ap, mid_ap_of=mid_ap)
+        results["s80_ce_a0p5_noprior"].raw_first_loss = 7800.0
+        inputs = ReportInputs(grid=self.grid, results=results, output_dir=self.tmp,
+                              runs_dir=os.path.join(self.tmp, "runs"), loss_analysis=None,
+                              imbalance=self.imbalance)  # fmt: skip
+        claims = {(c.key, c.level): c for c in evaluate_claims(inputs)}
+        for level in ("shapes", "sparse-5", "sparse-20", "sparse-80"):
+            self.assertIn(("init", level), claims)
+            self.assertIn(("fl_vs_ce", level), claims)
+        self.assertIs(claims[("init", "sparse-80")].holds, True)
+        self.assertIs(claims[("fl_vs_ce", "sparse-80")].holds, True)
+        self.assertIn("+3.0 AP", claims[("fl_vs_ce", "sparse-80")].ours)  # 15 - 12
+        self.assertIs(claims[("fl_vs_ce", "sparse-5")].holds, False)
+        self.assertIn("-2.0 AP", claims[("fl_vs_ce", "sparse-5")].ours)  # 10 - 12
+        self.assertIs(claims[("init", "sparse-5")].holds, False)  # no-prior CE trains (11 AP)
+        self.assertEqual(claims[("fl_vs_ce", "sparse-80")].flags, [])
+        # The FL run of sparse-20 gained 6 AP in its last quarter: the verdicts that use it say
+        # so (the best FL there is alpha .25, 11.0, tied with .5: the first is taken).
+        flags = claims[("init", "sparse-20")].flags
+        self.assertEqual(len(flags), 1)
+        self.assertIn("s20_fl_g2_a0p25", flags[0])
+        self.assertIn("5.0 -> 11.0", flags[0])
+
+        text = open(write_report(inputs)).read()
+        self.assertIn("binary terms per positive", text)
+        # (3024 anchors - 17 ignored) x 80 classes / 10.5 positives = 22,910 terms.
+        self.assertIn("| sparse-80 | `sparse-80_train` | 2,000 | 3,024 | 80 | 2.00 | 10.50 | "
+                      "17.0 | **22,910** |", text)  # fmt: skip
+        self.assertIn("first loss 7800, largest 6, single iterations", text)
+        self.assertIn("within 1 AP of its AP after 75% of its iterations", text)
+        self.assertIn("**no** (5.0 -> 11.0)", text)
+        self.assertIn("7800 / 6", text)  # first / largest single-iteration loss
+        for png in ("sweep_fl_margin.png", "sweep_noprior_loss.png"):
+            self.assertTrue(os.path.isfile(os.path.join(self.tmp, png)), png)
+            self.assertIn(f"]({png})", text)
+        headline = open(os.path.join(self.tmp, "HEADLINE.md")).read()
+        self.assertIn("sparse-80 (22,910)", headline)
+        self.assertIn("sweep_fl_margin.png", headline)
+
+    def test_runs_without_a_75_percent_evaluation_are_not_checked(self):
+        results = _fake_results(self.grid, lambda n: 11.0)
+        for r in results.values():
+            r.evaluations = [[r.max_iter, r.ap]]
+        inputs = ReportInputs(grid=self.grid, results=results, output_dir=self.tmp,
+                              runs_dir=os.path.join(self.tmp, "runs"))  # fmt: skip
+        claims = evaluate_claims(inputs)
+        self.assertTrue(all("not checked (no evaluation at 75%)" in " ".join(c.flags)
+                            for c in claims if c.key == "fl_vs_ce"))  # fmt: skip
+        text = open(write_report(inputs)).read()
+        self.assertIn("| sparse-80 | not measured |", text)
 
 
 class TestReportEndToEnd(unittest.TestCase):

@@ -62,6 +62,12 @@ class TestRunner(unittest.TestCase):
         self.assertEqual(a.iterations, 60)
         self.assertEqual(a.loss_history, [[19, 2.0, 1.0], [39, 1.0, 0.5], [59, 0.8, 0.4]])
         self.assertFalse(a.diverged)
+        # Every evaluation (after 45 of 60 iterations, and the final one), and the losses of
+        # single iterations.
+        self.assertEqual(a.evaluations, [[45, 10.5], [60, 12.5]])
+        self.assertEqual((a.ap_at(45), a.ap_at(60)), (10.5, 12.5))
+        self.assertTrue(math.isnan(a.ap_at(30)))
+        self.assertEqual((a.raw_first_loss, a.raw_max_loss, a.raw_max_loss_iter), (2.5, 2.5, 0))
 
         b = results["b"]  # NaN: a result, not a failure
         self.assertTrue(b.diverged)
@@ -160,12 +166,12 @@ class TestReadingResults(unittest.TestCase):
     def test_unusable_files_are_failures_that_say_why(self):
         self.assertEqual(read_train_results(self.dir)[0], None)
         self.assertIn("no results.json", read_train_results(self.dir)[1])
-        self.write('{"schema": 1, "status": "comp')  # torn
+        self.write('{"schema": 2, "status": "comp')  # torn
         result, reason = self.read()
         self.assertIsNone(result)
         self.assertIn("cannot be read as JSON", reason)
-        self.write(json.dumps({"schema": 2, "status": "completed"}))
-        self.assertIn("schema 2; this runner reads schema 1", self.read()[1])
+        self.write(json.dumps({"schema": 1, "status": "completed"}))
+        self.assertIn("schema 1; this runner reads schema 2", self.read()[1])
         # A crash without a results file shows the process's last line, unparsed.
         os.remove(os.path.join(self.dir, "results.json"))
         self.assertEqual(self.read(returncode=1), (None, "exit code 1: KeyError: 'boom'"))
