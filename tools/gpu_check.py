@@ -63,12 +63,11 @@ def train(out_dir: str, name: str, device: str, iters: int, overrides: Sequence[
     """``train_net.py``'s main in launch's worker, one process, output in ``out_dir/name``."""
     sys.path.insert(0, REPO_ROOT)
     import train_net  # imports retinafocal before detectron2, as the script does
-    from detectron2.engine import default_argument_parser
 
     opts = ["MODEL.DEVICE", device, "SOLVER.MAX_ITER", str(iters),
             "OUTPUT_DIR", os.path.join(out_dir, name), *overrides,
             *shlex.split(os.environ.get("GPU_CHECK_TRAIN_OPTS", ""))]  # fmt: skip
-    args = default_argument_parser().parse_args(["--config-file", CONFIG, *opts])
+    args = train_net.argument_parser().parse_args(["--config-file", CONFIG, *opts])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"tcp://127.0.0.1:{s.getsockname()[1]}"

@@ -95,7 +95,19 @@ class TestSkipPolicyMessages(unittest.TestCase):
         with self.assertRaises(UnreadableImageError) as ctx:
             read_image_converted(path, "BGR")
         self.assertTrue(str(ctx.exception).startswith(f"Cannot read image {path}: "))
+        # The mapper adds what to do, never suggesting the policy that is already set.
+        with self.assertRaises(UnreadableImageError) as ctx:
+            mapper("error")(self.bad(7))
+        self.assertTrue(str(ctx.exception).startswith(f"Cannot read image {path}: "))
         self.assertIn("set DATALOADER.ON_UNREADABLE_IMAGE to 'skip'", str(ctx.exception))
+        cfg = get_cfg()
+        add_retinafocal_config(cfg)
+        cfg.DATALOADER.ON_UNREADABLE_IMAGE = "skip"
+        with self.assertRaises(UnreadableImageError) as ctx:
+            RobustDatasetMapper(cfg, is_train=False)(self.bad(7))
+        self.assertIn("DATALOADER.ON_UNREADABLE_IMAGE is 'skip', but an evaluation",
+                      str(ctx.exception))  # fmt: skip
+        self.assertNotIn("to 'skip'", str(ctx.exception))
 
 
 class TestPixelConversions(unittest.TestCase):

@@ -147,7 +147,7 @@ class TestExportScript(unittest.TestCase):
             config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
             out = os.path.join(tmp, "export")
             code = E.main(["--config-file", config, "--output", out, "--size", "64", "80",
-                           "--export-method", "scripting"])
+                           "--export-method", "scripting", "--random-weights"])
             self.assertEqual(code, 0)
             self.assertEqual(sorted(os.listdir(out)), ["export_info.json", "model.ts"])
             with open(os.path.join(out, "export_info.json")) as f:
