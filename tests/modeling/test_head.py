@@ -48,6 +48,32 @@ class TestRetinaFocalHead(unittest.TestCase):
         self.assertEqual([type(m) for m in plain.cls_subnet],
                          [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU])  # fmt: skip
 
+    def test_level_batch_norm_equals_detectron2s_cycle_list(self):
+        """LevelBatchNorm (scriptable) normalises as detectron2's CycleBatchNormList does: call
+        i uses the statistics of level i % length, then the shared affine, in training (batch
+        statistics, running ones updated per level) and in evaluation (running statistics)."""
+        from retinafocal.modeling.head import LevelBatchNorm
+
+        torch.manual_seed(0)
+        for affine in (True, False):
+            ours = LevelBatchNorm(length=3, bn_class=nn.BatchNorm2d, num_features=4, affine=affine)
+            ref = CycleBatchNormList(length=3, bn_class=nn.BatchNorm2d, num_features=4,
+                                     affine=affine)  # fmt: skip
+            if affine:
+                for m in (ours, ref):
+                    m.weight.data = torch.tensor([0.5, 2.0, -1.0, 3.0])
+                    m.bias.data = torch.tensor([1.0, 0.0, -2.0, 0.25])
+            levels = [torch.randn(2, 4, 5, 5) * (i + 1) + i for i in range(3)]
+            for mode in ("train", "eval"):
+                getattr(ours, mode)(), getattr(ref, mode)()
+                for step in range(7):  # more calls than levels: the cycle wraps around
+                    x = levels[step % 3]
+                    with self.subTest(affine=affine, mode=mode, step=step):
+                        torch.testing.assert_close(ours(x), ref(x))
+            for i in range(3):  # per-level running statistics, not shared ones
+                torch.testing.assert_close(ours[i].running_mean, ref[i].running_mean)
+            self.assertFalse(torch.allclose(ours[0].running_mean, ours[2].running_mean))
+
     def test_wrong_number_of_levels_is_named(self):
         with self.assertRaisesRegex(ValueError, "head built for 5 levels, got 2"):
             head()([torch.randn(1, 32, 4, 4)] * 2)

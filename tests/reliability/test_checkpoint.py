@@ -219,6 +219,80 @@ class TestAtomicCheckpointer(unittest.TestCase):
                 self.checkpointer().save("model_0000002", iteration=2)
 
 
+class TestCheckpointMessages(unittest.TestCase):
+    """The exact words of the errors a user reads when saving fails, and the helpers behind them."""
+
+    def test_non_finite_weights_message(self):
+        err = NonFiniteWeightsError("out/model_0000009.pth", 9, ["model.a", "model.b"],
+                                    "out/model_0000004.pth")  # fmt: skip
+        self.assertEqual(str(err), (
+            "Not saving out/model_0000009.pth: the model state became NaN or infinite after "
+            "iteration 9 (model.a, model.b). Training diverged. The last checkpoint is "
+            "out/model_0000004.pth, whose tensors are all finite: resume from it with --resume, "
+            "perhaps with a lower learning rate (SOLVER.BASE_LR) or a longer warm-up "
+            "(SOLVER.WARMUP_ITERS)."
+        ))  # fmt: skip
+        self.assertEqual((err.file, err.iteration, err.tensors, err.checkpoint),
+                         ("out/model_0000009.pth", 9, ["model.a", "model.b"],
+                          "out/model_0000004.pth"))  # fmt: skip
+        first = NonFiniteWeightsError("m.pth", None, ["x"], "")
+        self.assertEqual(str(first), (
+            "Not saving m.pth: the model state became NaN or infinite (x). Training diverged. "
+            "No checkpoint has been written yet: start again, perhaps with a lower learning "
+            "rate (SOLVER.BASE_LR) or a longer warm-up (SOLVER.WARMUP_ITERS)."
+        ))  # fmt: skip
+        self.assertIsInstance(first, FloatingPointError)  # what detectron2's check raises
+
+    def test_out_of_space_follows_causes_and_contexts(self):
+        out_of_space = rf_checkpoint._out_of_space
+        self.assertTrue(out_of_space(OSError(28, "No space left on device")))
+        self.assertTrue(out_of_space(OSError(122, "Disk quota exceeded")))  # EDQUOT (Linux)
+        self.assertFalse(out_of_space(OSError(13, "Permission denied")))
+        self.assertFalse(out_of_space(RuntimeError("unexpected pos 64 vs 0")))
+        self.assertFalse(out_of_space(None))
+        # torch.save raises its own error with the write's OSError as context, or as cause.
+        for link in ("__context__", "__cause__"):
+            outer = RuntimeError("unexpected pos 64 vs 0")
+            setattr(outer, link, ValueError("middle"))
+            setattr(getattr(outer, link), link, OSError(28, "No space left on device"))
+            self.assertTrue(out_of_space(outer), link)
+        # A chain that loops ends (no hang) and says no.
+        a, b = RuntimeError("a"), RuntimeError("b")
+        a.__context__, b.__context__ = b, a
+        self.assertFalse(out_of_space(a))
+
+    def test_free_space_in_megabytes(self):
+        usage = shutil._ntuple_diskusage(10 * 2**20, 7 * 2**20, 3 * 2**20 + 2**19 - 1)
+        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", return_value=usage) as du:
+            self.assertEqual(rf_checkpoint._free_space("/some/dir"), "3 MB free there now")
+        du.assert_called_once_with("/some/dir")
+        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", side_effect=OSError(5, "io")):
+            self.assertEqual(rf_checkpoint._free_space("/x"), "free space unknown")
+
+    def test_pid_alive(self):
+        self.assertTrue(rf_checkpoint._pid_alive(os.getpid()))
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        self.assertFalse(rf_checkpoint._pid_alive(child.pid))
+        with mock.patch.object(rf_checkpoint.os, "kill", side_effect=PermissionError(1, "no")):
+            self.assertTrue(rf_checkpoint._pid_alive(child.pid))  # someone else's process
+        with mock.patch.object(rf_checkpoint.os, "kill", return_value=None):
+            self.assertTrue(rf_checkpoint._pid_alive(child.pid))
+
+    def test_complete_checkpoints_newest_first(self):
+        save_dir = tempfile.mkdtemp(prefix="retinafocal_order_")
+        self.addCleanup(shutil.rmtree, save_dir, ignore_errors=True)
+        ckpt = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), save_dir)
+        # Names in one order, modification times in another: the times decide.
+        for name, mtime in (("model_a.pth", 300), ("model_b.pth", 100), ("model_c.pth", 200)):
+            path = os.path.join(save_dir, name)
+            with open(path, "wb") as f:
+                f.write(b"x")
+            os.utime(path, (mtime, mtime))
+        paths = ckpt._complete_checkpoints_newest_first(os.path.join(save_dir, "model_c.pth"))
+        self.assertEqual([os.path.basename(p) for p in paths], ["model_a.pth", "model_b.pth"])
+
+
 class TestKillDuringSave(unittest.TestCase):
     def test_sigkill_mid_write_then_resume(self):
         save_dir = tempfile.mkdtemp(prefix="retinafocal_kill_")
