@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 import unittest
+from typing import List
 from unittest import mock
 
 import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
@@ -26,6 +27,13 @@ def yacs_cfg() -> CfgNode:
     return cfg
 
 
+def refusal(test: unittest.TestCase, error: type, opts: List[str]) -> Exception:
+    """The ``error`` that merging ``opts`` into a fresh :func:`yacs_cfg` must raise."""
+    with test.assertRaises(error) as ctx:
+        merge_yacs_overrides(yacs_cfg(), opts)
+    return ctx.exception
+
+
 class TestYacsOverrides(unittest.TestCase):
     def test_valid_overrides_match_merge_from_list(self):
         opts = ["SOLVER.BASE_LR", "0.5", "SOLVER.MAX_ITER", "7", "DATASETS.TRAIN", "('a', 'b')",
@@ -38,13 +46,10 @@ class TestYacsOverrides(unittest.TestCase):
         self.assertEqual(ours.SOLVER.MAX_ITER, 7)
 
     def test_unknown_key_suggests_nearest(self):
-        cfg = yacs_cfg()
-        with self.assertRaises(ConfigKeyError) as ctx:
-            merge_yacs_overrides(cfg, ["SOLVER.MAX_ITERS", "10"])
-        message = str(ctx.exception)
-        self.assertIn("'SOLVER.MAX_ITERS'", message)
-        self.assertIn("Did you mean: SOLVER.MAX_ITER", message)
-        self.assertIsInstance(ctx.exception, KeyError)  # what yacs users catch already
+        error = refusal(self, ConfigKeyError, ["SOLVER.MAX_ITERS", "10"])
+        self.assertIn("'SOLVER.MAX_ITERS'", str(error))
+        self.assertIn("Did you mean: SOLVER.MAX_ITER", str(error))
+        self.assertIsInstance(error, KeyError)  # what yacs users catch already
 
     def test_all_problems_reported_at_once_and_nothing_applied(self):
         cfg = yacs_cfg()
@@ -110,19 +115,18 @@ class TestYacsFile(unittest.TestCase):
             f.write(text)
         return path
 
-    def test_unknown_key_in_file(self):
-        path = self.write("SOLVER:\n  BASE_LR: 0.1\n  MAX_ITERS: 5\n")
-        with self.assertRaises(ConfigKeyError) as ctx:
-            merge_yacs_file(yacs_cfg(), path)
-        self.assertIn(path, str(ctx.exception))
-        self.assertIn("Did you mean: SOLVER.MAX_ITER", str(ctx.exception))
-
-    def test_wrong_type_in_file(self):
-        path = self.write("SOLVER:\n  MAX_ITER: fast\n")
-        with self.assertRaises(ConfigTypeError) as ctx:
-            merge_yacs_file(yacs_cfg(), path)
-        self.assertIn(path, str(ctx.exception))
-        self.assertIn("SOLVER.MAX_ITER", str(ctx.exception))
+    def test_bad_file_is_named_with_the_problem(self):
+        for text, error, problem in (
+            ("SOLVER:\n  BASE_LR: 0.1\n  MAX_ITERS: 5\n", ConfigKeyError,
+             "Did you mean: SOLVER.MAX_ITER"),  # an unknown key
+            ("SOLVER:\n  MAX_ITER: fast\n", ConfigTypeError, "SOLVER.MAX_ITER"),  # a wrong type
+        ):  # fmt: skip
+            path = self.write(text)
+            with self.subTest(problem=problem):
+                with self.assertRaises(error) as ctx:
+                    merge_yacs_file(yacs_cfg(), path)
+                self.assertIn(path, str(ctx.exception))
+                self.assertIn(problem, str(ctx.exception))
 
     def test_valid_file_merges(self):
         cfg = yacs_cfg()
@@ -132,10 +136,8 @@ class TestYacsFile(unittest.TestCase):
 
 class TestYacsMessages(unittest.TestCase):
     def test_unknown_keys_message(self):
-        cfg = yacs_cfg()
-        with self.assertRaises(ConfigKeyError) as ctx:
-            merge_yacs_overrides(cfg, ["SOLVER.MAX_ITERS", "10", "QQQQ", "1"])
-        self.assertEqual(str(ctx.exception).splitlines(), [
+        error = refusal(self, ConfigKeyError, ["SOLVER.MAX_ITERS", "10", "QQQQ", "1"])
+        self.assertEqual(str(error).splitlines(), [
             "Unknown config key 'SOLVER.MAX_ITERS' (override 'SOLVER.MAX_ITERS 10'). "
             "Did you mean: SOLVER.MAX_ITER, SOLVER.WARMUP_ITERS, SOLVER.STEPS?",
             "Unknown config key 'QQQQ' (override 'QQQQ 1'). No similar key exists.",
@@ -148,10 +150,8 @@ class TestYacsMessages(unittest.TestCase):
             self.assertIn(f"Unknown config key '{key}' (override '{key} 1').", str(ctx.exception))
 
     def test_type_error_messages(self):
-        cfg = yacs_cfg()
-        with self.assertRaises(ConfigTypeError) as ctx:
-            merge_yacs_overrides(cfg, ["SOLVER.MAX_ITER", "1.5", "OUTPUT_DIR", "2024"])
-        self.assertEqual(str(ctx.exception).splitlines(), [
+        error = refusal(self, ConfigTypeError, ["SOLVER.MAX_ITER", "1.5", "OUTPUT_DIR", "2024"])
+        self.assertEqual(str(error).splitlines(), [
             "Config key 'SOLVER.MAX_ITER' expects type int (its value is 40000), but got float "
             "1.5 (override 'SOLVER.MAX_ITER 1.5').",
             "Config key 'OUTPUT_DIR' expects type str (its value is './output'), but got int 2024 "
