@@ -92,6 +92,23 @@ LAUNCH_GLOO_WITHOUT_CUDA: bool = False
 #: True when :func:`apply` made ``create_ddp_model`` leave ``device_ids`` unset for CPU models.
 DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
+# What describe() says of each active workaround, by the name of its flag above.
+_DESCRIBED = (
+    ("D2_C_STUBBED", "_C stub"),
+    ("PIL_LINEAR_ALIASED", "PIL Image.LINEAR alias"),
+    ("MAP_DATASET_RETRY_FIXED", "MapDataset retry on Python 3.11"),
+    ("TRAINER_STATE_FIXED", "DefaultTrainer checkpoints the optimizer"),
+    ("EXPORT_WITHOUT_CAFFE2", "detectron2.export without caffe2"),
+    ("DATASET_MAPPER_TAKES_IMAGE", "DatasetMapper.__call__ given a read image"),
+    (
+        "CHECKPOINT_LOAD_STATE_RESET",
+        "checkpointer load state cleared after a failed load, URL options read",
+    ),
+    ("JIT_SCRIPT_WARNING_SILENCED", "import-time torch.jit.script deprecation warnings silenced"),
+    ("LAUNCH_GLOO_WITHOUT_CUDA", "launch uses gloo without CUDA"),
+    ("DDP_CPU_WITHOUT_DEVICE_IDS", "create_ddp_model gives CPU models no device_ids"),
+)
+
 
 class _MissingCompiledOps(types.ModuleType):
     """Stand-in for ``detectron2._C`` when detectron2 was installed without its C++ ops.
@@ -537,26 +554,5 @@ def describe() -> str:
         f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}",
         f"_C={'compiled' if HAS_D2_C else 'absent'}",
     ]
-    if D2_C_STUBBED:
-        parts.append("compat: _C stub")
-    if PIL_LINEAR_ALIASED:
-        parts.append("compat: PIL Image.LINEAR alias")
-    if MAP_DATASET_RETRY_FIXED:
-        parts.append("compat: MapDataset retry on Python 3.11")
-    if TRAINER_STATE_FIXED:
-        parts.append("compat: DefaultTrainer checkpoints the optimizer")
-    if EXPORT_WITHOUT_CAFFE2:
-        parts.append("compat: detectron2.export without caffe2")
-    if DATASET_MAPPER_TAKES_IMAGE:
-        parts.append("compat: DatasetMapper.__call__ given a read image")
-    if CHECKPOINT_LOAD_STATE_RESET:
-        parts.append(
-            "compat: checkpointer load state cleared after a failed load, URL options read"
-        )
-    if JIT_SCRIPT_WARNING_SILENCED:
-        parts.append("compat: import-time torch.jit.script deprecation warnings silenced")
-    if LAUNCH_GLOO_WITHOUT_CUDA:
-        parts.append("compat: launch uses gloo without CUDA")
-    if DDP_CPU_WITHOUT_DEVICE_IDS:
-        parts.append("compat: create_ddp_model gives CPU models no device_ids")
+    parts += [f"compat: {label}" for flag, label in _DESCRIBED if globals()[flag]]
     return ", ".join(parts)

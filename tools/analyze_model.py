@@ -206,8 +206,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="also count torchvision's retinanet_resnet50_fpn as its model card "
                         "does (COCO layout, 91 classes, 800x800 input)")
     parser.add_argument("--json", default=None, help="also write the counts to this json file")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides: KEY VALUE pairs (yacs) or key=value (LazyConfig)")
+    loading.add_overrides_argument(parser)
     return parser
 
 

@@ -150,16 +150,13 @@ def settings_from_args(args: argparse.Namespace) -> List[BenchmarkSettings]:
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
     sizes = args.size or ([(800, 1067), (600, 800)] if cuda else [(512, 683)])
-    train_iters, latency_iters, throughput_iters = args.iters or ((20, 50, 10) if cuda
-                                                                  else (4, 8, 2))
+    iters = tuple(args.iters or ((20, 50, 10) if cuda else (4, 8, 2)))
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     return [
         BenchmarkSettings(
             device=args.device, threads=args.threads, height=h, width=w,
             train_batch=args.train_batch, throughput_batch=args.throughput_batch,
-            train_warmup=warmup, train_iters=train_iters,
-            latency_warmup=warmup, latency_iters=latency_iters,
-            throughput_warmup=warmup, throughput_iters=throughput_iters,
+            warmup=warmup, iters=iters,
             inference_bias=args.inference_bias, detectors=tuple(args.detectors),
             ours_opts=tuple(args.ours_opts), ours_variants=tuple(args.ours_variants),
             memory=not args.no_memory, memory_repeats=args.memory_repeats,

@@ -91,6 +91,7 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
                   samples: Sequence[Sample]) -> Dict[str, Any]:
     """Inference latency, throughput and training iteration time of every detector."""
     n = len(samples)
+    train_iters, latency_iters, throughput_iters = settings.iters
     single = {name: [d.inference_inputs([s]) for s in samples] for name, d in detectors.items()}
     batch = {name: d.inference_inputs(samples[: settings.throughput_batch])
              for name, d in detectors.items()}
@@ -112,11 +113,11 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
     out["latency_s"] = time_interleaved(
         {name: (lambda r, d=det, x=single[name]: d.infer(x[r % n])) for name, det in
          detectors.items()},
-        settings.latency_warmup, settings.latency_iters, settings.device,
+        settings.warmup, latency_iters, settings.device,
     )
     out["throughput_batch_s"] = time_interleaved(
         {name: (lambda r, d=det, x=batch[name]: d.infer(x)) for name, det in detectors.items()},
-        settings.throughput_warmup, settings.throughput_iters, settings.device,
+        settings.warmup, throughput_iters, settings.device,
     )
     restore_prior_bias(detectors)
     unfold()
@@ -130,7 +131,7 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
 
     out["train_iter_s"] = time_interleaved(
         {name: train_task(name, det) for name, det in detectors.items()},
-        settings.train_warmup, settings.train_iters, settings.device,
+        settings.warmup, train_iters, settings.device,
     )
     return out
 

@@ -34,12 +34,9 @@ class BenchmarkSettings:
     throughput_batch: int = 8
     num_classes: int = 80
     objects_per_image: int = 8
-    train_warmup: int = 1
-    train_iters: int = 3
-    latency_warmup: int = 1
-    latency_iters: int = 5
-    throughput_warmup: int = 1
-    throughput_iters: int = 2
+    warmup: int = 1  # untimed rounds before each timed phase
+    # Timed rounds of (training, latency, throughput), as ``--iters TRAIN LATENCY THROUGHPUT``.
+    iters: Tuple[int, int, int] = (3, 5, 2)
     # "threshold": class bias at logit(score threshold), post-processing at full load;
     # "prior": the paper's prior init (almost no candidate passes the threshold).
     inference_bias: str = "threshold"
@@ -67,13 +64,19 @@ class BenchmarkSettings:
         if self.height < 32 or self.width < 32:
             raise ValueError(f"image size must be at least 32 x 32, got {self.height} x "
                              f"{self.width}")
-        for name in ("train_batch", "throughput_batch", "train_iters", "latency_iters",
-                     "throughput_iters", "memory_iters", "memory_repeats", "threads"):
+        for name in ("train_batch", "throughput_batch", "memory_iters", "memory_repeats",
+                     "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.iters) != 3 or min(self.iters) < 1:
+            raise ValueError(f"iters must be 3 numbers >= 1 (train, latency, throughput), got "
+                             f"{self.iters}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         unknown = [v for v in self.ours_variants if v not in OURS_VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; choose among {OURS_VARIANTS}")
+        self.iters = tuple(self.iters)  # a list after a round trip through json
         self.detectors = tuple(self.detectors)
         self.ours_opts = tuple(self.ours_opts)
         self.ours_variants = tuple(self.ours_variants)

@@ -37,6 +37,7 @@ __all__ = [
     "set_device",
     "build_model",
     "add_weights_arguments",
+    "add_overrides_argument",
     "weights_path",
     "input_format",
     "test_augmentation",
@@ -186,6 +187,17 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read the weights file with full unpickling, which runs any code it holds: only "
         "for files from a source you trust",
+    )
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--opts``, config overrides in either form. Add it last: it takes the rest of the
+    command line."""
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides: KEY VALUE pairs (yacs) or key=value (LazyConfig)",
     )
 
 

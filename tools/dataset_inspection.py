@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -78,6 +79,9 @@ def validate_coco_json(
         )
 
 
+_VALIDATE_SIGNATURE = inspect.signature(validate_coco_json)
+
+
 def report_to_dict(report: ValidationReport) -> Dict[str, Any]:
     return dataclasses.asdict(report)
 
@@ -109,34 +113,27 @@ def _cache_key(json_file: str, image_root: str, mode: str) -> str:
 
 
 def cached_validate_coco_json(
-    json_file: str,
-    image_root: str,
-    *,
-    check_images: bool = True,
-    full_decode: bool = False,
-    num_workers: int = 8,
+    json_file: str, image_root: str, **options: Any
 ) -> Tuple[ValidationReport, bool]:
-    """:func:`validate_coco_json`, reusing a stored report of the same json, image folder and
-    mode (see the module docstring). Reports with fatal problems are not stored: the json is
-    about to change.
+    """:func:`validate_coco_json` with the same arguments, reusing a stored report of the same
+    json, image folder and mode (see the module docstring). Reports with fatal problems are not
+    stored: the json is about to change.
 
     Returns:
         (report, whether it came from the cache).
     """
-    mode = f"images={check_images},full={full_decode}"
+    # Bound to validate_coco_json's own signature: its defaults decide the mode, and a wrong
+    # argument fails here as it would there.
+    call = _VALIDATE_SIGNATURE.bind(json_file, image_root, **options)
+    call.apply_defaults()
+    mode = "images={check_images},full={full_decode}".format(**call.arguments)
     path = os.path.join(cache_dir(), _cache_key(json_file, image_root, mode) + ".json")
     try:
         with open(path, encoding="utf-8") as f:
             return report_from_dict(json.load(f)), True
     except (OSError, ValueError, TypeError, KeyError):
         pass  # absent, unreadable or from an incompatible version: check again
-    report = validate_coco_json(
-        json_file,
-        image_root,
-        check_images=check_images,
-        full_decode=full_decode,
-        num_workers=num_workers,
-    )
+    report = validate_coco_json(*call.args, **call.kwargs)
     if not report.has_fatal:
         try:
             _store(path, report)

@@ -364,8 +364,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda, cuda:1 ... (default: the config's device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     loading.add_weights_arguments(parser)
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides: KEY VALUE pairs (yacs) or key=value (LazyConfig)")
+    loading.add_overrides_argument(parser)
     return parser
 
 

@@ -368,8 +368,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1067], metavar=("H", "W"),
                         help="size of the random sample image (default 800 1067)")
     loading.add_weights_arguments(parser)
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides: KEY VALUE pairs (yacs) or key=value (LazyConfig)")
+    loading.add_overrides_argument(parser)
     return parser
 
 

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .checks import BOX_INVALID, BOX_OK, check_coco_json, fix_coco_box, segmentation_is_valid
 from .report import DatasetValidationError, ValidationReport
@@ -177,12 +177,7 @@ def _apply_box_fixes(dataset_dicts: List[dict]) -> Dict[str, int]:
 
 
 def load_coco_json_checked(
-    json_file: str,
-    image_root: str,
-    dataset_name: Optional[str] = None,
-    *,
-    on_unreadable: Optional[str] = None,
-    check_images: bool = True,
+    json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
     """Load a COCO json as detectron2 dataset dicts, after :func:`checked_report` has passed it.
 
@@ -196,18 +191,13 @@ def load_coco_json_checked(
 
     Args:
         json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``.
-        on_unreadable, check_images: as for :func:`checked_report`.
+        checks: keyword arguments of :func:`checked_report` (``on_unreadable``,
+            ``check_images``, ``purpose``).
 
     Returns:
         list[dict] in detectron2's standard dataset format, ``bbox_mode`` XYWH_ABS.
     """
-    report = checked_report(
-        json_file,
-        image_root,
-        dataset_name,
-        on_unreadable=on_unreadable,
-        check_images=check_images,
-    )
+    report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in (BOX_INVALID, _SEGMENTATION_INVALID, "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice
@@ -219,7 +209,7 @@ def load_coco_json_checked(
     # check counted them all.
     counts[BOX_INVALID] = report.count(BOX_INVALID)
     changed = {k: v for k, v in counts.items() if k != BOX_OK and v}
-    key = _key(json_file, image_root, check_images)
+    key = _key(json_file, image_root, report.image_check != "none")
     if (changed or report.count(_SEGMENTATION_INVALID)) and key not in _FIXES_LOGGED:
         # Each data loader, evaluation and figure loads the dataset again: say it once.
         _FIXES_LOGGED.add(key)

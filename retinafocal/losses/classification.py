@@ -34,15 +34,9 @@ class _FusedSumLoss(nn.Module):
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
-        """
-        Args:
-            pred_logits: (N, R, K) logits.
-            gt_labels: (N, R) int64; [0, K) = class, K = background, -1 = ignored.
-            anchor_boxes: unused.
-
-        Returns:
-            fp32 scalar: the loss summed over non-ignored anchors and all K classes.
-        """
+        """The loss of ``pred_logits`` (N, R, K) against ``gt_labels`` (N, R), as the contract of
+        :data:`CLASSIFICATION_LOSS_REGISTRY` says (``anchor_boxes`` unused): an fp32 scalar,
+        summed over non-ignored anchors and all K classes."""
         return self.runner.loss(pred_logits, gt_labels, "sum", type(self).__name__)
 
     def elementwise_losses(

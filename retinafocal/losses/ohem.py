@@ -192,16 +192,10 @@ class OHEMLoss(nn.Module):
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
-        """
-        Args:
-            pred_logits: (N, R, K) logits.
-            gt_labels: (N, R) int64; [0, K) = class, K = background, -1 = ignored.
-            anchor_boxes: (R, 4) XYXY anchor boxes; required.
-
-        Returns:
-            fp32 scalar: mean over the picked anchors of their CE summed over classes
-            (0, still attached to the graph, when nothing is picked).
-        """
+        """The loss of ``pred_logits`` (N, R, K) against ``gt_labels`` (N, R), as the contract of
+        :data:`CLASSIFICATION_LOSS_REGISTRY` says, with the XYXY ``anchor_boxes`` (R, 4) required:
+        an fp32 scalar, the mean over the picked anchors of their CE summed over classes (0,
+        still attached to the graph, when nothing is picked)."""
         boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.reshape(-1, pred_logits.shape[-1])
         idx = self.select(pred_logits, gt_labels, boxes)

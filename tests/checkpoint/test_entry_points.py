@@ -11,11 +11,8 @@ import numpy as np
 import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from retinafocal import add_retinafocal_config
 from retinafocal.checkpoint import AtomicDetectionCheckpointer
-from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
 from retinafocal.data import register_coco_json_datasets
 from retinafocal.engine import Trainer
 from retinafocal.weights_file import TorchScriptWeightsError, UnsafeWeightsFileError
@@ -23,6 +20,8 @@ from retinafocal.weights_fit import MissingWeightsError, WeightsMismatchError
 
 from ..engine.common import (
     CONFIG_DIR,
+    EMBEDDED_YAML,
+    embedded_yacs_cfg,
     lazy_tiny_overrides,
     run_train_net,
     tiny_shapes,
@@ -32,18 +31,9 @@ from ..tools.common import load_script, write_images, write_tiny_config
 import config_loading as loading  # noqa: E402  (tools/, on sys.path through tests.tools)
 from .files import malicious_pkl, malicious_pth, marker_path, zoo_pkl
 
-YAML = os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml")
 LAZY = os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.py")
 demo = load_script("demo")
 export = load_script("export_model")
-
-
-def yacs_cfg(opts):
-    cfg = get_cfg()
-    add_retinafocal_config(cfg)
-    merge_yacs_file(cfg, YAML)
-    merge_yacs_overrides(cfg, list(opts))
-    return cfg
 
 
 def save_model(cfg, folder, name):
@@ -80,14 +70,15 @@ class TestTrainNet(_Files):
         super().setUpClass()
         cls.data = tiny_shapes(os.path.join(cls.tmp, "data"))
         cls.opts = yacs_tiny_overrides(cls.data, os.path.join(cls.tmp, "out"))
-        cls.fits = save_model(yacs_cfg(cls.opts), cls.tmp, "fits")
-        cls.classes3 = save_model(
-            yacs_cfg(cls.opts + ["MODEL.RETINANET.NUM_CLASSES", "3"]), cls.tmp, "classes3"
-        )
-        cls.r34 = save_model(yacs_cfg(cls.opts + ["MODEL.RESNETS.DEPTH", "34"]), cls.tmp, "r34")
+        cls.fits = save_model(embedded_yacs_cfg(cls.opts), cls.tmp, "fits")
+        classes3 = embedded_yacs_cfg(cls.opts + ["MODEL.RETINANET.NUM_CLASSES", "3"])
+        cls.classes3 = save_model(classes3, cls.tmp, "classes3")
+        r34 = embedded_yacs_cfg(cls.opts + ["MODEL.RESNETS.DEPTH", "34"])
+        cls.r34 = save_model(r34, cls.tmp, "r34")
 
     def run_yacs(self, *args, weights=""):
-        return run_train_net(["--config-file", YAML, *args, *self.opts, "MODEL.WEIGHTS", weights])
+        args = ["--config-file", EMBEDDED_YAML, *args, *self.opts, "MODEL.WEIGHTS", weights]
+        return run_train_net(args)
 
     def test_malicious_initial_weights(self):
         for path in self.evil:
@@ -139,7 +130,7 @@ class TestTrainNet(_Files):
                    if k.startswith(prefix) and v.dtype == torch.float32}
         path = zoo_pkl(os.path.join(self.tmp, "backbone.pkl"), weights, protocol=4,
                        matching_heuristics=True)
-        cfg = yacs_cfg(self.opts + ["MODEL.WEIGHTS", path])
+        cfg = embedded_yacs_cfg(self.opts + ["MODEL.WEIGHTS", path])
         register_coco_json_datasets(cfg.DATASETS.COCO_JSON)
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)

@@ -2,8 +2,6 @@
 the yacs and LazyConfig data loaders that use them."""
 import json
 import os
-import shutil
-import tempfile
 import unittest
 import uuid
 
@@ -16,12 +14,11 @@ from retinafocal.data import (
     DatasetValidationError,
     check_datasets,
     checked_dataset_dicts,
-    loading,
     register_coco_dataset,
 )
 from retinafocal.engine import Trainer
 
-from ..reliability.broken_coco import HEIGHT, WIDTH, write_broken_coco
+from ..reliability.broken_coco import HEIGHT, WIDTH, FreshChecksTest, write_broken_coco
 
 # Annotation ids of the broken dataset whose bbox is not 4 finite numbers.
 MALFORMED_BOXES = (106, 107)
@@ -44,16 +41,15 @@ def _without_malformed_boxes(json_file: str) -> str:
     return path
 
 
-class _BrokenDatasetTest(unittest.TestCase):
+class _BrokenDatasetTest(FreshChecksTest):
     """The broken dataset of tests/reliability/broken_coco.py registered by retinafocal
     (``self.ours``) and, without its malformed boxes, by detectron2's ``register_coco_instances``
     (``self.theirs``)."""
 
+    tmp_prefix = "retinafocal_checked_"
+
     def setUp(self):
-        self.root = tempfile.mkdtemp(prefix="retinafocal_checked_")
-        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        loading._REPORTS.clear()
-        self.addCleanup(loading._REPORTS.clear)
+        super().setUp()
         self.json_file, self.image_root, _ = write_broken_coco(self.root)
         self.theirs, self.ours = _unique("d2_broken"), _unique("rf_broken")
         d2_json = _without_malformed_boxes(self.json_file)

@@ -1,7 +1,6 @@
 """load_coco_json_checked: detectron2's loader behind the check, with the box fixes applied."""
 import json
 import os
-import shutil
 import tempfile
 import unittest
 from unittest import mock
@@ -10,15 +9,11 @@ import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 
 from retinafocal.data import DatasetValidationError, checked_report, load_coco_json_checked
 from retinafocal.data import loading
 
-from ..reliability.broken_coco import write_broken_coco
+from ..reliability.broken_coco import FreshChecksTest, write_broken_coco
 
 
-class _LoadingTest(unittest.TestCase):
-    def setUp(self):
-        self.root = tempfile.mkdtemp(prefix="retinafocal_loading_")
-        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        loading._REPORTS.clear()
-        self.addCleanup(loading._REPORTS.clear)
+class _LoadingTest(FreshChecksTest):
+    tmp_prefix = "retinafocal_loading_"
 
 
 class TestLoadCocoJsonChecked(_LoadingTest):

@@ -17,9 +17,7 @@ from retinafocal.data.shapes import (
     generate_shapes_split,
 )
 
-
-def _black_background(rng, size):
-    return np.zeros((size, size, 3), dtype=np.float32)
+from .common import black_background
 
 
 class TestDrawShapesImage(unittest.TestCase):
@@ -38,7 +36,7 @@ class TestDrawShapesImage(unittest.TestCase):
         self.assertTrue(hasattr(shapes, "textured_background"))
         spec = ShapesSpec(image_size=96, max_overlap=0.0, min_object_size=6, max_object_size=30)
         seen_classes = set()
-        with mock.patch.object(shapes, "textured_background", _black_background):
+        with mock.patch.object(shapes, "textured_background", black_background):
             for seed in range(40):
                 image, objects = draw_shapes_image(spec, np.random.default_rng(seed))
                 drawn = image.sum(axis=-1) > 0

@@ -3,7 +3,9 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from typing import Dict, List, Sequence
 
@@ -11,10 +13,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import retinafocal  # noqa: F401  (compat first)
+from detectron2.config import CfgNode, get_cfg
+from retinafocal.config import add_retinafocal_config
+from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
 from retinafocal.data.shapes import ShapesSpec, generate_shapes_split
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+EMBEDDED_YAML = os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml")
 
 #: Tiny images and few, large objects: enough for 2 iterations and an evaluation.
 TINY_SPEC = ShapesSpec(
@@ -50,15 +56,50 @@ def run_train_net(argv: Sequence[str]):
                 handler.close()
 
 
-def tiny_shapes(root: str, num_train: int = 4, num_val: int = 2) -> Dict[str, List[str]]:
-    """Generate a tiny embedded dataset under ``root``; returns ``{"train": [name, json, images],
-    "val": [...]}`` with fresh dataset names (DatasetCatalog is process-global)."""
+def embedded_yacs_cfg(opts: Sequence[str] = ()) -> CfgNode:
+    """The embedded ``.yaml`` recipe as ``train_net.py`` loads it, with ``KEY VALUE`` ``opts``."""
+    cfg = get_cfg()
+    add_retinafocal_config(cfg)
+    merge_yacs_file(cfg, EMBEDDED_YAML)
+    merge_yacs_overrides(cfg, list(opts))
+    return cfg
+
+
+def tiny_shapes(
+    root: str,
+    num_train: int = 4,
+    num_val: int = 2,
+    *,
+    spec: ShapesSpec = TINY_SPEC,
+    prefix: str = "tiny_shapes",
+) -> Dict[str, List[str]]:
+    """Generate a tiny embedded dataset of ``spec`` under ``root``; returns ``{"train": [name,
+    json, images], "val": [...]}`` with fresh dataset names (DatasetCatalog is process-global)."""
     tag = uuid.uuid4().hex[:8]
     out = {}
     for split, n in (("train", num_train), ("val", num_val)):
-        json_file = generate_shapes_split(root, split, n, TINY_SPEC, progress=False)
-        out[split] = [f"tiny_shapes_{split}_{tag}", json_file, os.path.join(root, split)]
+        json_file = generate_shapes_split(root, split, n, spec, progress=False)
+        out[split] = [f"{prefix}_{split}_{tag}", json_file, os.path.join(root, split)]
     return out
+
+
+class TinyShapesFixture:
+    """Mixin of a ``unittest.TestCase``: one tiny dataset (``cls.data``, from :func:`tiny_shapes`)
+    in a fresh folder (``cls._tmp``) for all the tests of the class, removed after them."""
+
+    tmp_prefix = "rf_engine_"
+    num_val = 2
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls._tmp = tempfile.mkdtemp(prefix=cls.tmp_prefix)
+        cls.data = tiny_shapes(os.path.join(cls._tmp, "data"), num_val=cls.num_val)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls._tmp, ignore_errors=True)
+        super().tearDownClass()
 
 
 def write_coco_json(root: str, num_images: int = 3) -> List[str]:
@@ -97,10 +138,9 @@ def write_coco_json(root: str, num_images: int = 3) -> List[str]:
     return [f"handwritten_{uuid.uuid4().hex[:8]}", json_file, image_root]
 
 
-def yacs_tiny_overrides(
-    data: Dict[str, List[str]], output_dir: str, *, iters: int = 2, num_classes: int = 5
-) -> List[str]:
-    """``KEY VALUE`` overrides that shrink any yacs config to a CPU smoke run on ``data``."""
+def yacs_tiny_data(data: Dict[str, List[str]], iters: int) -> List[str]:
+    """``KEY VALUE`` overrides that train ``iters`` iterations of batch 2 on ``data`` (from
+    :func:`tiny_shapes`) at its image size, and evaluate on its val split."""
     return [
         "DATASETS.COCO_JSON", repr([data["train"], data["val"]]),
         "DATASETS.TRAIN", repr((data["train"][0],)),
@@ -111,13 +151,21 @@ def yacs_tiny_overrides(
         "INPUT.MAX_SIZE_TEST", str(TINY_SIZE),
         "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", str(iters),
+        "DATALOADER.NUM_WORKERS", "0",
+    ]  # fmt: skip
+
+
+def yacs_tiny_overrides(
+    data: Dict[str, List[str]], output_dir: str, *, iters: int = 2, num_classes: int = 5
+) -> List[str]:
+    """``KEY VALUE`` overrides that shrink any yacs config to a CPU smoke run on ``data``."""
+    return yacs_tiny_data(data, iters) + [
         # No ImageNet weights here: a deep ResNet with FrozenBN at random init overflows, so the
         # smoke run trains its BatchNorm instead.
         "MODEL.WEIGHTS", "",
         "MODEL.RESNETS.NORM", "BN",
         "MODEL.DEVICE", "cpu",
         "MODEL.RETINANET.NUM_CLASSES", str(num_classes),
-        "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", output_dir,
     ]  # fmt: skip
 

@@ -1,15 +1,13 @@
 """``--eval-only`` with the final checkpoint reproduces the evaluation printed after training."""
 import math
 import os
-import shutil
-import tempfile
 import unittest
 
 from .common import (
     CONFIG_DIR,
+    TinyShapesFixture,
     lazy_tiny_overrides,
     run_train_net,
-    tiny_shapes,
     yacs_tiny_overrides,
 )
 
@@ -21,15 +19,8 @@ def _same_results(test, a, b):
         test.assertTrue(v == w or (math.isnan(v) and math.isnan(w)), f"{k}: {v} != {w}")
 
 
-class TestEvalOnly(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.mkdtemp(prefix="rf_evalonly_")
-        cls.data = tiny_shapes(os.path.join(cls._tmp, "data"))
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls._tmp, ignore_errors=True)
+class TestEvalOnly(TinyShapesFixture, unittest.TestCase):
+    tmp_prefix = "rf_evalonly_"
 
     def test_yacs(self):
         config = os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml")

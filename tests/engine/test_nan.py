@@ -10,15 +10,12 @@ from unittest import mock
 
 import retinafocal  # noqa: F401  (compat first, before detectron2)
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 
-from retinafocal import add_retinafocal_config
-from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
 from retinafocal.data import register_coco_json_datasets
 from retinafocal.engine import NonFiniteLossError, Trainer, checked_trainer
 
-from .common import CONFIG_DIR, tiny_shapes, yacs_tiny_overrides
+from .common import embedded_yacs_cfg, tiny_shapes, yacs_tiny_overrides
 
 POISONED_ITER = 2
 
@@ -56,10 +53,7 @@ class TestNonFiniteLoss(unittest.TestCase):
 
     def test_nan_input_raises_named_error_before_the_step(self):
         output_dir = os.path.join(self._tmp, "out")
-        cfg = get_cfg()
-        add_retinafocal_config(cfg)
-        merge_yacs_file(cfg, os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml"))
-        merge_yacs_overrides(cfg, yacs_tiny_overrides(self.data, output_dir, iters=5) + [
+        cfg = embedded_yacs_cfg(yacs_tiny_overrides(self.data, output_dir, iters=5) + [
             "SOLVER.CHECKPOINT_PERIOD", "2",
         ])  # fmt: skip
         register_coco_json_datasets(cfg.DATASETS.COCO_JSON)

@@ -3,7 +3,6 @@ detectron2 keeps, and on a non-finite loss; InferenceStats' figures on a hand-ma
 import json
 import math
 import os
-import shutil
 import tempfile
 import unittest
 from collections import OrderedDict
@@ -14,7 +13,13 @@ from torch import nn
 
 from retinafocal.engine import InferenceStats, evaluation_results, results, write_results
 
-from .common import CONFIG_DIR, lazy_tiny_overrides, run_train_net, tiny_shapes, yacs_tiny_overrides
+from .common import (
+    CONFIG_DIR,
+    TinyShapesFixture,
+    lazy_tiny_overrides,
+    run_train_net,
+    yacs_tiny_overrides,
+)
 
 SCHEMA_KEYS = {
     "schema", "status", "eval_only", "iterations", "max_iter", "train_seconds", "s_per_iter",
@@ -28,15 +33,8 @@ def _read(output_dir):
         return json.load(f)
 
 
-class TestTrainNetWritesResults(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.mkdtemp(prefix="rf_results_")
-        cls.data = tiny_shapes(os.path.join(cls._tmp, "data"))
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls._tmp, ignore_errors=True)
+class TestTrainNetWritesResults(TinyShapesFixture, unittest.TestCase):
+    tmp_prefix = "rf_results_"
 
     def check_training(self, out, returned, iters):
         written = _read(out)

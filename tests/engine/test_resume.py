@@ -5,21 +5,24 @@ disk; the resumed run must start at iteration 2 with the weights of that checkpo
 every iteration the LR that an uninterrupted run sees.
 """
 import os
-import shutil
-import tempfile
 import unittest
 
 import retinafocal  # noqa: F401  (compat first, before detectron2)
 import torch
-from detectron2.config import LazyConfig, get_cfg
+from detectron2.config import LazyConfig
 from detectron2.engine import HookBase
 
-from retinafocal import add_retinafocal_config
-from retinafocal.config_overrides import apply_lazy_overrides, merge_yacs_file, merge_yacs_overrides
+from retinafocal.config_overrides import apply_lazy_overrides
 from retinafocal.data import register_coco_json_datasets
 from retinafocal.engine import Trainer, build_lazy_trainer, register_lazy_datasets
 
-from .common import CONFIG_DIR, lazy_tiny_overrides, tiny_shapes, yacs_tiny_overrides
+from .common import (
+    CONFIG_DIR,
+    TinyShapesFixture,
+    embedded_yacs_cfg,
+    lazy_tiny_overrides,
+    yacs_tiny_overrides,
+)
 
 MAX_ITER = 4
 
@@ -48,17 +51,10 @@ class _Recorder(HookBase):
             raise _Interrupt()
 
 
-class _ResumeMixin:
+class _ResumeMixin(TinyShapesFixture):
     """Subclasses define ``_train(output_dir, recorder, resume)`` for one config path."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.mkdtemp(prefix="rf_resume_")
-        cls.data = tiny_shapes(os.path.join(cls._tmp, "data"))
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls._tmp, ignore_errors=True)
+    tmp_prefix = "rf_resume_"
 
     def test_resume_continues_iteration_and_lr(self):
         full = _Recorder()
@@ -89,10 +85,7 @@ class _ResumeMixin:
 
 class TestYacsResume(_ResumeMixin, unittest.TestCase):
     def _train(self, output_dir, recorder, resume):
-        cfg = get_cfg()
-        add_retinafocal_config(cfg)
-        merge_yacs_file(cfg, os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml"))
-        merge_yacs_overrides(cfg, yacs_tiny_overrides(self.data, output_dir, iters=MAX_ITER) + [
+        cfg = embedded_yacs_cfg(yacs_tiny_overrides(self.data, output_dir, iters=MAX_ITER) + [
             "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "8",
         ])  # fmt: skip
         register_coco_json_datasets(cfg.DATASETS.COCO_JSON)

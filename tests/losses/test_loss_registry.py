@@ -135,22 +135,17 @@ class TestRegistry(unittest.TestCase):
         cfg = _cfg("FocalLos")
         with self.assertRaisesRegex(KeyError, r"LOSS.NAME='FocalLos'.*'FocalLoss'"):
             build_classification_loss(cfg)
-        cfg = _cfg("FocalLoss")
-        cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = -1.0
-        with self.assertRaisesRegex(ValueError, "FOCAL_LOSS_GAMMA"):
-            build_classification_loss(cfg)
-        cfg = _cfg("FocalLossStar")
-        cfg.MODEL.RETINAFOCAL.LOSS.FL_STAR_GAMMA = 0.0
-        with self.assertRaisesRegex(ValueError, "FL_STAR_GAMMA"):
-            build_classification_loss(cfg)
-        cfg = _cfg("HingeLoss")
-        cfg.MODEL.RETINAFOCAL.LOSS.HINGE_MARGIN = 0.0
-        with self.assertRaisesRegex(ValueError, "HINGE_MARGIN"):
-            build_classification_loss(cfg)
-        cfg = _cfg("OHEMLoss")
-        cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH = 0.0
-        with self.assertRaisesRegex(ValueError, "OHEM_NMS_THRESH"):
-            build_classification_loss(cfg)
+        # (loss, config key, bad value): the error names the key.
+        for name, key, bad in (
+            ("FocalLoss", "MODEL.RETINANET.FOCAL_LOSS_GAMMA", -1.0),
+            ("FocalLossStar", "MODEL.RETINAFOCAL.LOSS.FL_STAR_GAMMA", 0.0),
+            ("HingeLoss", "MODEL.RETINAFOCAL.LOSS.HINGE_MARGIN", 0.0),
+            ("OHEMLoss", "MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH", 0.0),
+        ):
+            cfg = _cfg(name)
+            cfg.merge_from_list([key, bad])
+            with self.subTest(key), self.assertRaisesRegex(ValueError, key.rpartition(".")[2]):
+                build_classification_loss(cfg)
 
 
 class TestPrintedSettings(unittest.TestCase):

@@ -41,3 +41,16 @@ def make_inputs(num_images: int = 2, size=(96, 128), with_boxes: bool = True, se
         inst.gt_classes = torch.randint(0, 3, (n,), generator=g)
         inputs.append({"image": image, "instances": inst, "height": h, "width": w})
     return inputs
+
+
+def spy_on_classification_loss(model):
+    """The values the model's classification loss returns, recorded as it trains."""
+    calls = []
+    original = model.classification_loss.forward
+
+    def spy(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    model.classification_loss.forward = spy
+    return calls

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from .common import make_inputs, small_retinanet_cfg
+from .common import make_inputs, small_retinanet_cfg, spy_on_classification_loss
 
 
 def build(cfg, seed: int = 0):
@@ -23,19 +23,6 @@ def infer(model, inputs):
     model.eval()
     with torch.no_grad():
         return [out["instances"] for out in model(copy.deepcopy(inputs))]
-
-
-def spy_on_classification_loss(model):
-    """The values the model's classification loss returns, recorded as it trains."""
-    calls = []
-    original = model.classification_loss.forward
-
-    def spy(*args, **kwargs):
-        calls.append(original(*args, **kwargs))
-        return calls[-1]
-
-    model.classification_loss.forward = spy
-    return calls
 
 
 def train_step(model, inputs, iteration: int = 0):

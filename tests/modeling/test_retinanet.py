@@ -12,7 +12,7 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.utils.events import EventStorage
 from retinafocal.modeling import FocalRetinaNet, RetinaFocalHead
 
-from .common import make_inputs, small_retinanet_cfg
+from .common import make_inputs, small_retinanet_cfg, spy_on_classification_loss
 
 
 def build(cfg, seed: int = 0):
@@ -98,14 +98,7 @@ class TestFocalRetinaNet(unittest.TestCase):
         with EventStorage(0) as storage:
             losses = model(copy.deepcopy(inputs))
             num_pos_per_image = storage.latest()["num_pos_anchors"][0]
-        calls = []
-        original = model.classification_loss.forward
-
-        def spy(*args, **kwargs):
-            calls.append(original(*args, **kwargs))
-            return calls[-1]
-
-        model.classification_loss.forward = spy
+        calls = spy_on_classification_loss(model)
         with EventStorage(0):
             losses = model(copy.deepcopy(inputs))
         expected = calls[0] / (num_pos_per_image * len(inputs))

@@ -1,50 +1,36 @@
 """Helpers of the paper-tooling tests: a tiny embedded dataset and a two-run grid on it."""
+import functools
 import os
 import uuid
 from typing import Dict, List
 
 import retinafocal  # noqa: F401  (compat first)
-from retinafocal.data.shapes import ShapesSpec, generate_shapes_split
+from retinafocal.data.shapes import ShapesSpec
 from paper.grid import Grid, Row, RunSpec
 from paper.references import TABLE_1A, TABLE_1B
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EMBEDDED_CONFIG = os.path.join(REPO_ROOT, "configs", "Embedded", "retinanet_R18_FPN_shapes.yaml")
+from ..engine import common as engine_common
+from ..engine.common import REPO_ROOT, TINY_SIZE
+from ..engine.common import EMBEDDED_YAML as EMBEDDED_CONFIG
+
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 
 #: 64 px images with a few large objects: enough for 2 iterations and an evaluation.
 TINY_SPEC = ShapesSpec(image_size=64, min_objects=1, max_objects=3, min_object_size=14,
                        max_object_size=30)  # fmt: skip
-TINY_SIZE = 64
+assert TINY_SPEC.image_size == TINY_SIZE
 
-
-def tiny_shapes(root: str, num_train: int = 4, num_val: int = 2) -> Dict[str, List[str]]:
-    """A tiny embedded dataset under ``root``: ``{"train": [name, json, images], "val": ...}``
-    with fresh names (the dataset catalog is process-global)."""
-    tag = uuid.uuid4().hex[:8]
-    out = {}
-    for split, n in (("train", num_train), ("val", num_val)):
-        json_file = generate_shapes_split(root, split, n, TINY_SPEC, progress=False)
-        out[split] = [f"paper_tiny_{split}_{tag}", json_file, os.path.join(root, split)]
-    return out
+#: A tiny embedded dataset of TINY_SPEC: ``tiny_shapes(root, num_train=4, num_val=2)``.
+tiny_shapes = functools.partial(engine_common.tiny_shapes, spec=TINY_SPEC, prefix="paper_tiny")
 
 
 def tiny_opts(data: Dict[str, List[str]], iters: int = 2) -> tuple:
     """Overrides that shrink the embedded recipe to a CPU smoke run on ``data``."""
     return (
         "MODEL.META_ARCHITECTURE", "FocalRetinaNet",
-        "DATASETS.COCO_JSON", repr([data["train"], data["val"]]),
-        "DATASETS.TRAIN", repr((data["train"][0],)),
-        "DATASETS.TEST", repr((data["val"][0],)),
-        "INPUT.MIN_SIZE_TRAIN", f"({TINY_SIZE},)",
-        "INPUT.MAX_SIZE_TRAIN", str(TINY_SIZE),
-        "INPUT.MIN_SIZE_TEST", str(TINY_SIZE),
-        "INPUT.MAX_SIZE_TEST", str(TINY_SIZE),
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", str(iters),
+        *engine_common.yacs_tiny_data(data, iters),
         "SOLVER.WARMUP_ITERS", "1",
         "SOLVER.CHECKPOINT_PERIOD", str(iters + 1),
-        "DATALOADER.NUM_WORKERS", "0",
         # After 2 iterations every score is near the prior (0.01): keep them, so the
         # evaluation has detections and a finite AP.
         "MODEL.RETINANET.SCORE_THRESH_TEST", "0.001",

@@ -9,12 +9,10 @@ import unittest
 import torch
 
 import retinafocal  # noqa: F401  (compat first)
-from detectron2.config import get_cfg
 from paper.imbalance import ImbalanceStats, count_anchor_labels, imbalance_of_config
 from paper.imbalance import measure_imbalance
-from retinafocal import add_retinafocal_config
-from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
 
+from ..engine.common import embedded_yacs_cfg
 from .common import EMBEDDED_CONFIG
 
 # One anchor of 32 x 32 px per position of P5 (stride 32): on a 128 px image a 4 x 4 grid with
@@ -25,14 +23,6 @@ ONE_LEVEL = [
     "MODEL.ANCHOR_GENERATOR.SIZES", "[[32.0]]",
     "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
 ]  # fmt: skip
-
-
-def _cfg(opts):
-    cfg = get_cfg()
-    add_retinafocal_config(cfg)
-    merge_yacs_file(cfg, EMBEDDED_CONFIG)
-    merge_yacs_overrides(cfg, list(opts))
-    return cfg
 
 
 def _record(boxes, size=128):
@@ -64,7 +54,7 @@ class TestCounts(unittest.TestCase):
 
 class TestMeasuredWithTheModelsMatcher(unittest.TestCase):
     def test_hand_computed_layout(self):
-        cfg = _cfg(ONE_LEVEL)
+        cfg = embedded_yacs_cfg(ONE_LEVEL)
         # Box A = anchor (1, 1) exactly: IoU 1, positive; it only touches its neighbours.
         # Box B (60 x 32 px): IoU 1024 / 1920 = 0.53 with anchor (3, 1) [16, 80, 48, 112]:
         # positive; 896 / 2048 = 0.44 with anchor (3, 2) [48, 80, 80, 112]: ignored.
@@ -81,13 +71,13 @@ class TestMeasuredWithTheModelsMatcher(unittest.TestCase):
         self.assertEqual(stats.terms_per_positive, (32 - 1) * 5 / 2)
 
         # 80 classes: 16x the terms per positive of 5.
-        cfg80 = _cfg(ONE_LEVEL + ["MODEL.RETINANET.NUM_CLASSES", "80"])
+        cfg80 = embedded_yacs_cfg(ONE_LEVEL + ["MODEL.RETINANET.NUM_CLASSES", "80"])
         self.assertEqual(measure_imbalance(cfg80, [image]).terms_per_positive, 15 * 80 / 2)
 
     def test_training_resize_applies(self):
         # A 64 px image with box A at half scale is resized to 128 px by the training resize
         # (MIN_SIZE_TRAIN 128): then it is anchor (1, 1) exactly, as above.
-        cfg = _cfg(ONE_LEVEL)
+        cfg = embedded_yacs_cfg(ONE_LEVEL)
         stats = measure_imbalance(cfg, [_record([[8, 8, 24, 24]], size=64)])
         self.assertEqual((stats.anchors, stats.positives, stats.ignored), (16, 1, 0))
 

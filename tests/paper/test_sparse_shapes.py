@@ -24,9 +24,7 @@ from paper.sparse_shapes import (
 )
 from retinafocal.data.shapes import SHAPE_CLASSES, ShapesSpec
 
-
-def _black_background(rng, size):
-    return np.zeros((size, size, 3), dtype=np.float32)
+from ..data.common import black_background
 
 
 class TestLabelling(unittest.TestCase):
@@ -74,7 +72,7 @@ class TestDrawSparseImage(unittest.TestCase):
         self.assertTrue(hasattr(sparse_shapes, "textured_background"))
         counts = []
         attributes = set()
-        with mock.patch.object(sparse_shapes, "textured_background", _black_background):
+        with mock.patch.object(sparse_shapes, "textured_background", black_background):
             for seed in range(60):
                 image, objects = draw_sparse_image(SPARSE_SPEC, np.random.default_rng(seed))
                 self.assertEqual(image.shape, (128, 128, 3))

@@ -8,12 +8,30 @@ line and column.
 """
 import json
 import os
+import shutil
+import tempfile
+import unittest
 from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image
 
+from retinafocal.data import loading
+
 WIDTH, HEIGHT = 64, 48
+
+
+class FreshChecksTest(unittest.TestCase):
+    """Base of the tests that load datasets: each test gets its own folder (``self.root``) and
+    starts and ends with an empty cache of dataset reports, so that every check runs again."""
+
+    tmp_prefix = "retinafocal_"
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix=self.tmp_prefix)
+        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
+        loading._REPORTS.clear()
+        self.addCleanup(loading._REPORTS.clear)
 
 
 def _pattern(h: int, w: int, channels: int, seed: int) -> np.ndarray:

@@ -1,8 +1,6 @@
 """RobustDatasetMapper: unusual pixel formats converted, unreadable images raised or skipped."""
 import logging
 import os
-import shutil
-import tempfile
 import unittest
 from unittest import mock
 
@@ -16,10 +14,10 @@ from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import detection_utils
 from retinafocal import compat
 from retinafocal.config import add_retinafocal_config
-from retinafocal.data import load_coco_json_checked, loading
+from retinafocal.data import load_coco_json_checked
 from retinafocal.data.mapper import RobustDatasetMapper, UnreadableImageError, read_image_converted
 
-from .broken_coco import HEIGHT, WIDTH, write_broken_coco
+from .broken_coco import HEIGHT, WIDTH, FreshChecksTest, write_broken_coco
 
 LOGGER = "retinafocal.data.mapper"
 
@@ -36,12 +34,11 @@ def make_cfg(**dataloader):
     return cfg
 
 
-class _BrokenDatasetTest(unittest.TestCase):
+class _BrokenDatasetTest(FreshChecksTest):
+    tmp_prefix = "retinafocal_mapper_"
+
     def setUp(self):
-        self.root = tempfile.mkdtemp(prefix="retinafocal_mapper_")
-        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        loading._REPORTS.clear()
-        self.addCleanup(loading._REPORTS.clear)
+        super().setUp()
         self.json_file, self.image_root, _ = write_broken_coco(self.root)
         self.dicts = load_coco_json_checked(self.json_file, self.image_root, "mapper_test")
         self.by_id = {d["image_id"]: d for d in self.dicts}

@@ -122,8 +122,12 @@ class TestBenchmarkParts(unittest.TestCase):
     def test_settings_are_validated(self):
         with self.assertRaisesRegex(ValueError, "unknown detector"):
             BenchmarkSettings(detectors=("retinafocal", "yolo"))
-        with self.assertRaisesRegex(ValueError, "train_iters"):
-            BenchmarkSettings(train_iters=0)
+        with self.assertRaisesRegex(ValueError, "iters must be 3 numbers >= 1"):
+            BenchmarkSettings(iters=(0, 5, 2))
+        with self.assertRaisesRegex(ValueError, "iters must be 3 numbers"):
+            BenchmarkSettings(iters=(3, 5))
+        with self.assertRaisesRegex(ValueError, "warmup must be >= 0"):
+            BenchmarkSettings(warmup=-1)
 
 
 
@@ -184,9 +188,8 @@ class TestBenchmarkRun(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.settings = BenchmarkSettings(
-            height=64, width=96, train_batch=2, throughput_batch=2, train_warmup=0,
-            train_iters=1, latency_warmup=0, latency_iters=2, throughput_warmup=0,
-            throughput_iters=1, memory=False,
+            height=64, width=96, train_batch=2, throughput_batch=2, warmup=0, iters=(1, 2, 1),
+            memory=False,
         )
         script = load_script("benchmark_detectors")
         cls.result = script.run_benchmark(cls.settings, log=lambda m: None)
