@@ -115,20 +115,20 @@ def _yacs_keys(node, prefix: str = "") -> Iterator[str]:
             yield from _yacs_keys(v, path + ".")
 
 
-def _find_yacs_leaf(cfg, full_key: str) -> Tuple[Optional[Any], str]:
-    """(the node holding the key's last component, or None when the path is unknown; that
-    component)."""
-    parts = full_key.split(".")
+def _find_yacs_leaf(cfg, full_key: str) -> Optional[Tuple[Any, str]]:
+    """(the node holding the key's last component, that component), or None when the path is
+    unknown (a missing group, a value where a group should be, or a new key in a frozen node)."""
+    *groups, leaf = full_key.split(".")
     node = cfg
-    for part in parts[:-1]:
+    for part in groups:
         if not isinstance(node, dict) or part not in node:
-            return None, parts[-1]
+            return None
         node = node[part]
     if not isinstance(node, dict):
-        return None, parts[-1]
-    if parts[-1] not in node and not (hasattr(node, "is_new_allowed") and node.is_new_allowed()):
-        return None, parts[-1]
-    return node, parts[-1]
+        return None
+    if leaf not in node and not (hasattr(node, "is_new_allowed") and node.is_new_allowed()):
+        return None
+    return node, leaf
 
 
 def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
@@ -160,11 +160,12 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
             continue
         if cfg.key_is_renamed(full_key):
             cfg.raise_key_rename_error(full_key)
-        node, leaf = _find_yacs_leaf(cfg, full_key)
-        if node is None:
+        found = _find_yacs_leaf(cfg, full_key)
+        if found is None:
             valid_keys = valid_keys if valid_keys is not None else list(_yacs_keys(cfg))
             key_errors.append(_unknown_key_message(full_key, valid_keys, origin))
             continue
+        node, leaf = found
         value = type(cfg)._decode_cfg_value(raw)
         if leaf in node and isinstance(node[leaf], dict):
             type_errors.append(_group_message(full_key, list(node[leaf]), origin))
