@@ -118,7 +118,9 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
     def test_differentiable_targets_every_reduction_and_alpha(self):
         gen = torch.Generator().manual_seed(3)
         logits = torch.randn(6, 3, generator=gen) * 2
-        for reduction, alpha, gamma in (("none", -1.0, 2.0), ("mean", 0.25, 1.5), ("sum", -1, 0)):
+        # alpha = 0 is a weighting (positives count for nothing), not "no weighting".
+        cases = (("none", -1.0, 2.0), ("mean", 0.25, 1.5), ("sum", -1, 0), ("none", 0.0, 2.0))
+        for reduction, alpha, gamma in cases:
             with self.subTest(reduction=reduction, alpha=alpha, gamma=gamma):
                 targets = torch.rand(6, 3, generator=gen).requires_grad_()
                 t2 = targets.detach().clone().requires_grad_()
