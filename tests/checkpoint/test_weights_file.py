@@ -5,6 +5,7 @@ import pickle
 import shutil
 import tempfile
 import unittest
+import zipfile
 from unittest import mock
 
 import numpy as np
@@ -244,6 +245,15 @@ class TestOwnCheckpoints(_TmpDir):
             with self.assertRaisesRegex(CorruptCheckpointError, "truncated or corrupt"):
                 AtomicDetectionCheckpointer(model).load(self.path(name))
 
+    def test_an_intact_archive_torch_cannot_read_is_not_called_damaged(self):
+        """A whole zip named .pth that is no torch archive: torch's own error, as it is."""
+        with zipfile.ZipFile(self.path("notes.pth"), "w") as archive:
+            archive.writestr("notes.txt", "hello")
+        with self.assertRaises(RuntimeError) as ctx:
+            AtomicDetectionCheckpointer(torch.nn.Linear(2, 2)).load(self.path("notes.pth"))
+        self.assertNotIsInstance(ctx.exception, CorruptCheckpointError)
+        self.assertNotIn("truncated or corrupt", str(ctx.exception))
+
 
 class TestUrlOptions(_TmpDir):
     """Current detectron2 reads ``?matching_heuristics=True`` from the weights URL; v0.6 does
@@ -280,6 +290,23 @@ class TestUrlOptions(_TmpDir):
             loading._parsed_url_during_load = urlparse("w.pkl?other=1")
             with self.assertRaisesRegex(ValueError, "other"):
                 compat.checkpoint_url_options(loading)
+
+    def test_url_options_reach_torch_checkpoints_only(self):
+        """What current detectron2 reads from the URL query goes into ``.pth`` checkpoints; the
+        model-zoo formats (``.pkl``, pycls ``.pyth``) come with their own loading options."""
+        model = torch.nn.Linear(2, 2)
+        torch.save({"model": model.state_dict()}, self.path("w.pth"))
+        torch.save({"model_state": model.state_dict()}, self.path("w.pyth"))
+        zoo_pkl(self.path("w.pkl"), as_numpy(model))
+        checkpointer = AtomicDetectionCheckpointer(model)
+        marker = {"url_option": "from the query"}  # made up, so that it shows where it went
+        with mock.patch.object(compat, "checkpoint_url_options", return_value=marker) as options:
+            loaded = {name: checkpointer._load_file(self.path(name))
+                      for name in ("w.pth", "w.pyth", "w.pkl")}  # fmt: skip
+        options.assert_called_once_with(checkpointer)
+        self.assertEqual(loaded["w.pth"]["url_option"], "from the query")
+        self.assertNotIn("url_option", loaded["w.pyth"])
+        self.assertNotIn("url_option", loaded["w.pkl"])
 
 
 class TestTrustOptOut(_TmpDir):

@@ -91,6 +91,28 @@ class TestCheckpointerFit(unittest.TestCase):
         AtomicDetectionCheckpointer(model).resume_or_load(self.path, resume=False)
         self.assertTrue(torch.equal(model.backbone[0].weight, self.trained.backbone[0].weight))
 
+    def test_checkpointables_given_by_position_or_by_name(self):
+        """fvcore's ``load(path, checkpointables)``: an empty list in either form loads initial
+        weights only (a partial fit is fine, the optimizer keeps its own state); none at all
+        restores the whole state, which must fit."""
+        trained_optimizer = torch.optim.SGD(self.trained.parameters(), lr=0.5)
+        AtomicDetectionCheckpointer(self.trained, self.dir, optimizer=trained_optimizer).save(
+            "with_optimizer"
+        )
+        path = os.path.join(self.dir, "with_optimizer.pth")
+        for args, kwargs in (([[]], {}), ([], {"checkpointables": []})):
+            with self.subTest(args=args, kwargs=kwargs):
+                model = Net(num_classes=2)
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+                checkpointer = AtomicDetectionCheckpointer(model, optimizer=optimizer)
+                unused = checkpointer.load(path, *args, **kwargs)
+                self.assertEqual(list(unused), ["optimizer"])  # returned, not restored
+                self.assertTrue(torch.equal(model.backbone[0].weight,
+                                            self.trained.backbone[0].weight))  # fmt: skip
+                self.assertEqual(optimizer.param_groups[0]["lr"], 0.1)
+        with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
+            AtomicDetectionCheckpointer(Net(num_classes=2)).load(path)
+
     def test_resume_needs_the_same_model(self):
         with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
             AtomicDetectionCheckpointer(Net(num_classes=2), self.dir).resume_or_load(

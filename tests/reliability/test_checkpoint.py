@@ -374,6 +374,21 @@ class TestFailedLoadState(unittest.TestCase):
             checkpointer.load(damaged)
         checkpointer.load(os.path.join(save_dir, "good.pth"))  # no stale-state assert
 
+    def test_failed_load_clears_the_state_of_the_file(self):
+        """Whatever the parent leaves in current detectron2's per-load state when a load fails
+        is cleared (simulated, so that v0.6 checks it too)."""
+
+        def fail(checkpointer, path, *args, **kwargs):
+            checkpointer._parsed_url_during_load = path
+            raise CorruptCheckpointError(f"{path} is damaged")
+
+        checkpointer = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2))
+        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True), mock.patch.object(
+            DetectionCheckpointer, "load", autospec=True, side_effect=fail
+        ), self.assertRaisesRegex(CorruptCheckpointError, "damaged.pth is damaged"):
+            checkpointer.load("damaged.pth")
+        self.assertIsNone(checkpointer._parsed_url_during_load)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -72,7 +72,7 @@ class TestResumeOrLoad(unittest.TestCase):
             extra = AtomicDetectionCheckpointer(model, self.dir).resume_or_load("", resume=True)
         self.assertEqual(extra["iteration"], 1)
         self.assertTrue(torch.all(model.weight == 1.0))
-        unreadable = "Checkpoint {} cannot be read; it is truncated or corrupt"
+        unreadable = "Checkpoint {} cannot be read; it is truncated or corrupt (RuntimeError: "
         loads = [r.getMessage() for r in logs.records if r.levelname == "INFO"]
         self.assertEqual(loads, [f"[Checkpointer] Loading from {p} ..." for p in paths[::-1]])
         problems = [r for r in logs.records if r.levelname != "INFO"]
