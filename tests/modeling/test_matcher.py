@@ -56,7 +56,7 @@ class TestChunkedIoUMatcher(unittest.TestCase):
 
     def test_equals_detectron2_matcher(self):
         g = torch.Generator().manual_seed(0)
-        for trial in range(30):
+        for trial in range(12):  # 36 comparisons; tests/reliability/test_properties.py adds more
             gt = random_boxes(int(torch.randint(1, 30, (1,), generator=g)), g)
             anchors = random_boxes(int(torch.randint(1, 400, (1,), generator=g)), g)
             # Every GT overlaps some anchor (where it does not, we differ from detectron2 on
