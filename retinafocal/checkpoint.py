@@ -244,6 +244,11 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         exact_fit: every load must fit the model exactly (evaluation, inference).
     """
 
+    # The load in progress, set by load() for _load_model (fvcore passes it only the file's
+    # contents).
+    _exact_load: bool
+    _loading_path: str
+
     def __init__(
         self,
         model: nn.Module,
@@ -257,9 +262,6 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.trust_weights_file = trust_weights_file
         self.exact_fit = exact_fit
-        # The load in progress, for _load_model (fvcore passes it only the file's contents).
-        self._exact_load = exact_fit
-        self._loading_path = ""
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model and checkpointables (and ``kwargs``) as ``<save_dir>/<name>.pth``, then
@@ -285,7 +287,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             return
         self._remove_stale_temporaries()
         self.logger.info(f"Saving checkpoint to {save_file}")
-        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        last = self.get_checkpoint_file()  # "" when there is no last_checkpoint
         advice = "Free some space (or write elsewhere: OUTPUT_DIR, train.output_dir), then run "
         advice += f"again with --resume, which continues from {last}." if last else "again."
         atomic_write(save_file, lambda f: torch.save(data, f), advice)
@@ -310,7 +312,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             return
         atomic_write(
             os.path.join(self.save_dir, "last_checkpoint"),
-            lambda f: f.write(last_filename_basename.encode("utf-8")),
+            lambda f: f.write(last_filename_basename.encode()),  # UTF-8
             "Free some space there, then run again with --resume.",
         )
 
@@ -432,9 +434,12 @@ def load_inference_weights(
 
     Raises:
         MissingWeightsError: no weights and not ``random_weights``.
+        ValueError: ``resume`` without a ``save_dir``.
         WeightsFileError: both weights and ``random_weights`` were given; and see
             :meth:`AtomicDetectionCheckpointer.load`.
     """
+    if resume and not save_dir:
+        raise ValueError("load_inference_weights: resume needs the save_dir to resume from")
     checkpointer = AtomicDetectionCheckpointer(
         model, save_dir, trust_weights_file=trust_weights_file, exact_fit=True
     )
@@ -459,4 +464,4 @@ def load_inference_weights(
             f"checkpoint to use (e.g. {example}), or pass "
             "--random-weights to run a randomly initialised model on purpose."
         )
-    return checkpointer.load(weights, checkpointables=[])
+    return checkpointer.load(weights)  # the model only: the checkpointer has nothing else

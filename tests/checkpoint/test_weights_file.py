@@ -14,7 +14,11 @@ import torch
 import retinafocal  # noqa: F401  (compat before detectron2)
 from detectron2.checkpoint import DetectionCheckpointer
 from retinafocal import compat, weights_file
-from retinafocal.checkpoint import AtomicDetectionCheckpointer, CorruptCheckpointError
+from retinafocal.checkpoint import (
+    AtomicDetectionCheckpointer,
+    CorruptCheckpointError,
+    load_inference_weights,
+)
 from retinafocal.weights_file import (
     TorchScriptWeightsError,
     UnsafeWeightsFileError,
@@ -322,6 +326,18 @@ class TestTrustOptOut(_TmpDir):
         with self.assertLogs("retinafocal.weights_file", "WARNING") as logs:
             extra = checkpointer.load(path)
         self.assertIn(path, "\n".join(logs.output))
+        self.assertEqual(extra["note"].text, "hi")
+        np.testing.assert_array_equal(model.weight.detach().numpy(), weights["weight"])
+
+    def test_inference_weights_are_refused_unless_trusted(self):
+        model = torch.nn.Linear(2, 2)
+        weights = perturbed(as_numpy(model))
+        path = zoo_pkl(self.path("mine.pkl"), weights, protocol=4, note=TrustedNote("hi"))
+        with self.assertRaises(UnsafeWeightsFileError):
+            load_inference_weights(model, path, weights_key="MODEL.WEIGHTS")
+        with self.assertLogs("retinafocal.weights_file", "WARNING"):
+            extra = load_inference_weights(model, path, weights_key="MODEL.WEIGHTS",
+                                           trust_weights_file=True)  # fmt: skip
         self.assertEqual(extra["note"].text, "hi")
         np.testing.assert_array_equal(model.weight.detach().numpy(), weights["weight"])
 

@@ -147,6 +147,44 @@ class TestCheckpointerFit(unittest.TestCase):
             load_inference_weights(Net(), "", weights_key="MODEL.WEIGHTS", save_dir=empty,
                                    resume=True)  # fmt: skip
 
+    def test_messages_without_weights(self):
+        """The exact words for each config style, and the warning of a random model."""
+        cases = (
+            ("MODEL.WEIGHTS", {}, "MODEL.WEIGHTS is empty. Give the checkpoint to use (e.g. "
+             "MODEL.WEIGHTS output/model_final.pth)"),
+            ("train.init_checkpoint", {"save_dir": self.dir + "/none", "resume": True},
+             f"train.init_checkpoint is empty, and {self.dir}/none has no checkpoint to resume "
+             "from. Give the checkpoint to use (e.g. train.init_checkpoint=output/"
+             "model_final.pth)"),
+        )  # fmt: skip
+        for key, kwargs, middle in cases:
+            with self.subTest(key=key), self.assertRaises(MissingWeightsError) as ctx:
+                load_inference_weights(Net(), "", weights_key=key, **kwargs)
+            self.assertEqual(str(ctx.exception), (
+                f"No weights to run the model with: {middle}, or pass --random-weights to run a "
+                "randomly initialised model on purpose."
+            ))  # fmt: skip
+        with self.assertLogs("retinafocal.checkpoint", "WARNING") as logs:
+            load_inference_weights(Net(), "", weights_key="MODEL.WEIGHTS", random_weights=True)
+        self.assertEqual(logs.records[0].getMessage(), (
+            "No weights (MODEL.WEIGHTS is empty): the model keeps its random initialisation "
+            "(--random-weights); its outputs mean nothing"
+        ))  # fmt: skip
+
+    def test_given_weights_win_unless_resuming(self):
+        torch.manual_seed(1)
+        other = Net()
+        other_path = os.path.join(tempfile.mkdtemp(dir=self.dir), "other.pth")
+        torch.save({"model": other.state_dict()}, other_path)
+        model = Net()
+        load_inference_weights(model, other_path, weights_key="MODEL.WEIGHTS", save_dir=self.dir)
+        self.assertTrue(torch.equal(model.head.weight, other.head.weight))
+        load_inference_weights(model, other_path, weights_key="MODEL.WEIGHTS", save_dir=self.dir,
+                               resume=True)  # fmt: skip
+        self.assertTrue(torch.equal(model.head.weight, self.trained.head.weight))
+        with self.assertRaisesRegex(ValueError, "resume needs the save_dir"):
+            load_inference_weights(model, other_path, weights_key="MODEL.WEIGHTS", resume=True)
+
 
 if __name__ == "__main__":
     unittest.main()
