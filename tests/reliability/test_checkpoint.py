@@ -23,6 +23,8 @@ from retinafocal.checkpoint import (
     non_finite_tensors,
 )
 
+from .checkpoint_case import CheckpointTestCase
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -45,15 +47,7 @@ def half_write_then_fail(obj, f):
 _REAL_TORCH_SAVE = torch.save
 
 
-class TestAtomicCheckpointer(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="retinafocal_ckpt_")
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        torch.manual_seed(0)
-        self.model = torch.nn.Linear(4, 3)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.5)
-
+class TestAtomicCheckpointer(CheckpointTestCase):
     def checkpointer(self, cls=AtomicDetectionCheckpointer, model=None):
         model = model if model is not None else self.model
         return cls(model, self.dir, optimizer=self.optimizer, scheduler=self.scheduler)

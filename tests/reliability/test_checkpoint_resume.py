@@ -11,16 +11,13 @@ import torch
 import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
 from retinafocal.checkpoint import AtomicDetectionCheckpointer, CorruptCheckpointError
 
+from .checkpoint_case import CheckpointTestCase
+
 LOGGER = "fvcore.common.checkpoint"
 
 
-class TestResumeOrLoad(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="retinafocal_resume_")
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        torch.manual_seed(0)
-        self.model = torch.nn.Linear(4, 3)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+class TestResumeOrLoad(CheckpointTestCase):
+    PREFIX = "retinafocal_resume_"
 
     def save(self, iteration: int, fill: float, mtime: float) -> str:
         """Save a checkpoint whose weights are all ``fill``, modified at ``mtime``."""

@@ -3,8 +3,6 @@ and saving through a PathManager URL (the non-atomic fallback)."""
 import logging
 import os
 import re
-import shutil
-import tempfile
 import unittest
 from unittest import mock
 
@@ -21,6 +19,8 @@ from retinafocal.checkpoint import (
     NonFiniteWeightsError,
     atomic_write,
 )
+
+from .checkpoint_case import CheckpointTestCase
 
 
 class _LocalFolderHandler(PathHandler):
@@ -63,12 +63,8 @@ def no_space(obj, f):
     raise OSError(28, "No space left on device")
 
 
-class _InTempDir(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="retinafocal_writes_")
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        torch.manual_seed(0)
-        self.model = torch.nn.Linear(4, 3)
+class _InTempDir(CheckpointTestCase):
+    PREFIX = "retinafocal_writes_"
 
     def path(self, name):
         return os.path.join(self.dir, name)

@@ -126,17 +126,21 @@ class TestExport(unittest.TestCase):
 
 
 class TestExportScript(unittest.TestCase):
+    def export(self, tmp, *flags):
+        """Run the script on a tiny config into ``tmp``; returns (config, output folder,
+        export_info.json) after checking that it wrote TorchScript and the info only."""
+        config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
+        out = os.path.join(tmp, "export")
+        code = E.main(["--config-file", config, "--output", out, "--size", "64", "80",
+                       "--random-weights", *flags])  # fmt: skip
+        self.assertEqual(code, 0)
+        self.assertEqual(sorted(os.listdir(out)), ["export_info.json", "model.ts"])
+        with open(os.path.join(out, "export_info.json")) as f:
+            return config, out, json.load(f)
+
     def test_writes_export_and_info(self):
-        script = E
         with tempfile.TemporaryDirectory() as tmp:
-            config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
-            out = os.path.join(tmp, "export")
-            code = script.main(["--config-file", config, "--output", out, "--size", "64", "80",
-                                "--format", "torchscript", "--random-weights"])
-            self.assertEqual(code, 0)
-            self.assertEqual(sorted(os.listdir(out)), ["export_info.json", "model.ts"])
-            with open(os.path.join(out, "export_info.json")) as f:
-                info = json.load(f)
+            _, _, info = self.export(tmp, "--format", "torchscript")
             self.assertEqual(info["input"]["channel_order"], "BGR")
             self.assertEqual(info["input"]["resize_before"]["max_size"], 256)
             self.assertEqual(info["sample_detections"], 5)
@@ -144,14 +148,7 @@ class TestExportScript(unittest.TestCase):
 
     def test_scripting_writes_torchscript_only(self):
         with tempfile.TemporaryDirectory() as tmp:
-            config = write_tiny_config(os.path.join(tmp, "tiny.yaml"), prior_prob=0.6)
-            out = os.path.join(tmp, "export")
-            code = E.main(["--config-file", config, "--output", out, "--size", "64", "80",
-                           "--export-method", "scripting", "--random-weights"])
-            self.assertEqual(code, 0)
-            self.assertEqual(sorted(os.listdir(out)), ["export_info.json", "model.ts"])
-            with open(os.path.join(out, "export_info.json")) as f:
-                info = json.load(f)
+            config, out, info = self.export(tmp, "--export-method", "scripting")
             self.assertEqual(info["export_method"], "scripting")
             self.assertEqual(info["sample_detections"], 5)
             with self.assertRaisesRegex(ToolError, "scripting exports TorchScript only"):
