@@ -217,20 +217,21 @@ class FocalRetinaNet(DenseDetector):
 
     def _check_gt_classes(self, gt_instances: List[Instances]) -> None:
         """Refuse class indices >= K: K would train silently as background. (One host sync a
-        step on a GPU, as the loss's positive-anchor count already makes.)"""
-        for i, instances in enumerate(gt_instances):
-            classes = instances.gt_classes
-            if not classes.numel():
-                continue
-            top = int(classes.max())
-            if top >= self.num_classes:
-                raise ValueError(
-                    f"An object of class index {top} (image {i} of the batch) reached "
-                    f"a model of {self.num_classes} classes (indices 0..{self.num_classes - 1}; "
-                    "MODEL.RETINANET.NUM_CLASSES, LazyConfig model.num_classes). Set it to the "
-                    "dataset's number of categories, or MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET "
-                    "True to take it from the training datasets."
-                )
+        step on a GPU, for the whole batch, as the loss's positive-anchor count already makes.)"""
+        classes = [x.gt_classes for x in gt_instances]
+        if not any(c.numel() for c in classes):
+            return
+        top = int(torch.cat(classes).max())
+        if top < self.num_classes:
+            return
+        i = next(i for i, c in enumerate(classes) if c.numel() and int(c.max()) == top)
+        raise ValueError(
+            f"An object of class index {top} (image {i} of the batch) reached "
+            f"a model of {self.num_classes} classes (indices 0..{self.num_classes - 1}; "
+            "MODEL.RETINANET.NUM_CLASSES, LazyConfig model.num_classes). Set it to the "
+            "dataset's number of categories, or MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET "
+            "True to take it from the training datasets."
+        )
 
     @torch.no_grad()
     def label_anchors(
