@@ -14,24 +14,19 @@ must be on a filesystem they all share. Run from the repository root.
 """
 import argparse
 import logging
-import math
 import os
 import shlex
 import sys
 
 import retinafocal  # noqa: F401  (first: compat, registries)
 
+from .plan import plan_text
 from .reproduce import reproduce
 from .runner import LaunchOptions
 from .sweep import SWEEP_MAX_ITER
 from .table1 import GRID_NAMES, SHAPES_MAX_ITER, build_grid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Planning figures for --plan, measured on this project's 2-core machine (see table1.py).
-PLAN_S_PER_ITER = 0.4
-PLAN_RUN_OVERHEAD_S = 20.0
-PLAN_EVAL_RUN_S = 15.0
 
 
 def parse_args(argv=None):
@@ -62,29 +57,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def plan(grid, launch) -> str:
-    lines = []
-    train_s = 0.0
-    for spec in grid.runs:
-        weights = f"<runs>/{spec.eval_of}/model_final.pth" if spec.eval_only else None
-        cmd = launch.command(spec, os.path.join("<output>", "runs", spec.name), weights)
-        lines.append(f"{spec.name}: {spec.description}\n    {shlex.join(cmd)}")
-        train_s += (PLAN_EVAL_RUN_S if spec.eval_only
-                    else spec.max_iter * PLAN_S_PER_ITER + PLAN_RUN_OVERHEAD_S)  # fmt: skip
-    num_train = sum(not s.eval_only for s in grid.runs)
-    if grid.name == "coco":
-        lines.append(f"\n{len(grid.runs)} runs, each the 1x schedule of its COCO config on "
-                     "the GPUs given (--num-gpus x --num-machines).")  # fmt: skip
-        return "\n".join(lines)
-    lines.append(
-        f"\n{len(grid.runs)} runs ({num_train} training, {len(grid.runs) - num_train} "
-        f"evaluation-only). Estimate at {PLAN_S_PER_ITER} s/iter, {PLAN_RUN_OVERHEAD_S:.0f} s "
-        f"start-up + evaluation per training run, {PLAN_EVAL_RUN_S:.0f} s per evaluation-only "
-        f"run (2 CPU cores): {math.ceil(train_s / 60)} min, plus about 1 min for Figure 4."
-    )
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[paper %(asctime)s] %(message)s",
@@ -109,7 +81,7 @@ def main(argv=None) -> int:
         cwd=REPO_ROOT,
     )
     if args.plan:
-        print(plan(grid, launch))
+        print(plan_text(grid, launch))
         return 0
     command = "python -m paper " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = reproduce(
