@@ -146,6 +146,26 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
                 self.assertEqual(half.dtype, torch.float16)
                 torch.testing.assert_close(half.float(), without, rtol=2e-3, atol=2e-3)
 
+    def test_low_precision_with_gradient_computed_in_fp32(self):
+        """fp16/bf16 logits that require grad: the values are the fp32 computation's, rounded
+        once to the inputs' dtype (as without a gradient), and so is the gradient of the sum."""
+        logits = torch.linspace(-6, 6, 61).reshape(1, 61)
+        targets = (torch.arange(61) % 3 == 0).float().reshape(1, 61)
+        for dtype in (torch.float16, torch.bfloat16):
+            x = logits.to(dtype)
+            x32 = x.float().requires_grad_()
+            sigmoid_focal_loss(x32, targets, reduction="sum").backward()
+            for reduction in ("none", "mean", "sum"):
+                with self.subTest(dtype=dtype, reduction=reduction):
+                    xg = x.clone().requires_grad_()
+                    value = sigmoid_focal_loss(xg, targets.to(dtype), reduction=reduction)
+                    self.assertEqual(value.dtype, dtype)
+                    exact = sigmoid_focal_loss(x32.detach(), targets, reduction=reduction)
+                    torch.testing.assert_close(value, exact.to(dtype), rtol=0, atol=0)
+                    if reduction == "sum":
+                        value.backward()
+                        torch.testing.assert_close(xg.grad, x32.grad.to(dtype), rtol=0, atol=0)
+
     def test_bad_arguments(self):
         x = torch.zeros(2, 3)
         with self.assertRaisesRegex(ValueError, "reduction"):
