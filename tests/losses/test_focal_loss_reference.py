@@ -288,6 +288,20 @@ class TestFusedLabelLoss(unittest.TestCase):
                 self.assertEqual(per_element.dtype, dtype)
                 self.assertTrue(torch.isfinite(per_element).all())
 
+    def test_low_precision_elementwise_with_gradient_is_the_fp32_computation(self):
+        """reduction="none" with a gradient: the bf16 logits are widened to fp32 before the
+        terms, so values and gradient equal those of the same logits given in fp32."""
+        logits = torch.linspace(-6, 6, 60).reshape(1, 20, 3).to(torch.bfloat16)
+        labels = torch.arange(20).reshape(1, 20) % 5 - 1  # -1 .. 3 (K = 3: background)
+        x, x32 = logits.clone().requires_grad_(), logits.float().requires_grad_()
+        values, values32 = label_focal_loss(x, labels, reduction="none"), label_focal_loss(
+            x32, labels, reduction="none"
+        )
+        torch.testing.assert_close(values, values32, rtol=0, atol=0)
+        values.sum().backward()
+        values32.sum().backward()
+        torch.testing.assert_close(x.grad, x32.grad.to(torch.bfloat16), rtol=0, atol=0)
+
     def test_empty_and_all_ignored(self):
         empty = torch.zeros(2, 0, 5, requires_grad=True)
         loss = label_focal_loss(empty, torch.zeros(2, 0, dtype=torch.long))

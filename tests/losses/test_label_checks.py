@@ -49,6 +49,37 @@ class TestLabelChecks(unittest.TestCase):
             ):
                 label_focal_loss(torch.zeros(1, 1, 3), torch.tensor([[bad]]))
 
+    def test_out_of_range_messages_in_full(self):
+        """Above K the message says where K comes from in a detector; below -1 it does not."""
+        logits = torch.zeros(1, 3, 3)
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(logits, torch.tensor([[0, 4, 3]]))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels must lie in [-1, K=3] (-1 ignored, K background), got "
+            "values in [0, 4]. K is the number of classes, the logits' last dimension: in a "
+            "detector, MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
+            "exceeds"))  # fmt: skip
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(logits, torch.tensor([[-2, 3, 3]]))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels must lie in [-1, K=3] (-1 ignored, K background), got "
+            "values in [-2, 3]"))  # fmt: skip
+
+    def test_shape_and_dtype_messages_in_full(self):
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(torch.zeros(2, 4, 3), torch.zeros(2, 3, dtype=torch.long))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels shape (2, 3) must equal logits shape without the class "
+            "dimension (2, 4)"))  # fmt: skip
+        with self.assertRaises(TypeError) as ctx:
+            label_focal_loss(torch.zeros(2, 3), torch.zeros(2))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels must be integer class indices (-1 ignored, K background), "
+            "got dtype torch.float32"))  # fmt: skip
+        # One class dimension and nothing else is valid: one anchor's logits, one label.
+        torch.testing.assert_close(label_focal_loss(torch.zeros(3), torch.tensor(3)),
+                                   3 * 0.75 * 0.25 * torch.log(torch.tensor(2.0)))  # fmt: skip
+
     def test_extreme_valid_labels_and_no_anchors(self):
         logits = torch.zeros(1, 2, 3)
         # -1 (ignored) and K = 3 (background) are valid: 3 negatives at p = 0.5, alpha 0.75.
