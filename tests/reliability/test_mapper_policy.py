@@ -181,6 +181,10 @@ class TestPixelConversions(unittest.TestCase):
     def test_16bit_image_just_above_8_bits_is_rescaled(self):
         path = self.save(Image.fromarray(np.array([[0, 256]], dtype=np.uint16)), "i256.png")
         np.testing.assert_array_equal(read_image_converted(path, "L")[..., 0], [[0, 1]])
+        # Without a format: the 8-bit grey image, as uint8.
+        image = read_image_converted(path)
+        self.assertEqual(image.dtype, np.uint8)
+        np.testing.assert_array_equal(image, [[0, 1]])
 
     def test_palette_with_byte_transparency_converts_without_warning(self):
         """Pillow warns when such an image goes straight to RGB; through RGBA it does not. The
