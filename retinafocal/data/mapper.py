@@ -60,7 +60,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     else:
         scale = 1.0 / 257.0 if array.size and array.max() > 255 else 1.0
     array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
-    return Image.fromarray(array, mode="L")
+    return Image.fromarray(array)  # 2-D uint8: mode "L"
 
 
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
@@ -72,7 +72,8 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
 
     Args:
         file_name: path of the image (any path ``PathManager`` opens).
-        format: "BGR", "RGB", "L", ... as for ``read_image``; None keeps the file's mode.
+        format: "BGR", "RGB", "L", ... as for ``read_image``; None keeps the file's mode (a
+            palette image gives its palette indices, as ``read_image`` does).
 
     Returns:
         (H, W, C) uint8 array in ``format`` ((H, W) for single-channel images with format None).
@@ -91,10 +92,11 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
     except Exception:  # noqa: BLE001 -- a broken EXIF block: keep the stored orientation
         pass
     image = _to_8bit(image)
-    if image.mode == "P":
-        image = image.convert("RGBA")  # palette transparency -> alpha, dropped just below
-    if format is not None and image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        image = image.convert("L" if format == "L" else "RGB")
+    if image.mode == "P" and format is not None:
+        # Through RGBA, as Pillow asks: converting a palette image whose transparency is stored
+        # as bytes straight to RGB warns. convert_PIL_to_numpy's conversion then drops the alpha
+        # channel of this and of every other alpha mode, keeping the colour channels as stored.
+        image = image.convert("RGBA")
     return utils.convert_PIL_to_numpy(image, format)
 
 

@@ -305,14 +305,9 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
 
 
 def fused_label_loss(
-    logits: Tensor,
-    labels: Tensor,
-    terms: Terms,
-    reduction: str = "sum",
-    compile: bool = False,
-    where: str = "fused_label_loss",
+    logits: Tensor, labels: Tensor, terms: Terms, reduction: str, compile: bool, where: str
 ) -> Tensor:
     """One-off form of :meth:`LabelLossRunner.loss` (a fresh runner per call: with
     ``compile=True`` a failed compilation is retried on the next call; a loss module keeps its
-    runner and remembers)."""
+    runner and remembers). No defaults: each label_* function passes its own."""
     return LabelLossRunner(terms, compile).loss(logits, labels, reduction, where)

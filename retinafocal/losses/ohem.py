@@ -24,8 +24,7 @@ def _top_after_nms(boxes: Tensor, scores: Tensor, k: int, nms_thresh: float) -> 
     running NMS over ~10^5 anchors (quadratic in the worst case).
     """
     n = scores.numel()
-    if k <= 0 or n == 0:
-        return torch.empty(0, dtype=torch.long, device=scores.device)
+    k = max(k, 0)  # no boxes for k <= 0 (the loop below also handles n == 0: NMS of nothing)
     order = torch.argsort(scores, descending=True, stable=True)
     m = min(n, 8 * k)
     while True:

@@ -301,7 +301,7 @@ class FocalRetinaNet(DenseDetector):
         logits = cat(pred_logits, dim=1)  # (N, R, K)
         anchor_boxes = Boxes.cat(anchors).tensor  # (R, 4)
         loss_cls = self.classification_loss(logits, labels, anchor_boxes=anchor_boxes)
-        if not getattr(self.classification_loss, "self_normalizing", False):
+        if not self.classification_loss.self_normalizing:  # a registry member's attribute
             loss_cls = loss_cls / normalizer
         loss_box_reg = _dense_box_regression_loss(
             anchors,

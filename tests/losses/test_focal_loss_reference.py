@@ -146,6 +146,26 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
                 self.assertEqual(half.dtype, torch.float16)
                 torch.testing.assert_close(half.float(), without, rtol=2e-3, atol=2e-3)
 
+    def test_low_precision_with_gradient_computed_in_fp32(self):
+        """fp16/bf16 logits that require grad: the values are the fp32 computation's, rounded
+        once to the inputs' dtype (as without a gradient), and so is the gradient of the sum."""
+        logits = torch.linspace(-6, 6, 61).reshape(1, 61)
+        targets = (torch.arange(61) % 3 == 0).float().reshape(1, 61)
+        for dtype in (torch.float16, torch.bfloat16):
+            x = logits.to(dtype)
+            x32 = x.float().requires_grad_()
+            sigmoid_focal_loss(x32, targets, reduction="sum").backward()
+            for reduction in ("none", "mean", "sum"):
+                with self.subTest(dtype=dtype, reduction=reduction):
+                    xg = x.clone().requires_grad_()
+                    value = sigmoid_focal_loss(xg, targets.to(dtype), reduction=reduction)
+                    self.assertEqual(value.dtype, dtype)
+                    exact = sigmoid_focal_loss(x32.detach(), targets, reduction=reduction)
+                    torch.testing.assert_close(value, exact.to(dtype), rtol=0, atol=0)
+                    if reduction == "sum":
+                        value.backward()
+                        torch.testing.assert_close(xg.grad, x32.grad.to(dtype), rtol=0, atol=0)
+
     def test_bad_arguments(self):
         x = torch.zeros(2, 3)
         with self.assertRaisesRegex(ValueError, "reduction"):
@@ -267,6 +287,20 @@ class TestFusedLabelLoss(unittest.TestCase):
                 per_element = sigmoid_focal_loss(x.detach(), torch.zeros_like(x))
                 self.assertEqual(per_element.dtype, dtype)
                 self.assertTrue(torch.isfinite(per_element).all())
+
+    def test_low_precision_elementwise_with_gradient_is_the_fp32_computation(self):
+        """reduction="none" with a gradient: the bf16 logits are widened to fp32 before the
+        terms, so values and gradient equal those of the same logits given in fp32."""
+        logits = torch.linspace(-6, 6, 60).reshape(1, 20, 3).to(torch.bfloat16)
+        labels = torch.arange(20).reshape(1, 20) % 5 - 1  # -1 .. 3 (K = 3: background)
+        x, x32 = logits.clone().requires_grad_(), logits.float().requires_grad_()
+        values, values32 = label_focal_loss(x, labels, reduction="none"), label_focal_loss(
+            x32, labels, reduction="none"
+        )
+        torch.testing.assert_close(values, values32, rtol=0, atol=0)
+        values.sum().backward()
+        values32.sum().backward()
+        torch.testing.assert_close(x.grad, x32.grad.to(torch.bfloat16), rtol=0, atol=0)
 
     def test_empty_and_all_ignored(self):
         empty = torch.zeros(2, 0, 5, requires_grad=True)

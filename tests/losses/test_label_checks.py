@@ -1,12 +1,21 @@
 """The fused losses refuse inputs that do not fit, with a message naming the loss and the
 problem, and accept every valid edge case (no anchors, the extreme labels -1 and K)."""
 
+import math
 import unittest
+from unittest import mock
 
 import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
-from retinafocal.losses import FocalLoss, label_focal_loss
+from retinafocal.losses import (
+    FocalLoss,
+    label_focal_loss,
+    label_focal_loss_star,
+    label_hinge_loss,
+)
+
+FUSED_LOSSES = (label_focal_loss, label_focal_loss_star, label_hinge_loss)
 
 
 class TestLabelChecks(unittest.TestCase):
@@ -40,6 +49,37 @@ class TestLabelChecks(unittest.TestCase):
             ):
                 label_focal_loss(torch.zeros(1, 1, 3), torch.tensor([[bad]]))
 
+    def test_out_of_range_messages_in_full(self):
+        """Above K the message says where K comes from in a detector; below -1 it does not."""
+        logits = torch.zeros(1, 3, 3)
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(logits, torch.tensor([[0, 4, 3]]))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels must lie in [-1, K=3] (-1 ignored, K background), got "
+            "values in [0, 4]. K is the number of classes, the logits' last dimension: in a "
+            "detector, MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
+            "exceeds"))  # fmt: skip
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(logits, torch.tensor([[-2, 3, 3]]))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels must lie in [-1, K=3] (-1 ignored, K background), got "
+            "values in [-2, 3]"))  # fmt: skip
+
+    def test_shape_and_dtype_messages_in_full(self):
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(torch.zeros(2, 4, 3), torch.zeros(2, 3, dtype=torch.long))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels shape (2, 3) must equal logits shape without the class "
+            "dimension (2, 4)"))  # fmt: skip
+        with self.assertRaises(TypeError) as ctx:
+            label_focal_loss(torch.zeros(2, 3), torch.zeros(2))
+        self.assertEqual(str(ctx.exception), (
+            "label_focal_loss: labels must be integer class indices (-1 ignored, K background), "
+            "got dtype torch.float32"))  # fmt: skip
+        # One class dimension and nothing else is valid: one anchor's logits, one label.
+        torch.testing.assert_close(label_focal_loss(torch.zeros(3), torch.tensor(3)),
+                                   3 * 0.75 * 0.25 * torch.log(torch.tensor(2.0)))  # fmt: skip
+
     def test_extreme_valid_labels_and_no_anchors(self):
         logits = torch.zeros(1, 2, 3)
         # -1 (ignored) and K = 3 (background) are valid: 3 negatives at p = 0.5, alpha 0.75.
@@ -48,6 +88,45 @@ class TestLabelChecks(unittest.TestCase):
         torch.testing.assert_close(value, expected)
         empty = label_focal_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
         self.assertEqual(empty.item(), 0.0)
+
+    def test_each_loss_names_itself(self):
+        logits = torch.zeros(1, 2, 3)
+        for fn in FUSED_LOSSES:
+            name = fn.__name__
+            with self.subTest(loss=name):
+                with self.assertRaisesRegex(ValueError, rf"^{name}: labels must lie in"):
+                    fn(logits, torch.tensor([[0, 9]]))
+                with self.assertRaisesRegex(ValueError, rf"^{name}: reduction must be one of"):
+                    fn(logits, torch.tensor([[0, 3]]), reduction="avg")
+        for fn in (label_focal_loss, label_focal_loss_star):
+            with self.assertRaisesRegex(ValueError, rf"^{fn.__name__}: gamma must be"):
+                fn(logits, torch.tensor([[0, 3]]), gamma=-1.0)
+
+
+class TestDefaults(unittest.TestCase):
+    def test_eager_unless_asked_to_compile(self):
+        """torch.compile costs ~20 s on first use: only compile=True may call it."""
+        logits, labels = torch.zeros(2, 3), torch.tensor([0, 3])
+        for fn in FUSED_LOSSES:
+            for compile, calls in ((None, 0), (True, 1)):
+                kwargs = {} if compile is None else {"compile": compile}
+                with self.subTest(loss=fn.__name__, compile=compile), mock.patch(
+                    "torch.compile", side_effect=lambda f: f
+                ) as compiler:
+                    fn(logits, labels, **kwargs)
+                    self.assertEqual(compiler.call_count, calls)
+
+    def test_focal_loss_star_defaults_are_the_papers(self):
+        """gamma = 2, beta = 1: one positive at x = 0 costs -log(sigmoid(1)) / 2."""
+        value = label_focal_loss_star(torch.zeros(1, 1), torch.tensor([0]))
+        torch.testing.assert_close(value, torch.tensor(math.log1p(math.exp(-1.0)) / 2))
+
+    def test_hinge_margin_bounds(self):
+        """The margin lies in (0, 1]: 0 would make every element free; 1 is the largest."""
+        with self.assertRaisesRegex(ValueError, r"margin must be in \(0, 1\], got 0.0"):
+            label_hinge_loss(torch.zeros(1, 1), torch.tensor([0]), margin=0.0)
+        value = label_hinge_loss(torch.zeros(1, 1), torch.tensor([0]), margin=1.0)
+        torch.testing.assert_close(value, torch.tensor(0.5))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ The reference is the definition itself: greedy NMS over every valid anchor (torc
 """
 
 import unittest
+from unittest import mock
 
 import torch
 from torchvision.ops import nms
 
 import retinafocal  # noqa: F401  (compat before detectron2)
-from retinafocal.losses import OHEMLoss, ohem_select
+from retinafocal.losses import OHEMLoss, ohem, ohem_select
 
 K = 2  # classes; label K = background
 
@@ -56,6 +57,41 @@ class TestHardestAmongManyCandidates(unittest.TestCase):
         picked = ohem_select(losses, labels, boxes, K, batch_size=3)
         self.assertEqual(picked.tolist(), [0, 120, 100])
         self.assertEqual(picked.tolist(), _reference(losses, labels, boxes, 3))
+
+    def test_nms_sees_8b_candidates_then_4_times_more_each_round(self):
+        """The point of the candidate window: NMS runs on 8 x B boxes while they give B
+        survivors, and the window grows 4-fold only while they do not (the crowd above)."""
+        sizes = []
+
+        def recording_nms(boxes, scores, thresh):
+            sizes.append(len(boxes))
+            return nms(boxes, scores, thresh)
+
+        crowd = torch.tensor([[0.0, 0, 50, 50]]).repeat(100, 1)
+        with mock.patch.object(ohem, "nms", recording_nms):
+            ohem_select(torch.rand(300), torch.full((300,), K), _disjoint_boxes(300), K, 6)
+            self.assertEqual(sizes, [48])
+            sizes.clear()
+            boxes = torch.cat([crowd, _disjoint_boxes(150) + 1000])
+            losses = torch.cat([torch.linspace(50, 20, 100), torch.linspace(10, 1, 150)])
+            self.assertEqual(ohem_select(losses, torch.full((250,), K), boxes, K, 3).tolist(),
+                             [0, 100, 101])  # fmt: skip
+            self.assertEqual(sizes, [24, 96, 250])
+            # Exactly B survivors in the first window (two crowds of 8): no second round.
+            sizes.clear()
+            boxes = torch.cat([crowd[:8], crowd[:8] + 100, _disjoint_boxes(84) + 1000])
+            losses = torch.linspace(100, 1, 100)
+            self.assertEqual(ohem_select(losses, torch.full((100,), K), boxes, K, 2).tolist(),
+                             [0, 8])  # fmt: skip
+            self.assertEqual(sizes, [16])
+
+    def test_no_picks_for_a_budget_of_zero_or_no_candidates(self):
+        boxes, losses = _disjoint_boxes(20), torch.linspace(2, 1, 20)
+        for b in (0, -1):
+            picked = ohem_select(losses, torch.full((20,), K), boxes, K, b)
+            self.assertEqual((picked.tolist(), picked.dtype), ([], torch.long))
+        picked = ohem_select(losses[:0], torch.full((0,), K), boxes[:0], K, 4)
+        self.assertEqual((picked.tolist(), picked.dtype), ([], torch.long))
 
     def test_fewer_survivors_than_b_gives_all_of_them(self):
         crowd = torch.tensor([[0.0, 0, 50, 50]]).repeat(60, 1)

@@ -81,8 +81,21 @@ class TestRetinaFocalHead(unittest.TestCase):
     def test_unequal_anchors_per_level_are_refused(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]] * 4 + [[0.5, 1.0]]
-        with self.assertRaisesRegex(ValueError, r"different number of anchors per level"):
+        with self.assertRaises(ValueError) as ctx:
             build_retinafocal_head(cfg, LEVELS)
+        self.assertEqual(str(ctx.exception), (
+            "MODEL.ANCHOR_GENERATOR gives a different number of anchors per level "
+            "([3, 3, 3, 3, 6]); the shared head needs the same number on every level"))  # fmt: skip
+
+    def test_single_level_head(self):
+        """One feature level (sizes given once, for every level): A = 2 anchors per location."""
+        cfg = small_retinanet_cfg(num_classes=4)
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64]]
+        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
+        h = build_retinafocal_head(cfg, LEVELS[:1])
+        logits, deltas = h([torch.randn(1, 32, 5, 6)])
+        self.assertEqual([tuple(logits[0].shape), tuple(deltas[0].shape)],
+                         [(1, 2 * 4, 5, 6), (1, 2 * 4, 5, 6)])  # fmt: skip
 
     def test_unequal_channels_and_bad_prior_are_refused(self):
         cfg = small_retinanet_cfg()

@@ -95,6 +95,16 @@ class TestChunkedIoUMatcher(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "labels"):
             ChunkedIoUMatcher(thresholds=[0.4, 0.5], labels=[0, 1])
 
+    def test_chunks_hold_at_most_chunk_elements_ious(self):
+        """Each chunk of anchors times the M boxes stays within chunk_elements IoU values (one
+        anchor at least), and the chunks cover every anchor once."""
+        matcher = paper_matcher(chunk_elements=10)
+        self.assertEqual(matcher._chunks(3, 7), [(0, 3), (3, 6), (6, 7)])
+        self.assertEqual(matcher._chunks(1, 25), [(0, 10), (10, 20), (20, 25)])
+        self.assertEqual(matcher._chunks(0, 12), [(0, 10), (10, 12)])
+        self.assertEqual(matcher._chunks(15, 3), [(0, 1), (1, 2), (2, 3)])
+        self.assertEqual(matcher._chunks(3, 0), [])
+
     def test_built_from_registry(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.RETINAFOCAL.MATCHER_CHUNK_ELEMENTS = 123

@@ -105,6 +105,16 @@ class TestTrainingSettings(unittest.TestCase):
         torch.testing.assert_close(losses["loss_cls"], calls[0])
         self.assertEqual(losses["loss_box_reg"].item(), 0.0)
 
+    def test_a_self_normalizing_loss_is_not_divided(self):
+        """OHEM averages over the anchors it keeps: the model uses its value as it is."""
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.LOSS.NAME = "OHEMLoss"
+        model = build(cfg)
+        calls = spy_on_classification_loss(model)
+        losses, latest = train_step(model, make_inputs())
+        self.assertGreater(latest["num_pos_anchors"][0], 1.0)
+        torch.testing.assert_close(losses["loss_cls"], calls[0], rtol=0, atol=0)
+
     def test_diagnostics_only_every_period(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD = 2
@@ -130,11 +140,17 @@ class TestTrainingSettings(unittest.TestCase):
         self.assertEqual(drawn[1], [])
         self.assertEqual(len(drawn[2]), 1)
         self.assertIn("GT bounding boxes", drawn[0][0])
+        cfg.VIS_PERIOD = 1  # every iteration
+        model = build(cfg).train()
+        with EventStorage(1) as storage:
+            model(copy.deepcopy(make_inputs(num_images=1)))
+            self.assertEqual(len(storage._vis_data), 1)
 
     def test_l1_is_smooth_l1_with_beta_zero(self):
         inputs = make_inputs()
         losses = {}
-        for loss_type, beta in (("l1", 0.5), ("smooth_l1", 0.0), ("giou", 0.0)):
+        settings = (("l1", 0.5), ("smooth_l1", 0.0), ("smooth_l1", 1e3), ("giou", 0.0))
+        for loss_type, beta in settings:
             cfg = small_retinanet_cfg()
             cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = loss_type
             cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = beta
@@ -142,6 +158,8 @@ class TestTrainingSettings(unittest.TestCase):
         # "l1" ignores the beta it is given; GIoU is another loss altogether.
         self.assertEqual(losses["l1", 0.5].item(), losses["smooth_l1", 0.0].item())
         self.assertNotEqual(losses["giou", 0.0].item(), losses["smooth_l1", 0.0].item())
+        # A beta far above every residual: 0.5 x^2 / beta instead of |x|, far smaller.
+        self.assertLess(losses["smooth_l1", 1e3].item(), 0.01 * losses["l1", 0.5].item())
 
     def test_ema_normaliser_starts_at_100(self):
         """detectron2's moving average: 0.9 x 100 + 0.1 x (positives in the batch)."""
@@ -152,6 +170,20 @@ class TestTrainingSettings(unittest.TestCase):
         losses, latest = train_step(model, make_inputs())
         num_pos = latest["num_pos_anchors"][0] * 2
         torch.testing.assert_close(losses["loss_cls"], calls[0] / (0.9 * 100 + 0.1 * num_pos))
+
+    def test_ema_normaliser_momentum_and_a_batch_without_objects(self):
+        """The configured momentum; no positive anchor counts as 1; detectron2's attribute
+        name (loss_normalizer), which carries the average to the next step."""
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.LOSS_NORMALIZER = "ema"
+        cfg.MODEL.RETINAFOCAL.LOSS_NORMALIZER_MOMENTUM = 0.5
+        model = build(cfg)
+        calls = spy_on_classification_loss(model)
+        losses, _ = train_step(model, make_inputs(with_boxes=False))
+        self.assertEqual(model.loss_normalizer, 0.5 * 100 + 0.5 * 1)
+        torch.testing.assert_close(losses["loss_cls"], calls[0] / 50.5)
+        train_step(model, make_inputs(with_boxes=False))
+        self.assertEqual(model.loss_normalizer, 0.5 * 50.5 + 0.5 * 1)
 
 
 class TestConfigErrors(unittest.TestCase):

@@ -1,11 +1,13 @@
 """RobustDatasetMapper's policy for bad images, message by message, and the pixel conversions of
 read_image_converted that the broken dataset does not reach (EXIF rotation, float images above
-1, 16-bit images that fit in 8 bits, grey images with alpha)."""
+1, 16-bit images that fit in 8 bits, the edge values of both, grey images with alpha, palettes
+with transparency)."""
 import logging
 import os
 import shutil
 import tempfile
 import unittest
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -78,6 +80,25 @@ class TestSkipPolicyMessages(unittest.TestCase):
         names = ", ".join(self.bad(i)["file_name"] for i in range(1, 6))
         self.assertTrue(summary.endswith(f"since the last report: {names} and 3 more"), summary)
 
+    def test_five_names_in_full_six_shortened(self):
+        for count, tail in ((5, ""), (6, " and 1 more")):
+            m = mapper(period=count)
+            with self.assertLogs(LOGGER, logging.WARNING) as logs:
+                for i in range(count + 1):  # the first is named at once, the others summed up
+                    m(self.bad(i))
+            names = ", ".join(self.bad(i)["file_name"] for i in range(1, min(count, 5) + 1))
+            summary = logs.records[-1].getMessage()
+            self.assertTrue(summary.endswith(f"since the last report: {names}{tail}"), summary)
+
+    def test_from_config_defaults_to_training(self):
+        cfg = get_cfg()
+        add_retinafocal_config(cfg)
+        cfg.DATALOADER.ON_UNREADABLE_IMAGE = "skip"
+        m = RobustDatasetMapper(cfg)  # no is_train: a training mapper, which may skip
+        self.assertTrue(m.is_train)
+        with self.assertLogs(LOGGER, logging.WARNING):
+            self.assertIsNone(m(self.bad(1)))
+
     def test_no_summary_without_new_skips(self):
         m = mapper(period=1)
         with self.assertLogs(LOGGER, logging.WARNING) as logs:
@@ -99,19 +120,26 @@ class TestSkipPolicyMessages(unittest.TestCase):
         path = self.bad(7)["file_name"]
         with self.assertRaises(UnreadableImageError) as ctx:
             read_image_converted(path, "BGR")
-        self.assertTrue(str(ctx.exception).startswith(f"Cannot read image {path}: "))
+        self.assertTrue(str(ctx.exception).startswith(
+            f"Cannot read image {path}: FileNotFoundError: [Errno 2] No such file"))  # fmt: skip
         # The mapper adds what to do, never suggesting the policy that is already set.
         with self.assertRaises(UnreadableImageError) as ctx:
             mapper("error")(self.bad(7))
         self.assertTrue(str(ctx.exception).startswith(f"Cannot read image {path}: "))
-        self.assertIn("set DATALOADER.ON_UNREADABLE_IMAGE to 'skip'", str(ctx.exception))
+        self.assertTrue(str(ctx.exception).endswith(
+            ". Fix or remove it (tools/validate_dataset.py decodes every image and lists all such "
+            "files), or set DATALOADER.ON_UNREADABLE_IMAGE to 'skip' to go on without unreadable "
+            "images."))  # fmt: skip
         cfg = get_cfg()
         add_retinafocal_config(cfg)
         cfg.DATALOADER.ON_UNREADABLE_IMAGE = "skip"
         with self.assertRaises(UnreadableImageError) as ctx:
             RobustDatasetMapper(cfg, is_train=False)(self.bad(7))
-        self.assertIn("DATALOADER.ON_UNREADABLE_IMAGE is 'skip', but an evaluation",
-                      str(ctx.exception))  # fmt: skip
+        self.assertTrue(str(ctx.exception).endswith(
+            ". DATALOADER.ON_UNREADABLE_IMAGE is 'skip', but an evaluation cannot leave out an "
+            "image once it has started (the images that the start-up check finds are left out "
+            "before). Fix or remove it; tools/validate_dataset.py decodes every image and lists "
+            "all such files."))  # fmt: skip
         self.assertNotIn("to 'skip'", str(ctx.exception))
 
 
@@ -139,6 +167,37 @@ class TestPixelConversions(unittest.TestCase):
         path = self.save(Image.fromarray(values, mode="F"), "f.tif")
         np.testing.assert_array_equal(read_image_converted(path, "L")[..., 0],
                                       [[0, 2], [255, 254]])  # fmt: skip
+
+    def test_float_edges(self):
+        """A maximum of 1 still means [0, 1] (x 255, not 256); just above 1 means [0, 255];
+        negative values are clipped to 0, not wrapped around."""
+        for values, expected in (
+            ([[0.0, 0.75], [1.0, -0.5]], [[0, 191], [255, 0]]),
+            ([[0.0, 1.5], [-3.0, 0.75]], [[0, 2], [0, 1]]),
+        ):
+            path = self.save(Image.fromarray(np.array(values, np.float32), mode="F"), "f.tif")
+            np.testing.assert_array_equal(read_image_converted(path, "L")[..., 0], expected)
+
+    def test_16bit_image_just_above_8_bits_is_rescaled(self):
+        path = self.save(Image.fromarray(np.array([[0, 256]], dtype=np.uint16)), "i256.png")
+        np.testing.assert_array_equal(read_image_converted(path, "L")[..., 0], [[0, 1]])
+        # Without a format: the 8-bit grey image, as uint8.
+        image = read_image_converted(path)
+        self.assertEqual(image.dtype, np.uint8)
+        np.testing.assert_array_equal(image, [[0, 1]])
+
+    def test_palette_with_byte_transparency_converts_without_warning(self):
+        """Pillow warns when such an image goes straight to RGB; through RGBA it does not. The
+        colours are the palette's, alpha dropped; format None keeps the palette indices."""
+        image = Image.fromarray(np.array([[0, 1, 2]], dtype=np.uint8), mode="P")
+        image.putpalette([0, 0, 0, 200, 100, 50, 10, 250, 30])
+        path = self.save(image, "p.png", transparency=b"\x00\x80\xff")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(read_image_converted(path, "BGR")[0],
+                                          [[0, 0, 0], [50, 100, 200], [30, 250, 10]])  # fmt: skip
+            np.testing.assert_array_equal(read_image_converted(path, "L")[0, :, 0], [0, 124, 153])
+        np.testing.assert_array_equal(read_image_converted(path), [[0, 1, 2]])
 
     def test_16bit_image_within_8_bits_keeps_its_values(self):
         values = np.array([[0, 17], [200, 255]], dtype=np.uint16)
