@@ -67,24 +67,38 @@ def time_interleaved(
     return {"wall": wall, "cpu": cpu}
 
 
-def same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> bool:
-    """Equal detections within rounding (boxes 0.01 px, scores 1e-5), in any order among equal
-    scores; detections tied with the last kept score are left out (which of several tied
-    candidates makes the cut is arbitrary)."""
-    from detections import Detections, compare_detections
-
+def same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor], box_atol: float = 1e-2,
+                    score_atol: float = 1e-5) -> bool:
+    """Equal detections within rounding: as many of them, and every detection of either that
+    scores clearly above the lowest kept score has a twin in the other (same class, box within
+    ``box_atol`` px, score within ``score_atol``). Near that lowest score, which of several
+    near-tied candidates makes the cut is arbitrary: such detections need no twin."""
     if len(a["scores"]) != len(b["scores"]):
         return False
     if len(a["scores"]) == 0:
         return True
-    cut = float(torch.minimum(a["scores"].min(), b["scores"].min())) + 1e-5
+    a, b = ({k: v.detach().cpu().double() for k, v in d.items()} for d in (a, b))
+    floor = max(float(a["scores"].min()), float(b["scores"].min())) + score_atol
+    return _have_twins(a, b, floor, box_atol, score_atol) and _have_twins(
+        b, a, floor, box_atol, score_atol
+    )
 
-    def above(d: Dict[str, Tensor]) -> Detections:
-        keep = d["scores"].cpu() > cut
-        return Detections(d["boxes"].cpu()[keep], d["scores"].cpu()[keep],
-                          d["classes"].cpu()[keep])
 
-    return compare_detections(above(a), above(b), box_atol=1e-2, score_atol=1e-5) is None
+def _have_twins(x: Dict[str, Tensor], y: Dict[str, Tensor], floor: float, box_atol: float,
+                score_atol: float) -> bool:
+    """Whether each detection of ``x`` scoring above ``floor`` has its own twin in ``y``."""
+    free = torch.ones(len(y["scores"]), dtype=torch.bool)
+    for i in torch.nonzero(x["scores"] > floor).flatten().tolist():
+        twin = (
+            free
+            & (y["classes"] == x["classes"][i])
+            & ((y["scores"] - x["scores"][i]).abs() <= score_atol)
+            & ((y["boxes"] - x["boxes"][i]).abs().amax(dim=1) <= box_atol)
+        )
+        if not bool(twin.any()):
+            return False
+        free[int(torch.nonzero(twin)[0])] = False
+    return True
 
 
 def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,

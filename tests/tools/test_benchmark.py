@@ -52,6 +52,11 @@ class TestBenchmarkParts(unittest.TestCase):
         moved = dict(dets, boxes=dets["boxes"] + torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, 0],
                                                                 [0, 0, 0, 0]]))
         self.assertFalse(measure.same_detections(dets, moved))
+        # At the lowest kept score, which near-tied candidate made the cut is arbitrary.
+        other_last = dict(dets, boxes=dets["boxes"].clone(), scores=dets["scores"] + 3e-6)
+        other_last["boxes"][2] += 5
+        self.assertTrue(measure.same_detections(dets, other_last))
+        self.assertFalse(measure.same_detections(dets, {k: v[:2] for k, v in dets.items()}))
 
     def test_table_ratios_and_targets(self):
         settings = BenchmarkSettings()
