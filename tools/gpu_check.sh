@@ -15,7 +15,9 @@
 #   train_compiled  the same with AMP and MODEL.RETINAFOCAL.LOSS.COMPILE (Triton loss kernels)
 #   train_bf16/fp16 (issue 15) MODEL.RETINAFOCAL.PRECISION runs, when that key exists (fp16
 #                   with SOLVER.AMP.ENABLED, which it needs for gradient scaling)
-#   bench           tools/benchmark_detectors.py --device cuda at 800 x 1067 and 600 x 800
+#   bench           tools/benchmark_detectors.py --device cuda at 800 x 1067 and 600 x 800:
+#                   the realistic regime, fp32 / AMP / bf16 / compiled loss, ours vs detectron2
+#                   vs torchvision
 #   report          OUT_DIR/GPU_CHECK.md: the dated table for README, with the GPU's name
 # Its Python parts are in tools/gpu_check.py.
 #
@@ -89,7 +91,9 @@ else
     echo "== train_bf16, train_fp16: skipped (no MODEL.RETINAFOCAL.PRECISION in this checkout)"
 fi
 # ----------------------------------------------------------------------------------------------
-step bench 150 "$PY" tools/benchmark_detectors.py --device "$DEVICE" --memory-repeats 1 \
-    --output "$OUT/benchmark.json" "${BENCH_ARGS[@]}"
+# Realistic regime; on CUDA fp32 / AMP / bf16 / compiled loss at both sizes (not yet timed on a
+# GPU: the step may be cut by the budget); each size's results are written as it ends.
+step bench 240 "$PY" tools/benchmark_detectors.py --device "$DEVICE" --memory-repeats 1 \
+    --iters 10 20 5 --warmup 3 --output "$OUT/benchmark.json" "${BENCH_ARGS[@]}"
 "$PY" tools/gpu_check.py report "$OUT"
 echo "total $((SECONDS - START)) s"
