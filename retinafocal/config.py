@@ -41,6 +41,15 @@ def add_retinafocal_config(cfg: CN) -> None:
     # before the model is built. Off, NUM_CLASSES must equal that number (checked before
     # training and evaluation).
     _C.MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET = False
+    # Compute precision of the backbone and head in training and inference, through
+    # torch.autocast: "fp32", "bf16" (CPUs with AVX512-BF16/AMX, GPUs; float32 with a warning
+    # elsewhere) or "fp16" (GPU; training it needs SOLVER.AMP.ENABLED True, which bf16 refuses).
+    # The loss and box decoding stay float32. A TorchScript-scripted model runs in float32.
+    _C.MODEL.RETINAFOCAL.PRECISION = "fp32"
+    # Compute each backbone conv followed by a frozen BatchNorm (FrozenBN backbones, e.g. the
+    # COCO recipes' R50) as one conv with the norm folded into its weight and bias: same
+    # parameters and checkpoints, equal results up to float rounding, faster.
+    _C.MODEL.RETINAFOCAL.FOLD_FROZEN_BN = False
 
     _C.MODEL.RETINAFOCAL.LOSS = CN()
     # Name in retinafocal.losses.CLASSIFICATION_LOSS_REGISTRY: "FocalLoss" (alpha and gamma from

@@ -8,22 +8,17 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from dataclasses import asdict, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from benchmark_models import (
-    Detector,
-    build_detector,
-    fold_for_inference,
-    restore_prior_bias,
-    set_inference_bias,
-)
+from benchmark_models import Detector, build_detector, prepare_alone, set_regime
 from benchmark_setup import BenchmarkSettings, Sample, make_samples
 
 __all__ = [
+    "describe_error",
     "time_interleaved",
     "same_detections",
     "measure_times",
@@ -35,16 +30,22 @@ __all__ = [
 #: The script whose ``--memory-worker`` mode measures one detector in a fresh process.
 _SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_detectors.py")
 
+
 def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
 def time_interleaved(
-    tasks: Dict[str, Callable[[int], Any]], warmup: int, iters: int, device: str = "cpu"
+    tasks: Dict[str, Callable[[int], Any]],
+    warmup: int,
+    iters: int,
+    device: str = "cpu",
+    errors: Optional[Dict[str, str]] = None,
 ) -> Dict[str, Dict[str, List[float]]]:
     """Run ``tasks[name](round)`` for ``warmup + iters`` rounds, every task once per round, the
-    first task of a round rotating.
+    first task of a round rotating. With ``errors``, a task that raises is recorded there
+    ("Type: message") and left out of the later rounds, while the others run on.
 
     Returns:
         {"wall": {name: seconds per measured round}, "cpu": {name: CPU seconds of this
@@ -57,70 +58,100 @@ def time_interleaved(
     for r in range(warmup + iters):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            if errors is not None and name in errors:
+                continue
             _synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
-            tasks[name](r)
-            _synchronize(device)
+            try:
+                tasks[name](r)
+                _synchronize(device)
+            except Exception as e:  # noqa: BLE001  (one failing detector must not stop the rest)
+                if errors is None:
+                    raise
+                errors[name] = describe_error(e)
+                continue
             if r >= warmup:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
     return {"wall": wall, "cpu": cpu}
 
 
-def same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> bool:
-    """Equal detections within rounding (boxes 0.01 px, scores 1e-5), in any order among equal
-    scores; detections tied with the last kept score are left out (which of several tied
-    candidates makes the cut is arbitrary)."""
-    from detections import Detections, compare_detections
+def describe_error(error: BaseException) -> str:
+    """One line: the error's type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
+
+def same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor], box_atol: float = 1e-2,
+                    score_atol: float = 1e-4) -> bool:
+    """Equal detections within rounding: as many of them, and every detection of either that
+    scores clearly above the lowest kept score has a twin in the other (same class, box within
+    ``box_atol`` px, score within ``score_atol``). Near that lowest score, which of several
+    near-tied candidates makes the cut is arbitrary: such detections need no twin."""
     if len(a["scores"]) != len(b["scores"]):
         return False
     if len(a["scores"]) == 0:
         return True
-    cut = float(torch.minimum(a["scores"].min(), b["scores"].min())) + 1e-5
+    a, b = ({k: v.detach().cpu().double() for k, v in d.items()} for d in (a, b))
+    floor = max(float(a["scores"].min()), float(b["scores"].min())) + score_atol
+    return _have_twins(a, b, floor, box_atol, score_atol) and _have_twins(
+        b, a, floor, box_atol, score_atol
+    )
 
-    def above(d: Dict[str, Tensor]) -> Detections:
-        keep = d["scores"].cpu() > cut
-        return Detections(d["boxes"].cpu()[keep], d["scores"].cpu()[keep],
-                          d["classes"].cpu()[keep])
 
-    return compare_detections(above(a), above(b), box_atol=1e-2, score_atol=1e-5) is None
+def _have_twins(x: Dict[str, Tensor], y: Dict[str, Tensor], floor: float, box_atol: float,
+                score_atol: float) -> bool:
+    """Whether each detection of ``x`` scoring above ``floor`` has its own twin in ``y``."""
+    free = torch.ones(len(y["scores"]), dtype=torch.bool)
+    for i in torch.nonzero(x["scores"] > floor).flatten().tolist():
+        twin = (
+            free
+            & (y["classes"] == x["classes"][i])
+            & ((y["scores"] - x["scores"][i]).abs() <= score_atol)
+            & ((y["boxes"] - x["boxes"][i]).abs().amax(dim=1) <= box_atol)
+        )
+        if not bool(twin.any()):
+            return False
+        free[int(torch.nonzero(twin)[0])] = False
+    return True
 
 
 def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
-                  samples: Sequence[Sample]) -> Dict[str, Any]:
-    """Inference latency, throughput and training iteration time of every detector."""
+                  samples: Sequence[Sample], precision: str = "fp32") -> Dict[str, Any]:
+    """Inference latency, throughput and training iteration time of every detector at the
+    precision variant ``precision``, with the weights they hold (a regime's). A detector that
+    fails is named in "errors" with its error, and the others are timed."""
     n = len(samples)
     train_iters, latency_iters, throughput_iters = settings.iters
-    single = {name: [d.inference_inputs([s]) for s in samples] for name, d in detectors.items()}
-    batch = {name: d.inference_inputs(samples[: settings.throughput_batch])
-             for name, d in detectors.items()}
-    train = {name: d.training_inputs(samples[: settings.train_batch])
-             for name, d in detectors.items()}
-    out: Dict[str, Any] = {"detections_per_image": {}}
-
-    set_inference_bias(detectors, settings)
-    unfold = fold_for_inference(detectors, settings)
+    errors: Dict[str, str] = {}
+    out: Dict[str, Any] = {"detections_per_image": {}, "errors": errors}
     for name, det in detectors.items():
-        dets = det.infer(single[name][0])
-        out["detections_per_image"][name] = len(dets[0]["scores"])
-    if "retinafocal" in detectors and "detectron2" in detectors:
+        try:
+            det.set_precision(precision, settings)
+            out["detections_per_image"][name] = len(
+                det.infer(det.inference_inputs(samples[:1]))[0]["scores"])
+        except Exception as e:  # noqa: BLE001  (reported in the table; the others run on)
+            errors[name] = describe_error(e)
+    live = {name: det for name, det in detectors.items() if name not in errors}
+    single = {name: [d.inference_inputs([s]) for s in samples] for name, d in live.items()}
+    batch = {name: d.inference_inputs(samples[: settings.throughput_batch])
+             for name, d in live.items()}
+    train = {name: d.training_inputs(samples[: settings.train_batch]) for name, d in live.items()}
+    if precision == "fp32" and "retinafocal" in live and "detectron2" in live:
         out["same_detections_as_detectron2"] = all(
-            same_detections(detectors["retinafocal"].infer(single["retinafocal"][i])[0],
-                             detectors["detectron2"].infer(single["detectron2"][i])[0])
+            same_detections(live["retinafocal"].infer(single["retinafocal"][i])[0],
+                            live["detectron2"].infer(single["detectron2"][i])[0])
             for i in range(min(n, 2))
         )
     out["latency_s"] = time_interleaved(
         {name: (lambda r, d=det, x=single[name]: d.infer(x[r % n])) for name, det in
-         detectors.items()},
-        settings.warmup, latency_iters, settings.device,
+         live.items()},
+        settings.warmup, latency_iters, settings.device, errors,
     )
     out["throughput_batch_s"] = time_interleaved(
-        {name: (lambda r, d=det, x=batch[name]: d.infer(x)) for name, det in detectors.items()},
-        settings.warmup, throughput_iters, settings.device,
+        {name: (lambda r, d=det, x=batch[name]: d.infer(x)) for name, det in live.items()},
+        settings.warmup, throughput_iters, settings.device, errors,
     )
-    restore_prior_bias(detectors)
-    unfold()
     out["train_losses"] = {}
 
     def train_task(name, det):
@@ -130,9 +161,16 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
         return run
 
     out["train_iter_s"] = time_interleaved(
-        {name: train_task(name, det) for name, det in detectors.items()},
-        settings.warmup, train_iters, settings.device,
+        {name: train_task(name, det) for name, det in live.items()},
+        settings.warmup, train_iters, settings.device, errors,
     )
+    if precision == "compiled-loss" and "retinafocal" in live and "retinafocal" not in errors:
+        # The fused loss falls back to eager code (with a warning) when compiling fails: then
+        # this row would time the eager loss under the compiled loss's name.
+        runner = getattr(live["retinafocal"].model.classification_loss, "runner", None)
+        if runner is None or getattr(runner, "_compile_failed", False) or not getattr(
+                runner, "_compiled", None):  # fmt: skip
+            errors["retinafocal"] = "the loss did not compile (it ran eagerly): see the log"
     return out
 
 
@@ -164,7 +202,8 @@ def memory_worker(name: str, phase: str, settings: BenchmarkSettings) -> Dict[st
     det = build_detector(name, settings)
     samples = make_samples(settings, max(settings.train_batch, settings.throughput_batch),
                            settings.seed)
-    det.calibrate(samples[: settings.train_batch])
+    headline = replace(settings, regimes=settings.regimes[:1])
+    set_regime({name: det}, {name: prepare_alone(det, headline, samples)}, headline.regimes[0])
     if settings.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     if phase == "train":
@@ -172,8 +211,6 @@ def memory_worker(name: str, phase: str, settings: BenchmarkSettings) -> Dict[st
         for _ in range(settings.memory_iters):
             det.train_step(inputs)
     elif phase == "inference":
-        set_inference_bias({name: det}, settings)
-        fold_for_inference({name: det}, settings)
         det.infer(det.inference_inputs(samples[: settings.throughput_batch]))
     else:
         raise ValueError(f"unknown phase {phase!r}")
@@ -201,7 +238,8 @@ def measure_memory(name: str, phase: str, settings: BenchmarkSettings) -> Dict[s
 def profile_detectors(detectors: Dict[str, Detector], settings: BenchmarkSettings,
                       samples: Sequence[Sample], row_limit: int = 15) -> Dict[str, str]:
     """torch.profiler tables (top operators by self time) of one training step and one batch-1
-    inference per detector, after the timed runs (so nothing is cold)."""
+    inference per detector, at the weights and precision they hold, after the timed runs (so
+    nothing is cold)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -222,11 +260,9 @@ def profile_detectors(detectors: Dict[str, Detector], settings: BenchmarkSetting
             _synchronize(settings.device)
         tables[f"{name} training"] = prof.key_averages().table(sort_by=sort_by,
                                                                 row_limit=row_limit)
-        set_inference_bias({name: det}, settings)
         with profile(activities=activities) as prof:
             det.infer(single)
             _synchronize(settings.device)
-        restore_prior_bias({name: det})
         tables[f"{name} inference"] = prof.key_averages().table(sort_by=sort_by,
                                                                  row_limit=row_limit)
     return tables

@@ -1,32 +1,42 @@
 """The three detectors of the benchmark behind one interface (:class:`Detector`), built from
-random weights that behave like trained ones (see ``benchmark_detectors.py``)."""
+random weights that behave like trained ones (see ``benchmark_detectors.py``), in a regime
+(``benchmark_regimes.py``) and at a precision variant (``benchmark_setup.PRECISIONS``)."""
 from __future__ import annotations
 
-import math
+import contextlib
+import copy
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 import retinafocal  # noqa: F401  (first: compat for old detectron2, registers FocalRetinaNet)
+from benchmark_regimes import apply_head, head_outputs, output_statistics, regime_heads
 from benchmark_setup import DETECTORS, BenchmarkSettings, Sample
 
 __all__ = [
     "Detector",
+    "Prepared",
     "build_detector",
     "calibrate_frozen_batchnorm",
-    "fold_frozen_batchnorm",
     "prepare",
-    "set_inference_bias",
-    "restore_prior_bias",
-    "fold_for_inference",
+    "prepare_alone",
+    "set_regime",
     "detectron2_cfg",
 ]
 
 _PAPER_LR = 0.01
 _WARMUP_FACTOR = 0.001
 _SCORE_THRESH = 0.05
+#: What each precision variant runs the peers' steps under (None: float32), and whether their
+#: training scales gradients (fp16 does, as detectron2's AMPTrainer).
+_PEER_AUTOCAST = {"fp32": None, "amp": torch.float16, "bf16": torch.bfloat16,
+                  "compiled-loss": None}  # fmt: skip
+#: Ours: MODEL.RETINAFOCAL.PRECISION per variant. Under "amp" ours also runs inside the fp16
+#: autocast and gradient scaler (SOLVER.AMP.ENABLED with PRECISION fp16); under "bf16" it has
+#: only its own autocast (PRECISION bf16, AMP off), as each would be configured.
+_OURS_PRECISION = {"fp32": "fp32", "amp": "fp16", "bf16": "bf16", "compiled-loss": "fp32"}
 
 
 def _frozen_bn_types() -> Tuple[type, ...]:
@@ -73,10 +83,28 @@ class Detector:
         self.name = name
         self.model = model.to(device)
         self.device = device
+        self.autocast: Optional[torch.dtype] = None
+        self.start_training(scale_gradients=False)
+
+    def start_training(self, scale_gradients: bool) -> None:
+        """A fresh optimiser (the paper's SGD) and iteration count, and a gradient scaler when
+        ``scale_gradients`` (fp16)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params, lr=_PAPER_LR * _WARMUP_FACTOR, momentum=0.9, weight_decay=1e-4
         )
+        self.scaler = torch.amp.GradScaler("cuda") if scale_gradients else None
+        self.iteration = 0
+
+    def set_precision(self, variant: str, settings: BenchmarkSettings) -> None:
+        """Run the following steps at precision ``variant`` (see ``PRECISIONS``)."""
+        self.autocast = _PEER_AUTOCAST[variant]
+        self.start_training(scale_gradients=variant == "amp")
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=self.autocast)
 
     # converting inputs -------------------------------------------------------------
     def training_inputs(self, samples: Sequence[Sample]) -> Any:
@@ -96,23 +124,37 @@ class Detector:
     def backbone_forward(self, inputs: Any) -> None:
         raise NotImplementedError
 
-    def class_bias(self) -> Tensor:
+    def class_conv(self) -> nn.Conv2d:
+        """The head's last class conv, (A*K) outputs."""
+        raise NotImplementedError
+
+    def box_conv(self) -> nn.Conv2d:
+        """The head's last box conv, (A*4) outputs."""
         raise NotImplementedError
 
     def train_step(self, inputs: Any) -> float:
-        """Forward, backward and optimiser step; returns the total loss."""
+        """Forward, backward and optimiser step (with gradient scaling under fp16), as the
+        next ordinary iteration; returns the total loss."""
         self.model.train()
-        losses = self.losses(inputs)
-        total = sum(losses.values())
+        with self._autocast():
+            losses = self.losses(inputs)
+            total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            total.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.iteration += 1
         return float(total.detach())
 
     @torch.no_grad()
     def infer(self, inputs: Any) -> List[Dict[str, Tensor]]:
         self.model.eval()
-        return self.detect(inputs)
+        with self._autocast():
+            return self.detect(inputs)
 
     def calibrate(self, samples: Sequence[Sample]) -> int:
         inputs = self.training_inputs(samples)
@@ -121,7 +163,40 @@ class Detector:
 
 
 class Detectron2StyleDetector(Detector):
-    """retinafocal's FocalRetinaNet or detectron2's RetinaNet: same inputs and outputs."""
+    """retinafocal's FocalRetinaNet or detectron2's RetinaNet: same inputs and outputs.
+
+    Training runs as a trainer's ordinary iterations: one event storage whose iteration
+    advances, so that retinafocal's imbalance diagnostics run at their configured period
+    (MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD: in iteration 0, a warm-up round, then every period).
+    """
+
+    def __init__(self, name: str, model: nn.Module, device: str, cfg=None):
+        self.cfg = cfg  # ours: its config, for the compiled loss
+        self._loss = getattr(model, "classification_loss", None)
+        super().__init__(name, model, device)
+
+    def start_training(self, scale_gradients: bool) -> None:
+        from detectron2.utils.events import EventStorage
+
+        super().start_training(scale_gradients)
+        self.storage = EventStorage(0)
+
+    def set_precision(self, variant: str, settings: BenchmarkSettings) -> None:
+        super().set_precision(variant, settings)
+        if self.name != "retinafocal":
+            return
+        # Ours computes at its own precision key; under "bf16" without an outer autocast.
+        self.model.precision = _OURS_PRECISION[variant]
+        if variant == "bf16":
+            self.autocast = None
+        self.model.classification_loss = self._loss
+        if variant == "compiled-loss":
+            from retinafocal.losses import build_classification_loss
+
+            cfg = self.cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.RETINAFOCAL.LOSS.COMPILE = True
+            self.model.classification_loss = build_classification_loss(cfg).to(self.device)
 
     def training_inputs(self, samples):
         from detectron2.structures import Boxes, Instances
@@ -141,9 +216,8 @@ class Detectron2StyleDetector(Detector):
                  "width": s.image.shape[2]} for s in samples]
 
     def losses(self, inputs):
-        from detectron2.utils.events import EventStorage
-
-        with EventStorage(0):
+        self.storage.iter = self.iteration
+        with self.storage:
             return self.model(inputs)
 
     def detect(self, inputs):
@@ -158,8 +232,11 @@ class Detectron2StyleDetector(Detector):
         images = self.model.preprocess_image(inputs)
         self.model.backbone(images.tensor)
 
-    def class_bias(self):
-        return self.model.head.cls_score.bias
+    def class_conv(self):
+        return self.model.head.cls_score
+
+    def box_conv(self):
+        return self.model.head.bbox_pred
 
 
 class TorchvisionDetector(Detector):
@@ -186,8 +263,11 @@ class TorchvisionDetector(Detector):
         images, _ = self.model.transform(inputs[0])
         self.model.backbone(images.tensors)
 
-    def class_bias(self):
-        return self.model.head.classification_head.cls_logits.bias
+    def class_conv(self):
+        return self.model.head.classification_head.cls_logits
+
+    def box_conv(self):
+        return self.model.head.regression_head.bbox_reg
 
 
 def detectron2_cfg(settings: BenchmarkSettings, meta_architecture: str):
@@ -204,8 +284,6 @@ def detectron2_cfg(settings: BenchmarkSettings, meta_architecture: str):
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = settings.device
     cfg.MODEL.RETINANET.NUM_CLASSES = settings.num_classes
-    # Imbalance statistics are optional logging, not part of the paper's training step.
-    cfg.MODEL.RETINAFOCAL.DIAGNOSTICS_PERIOD = 0
     cfg.TEST.DETECTIONS_PER_IMAGE = 100
     if meta_architecture == "FocalRetinaNet":
         merge_yacs_overrides(cfg, list(settings.ours_opts))
@@ -234,48 +312,19 @@ def _torchvision_model(settings: BenchmarkSettings) -> nn.Module:
     )
 
 
-@torch.no_grad()
-def fold_frozen_batchnorm(model: nn.Module) -> Callable[[], None]:
-    """Fold every frozen BN that follows a detectron2 ``Conv2d`` into that conv's weight and
-    bias (exact up to rounding: ``(W x) * s + b == (W * s) x + b``). Returns a function that
-    undoes it."""
-    from detectron2.layers import Conv2d, FrozenBatchNorm2d
-
-    undo = []
-    for conv in model.modules():
-        if not (isinstance(conv, Conv2d) and isinstance(conv.norm, FrozenBatchNorm2d)):
-            continue
-        norm = conv.norm
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        shift = norm.bias - norm.running_mean * scale
-        undo.append((conv, conv.weight.detach().clone(), conv.bias, norm))
-        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-        bias = shift if conv.bias is None else conv.bias * scale + shift
-        conv.bias = nn.Parameter(bias, requires_grad=False)
-        conv.norm = None
-
-    @torch.no_grad()
-    def restore() -> None:
-        for conv, weight, bias, norm in undo:
-            conv.weight.copy_(weight)
-            conv.bias = bias
-            conv.norm = norm
-
-    return restore
-
-
 def build_detector(name: str, settings: BenchmarkSettings) -> Detector:
     """Build one of :data:`DETECTORS`, randomly initialised with ``settings.seed``."""
     from detectron2.modeling import build_model
 
     torch.manual_seed(settings.seed)
     if name == "retinafocal":
-        model = build_model(detectron2_cfg(settings, "FocalRetinaNet"))
+        cfg = detectron2_cfg(settings, "FocalRetinaNet")
+        model = build_model(cfg)
         if "inplace_relu" in settings.ours_variants:
             for module in model.head.modules():
                 if isinstance(module, nn.ReLU):
                     module.inplace = True
-        return Detectron2StyleDetector(name, model, settings.device)
+        return Detectron2StyleDetector(name, model, settings.device, cfg)
     if name == "detectron2":
         return Detectron2StyleDetector(
             name, build_model(detectron2_cfg(settings, "RetinaNet")), settings.device
@@ -285,39 +334,50 @@ def build_detector(name: str, settings: BenchmarkSettings) -> Detector:
     raise ValueError(f"unknown detector {name!r}; choose among {DETECTORS}")
 
 
+#: What :func:`prepare` keeps per detector: its calibrated weights ("state"), the last convs'
+#: tensors of every regime ("heads") and the class outputs' statistics in each ("statistics").
+Prepared = Dict[str, Dict[str, Any]]
+
+
 def prepare(detectors: Dict[str, Detector], settings: BenchmarkSettings,
-            calibration: Sequence[Sample]) -> None:
-    """Calibrate frozen BNs; give retinafocal detectron2's weights when both are present."""
-    for det in detectors.values():
-        if det.name == "retinafocal" and "detectron2" in detectors:
-            continue
-        det.calibrate(calibration)
-    if "retinafocal" in detectors and "detectron2" in detectors:
-        detectors["retinafocal"].model.load_state_dict(detectors["detectron2"].model.state_dict())
+            samples: Sequence[Sample]) -> Prepared:
+    """Calibrate the frozen BNs and compute the regimes' heads (both on the first training batch
+    of ``samples``) of detectron2's and torchvision's models. retinafocal's model gets
+    detectron2's weights (the parameter names are equal), so that the two must give the same
+    detections in float32; without detectron2 it is prepared alone."""
+    prepared: Prepared = {}
+    for name, det in detectors.items():
+        if name != "retinafocal" or "detectron2" not in detectors:
+            prepared[name] = prepare_alone(det, settings, samples)
+    if "retinafocal" not in prepared and "retinafocal" in detectors:
+        prepared["retinafocal"] = prepared["detectron2"]
+    return prepared
 
 
-def set_inference_bias(detectors: Dict[str, Detector], settings: BenchmarkSettings) -> None:
-    """Set every detector's last class bias for inference: logit(score threshold) or the prior
-    (``settings.inference_bias``)."""
-    if settings.inference_bias == "threshold":
-        value = math.log(_SCORE_THRESH / (1 - _SCORE_THRESH))
-    else:
-        value = -math.log((1 - 0.01) / 0.01)
-    with torch.no_grad():
-        for det in detectors.values():
-            det.class_bias().fill_(value)
+def prepare_alone(det: Detector, settings: BenchmarkSettings,
+                  samples: Sequence[Sample]) -> Dict[str, Any]:
+    """:func:`prepare` for one detector on its own; "statistics" holds, per regime of
+    ``settings.regimes``, what its class outputs give on the same images."""
+    batch = samples[: settings.train_batch]
+    det.calibrate(batch)
+    inputs = det.inference_inputs(batch)
+    heads = regime_heads(det.class_conv(), det.box_conv(), lambda: det.infer(inputs))
+    state = copy.deepcopy(det.model.state_dict())
+    statistics = {}
+    for regime in settings.regimes:
+        apply_head(det.class_conv(), det.box_conv(), heads[regime])
+        statistics[regime] = _class_output_statistics(det, inputs)
+    det.model.load_state_dict(state)
+    return {"state": state, "heads": heads, "statistics": statistics}
 
 
-def fold_for_inference(detectors: Dict[str, Detector], settings: BenchmarkSettings
-                        ) -> Callable[[], None]:
-    """Apply the "fold_frozen_bn" variant to retinafocal's model; returns its undo."""
-    if "fold_frozen_bn" in settings.ours_variants and "retinafocal" in detectors:
-        return fold_frozen_batchnorm(detectors["retinafocal"].model)
-    return lambda: None
+def _class_output_statistics(det: Detector, inputs: Any) -> Dict[str, float]:
+    (class_levels,) = head_outputs([det.class_conv()], lambda: det.infer(inputs))
+    return output_statistics(class_levels)
 
 
-def restore_prior_bias(detectors: Dict[str, Detector]) -> None:
-    """Put the paper's prior (pi = 0.01) back into every detector's last class bias."""
-    with torch.no_grad():
-        for det in detectors.values():
-            det.class_bias().fill_(-math.log((1 - 0.01) / 0.01))
+def set_regime(detectors: Dict[str, Detector], prepared: Prepared, regime: str) -> None:
+    """Put every detector back to its prepared weights with ``regime``'s last convs."""
+    for name, det in detectors.items():
+        det.model.load_state_dict(prepared[name]["state"])
+        apply_head(det.class_conv(), det.box_conv(), prepared[name]["heads"][regime])

@@ -8,18 +8,36 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DETECTORS", "OURS_VARIANTS", "BenchmarkSettings", "Sample", "make_samples"]
+__all__ = [
+    "DETECTORS",
+    "OURS_VARIANTS",
+    "PRECISIONS",
+    "REGIMES",
+    "BenchmarkSettings",
+    "Sample",
+    "make_samples",
+]
 
 #: Detector names, ours first: the ratio columns divide ours by each of the others.
 DETECTORS = ("retinafocal", "detectron2", "torchvision")
 
 #: Candidate optimisations that ``--ours-variants`` applies to retinafocal's model alone, to
 #: measure what they would gain before anything changes in retinafocal.modeling:
-#: "fold_frozen_bn": each frozen BatchNorm folded into the convolution before it, for inference
-#: only (training keeps the paper's parametrisation); "inplace_relu": the head's ReLUs overwrite
-#: their input (same results; one activation fewer kept per conv for backward). The memory
-#: layout is a config key, not a variant: ``--ours-opts MODEL.RETINAFOCAL.MEMORY_FORMAT NCHW``.
-OURS_VARIANTS = ("fold_frozen_bn", "inplace_relu")
+#: "inplace_relu": the head's ReLUs overwrite their input (same results; one activation fewer
+#: kept per conv for backward). The memory layout, precision and frozen-BN folding are config
+#: keys, not variants: e.g. ``--ours-opts MODEL.RETINAFOCAL.MEMORY_FORMAT NCHW``.
+OURS_VARIANTS = ("inplace_relu",)
+
+#: What the head's last convs are set to (benchmark_regimes.py): "realistic" (outputs like a
+#: trained model's), "all-candidates" (every level fills its top-k), "prior" (the paper's init).
+REGIMES = ("realistic", "all-candidates", "prior")
+
+#: Precision variants, each timed for all detectors: "fp32"; "amp": every detector's training
+#: step and inference under fp16 autocast (training with a gradient scaler, as detectron2's
+#: AMPTrainer), ours with MODEL.RETINAFOCAL.PRECISION fp16 inside (CUDA only); "bf16": the peers
+#: under bf16 autocast, ours with MODEL.RETINAFOCAL.PRECISION bf16; "compiled-loss": float32,
+#: ours with MODEL.RETINAFOCAL.LOSS.COMPILE (the peers as in "fp32").
+PRECISIONS = ("fp32", "amp", "bf16", "compiled-loss")
 
 
 @dataclass
@@ -37,9 +55,11 @@ class BenchmarkSettings:
     warmup: int = 1  # untimed rounds before each timed phase
     # Timed rounds of (training, latency, throughput), as ``--iters TRAIN LATENCY THROUGHPUT``.
     iters: Tuple[int, int, int] = (3, 5, 2)
-    # "threshold": class bias at logit(score threshold), post-processing at full load;
-    # "prior": the paper's prior init (almost no candidate passes the threshold).
-    inference_bias: str = "threshold"
+    # Regimes timed, one table each (see REGIMES); the first is the headline, the one the
+    # memory and the profiles are measured in.
+    regimes: Tuple[str, ...] = ("realistic",)
+    # Precision variants timed, rows of each table (see PRECISIONS).
+    precisions: Tuple[str, ...] = ("fp32",)
     seed: int = 0
     detectors: Tuple[str, ...] = DETECTORS
     # Extra yacs overrides for retinafocal only, e.g. ("MODEL.RETINAFOCAL.LOSS.COMPILE", "True").
@@ -58,9 +78,13 @@ class BenchmarkSettings:
         unknown = [d for d in self.detectors if d not in DETECTORS]
         if unknown:
             raise ValueError(f"unknown detector(s) {unknown}; choose among {DETECTORS}")
-        if self.inference_bias not in ("threshold", "prior"):
-            raise ValueError(f"inference_bias must be 'threshold' or 'prior', got "
-                             f"{self.inference_bias!r}")
+        for name, allowed in (("regimes", REGIMES), ("precisions", PRECISIONS)):
+            chosen = getattr(self, name)
+            if not chosen or any(c not in allowed for c in chosen):
+                raise ValueError(f"{name} must be a non-empty selection of {allowed}, got "
+                                 f"{tuple(chosen)}")
+        if "amp" in self.precisions and not self.device.startswith("cuda"):
+            raise ValueError("the 'amp' precision (fp16 autocast) needs a CUDA device")
         if self.height < 32 or self.width < 32:
             raise ValueError(f"image size must be at least 32 x 32, got {self.height} x "
                              f"{self.width}")
@@ -78,6 +102,8 @@ class BenchmarkSettings:
             raise ValueError(f"unknown variant(s) {unknown}; choose among {OURS_VARIANTS}")
         self.iters = tuple(self.iters)  # a list after a round trip through json
         self.detectors = tuple(self.detectors)
+        self.regimes = tuple(self.regimes)
+        self.precisions = tuple(self.precisions)
         self.ours_opts = tuple(self.ours_opts)
         self.ours_variants = tuple(self.ours_variants)
 

@@ -30,7 +30,7 @@ RUNS = {
     "train_amp": "SOLVER.AMP.ENABLED (fp16 autocast)",
     "train_compiled": "AMP + MODEL.RETINAFOCAL.LOSS.COMPILE (Triton)",
     "train_bf16": "MODEL.RETINAFOCAL.PRECISION bf16",
-    "train_fp16": "MODEL.RETINAFOCAL.PRECISION fp16",
+    "train_fp16": "MODEL.RETINAFOCAL.PRECISION fp16 + SOLVER.AMP.ENABLED",
 }
 
 
@@ -64,9 +64,10 @@ def train(out_dir: str, name: str, device: str, iters: int, overrides: Sequence[
     sys.path.insert(0, REPO_ROOT)
     import train_net  # imports retinafocal before detectron2, as the script does
 
-    opts = ["MODEL.DEVICE", device, "SOLVER.MAX_ITER", str(iters),
-            "OUTPUT_DIR", os.path.join(out_dir, name), *overrides,
-            *shlex.split(os.environ.get("GPU_CHECK_TRAIN_OPTS", ""))]  # fmt: skip
+    # The run's own folder last, so that every run keeps its results whatever the extra options.
+    opts = ["MODEL.DEVICE", device, "SOLVER.MAX_ITER", str(iters), *overrides,
+            *shlex.split(os.environ.get("GPU_CHECK_TRAIN_OPTS", "")),
+            "OUTPUT_DIR", os.path.join(out_dir, name)]  # fmt: skip
     args = train_net.argument_parser().parse_args(["--config-file", CONFIG, *opts])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,6 +35,8 @@ model.smooth_l1_beta = 0.1
 model.pixel_std = constants["unit_bgr256_std"]
 # The yaml keeps the key's default layout, NCHW, as the recipe was measured with.
 model.memory_format = "NCHW"
+# Its backbone trains BatchNorm, so there is no frozen BatchNorm to fold; off, as in the yaml.
+model.fold_frozen_bn = False
 
 optimizer.lr = 0.02
 train.max_iter = 1000

@@ -17,6 +17,8 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from fvcore.common.checkpoint import Checkpointer
 
+from ..modeling.precision import check_precision_and_amp
+
 __all__ = [
     "NonFiniteLossError",
     "FiniteLossCheckMixin",
@@ -109,7 +111,17 @@ def checked_trainer(
     amp: bool,
     checkpointer: Optional[Checkpointer] = None,
 ) -> SimpleTrainer:
-    """Build the checked ``SimpleTrainer`` (``amp=False``) or ``AMPTrainer`` (``amp=True``)."""
+    """Build the checked ``SimpleTrainer`` (``amp=False``) or ``AMPTrainer`` (``amp=True``).
+
+    A model with a ``precision`` (FocalRetinaNet) must agree with ``amp``: fp16 needs AMP's
+    gradient scaler, and AMP's fp16 autocast contradicts bf16
+    (:func:`~retinafocal.modeling.precision.check_precision_and_amp`, whose error names both
+    keys).
+    """
+    # DDP wraps the model; the precision is an attribute of the model inside.
+    precision = getattr(getattr(model, "module", model), "precision", None)
+    if precision is not None:
+        check_precision_and_amp(precision, amp)
     trainer = (CheckedAMPTrainer if amp else CheckedSimpleTrainer)(model, data_loader, optimizer)
     trainer.checkpointer = checkpointer
     return trainer

@@ -12,14 +12,15 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_anchor_generator, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..losses import build_classification_loss
 from .diagnostics import imbalance_statistics
+from .frozen_bn import fold_frozen_batchnorm
 from .head import build_retinafocal_head
 from .matcher import build_anchor_matcher
+from .precision import PrecisionDenseDetector
 
 __all__ = ["FocalRetinaNet"]
 
@@ -31,7 +32,7 @@ _MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 
 @META_ARCH_REGISTRY.register()
-class FocalRetinaNet(DenseDetector):
+class FocalRetinaNet(PrecisionDenseDetector):
     """RetinaNet as in :paper:`RetinaNet` (Lin et al., ICCV 2017), with swappable head, anchor
     matcher and classification loss.
 
@@ -73,6 +74,8 @@ class FocalRetinaNet(DenseDetector):
         vis_period: int = 0,
         input_format: str = "BGR",
         memory_format: str = "NCHW",
+        precision: str = "fp32",
+        fold_frozen_bn: bool = False,
     ):
         """
         Args:
@@ -104,9 +107,21 @@ class FocalRetinaNet(DenseDetector):
                 A convolution with channels-last weights gives channels-last outputs whatever
                 its input's layout, so from the first convolution on the backbone and head
                 compute in it: the images are converted there, by PyTorch.
+            precision: "fp32", "bf16" (CPU with native bf16, GPU) or "fp16" (GPU): the backbone
+                and head run under ``torch.autocast`` to bf16/fp16; the loss, anchor labelling
+                and box decoding stay float32 (see :mod:`retinafocal.modeling.precision`).
+            fold_frozen_bn: compute each backbone conv followed by a frozen BatchNorm as one conv
+                with the norm folded in (:mod:`retinafocal.modeling.frozen_bn`): the same
+                parameters, checkpoints and results up to float rounding, one pass over the
+                activations fewer per such conv.
         """
         super().__init__(
-            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+            backbone,
+            head,
+            head_in_features,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            precision=precision,
         )
         if box_reg_loss_type not in _BOX_LOSSES:
             raise ValueError(f"box_reg_loss_type must be one of {_BOX_LOSSES}, got "
@@ -135,6 +150,9 @@ class FocalRetinaNet(DenseDetector):
             raise ValueError(f"memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT) must be one of "
                              f"{sorted(_MEMORY_FORMATS)}, got {memory_format!r}")
         self.memory_format = memory_format
+        self.fold_frozen_bn = fold_frozen_bn
+        if fold_frozen_bn:
+            fold_frozen_batchnorm(self.backbone)
         if memory_format == "NHWC":
             # Parameters keep this layout through .to(device) and load_state_dict (both
             # preserve strides), so converting once here is enough.
@@ -175,6 +193,8 @@ class FocalRetinaNet(DenseDetector):
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
             "memory_format": cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT,
+            "precision": cfg.MODEL.RETINAFOCAL.PRECISION,
+            "fold_frozen_bn": cfg.MODEL.RETINAFOCAL.FOLD_FROZEN_BN,
         }
 
     # ------------------------------------------------------------------ training
@@ -205,9 +225,8 @@ class FocalRetinaNet(DenseDetector):
         self, images: ImageList, gt_instances: List[Instances]
     ) -> List[Dict[str, object]]:
         """The training inputs as ``visualize_training`` reads them (``image``: (C, H, W) uint8,
-        ``instances``), rebuilt from the normalised, padded batch. The model keeps no reference
-        to its inputs: it has no ``forward`` or ``preprocess_image`` of its own, since
-        TorchScript compiles detectron2's but not a ``super()`` call."""
+        ``instances``), rebuilt from the normalised, padded batch, so that the model keeps no
+        reference to its inputs."""
         inputs: List[Dict[str, object]] = []
         for i, (height, width) in enumerate(images.image_sizes):
             image = images.tensor[i, :, :height, :width] * self.pixel_std + self.pixel_mean

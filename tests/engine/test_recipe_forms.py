@@ -136,6 +136,8 @@ PERTURBATIONS = {
         "model.memory_format=NHWC",
         ["model.memory_format", "param backbone.bottom_up.stem.conv1.weight.stride"],
     ),
+    "precision": ("model.precision=bf16", "model.precision"),
+    "frozen BN folding": ("model.fold_frozen_bn=true", "model.fold_frozen_bn"),
     "LR": ("optimizer.lr=0.01", f"optimizer group of {_CONV}.lr"),
     "momentum": ("optimizer.momentum=0.8", f"optimizer group of {_CONV}.momentum"),
     "weight decay": ("optimizer.weight_decay=0.0005", f"optimizer group of {_CONV}.weight_decay"),

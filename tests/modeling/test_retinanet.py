@@ -274,6 +274,7 @@ class TestLazyConfigModel(unittest.TestCase):
         lazy.diagnostics_period = 0
         lazy.smooth_l1_beta = 0.0  # detectron2's Base-RetinaNet.yaml, which the yacs side loads
         lazy.memory_format = "NCHW"  # as the yacs model below, so the outputs are bit-equal
+        lazy.fold_frozen_bn = False
         torch.manual_seed(0)
         from_lazy = instantiate(lazy)
         cfg = small_retinanet_cfg()

@@ -1,6 +1,7 @@
 """TorchScript scripting: ``scripting_with_instances(FocalRetinaNet)`` gives the eager model's
-detections on embedded images (detectron2's own RetinaNet scripting test, on our model), and
-the anchor matcher scripts on its own."""
+detections on embedded images (detectron2's own RetinaNet scripting test, on our model), also
+with frozen BatchNorm folded and a reduced precision; the anchor matcher and the folded conv
+script on their own."""
 import math
 import os
 import unittest
@@ -12,6 +13,7 @@ from torch import Tensor
 import retinafocal  # noqa: F401  (compat first: detectron2.export without caffe2 on v0.6)
 from detectron2.config import get_cfg
 from detectron2.export import scripting_with_instances
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes
@@ -19,7 +21,12 @@ from detectron2.utils.testing import assert_instances_allclose, convert_scripted
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file
 from retinafocal.data.shapes import ShapesSpec, draw_shapes_image
+from retinafocal.modeling.frozen_bn import FrozenBNFoldedConv2d
 from retinafocal.modeling.matcher import ChunkedIoUMatcher
+
+from .common import make_inputs, small_retinanet_cfg
+from .test_frozen_bn import random_statistics
+from .test_precision import spread_logits
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIELDS = {"pred_boxes": Boxes, "scores": Tensor, "pred_classes": Tensor}
@@ -101,6 +108,43 @@ class TestMatcherScripts(unittest.TestCase):
                     self.assertEqual(actual[1].dtype, torch.int8)
                     if num_gt:
                         self.assertGreater(int((actual[1] == 1).sum()), 0)
+
+
+class TestFoldedAndReducedPrecisionScript(unittest.TestCase):
+    """MODEL.RETINAFOCAL.FOLD_FROZEN_BN and PRECISION under TorchScript (here, not in their own
+    test files: mutation testing leaves TorchScript tests out)."""
+
+    def test_folded_conv_scripts(self):
+        torch.manual_seed(0)
+        conv = Conv2d(4, 6, 3, padding=1, norm=FrozenBatchNorm2d(6))  # no activation function,
+        with torch.no_grad():  # as in detectron2's ResNet: a Python function would not script
+            random_statistics(conv)
+        conv = FrozenBNFoldedConv2d.from_conv(conv).eval()
+        scripted = torch.jit.script(conv)
+        x = torch.randn(1, 4, 6, 5)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), conv(x), rtol=1e-5, atol=1e-6)
+            unfolded = conv.norm(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+            torch.testing.assert_close(scripted(x), unfolded, rtol=1e-4, atol=1e-5)
+
+    def test_bf16_folded_model_scripts_and_runs_in_float32(self):
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.RETINAFOCAL.PRECISION = "bf16"
+        cfg.MODEL.RETINAFOCAL.FOLD_FROZEN_BN = True
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        spread_logits(model, make_inputs())
+        scripted = scripting_with_instances(model, FIELDS)
+        inputs = [{"image": x["image"]} for x in make_inputs()]
+        model.precision = "fp32"  # the eager reference in float32, as the scripted model runs
+        with torch.no_grad():
+            eager = model(inputs)
+            ours = scripted(inputs)
+        for x, y in zip(eager, ours):
+            self.assertGreater(len(x["instances"]), 5)
+            self.assertEqual(y.scores.dtype, torch.float32)
+            y = detector_postprocess(convert_scripted_instances(y), *x["instances"].image_size)
+            assert_instances_allclose(x["instances"], y)
 
 
 if __name__ == "__main__":

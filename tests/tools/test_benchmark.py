@@ -10,7 +10,7 @@ from detectron2.layers import FrozenBatchNorm2d
 import benchmark_measure as measure
 import benchmark_models as models
 import benchmark_report as report
-from benchmark_setup import DETECTORS, BenchmarkSettings
+from benchmark_setup import DETECTORS, BenchmarkSettings, make_samples
 from torchvision_retinanet import torchvision_retinanet
 
 from .common import load_script
@@ -52,27 +52,65 @@ class TestBenchmarkParts(unittest.TestCase):
         moved = dict(dets, boxes=dets["boxes"] + torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, 0],
                                                                 [0, 0, 0, 0]]))
         self.assertFalse(measure.same_detections(dets, moved))
+        # At the lowest kept score, which near-tied candidate made the cut is arbitrary.
+        other_last = dict(dets, boxes=dets["boxes"].clone(), scores=dets["scores"] + 3e-6)
+        other_last["boxes"][2] += 5
+        self.assertTrue(measure.same_detections(dets, other_last))
+        self.assertFalse(measure.same_detections(dets, {k: v[:2] for k, v in dets.items()}))
 
-    def test_table_ratios_and_targets(self):
-        settings = BenchmarkSettings()
-        figures = {
+    def test_a_failing_task_is_recorded_and_the_others_run_on(self):
+        calls = []
+
+        def fails(r):
+            raise RuntimeError("CUDA error: out of memory\nmore lines")
+
+        tasks = {"a": lambda r: calls.append(r), "b": fails}
+        errors = {}
+        times = measure.time_interleaved(tasks, warmup=1, iters=3, errors=errors)
+        self.assertEqual(errors, {"b": "RuntimeError: CUDA error: out of memory"})
+        self.assertEqual(calls, [0, 1, 2, 3])
+        self.assertEqual((len(times["wall"]["a"]), len(times["wall"]["b"])), (3, 0))
+        with self.assertRaisesRegex(RuntimeError, "out of memory"):  # unguarded: raises
+            measure.time_interleaved(tasks, warmup=0, iters=1)
+
+    def test_table_rows_per_precision_ratios_and_targets(self):
+        settings = BenchmarkSettings(precisions=("fp32", "bf16"))
+        fp32 = {
             "train_iter_s": {"retinafocal": 0.8, "detectron2": 1.0, "torchvision": 0.5},
             "latency_ms": {"retinafocal": 90.0, "detectron2": 100.0, "torchvision": 180.0},
             "train_peak_mib": {"retinafocal": 700.0, "detectron2": 1000.0, "torchvision": 800.0},
         }
-        table = report.format_table(figures, settings)
+        bf16 = {
+            "train_iter_s": {"retinafocal": 0.6, "detectron2": 0.5},
+            "latency_ms": {"retinafocal": 55.0, "detectron2": 50.0},
+        }
+        errors = {"bf16": {"torchvision": "RuntimeError: no bf16 kernel"}}
+        table = report.format_table({"fp32": fp32, "bf16": bf16}, settings, errors)
+        lines = table.splitlines()
+        header = [c.strip() for c in lines[0].split("|")[1:-1]]
         # Ours runs the repository's paper config, which sets the channels-last layout.
-        self.assertIn("| retinafocal (NHWC) |", table.splitlines()[0])
-        train_row = next(line for line in table.splitlines() if "training iteration" in line)
-        self.assertEqual([c.strip() for c in train_row.split("|")[-3:-1]], ["0.80x", "1.60x"])
-        checks = {(c["figure"], c["peer"]): c for c in report.check_targets(figures)}
-        self.assertTrue(checks[("train_iter_s", "detectron2")]["met"])  # 0.80 <= 0.85
-        self.assertFalse(checks[("latency_ms", "detectron2")]["met"])  # 0.90 > 0.85
-        self.assertTrue(checks[("train_peak_mib", "detectron2")]["met"])  # 0.70 <= 0.80
-        self.assertFalse(checks[("train_iter_s", "torchvision")]["met"])  # 1.6: behind
-        self.assertTrue(checks[("latency_ms", "torchvision")]["met"])
-        self.assertAlmostEqual(checks[("train_peak_mib", "torchvision")]["ratio"], 0.875)
-        self.assertIsNone(report.check_targets({})[0]["met"])
+        self.assertEqual(header, ["figure", "precision", "retinafocal (NHWC)", "detectron2",
+                                  "torchvision", "ours/detectron2", "ours/torchvision"])
+        train = [[c.strip() for c in line.split("|")[1:-1]] for line in lines
+                 if "training iteration" in line]  # fmt: skip
+        # Each ratio against the peer at the same precision; a failed peer says so.
+        self.assertEqual(train[0][1:], ["fp32", "0.8", "1", "0.5", "0.80x", "1.60x"])
+        self.assertEqual(train[1][1:], ["bf16", "0.6", "0.5", "failed", "1.20x", "nanx"])
+        self.assertIn("- torchvision, bf16: RuntimeError: no bf16 kernel", table)
+        checks = {(c["precision"], c["figure"], c["peer"]): c
+                  for c in report.check_targets({"fp32": fp32, "bf16": bf16})}  # fmt: skip
+        self.assertTrue(checks[("fp32", "train_iter_s", "detectron2")]["met"])  # 0.80 <= 0.8
+        self.assertFalse(checks[("fp32", "latency_ms", "detectron2")]["met"])  # 0.90 > 0.8
+        self.assertTrue(checks[("fp32", "train_peak_mib", "detectron2")]["met"])  # 0.70 <= 0.75
+        self.assertFalse(checks[("fp32", "train_iter_s", "torchvision")]["met"])  # 1.6: behind
+        self.assertAlmostEqual(checks[("fp32", "train_peak_mib", "torchvision")]["ratio"], 0.875)
+        # bf16 targets: ours in bf16 against detectron2 in float32.
+        self.assertAlmostEqual(checks[("bf16", "train_iter_s", "detectron2")]["ratio"], 0.6)
+        self.assertTrue(checks[("bf16", "train_iter_s", "detectron2")]["met"])  # 0.6 <= 0.7
+        self.assertTrue(checks[("bf16", "latency_ms", "detectron2")]["met"])  # 0.55 <= 0.6
+        self.assertEqual([c["precision"] for c in report.check_targets({"fp32": {}})],
+                         ["fp32"] * 6)  # fmt: skip
+        self.assertIsNone(report.check_targets({"fp32": {}})[0]["met"])
 
     def test_memory_figures_are_medians_of_fresh_processes(self):
         settings = BenchmarkSettings(detectors=("retinafocal", "detectron2"))
@@ -80,44 +118,22 @@ class TestBenchmarkParts(unittest.TestCase):
                   "cpu": {"retinafocal": [1.5], "detectron2": [3.0]}}
         def runs(*peaks):
             return [{"start_rss_mib": 100.0, "peak_rss_mib": p} for p in peaks]
-        raw = {
-            "times": {"train_iter_s": timing, "latency_s": timing, "throughput_batch_s": timing,
-                      "detections_per_image": {"retinafocal": 100, "detectron2": 100}},
-            "memory": {"retinafocal": {"train": runs(900.0, 700.0, 800.0),
-                                       "inference": runs(500.0, 520.0, 510.0)},
-                       "detectron2": {"train": runs(1000.0, 1300.0, 1100.0),
-                                      "inference": runs(600.0, 600.0, 600.0)}},
-        }  # fmt: skip
-        figures = report.summarize(raw, settings)
+        times = {"train_iter_s": timing, "latency_s": timing, "throughput_batch_s": timing,
+                 "detections_per_image": {"retinafocal": 100, "detectron2": 100}, "errors": {}}
+        memory = {"retinafocal": {"train": runs(900.0, 700.0, 800.0),
+                                  "inference": runs(500.0, 520.0, 510.0)},
+                  "detectron2": {"train": runs(1000.0, 1300.0, 1100.0),
+                                 "inference": runs(600.0, 600.0, 600.0)}}  # fmt: skip
+        figures = report.summarize(times, memory, settings)
         self.assertEqual(figures["train_peak_mib"], {"retinafocal": 800.0, "detectron2": 1100.0})
         self.assertEqual(figures["train_peak_above_start_mib"]["retinafocal"], 700.0)
         self.assertEqual(figures["inference_peak_mib"]["retinafocal"], 510.0)
-        self.assertIn("median of 3 processes", report.format_table(figures, settings))
+        self.assertIn("median of 3 processes", report.format_table({"fp32": figures}, settings))
         with self.assertRaisesRegex(ValueError, "memory_repeats"):
             BenchmarkSettings(memory_repeats=0)
-
-    def test_folding_frozen_bn_keeps_outputs_and_undoes(self):
-        from detectron2.layers import Conv2d
-
-        torch.manual_seed(0)
-        norm = FrozenBatchNorm2d(4)
-        norm.weight.uniform_(0.5, 2)
-        norm.bias.normal_()
-        norm.running_mean.normal_()
-        norm.running_var.uniform_(0.5, 2)
-        net = nn.Sequential(Conv2d(3, 4, 3, bias=False, norm=norm), nn.ReLU())
-        x = torch.randn(2, 3, 8, 8)
-        with torch.no_grad():
-            before = net(x)
-            restore = models.fold_frozen_batchnorm(net)
-            self.assertIsNone(net[0].norm)
-            folded = net(x)
-            restore()
-            after = net(x)
-        self.assertTrue(torch.allclose(folded, before, atol=1e-5))
-        self.assertIs(net[0].norm, norm)
-        self.assertIsNone(net[0].bias)
-        self.assertTrue(torch.equal(after, before))
+        # A detector that failed has no figures.
+        failed = report.summarize(dict(times, errors={"detectron2": "E: x"}), memory, settings)
+        self.assertEqual(set(failed["latency_ms"]), {"retinafocal"})
 
     def test_settings_are_validated(self):
         with self.assertRaisesRegex(ValueError, "unknown detector"):
@@ -128,6 +144,22 @@ class TestBenchmarkParts(unittest.TestCase):
             BenchmarkSettings(iters=(3, 5))
         with self.assertRaisesRegex(ValueError, "warmup must be >= 0"):
             BenchmarkSettings(warmup=-1)
+        with self.assertRaisesRegex(ValueError, "regimes must be a non-empty selection"):
+            BenchmarkSettings(regimes=("trained",))
+        with self.assertRaisesRegex(ValueError, "precisions must be a non-empty selection"):
+            BenchmarkSettings(precisions=())
+        with self.assertRaisesRegex(ValueError, "'amp' precision .* needs a CUDA device"):
+            BenchmarkSettings(precisions=("fp32", "amp"))
+
+    def test_command_line_regimes_and_precisions(self):
+        script = load_script("benchmark_detectors")
+        parse = script.get_parser().parse_args
+        (settings,) = script.settings_from_args(parse([]))
+        self.assertEqual((settings.regimes, settings.precisions), (("realistic",), ("fp32",)))
+        (settings,) = script.settings_from_args(parse(["--regime", "all", "--precision", "bf16",
+                                                       "fp32", "bf16"]))  # fmt: skip
+        self.assertEqual(settings.regimes, ("realistic", "all-candidates", "prior"))
+        self.assertEqual(settings.precisions, ("bf16", "fp32"))
 
 
 
@@ -183,13 +215,13 @@ class TestTorchvisionPeer(unittest.TestCase):
 
 class TestBenchmarkRun(unittest.TestCase):
     """A whole (tiny) run of tools/benchmark_detectors.py: the three R50 RetinaNets on 64 x 96
-    images, one round each."""
+    images in the realistic regime, float32 and bf16, one round each."""
 
     @classmethod
     def setUpClass(cls):
         cls.settings = BenchmarkSettings(
             height=64, width=96, train_batch=2, throughput_batch=2, warmup=0, iters=(1, 2, 1),
-            memory=False,
+            memory=False, precisions=("fp32", "bf16"),
         )
         script = load_script("benchmark_detectors")
         cls.result = script.run_benchmark(cls.settings, log=lambda m: None)
@@ -204,8 +236,26 @@ class TestBenchmarkRun(unittest.TestCase):
     def test_ours_gives_detectron2s_detections(self):
         times = self.result["raw"]["times"]
         self.assertTrue(times["same_detections_as_detectron2"])
-        # The threshold regime gives the post-processing candidates to work on.
-        self.assertEqual(set(times["detections_per_image"].values()), {100})
+        self.assertTrue(all(n > 50 for n in times["detections_per_image"].values()))
+
+    def test_realistic_regime_is_not_saturated_and_has_trained_candidate_counts(self):
+        for name, stats in self.result["regimes"]["realistic"]["statistics"].items():
+            with self.subTest(name):
+                # The median image gets the regime's 600 candidates; logits spread as trained.
+                self.assertEqual(stats["candidates_per_image"], 600)
+                self.assertAlmostEqual(stats["logit_std"], 0.638, places=3)
+                self.assertLess(stats["logit_max"], 5)
+                self.assertGreater(stats["logit_min"], -15)
+
+    def test_every_precision_ran_without_errors(self):
+        runs = self.result["raw"]["runs"]["realistic"]
+        self.assertEqual(list(runs), ["fp32", "bf16"])
+        for precision, times in runs.items():
+            self.assertEqual(times["errors"], {}, precision)
+        table = self.result["table"]
+        self.assertIn("Regime: realistic; candidates above the score threshold", table)
+        self.assertEqual(len([line for line in table.splitlines()
+                              if line.startswith("| training iteration, batch 2")]), 2)
 
     def test_training_steps_are_finite(self):
         losses = self.result["raw"]["times"]["train_losses"]
@@ -222,6 +272,21 @@ class TestBenchmarkRun(unittest.TestCase):
             ratio, figures["latency_ms"]["retinafocal"] / figures["latency_ms"]["detectron2"])
         self.assertEqual(len(self.result["raw"]["times"]["latency_s"]["wall"]["torchvision"]), 2)
         json.dumps(self.result)  # the report is json-ready
+
+    def test_training_runs_ordinary_iterations(self):
+        det = models.build_detector("retinafocal", self.settings)
+        inputs = det.training_inputs(make_samples(self.settings, 2, 0))
+        for _ in range(3):
+            det.train_step(inputs)
+        self.assertEqual(det.iteration, 3)
+        # Imbalance diagnostics at the configured period (20): in iteration 0 only.
+        self.assertEqual(det.model.diagnostics_period, 20)
+        histories = {k: v for k, v in det.storage.histories().items()
+                     if k.startswith("imbalance/")}  # fmt: skip
+        self.assertTrue(histories)
+        self.assertTrue(all([it for _, it in h.values()] == [0] for h in histories.values()))
+        self.assertEqual([it for _, it in det.storage.history("num_pos_anchors").values()],
+                         [0, 1, 2])  # fmt: skip
 
     def test_memory_measured_in_a_fresh_process(self):
         mem = measure.measure_memory("detectron2", "inference", self.settings)

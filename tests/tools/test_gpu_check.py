@@ -40,8 +40,9 @@ class TestGpuCheckOnCpu(unittest.TestCase):
         self.assertEqual(self.proc.returncode, 0, self.proc.stdout + self.proc.stderr[-3000:])
         with open(os.path.join(self.out, "steps.tsv")) as f:
             steps = {line.split("\t")[0]: line.split("\t")[1] for line in f if line.strip()}
-        # No AMP or compiled-loss runs on a CPU; every step that ran succeeded.
-        self.assertEqual(steps, {"env": "0", "tests": "0", "train_nccl": "0", "bench": "0"})
+        # bf16 but no fp16, AMP or compiled-loss runs on a CPU; every step that ran succeeded.
+        self.assertEqual(steps, {"env": "0", "tests": "0", "train_nccl": "0", "train_bf16": "0",
+                                 "bench": "0"})  # fmt: skip
         with open(os.path.join(self.out, "tests.log")) as f:
             tests_log = f.read()
         self.assertRegex(tests_log, r"\d+ skipped")  # the GPU tests were found, and skipped
@@ -55,6 +56,9 @@ class TestGpuCheckOnCpu(unittest.TestCase):
         self.assertIn("# GPU check, ", report)
         row = r"\| train_nccl \| [^|]+ \| 1 \| [^|]+ \| \d+\.\d\d \| completed \|"
         self.assertRegex(report, row)  # 1 iteration, a number for AP
+        # bf16 trained (and, with this test's datasets, evaluated) in its own folder.
+        self.assertRegex(report, r"\| train_bf16 \| MODEL.RETINAFOCAL.PRECISION bf16 \| 1 \| "
+                         r"[^|]+ \| \d+\.\d\d \| completed \|")
         self.assertIn("Benchmark (tools/benchmark_detectors.py), 64 x 64, cpu", report)
         self.assertIn("| training iteration, batch 1", report)
 
