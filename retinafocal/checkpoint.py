@@ -59,14 +59,9 @@ class DiskFullError(OSError):
 
 
 class NonFiniteWeightsError(FloatingPointError):
-    """The state to checkpoint holds NaN or Inf, so it was not saved.
-
-    Attributes:
-        file: the checkpoint that was not written.
-        iteration: the training iteration it would have held (None when not given).
-        tensors: names of the non-finite tensors, at most :data:`MAX_NAMED`.
-        checkpoint: the last checkpoint written, whose tensors are all finite; "" when none.
-    """
+    """The state to checkpoint (``file``, of ``iteration`` or None) holds NaN or Inf in
+    ``tensors`` (at most :data:`MAX_NAMED` names), so it was not saved; ``checkpoint`` is the
+    last one written, all finite ("" when none)."""
 
     def __init__(
         self, file: str, iteration: Optional[int], tensors: List[str], checkpoint: str
@@ -344,10 +339,6 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         )
         return incompatible
 
-    def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
-        files = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
-        return sorted(files, key=os.path.getmtime, reverse=True)
-
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """As the parent's, but when ``last_checkpoint`` names a missing or unreadable file,
         resume from the newest readable ``.pth`` in ``save_dir`` (logging the error), or raise
@@ -363,7 +354,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         else:
             error = f"last_checkpoint names {tagged or 'nothing'}, which does not exist"
         self.logger.error(f"Cannot resume from the last checkpoint: {error}")
-        for candidate in self._complete_checkpoints_newest_first(os.path.abspath(tagged or "")):
+        exclude = os.path.abspath(tagged or "")
+        others = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
+        for candidate in sorted(others, key=os.path.getmtime, reverse=True):
             try:
                 checkpoint = self.load(candidate)
             except CorruptCheckpointError as e:

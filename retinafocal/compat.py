@@ -296,13 +296,9 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
     concurrent calls do not interfere. (:class:`retinafocal.data.RobustDatasetMapper` reads
     images its own way; ``DatasetMapper`` has no hook for that.)
 
-    Args:
-        mapper: a ``DatasetMapper`` (or subclass) instance.
-        dataset_dict: one image's dict in detectron2's dataset format (not modified).
-        image: (H, W, C) uint8 array in ``mapper.image_format``, as ``read_image`` returns it.
-
-    Raises:
-        detectron2's ``SizeMismatchError`` when ``image`` is not of the size the dict says.
+    ``dataset_dict`` is not modified; ``image`` is (H, W, C) uint8 in ``mapper.image_format``,
+    as ``read_image`` returns it. Raises detectron2's ``SizeMismatchError`` when ``image`` is
+    not of the size the dict says.
     """
     from detectron2.data import DatasetMapper
 

@@ -22,10 +22,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "WeightsFileError",
-    "UnsafeWeightsFileError",
-    "TorchScriptWeightsError",
-    "read_weights_file",
+    "WeightsFileError", "UnsafeWeightsFileError", "TorchScriptWeightsError", "read_weights_file"
 ]
 
 logger = logging.getLogger(__name__)

@@ -1,16 +1,11 @@
 """Whether a loaded weights file fits the model.
 
 detectron2's checkpointer loads what matches and only logs the rest, so evaluating a checkpoint
-of another depth or class count gives an AP and exit status 0. :func:`check_fit` applies a rule
-to what it could not load:
-
-- **exact** (evaluation, demo, export, ``--resume``): every model tensor comes from the file
-  with its shape and every file tensor belongs to the model, except what detectron2 does not
-  expect in a file: ``pixel_mean`` / ``pixel_std``, ``num_batches_tracked`` and the old
-  ``anchor_generator.cell_anchors``.
-- **initial** (``MODEL.WEIGHTS`` / ``train.init_checkpoint``): partial loads are the point (an
-  ImageNet backbone; another class count), so gaps are only logged; but a file of which no
-  tensor fits holds another kind of model, an error.
+of another depth or class count gives an AP and exit status 0. :func:`check_fit`'s rules:
+**exact** (evaluation, demo, export, ``--resume``): every tensor of the model and of the file
+matches, except ``pixel_mean`` / ``pixel_std`` (config) and ``num_batches_tracked``;
+**initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another
+class count) and are only logged, but a file of which no tensor fits is an error.
 """
 from __future__ import annotations
 
