@@ -21,11 +21,7 @@ from ..data.datasets import ensure_dataset_files
 from .preflight import resolve_num_classes
 
 __all__ = [
-    "default_setup",
-    "dataset_names",
-    "prepare_datasets",
-    "log_bbox_ap",
-    "plain_logs_off_terminal",
+    "default_setup", "dataset_names", "prepare_datasets", "log_bbox_ap", "plain_logs_off_terminal"
 ]
 
 # ANSI escape sequences (colours, bold, blink): CSI ... final byte.
@@ -61,19 +57,15 @@ class _PlainFormatter(logging.Formatter):
         return _ANSI.sub("", self.inner.format(record))
 
 
-def _colours_wanted(stream: Any) -> bool:
-    """Whether ``stream`` is a terminal and the user has not asked for no colour."""
-    isatty = getattr(stream, "isatty", None)
-    return not os.environ.get("NO_COLOR") and callable(isatty) and bool(isatty())
-
-
 def plain_logs_off_terminal(names: Sequence[str] = _RUN_LOGGERS) -> None:
     """Make the handlers of loggers ``names`` write plain text unless they write to a terminal
-    that may show colours. Idempotent."""
+    that may show colours (``NO_COLOR`` unset). Idempotent."""
     for name in names:
         for handler in logging.getLogger(name).handlers:
             stream = getattr(handler, "stream", None)
-            if stream is None or _colours_wanted(stream):
+            isatty = getattr(stream, "isatty", None)
+            colours = not os.environ.get("NO_COLOR") and callable(isatty) and bool(isatty())
+            if stream is None or colours:
                 continue
             if handler.formatter is not None and not isinstance(handler.formatter, _PlainFormatter):
                 handler.setFormatter(_PlainFormatter(handler.formatter))

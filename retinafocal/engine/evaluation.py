@@ -75,11 +75,7 @@ class InferenceStats(DatasetEvaluator):
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        warmup: int = 5,
-        clock: Callable[[], float] = time.perf_counter,
+        self, model: nn.Module, *, warmup: int = 5, clock: Callable[[], float] = time.perf_counter
     ) -> None:
         """``model``: the module evaluated (DDP or not); ``clock``: seconds (tests fake it)."""
         self._model = model

@@ -1,5 +1,5 @@
-"""The training loop for LazyConfig (``.py``) configs, with the yacs
-:class:`~retinafocal.engine.trainer.Trainer`'s features. A config provides what detectron2's
+"""The training loop for LazyConfig configs, with the features of the yacs
+:class:`~retinafocal.engine.trainer.Trainer`. A config provides what detectron2's
 ``configs/common/train.py`` does (``model``, ``optimizer``, ``lr_multiplier``,
 ``dataloader.{train,test,evaluator}``, ``train.*``), and optionally ``datasets.coco_json``
 (``[[name, json_file, image_root], ...]``, yacs ``DATASETS.COCO_JSON``) and

@@ -11,12 +11,7 @@ from detectron2.utils import comm
 
 from ..data.classes import check_num_classes, num_classes_from_datasets
 
-__all__ = [
-    "NUM_CLASSES_KEYS",
-    "check_batch_size",
-    "check_model_num_classes",
-    "resolve_num_classes",
-]
+__all__ = ["NUM_CLASSES_KEYS", "check_batch_size", "check_model_num_classes", "resolve_num_classes"]
 
 logger = logging.getLogger(__name__)
 

@@ -94,10 +94,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(
-        cls,
-        cfg: CfgNode,
-        model: nn.Module,
-        evaluators: Optional[List[DatasetEvaluator]] = None,
+        cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[List[DatasetEvaluator]] = None
     ) -> OrderedDict:
         """``DefaultTrainer.test``; default evaluators: :meth:`build_evaluator` and
         :class:`InferenceStats` per test set."""
