@@ -50,33 +50,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: True when a compiled ``detectron2._C`` is importable (official builds).
+# True when a compiled ``detectron2._C`` is importable (official builds).
 HAS_D2_C: bool = False
-#: True when :func:`apply` installed the ``detectron2._C`` stub (v0.6 without compiled ops).
+# Each of these is True when its workaround is active on the installed detectron2 (see the
+# function that sets it); describe() names them as _DESCRIBED says.
 D2_C_STUBBED: bool = False
-#: True when :func:`apply` restored ``PIL.Image.LINEAR`` (v0.6 on Pillow >= 10).
 PIL_LINEAR_ALIASED: bool = False
-#: True when :func:`apply` replaced v0.6's ``MapDataset.__getitem__`` (Python >= 3.11).
 MAP_DATASET_RETRY_FIXED: bool = False
-#: True when :func:`apply` gave v0.6's ``DefaultTrainer`` the optimizer in its checkpoints.
 TRAINER_STATE_FIXED: bool = False
-#: True when :func:`apply` made ``detectron2.export`` importable without caffe2 (v0.6).
 EXPORT_WITHOUT_CAFFE2: bool = False
-#: True when ``DatasetMapper.__call__`` reads through ``detection_utils.read_image`` (v0.6 to main).
 DATASET_MAPPER_TAKES_IMAGE: bool = False
-#: True when ``DetectionCheckpointer`` keeps per-load state (current detectron2).
 CHECKPOINT_LOAD_STATE_RESET: bool = False
-#: True when :func:`apply` imported the modules that script at import with torch's
-#: ``torch.jit.script`` deprecation warning filtered out.
 JIT_SCRIPT_WARNING_SILENCED: bool = False
+LAUNCH_GLOO_WITHOUT_CUDA: bool = False
+DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
 # The modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
 _SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
 _JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
-#: True when :func:`apply` gave v0.6's ``launch`` workers the gloo backend without CUDA.
-LAUNCH_GLOO_WITHOUT_CUDA: bool = False
-#: True when :func:`apply` made ``create_ddp_model`` leave ``device_ids`` unset for CPU models.
-DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
 # What describe() says of each active workaround, by the name of its flag above.
 _DESCRIBED = (
