@@ -21,7 +21,12 @@ from ..data.datasets import ensure_dataset_files
 from .preflight import resolve_num_classes
 
 __all__ = [
-    "default_setup", "dataset_names", "prepare_datasets", "log_bbox_ap", "plain_logs_off_terminal"
+    "default_setup",
+    "dataset_names",
+    "loader_dataset_names",
+    "prepare_datasets",
+    "log_bbox_ap",
+    "plain_logs_off_terminal",
 ]
 
 # ANSI escape sequences (colours, bold, blink): CSI ... final byte.
@@ -71,17 +76,20 @@ def plain_logs_off_terminal(names: Sequence[str] = _RUN_LOGGERS) -> None:
                 handler.setFormatter(_PlainFormatter(handler.formatter))
 
 
+def loader_dataset_names(loader: Any) -> List[str]:
+    """The ``dataset.names`` of a LazyConfig data loader, as a list ([] when it has none)."""
+    dataset = loader.get("dataset", None) if loader is not None else None
+    names = dataset.get("names", None) if dataset is not None else None
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
+
+
 def dataset_names(cfg: Any) -> List[str]:
     """The train and test dataset names of a yacs config or a LazyConfig."""
     if isinstance(cfg, CfgNode):
         return list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    names: List[str] = []
-    for part in ("train", "test"):
-        loader = cfg.dataloader.get(part)
-        if loader is not None and "dataset" in loader and "names" in loader.dataset:
-            value = loader.dataset.names
-            names += [value] if isinstance(value, str) else list(value)
-    return names
+    return [n for part in ("train", "test") for n in loader_dataset_names(cfg.dataloader.get(part))]
 
 
 def prepare_datasets(cfg: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -22,6 +22,7 @@ from detectron2.utils import comm
 
 from ..checkpoint import AtomicDetectionCheckpointer
 from ..data.datasets import ensure_dataset_files, register_coco_json_datasets
+from .defaults import loader_dataset_names
 from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
 from .preflight import check_batch_size, check_model_num_classes
@@ -52,14 +53,6 @@ def _test_dataset_name(cfg: Any) -> str:
     return names if isinstance(names, str) else names[0]
 
 
-def _dataset_names(loader_cfg: Any) -> List[str]:
-    dataset = loader_cfg.get("dataset", None)
-    names = dataset.get("names", None) if dataset is not None else None
-    if names is None:
-        return []
-    return [names] if isinstance(names, str) else list(names)
-
-
 def build_lazy_model(cfg: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``cfg.train.device``."""
     model = instantiate(cfg.model)
@@ -70,7 +63,7 @@ def build_lazy_model(cfg: Any) -> torch.nn.Module:
 def build_lazy_test_loader(cfg: Any) -> Any:
     """Instantiate ``cfg.dataloader.test``, then check ``model.num_classes`` against it."""
     data_loader = instantiate(cfg.dataloader.test)
-    check_model_num_classes(cfg, _dataset_names(cfg.dataloader.test))
+    check_model_num_classes(cfg, loader_dataset_names(cfg.dataloader.test))
     return data_loader
 
 
@@ -102,7 +95,7 @@ def build_lazy_trainer(
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    check_model_num_classes(cfg, _dataset_names(cfg.dataloader.train))
+    check_model_num_classes(cfg, loader_dataset_names(cfg.dataloader.train))
     # Now, so that the test set's problems stop the run before the first iteration.
     test_loader = build_lazy_test_loader(cfg)
     model = create_ddp_model(model, **cfg.train.ddp)
