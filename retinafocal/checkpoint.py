@@ -1,26 +1,14 @@
-"""A checkpointer whose files are always whole: a kill at any moment keeps the last good one.
+"""A checkpointer whose files are always whole, finite and safe to load.
 
-fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into ``model_XXXX.pth`` and then
-rewrites ``last_checkpoint`` in place. A job killed during the first step leaves a truncated
-checkpoint; killed during the second, an empty ``last_checkpoint``; and a resume then fails or
-starts from scratch. :class:`AtomicDetectionCheckpointer` writes each file under a temporary name
-in the same folder, flushes it to disk (``fsync``) and renames it over the final name
-(``os.replace``, atomic on POSIX and Windows within one file system), so every name always
-refers to a complete file: the new one or the previous one.
+fvcore's ``Checkpointer.save`` streams into ``model_XXXX.pth`` and rewrites ``last_checkpoint``
+in place, so a kill leaves a truncated checkpoint or an empty tag. Here each file is written
+under a temporary name, fsynced and renamed over the final one (:func:`atomic_write`). A state
+holding NaN or Inf is never saved (:class:`NonFiniteWeightsError`), a full disk is reported as
+such (:class:`DiskFullError`), and a resume whose ``last_checkpoint`` is missing or unreadable
+falls back to the newest readable checkpoint.
 
-It never saves a state holding NaN or Inf (a diverged model's parameters, BatchNorm statistics
-or optimizer buffers): it raises :class:`NonFiniteWeightsError` instead, so the last checkpoint
-is always one to resume from. A full disk is reported as such, naming the file
-(:class:`DiskFullError`), rather than as the serialiser's own error.
-
-It also refuses to silently resume from a damaged file: when ``last_checkpoint`` names a file
-that is missing or cannot be read (written by another tool, or a disk error), resuming falls
-back to the newest readable checkpoint in the folder, and says so.
-
-It is retinafocal's one loader of weights (training's initial weights, ``--resume``,
-``--eval-only``, the tools): files are read without running their code
-(:mod:`retinafocal.weights_file`) and must fit the model (:mod:`retinafocal.weights_fit`);
-:func:`load_inference_weights` adds the rule that a model run for its outputs has weights.
+It is retinafocal's one loader of weights: files are read without running their code
+(:mod:`retinafocal.weights_file`) and must fit the model (:mod:`retinafocal.weights_fit`).
 """
 from __future__ import annotations
 
@@ -67,20 +55,13 @@ class CorruptCheckpointError(WeightsFileError):
 
 
 class DiskFullError(OSError):
-    """A file could not be written for lack of space (``errno`` ENOSPC or EDQUOT); the message
-    names the file."""
+    """A file could not be written for lack of space (ENOSPC, EDQUOT); the message names it."""
 
 
 class NonFiniteWeightsError(FloatingPointError):
-    """The state to checkpoint holds NaN or Inf, so it was not saved.
-
-    Attributes:
-        file: the checkpoint that was not written.
-        iteration: the training iteration it would have held (None when not given).
-        tensors: names of the non-finite tensors (``model.head.cls_score.weight``, ...), at most
-            :data:`MAX_NAMED`.
-        checkpoint: the last checkpoint written, whose tensors are all finite; "" when none.
-    """
+    """The state to checkpoint (``file``, of ``iteration`` or None) holds NaN or Inf in
+    ``tensors`` (at most :data:`MAX_NAMED` names), so it was not saved; ``checkpoint`` is the
+    last one written, all finite ("" when none)."""
 
     def __init__(
         self, file: str, iteration: Optional[int], tensors: List[str], checkpoint: str
@@ -119,8 +100,8 @@ def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, torch.T
 
 
 def non_finite_tensors(state: Any) -> List[str]:
-    """Names of the floating-point tensors in ``state`` (nested dicts and lists, such as a
-    checkpoint's) that hold a NaN or an Inf, in order. One device-to-host copy per device."""
+    """Names of the floating-point tensors in ``state`` (nested dicts and lists) that hold a NaN
+    or an Inf, in order. One device-to-host copy per device."""
     named = list(_floating_tensors(state))
     flags: Dict[torch.device, List[Tuple[int, torch.Tensor]]] = defaultdict(list)
     for i, (_, tensor) in enumerate(named):
@@ -133,8 +114,8 @@ def non_finite_tensors(state: Any) -> List[str]:
 
 
 def _out_of_space(error: Optional[BaseException]) -> bool:
-    """Whether ``error`` or an exception it was raised from is "no space" / "quota exceeded"
-    (torch.save, for one, reports the write's OSError as the context of its own error)."""
+    """Whether ``error`` or its cause / context chain is "no space" or "quota exceeded"
+    (torch.save wraps the write's OSError)."""
     full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
     seen = set()
     while error is not None and id(error) not in seen:
@@ -153,8 +134,7 @@ def _free_space(directory: str) -> str:
 
 
 def _fsync_directory(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be
-    opened (Windows)."""
+    """Make a rename in ``directory`` durable (POSIX); nothing where it cannot be opened."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -168,16 +148,13 @@ def _fsync_directory(directory: str) -> None:
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "") -> None:
-    """Create or replace the file ``path`` with what ``write(f)`` writes, atomically.
-
-    ``write`` receives a binary file open in ``path``'s folder under a temporary name; the file
-    is flushed and fsynced, then renamed to ``path``. If anything fails (or the process is
-    killed) before the rename, ``path`` is untouched; the temporary file is removed on errors
-    (after a kill, by the next :meth:`AtomicDetectionCheckpointer.save`).
+    """Create or replace ``path`` atomically with what ``write(f)`` writes to a binary file
+    opened under a temporary name in the same folder (then fsynced and renamed). On any failure
+    or kill ``path`` is untouched; the temporary file is removed on errors (after a kill, by the
+    next :meth:`AtomicDetectionCheckpointer.save`).
 
     Raises:
-        DiskFullError: when the disk (or quota) is full, naming ``path`` and ending with
-            ``advice``; the underlying error is its cause.
+        DiskFullError: the disk or quota is full; names ``path``, ends with ``advice``.
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(
@@ -224,19 +201,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` (same methods) with atomic, durable saves and safe loads.
-
-    Saving to a non-local ``save_dir`` (a ``PathManager`` URL) falls back to the parent's
-    non-atomic save.
-
-    Loading reads every file with :func:`~retinafocal.weights_file.read_weights_file` (no code
-    runs; the formats detectron2 reads: its ``.pkl`` model zoo, Caffe2 blobs, pycls ``.pyth``,
-    ``.pth``), then checks the fit with :func:`~retinafocal.weights_fit.check_fit`:
-
-    - exactly, when the load restores the whole training state (``load(path)`` with every
-      checkpointable, as ``resume_or_load`` does when it resumes) or ``exact_fit`` is set;
-    - as initial weights otherwise (``load(path, checkpointables=[])``, as ``resume_or_load``
-      does for ``MODEL.WEIGHTS`` when there is nothing to resume): part of a model may load.
+    """``DetectionCheckpointer`` with atomic, durable saves (the parent's save for a non-local
+    ``save_dir``) and safe loads: :func:`~retinafocal.weights_file.read_weights_file`, then
+    :func:`~retinafocal.weights_fit.check_fit`, exact when the load restores the whole training
+    state (``load(path)``, as when resuming) or ``exact_fit`` is set, else as initial weights
+    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
 
     Args:
         trust_weights_file: read files with full unpickling (may run code), logging a warning
@@ -244,8 +213,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         exact_fit: every load must fit the model exactly (evaluation, inference).
     """
 
-    # The load in progress, set by load() for _load_model (fvcore passes it only the file's
-    # contents).
+    # The load in progress, for _load_model (fvcore passes it only the file's contents).
     _exact_load: bool
     _loading_path: str
 
@@ -264,12 +232,12 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self.exact_fit = exact_fit
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """Save the model and checkpointables (and ``kwargs``) as ``<save_dir>/<name>.pth``, then
-        point ``last_checkpoint`` at it; each file is replaced atomically.
+        """Save the model, checkpointables and ``kwargs`` as ``<save_dir>/<name>.pth`` and tag
+        it in ``last_checkpoint``, each file atomically.
 
         Raises:
             NonFiniteWeightsError: when the state holds NaN or Inf; nothing is written.
-            DiskFullError: when the disk is full; the previous checkpoints stay as they were.
+            DiskFullError: when the disk is full; earlier checkpoints stay whole.
         """
         if not self.save_dir or not self.save_to_disk:
             return
@@ -294,7 +262,6 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def _refuse_non_finite(self, save_file: str, data: Dict[str, Any]) -> None:
-        """Raise :class:`NonFiniteWeightsError` when ``data`` holds NaN or Inf."""
         bad = non_finite_tensors(data)
         if not bad:
             return
@@ -317,7 +284,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         )
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporary files left by killed processes (their pid no longer exists)."""
+        """Delete temporary files left by processes that no longer exist."""
         try:
             names = os.listdir(self.save_dir)
         except OSError:
@@ -348,16 +315,14 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             raise  # unsafe, TorchScript or not a dict: the message already says what it is
         except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
             if filename.endswith(".pth") and zipfile.is_zipfile(filename):
-                # A whole torch.save archive (its zip directory is intact): the failure is not
-                # damage, so show it as it is.
+                # An intact torch.save archive: not damage, so show the error as it is.
                 raise
             raise CorruptCheckpointError(
                 f"Checkpoint {filename} cannot be read; it is truncated or corrupt "
                 f"({type(e).__name__}: {e})"
             ) from e
         if not filename.endswith((".pkl", ".pyth")):
-            # Current detectron2 takes options from the URL query of a torch checkpoint's path
-            # (?matching_heuristics=True); its model-zoo formats ignore them.
+            # Current detectron2 reads ?matching_heuristics=True from a .pth URL only.
             checkpoint.update(compat.checkpoint_url_options(self))
         return checkpoint
 
@@ -374,14 +339,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         )
         return incompatible
 
-    def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
-        files = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
-        return sorted(files, key=os.path.getmtime, reverse=True)
-
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
-        """As the parent's, but when resuming from a ``last_checkpoint`` that names a missing or
-        unreadable file, resume from the newest readable ``.pth`` in ``save_dir`` instead (with
-        an error in the log), or raise :class:`CorruptCheckpointError` if there is none."""
+        """As the parent's, but when ``last_checkpoint`` names a missing or unreadable file,
+        resume from the newest readable ``.pth`` in ``save_dir`` (logging the error), or raise
+        :class:`CorruptCheckpointError` if there is none."""
         if not (resume and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
         tagged = self.get_checkpoint_file()
@@ -393,7 +354,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         else:
             error = f"last_checkpoint names {tagged or 'nothing'}, which does not exist"
         self.logger.error(f"Cannot resume from the last checkpoint: {error}")
-        for candidate in self._complete_checkpoints_newest_first(os.path.abspath(tagged or "")):
+        exclude = os.path.abspath(tagged or "")
+        others = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
+        for candidate in sorted(others, key=os.path.getmtime, reverse=True):
             try:
                 checkpoint = self.load(candidate)
             except CorruptCheckpointError as e:
@@ -417,17 +380,14 @@ def load_inference_weights(
     random_weights: bool = False,
     trust_weights_file: bool = False,
 ) -> Dict[str, Any]:
-    """Load the weights of a model that is run for its outputs (``--eval-only``, the demo,
-    export, analyses): the file must fit the model exactly, and having no weights at all is an
-    error unless ``random_weights`` says it is meant.
+    """Load the weights of a model run for its outputs (``--eval-only``, demo, export): the
+    file must fit exactly, and no weights is an error unless ``random_weights``.
 
     Args:
-        weights: the weights file or URL ("" for none), from the config key ``weights_key``
-            (``MODEL.WEIGHTS`` or ``train.init_checkpoint``, named in the errors).
-        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir`` when it has one
-            takes the place of ``weights`` (``train_net.py --eval-only --resume``).
-        random_weights: run with the model's random initialisation when no weights are given.
-        trust_weights_file: see :class:`AtomicDetectionCheckpointer`.
+        weights: file or URL ("" for none), from config key ``weights_key`` (named in errors).
+        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir``, if any, replaces
+            ``weights``.
+        random_weights: keep the random initialisation when no weights are given.
 
     Returns:
         the checkpoint's data other than the weights (e.g. ``{"iteration": 89999}``).
@@ -435,7 +395,7 @@ def load_inference_weights(
     Raises:
         MissingWeightsError: no weights and not ``random_weights``.
         ValueError: ``resume`` without a ``save_dir``.
-        WeightsFileError: both weights and ``random_weights`` were given; and see
+        WeightsFileError: both weights and ``random_weights``; and as
             :meth:`AtomicDetectionCheckpointer.load`.
     """
     if resume and not save_dir:

@@ -1,27 +1,15 @@
 """The one home of workarounds for old detectron2 builds on today's packages.
 
-Every workaround here serves **detectron2 v0.6** as installed from the ``pb1-detectron2`` source
-archive (pure Python, no compiled ``detectron2._C``; see ``tools/install_detectron2.py``), running
-on Pillow >= 10. Each one first checks that the installed detectron2 needs it, so on a current
-detectron2 built from GitHub (which has ``_C`` and no longer uses ``Image.LINEAR``) nothing here
-changes anything.
+Most serve **detectron2 v0.6** from the ``pb1-detectron2`` archive (pure Python, no compiled
+``_C``; ``tools/install_detectron2.py``) on Pillow >= 10. Each checks the installed detectron2
+first, so on a current build nothing changes. Others serve every version, v0.6 to main:
+:func:`dataset_mapper_call` (``DatasetMapper`` has no hook for an image read elsewhere), the
+per-load state of current ``DetectionCheckpointer`` (:func:`forget_failed_load`,
+:func:`checkpoint_url_options`), torch >= 2.14's ``torch.jit.script`` warning, and CPU
+multi-process training (gloo in v0.6's ``launch``; ``create_ddp_model`` without device ids).
 
-One adapter serves every detectron2 version from v0.6 to current main alike:
-:func:`dataset_mapper_call`, for a mapper that reads its images itself (``DatasetMapper`` offers
-no hook for that). :func:`apply` checks that the installed ``DatasetMapper`` is one it fits.
-Two serve the other way round, for per-load state that current detectron2's
-``DetectionCheckpointer`` keeps (and v0.6 does not): :func:`forget_failed_load` clears it after
-a failed load; :func:`checkpoint_url_options` reads the options of the file's URL from it.
-One serves today's torch: :func:`_import_scripting_modules_quietly` keeps the deprecation
-warning of ``torch.jit.script`` (torch >= 2.14), which fvcore and detectron2 call when imported,
-out of every program's output.
-Multi-process training on CPU needs two: v0.6's ``launch`` gets current detectron2's choice of
-the gloo backend when there is no GPU (:func:`_launch_gloo_without_cuda`), and
-``create_ddp_model``, in v0.6 and current main alike, stops giving a CPU model a device id,
-which ``DistributedDataParallel`` rejects (:func:`_ddp_cpu_model_without_device_ids`).
-
-:func:`apply` runs when :mod:`retinafocal` is imported, which must therefore happen before
-``detectron2.layers`` / ``detectron2.modeling`` / ``detectron2.evaluation`` are first imported.
+:func:`apply` runs on ``import retinafocal``, which must come before ``detectron2.layers``,
+``.modeling`` or ``.evaluation`` are first imported.
 """
 from __future__ import annotations
 
@@ -62,35 +50,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: True when a compiled ``detectron2._C`` is importable (official builds).
+# True when a compiled ``detectron2._C`` is importable (official builds).
 HAS_D2_C: bool = False
-#: True when :func:`apply` installed the ``detectron2._C`` stub (v0.6 without compiled ops).
+# Each of these is True when its workaround is active on the installed detectron2 (see the
+# function that sets it); describe() names them as _DESCRIBED says.
 D2_C_STUBBED: bool = False
-#: True when :func:`apply` restored ``PIL.Image.LINEAR`` (v0.6 on Pillow >= 10).
 PIL_LINEAR_ALIASED: bool = False
-#: True when :func:`apply` replaced v0.6's ``MapDataset.__getitem__`` (Python >= 3.11).
 MAP_DATASET_RETRY_FIXED: bool = False
-#: True when :func:`apply` gave v0.6's ``DefaultTrainer`` the optimizer in its checkpoints.
 TRAINER_STATE_FIXED: bool = False
-#: True when :func:`apply` made ``detectron2.export`` importable without caffe2 (v0.6).
 EXPORT_WITHOUT_CAFFE2: bool = False
-#: True when :func:`dataset_mapper_call` can hand ``DatasetMapper.__call__`` an image already
-#: read (it reads through ``detection_utils.read_image``: detectron2 v0.6 to current main).
 DATASET_MAPPER_TAKES_IMAGE: bool = False
-#: True when the installed ``DetectionCheckpointer`` keeps per-load state (current detectron2),
-#: which :func:`forget_failed_load` then clears after a failed load.
 CHECKPOINT_LOAD_STATE_RESET: bool = False
-#: True when :func:`apply` imported fvcore's and detectron2's import-time scripting modules with
-#: torch's ``torch.jit.script`` deprecation warning filtered out.
 JIT_SCRIPT_WARNING_SILENCED: bool = False
+LAUNCH_GLOO_WITHOUT_CUDA: bool = False
+DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
 # The modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
 _SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
 _JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
-#: True when :func:`apply` gave v0.6's ``launch`` workers the gloo backend without CUDA.
-LAUNCH_GLOO_WITHOUT_CUDA: bool = False
-#: True when :func:`apply` made ``create_ddp_model`` leave ``device_ids`` unset for CPU models.
-DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
 # What describe() says of each active workaround, by the name of its flag above.
 _DESCRIBED = (
@@ -111,14 +88,9 @@ _DESCRIBED = (
 
 
 class _MissingCompiledOps(types.ModuleType):
-    """Stand-in for ``detectron2._C`` when detectron2 was installed without its C++ ops.
-
-    detectron2 v0.6 imports ``_C`` at module level in ``layers/deform_conv.py``,
-    ``layers/roi_align_rotated.py``, ``layers/rotated_boxes.py`` and
-    ``evaluation/fast_eval_api.py``, so without it ``import detectron2.layers`` (and with it all
-    of ``detectron2.modeling``) fails, although RetinaNet needs none of those ops. This stub lets
-    those imports succeed; touching any compiled op raises an error that says what is missing.
-    """
+    """Stand-in for ``detectron2._C`` (v0.6 without C++ ops): v0.6 imports ``_C`` at module
+    level in ``layers/`` and ``evaluation/fast_eval_api.py``, so ``import detectron2.modeling``
+    fails although RetinaNet needs none of its ops. Using any op raises an error naming it."""
 
     # v0.6's collect_env_info (logged by default_setup, so by every train_net.py run) asks the
     # imported _C for its build info; these answer instead of raising.
@@ -145,8 +117,7 @@ class _MissingCompiledOps(types.ModuleType):
 
 
 def _detectron2_source(relpath: str) -> str:
-    """Text of a file inside the installed detectron2 package, read without importing it (its
-    import may be what fails); "" when there is no such file."""
+    """Text of a file of the installed detectron2, read without importing it; "" if absent."""
     import detectron2
 
     path = os.path.join(detectron2.__path__[0], relpath)
@@ -174,11 +145,8 @@ def _stub_missing_d2_c() -> None:
 
 
 def _alias_pil_linear() -> None:
-    """detectron2 v0.6 on Pillow >= 10: ``Image.LINEAR`` was removed; it meant BILINEAR.
-
-    v0.6's ``data/transforms/transform.py`` uses it as a default argument, so
-    ``import detectron2.data`` fails without it. Pillow < 10 defined ``LINEAR = BILINEAR``.
-    """
+    """detectron2 v0.6 on Pillow >= 10: ``data/transforms/transform.py`` uses the removed
+    ``Image.LINEAR`` (= BILINEAR) as a default argument, so ``import detectron2.data`` fails."""
     global PIL_LINEAR_ALIASED
     from PIL import Image
 
@@ -191,11 +159,9 @@ def _alias_pil_linear() -> None:
 
 
 def _fix_map_dataset_retry() -> None:
-    """detectron2 v0.6 on Python >= 3.11: ``MapDataset`` crashes when its map function returns
-    None (which is how a mapper skips a bad image), because it calls ``random.sample`` on a set,
-    which Python 3.11 rejects ("Population must be a sequence"). Current detectron2 samples from
-    ``list(...)``; this gives v0.6 the same retry loop.
-    """
+    """detectron2 v0.6 on Python >= 3.11: when the mapper returns None (a skipped image),
+    ``MapDataset`` calls ``random.sample`` on a set, which 3.11 rejects. Current detectron2's
+    retry loop, which samples from a sequence."""
     global MAP_DATASET_RETRY_FIXED
     if sys.version_info < (3, 11) or MAP_DATASET_RETRY_FIXED:
         return
@@ -211,7 +177,6 @@ def _fix_map_dataset_retry() -> None:
             if data is not None:
                 self._fallback_candidates.add(cur_idx)
                 return data
-            # This index failed: draw another one among those not known to fail.
             retry_count += 1
             self._fallback_candidates.discard(cur_idx)
             if not self._fallback_candidates:  # v0.6 raised a bare IndexError here
@@ -230,12 +195,9 @@ def _fix_map_dataset_retry() -> None:
 
 
 def _fix_default_trainer_state() -> None:
-    """detectron2 v0.6: ``DefaultTrainer`` checkpoints hold the iteration and the hooks' state
-    (LR scheduler) but not its inner ``SimpleTrainer``'s (optimizer: momentum buffers and the
-    current LR; AMP grad scaler), so ``--resume`` restarts with fresh momentum and, until the
-    scheduler's next step, the LR of iteration 0. Current detectron2 saves and loads the inner
-    trainer's state under ``"_trainer"``; this gives v0.6 the same two methods.
-    """
+    """detectron2 v0.6: ``DefaultTrainer`` checkpoints lack the inner trainer's state
+    (optimizer momentum and LR, AMP scaler), so ``--resume`` restarts with fresh momentum.
+    Current detectron2's two methods, which keep it under ``"_trainer"``."""
     global TRAINER_STATE_FIXED
     from detectron2.engine import DefaultTrainer, TrainerBase
 
@@ -257,13 +219,9 @@ def _fix_default_trainer_state() -> None:
 
 
 def _export_without_caffe2() -> None:
-    """detectron2 v0.6 without caffe2: ``detectron2/export/__init__.py`` star-imports ``api.py``,
-    which imports ``caffe2`` (gone from PyTorch since 1.10's wheels) at module level, so
-    ``from detectron2.export import TracingAdapter`` fails although ``TracingAdapter`` and the
-    TorchScript helpers need no caffe2. Current detectron2 imports ``api`` only when caffe2 is
-    installed. This registers the ``detectron2.export`` package without running its
-    ``__init__`` and gives it the caffe2-free names current detectron2 exports.
-    """
+    """detectron2 v0.6: ``export/__init__.py`` star-imports ``api.py``, which needs ``caffe2``
+    (gone from PyTorch wheels), so ``TracingAdapter`` cannot be imported. Register the package
+    without running its ``__init__``, with the caffe2-free names current detectron2 exports."""
     global EXPORT_WITHOUT_CAFFE2
     if EXPORT_WITHOUT_CAFFE2 or "detectron2.export" in sys.modules:
         return
@@ -289,9 +247,8 @@ def _export_without_caffe2() -> None:
 
 
 class _UtilsWithImage:
-    """``detection_utils`` as :func:`dataset_mapper_call` shows it to ``DatasetMapper.__call__``:
-    the first ``read_image`` of ``file_name`` returns ``image``; everything else (a second read,
-    a semantic-segmentation file, ``check_image_size``, ...) is detectron2's own."""
+    """``detection_utils`` whose first ``read_image(file_name)`` returns ``image``; all else is
+    detectron2's own."""
 
     def __init__(self, file_name: str, image: np.ndarray) -> None:
         from detectron2.data import detection_utils
@@ -312,9 +269,8 @@ class _UtilsWithImage:
 
 
 def _check_dataset_mapper_reads_through_utils() -> None:
-    """Every detectron2 from v0.6 to current main: ``DatasetMapper.__call__`` reads its image with
-    the module global ``utils.read_image`` (``utils`` = ``detection_utils``) and offers no other
-    way to supply an image. :func:`dataset_mapper_call` relies on that; check it once here."""
+    """v0.6 to current main: ``DatasetMapper.__call__`` reads its image with the module global
+    ``utils.read_image``, which :func:`dataset_mapper_call` relies on."""
     global DATASET_MAPPER_TAKES_IMAGE
     from detectron2.data import DatasetMapper, detection_utils
 
@@ -325,25 +281,15 @@ def _check_dataset_mapper_reads_through_utils() -> None:
 
 
 def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
-    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as the image
-    it would read from ``dataset_dict["file_name"]``.
+    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as what it
+    would read from ``dataset_dict["file_name"]``: its code object runs with its globals, except
+    that ``utils`` answers the first ``read_image`` with ``image``. Nothing global changes, so
+    concurrent calls do not interfere. (:class:`retinafocal.data.RobustDatasetMapper` reads
+    images its own way; ``DatasetMapper`` has no hook for that.)
 
-    detectron2's mapper reads the file itself, with no hook for an image read elsewhere; a mapper
-    that reads images its own way (:class:`retinafocal.data.RobustDatasetMapper`) would otherwise
-    have to copy the rest of ``__call__``. This runs ``__call__``'s code object with its module
-    globals, except that ``utils`` answers its first ``read_image`` with ``image``. Nothing global
-    changes, so concurrent calls do not interfere.
-
-    Args:
-        mapper: a ``DatasetMapper`` (or subclass) instance.
-        dataset_dict: one image's dict in detectron2's dataset format (not modified).
-        image: (H, W, C) uint8 array in ``mapper.image_format``, as ``read_image`` returns it.
-
-    Returns:
-        what ``DatasetMapper.__call__`` returns for ``dataset_dict`` and ``image``.
-
-    Raises:
-        detectron2's ``SizeMismatchError`` when ``image`` is not of the size the dict says.
+    ``dataset_dict`` is not modified; ``image`` is (H, W, C) uint8 in ``mapper.image_format``,
+    as ``read_image`` returns it. Raises detectron2's ``SizeMismatchError`` when ``image`` is
+    not of the size the dict says.
     """
     from detectron2.data import DatasetMapper
 
@@ -372,20 +318,17 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
 
 
 def _detect_checkpoint_load_state() -> None:
-    """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` keeps the parsed URL of the
-    file it loads in ``_parsed_url_during_load`` for ``_load_file``, and clears it only when the
-    load succeeds. After one failed load (a damaged file), every later ``load()`` on the same
-    checkpointer fails its ``assert self._parsed_url_during_load is None``. This only notes
-    whether the installed version has that state; :func:`forget_failed_load` acts on it.
-    """
+    """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` sets
+    ``_parsed_url_during_load`` and clears it only on success, so after one failed load every
+    later ``load()`` fails its assert. Note whether this version has that state."""
     global CHECKPOINT_LOAD_STATE_RESET
     source = _detectron2_source("checkpoint/detection_checkpoint.py")
     CHECKPOINT_LOAD_STATE_RESET = "_parsed_url_during_load" in source
 
 
 def forget_failed_load(checkpointer: object) -> None:
-    """Call after a ``DetectionCheckpointer.load`` raised: clear current detectron2's per-load
-    state so that the same checkpointer can load another file. Does nothing on v0.6."""
+    """After a ``DetectionCheckpointer.load`` raised, clear current detectron2's per-load state
+    so that the checkpointer can load another file. Nothing on v0.6."""
     if not CHECKPOINT_LOAD_STATE_RESET:
         return
     if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
@@ -393,10 +336,9 @@ def forget_failed_load(checkpointer: object) -> None:
 
 
 def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
-    """Current detectron2 (not v0.6): the options its ``DetectionCheckpointer`` reads from the
-    URL query of the file being loaded (only ``?matching_heuristics=True``), for a subclass
-    that reads files itself. An unknown option is an error, as there. v0.6 has no options: {}.
-    """
+    """The options current detectron2 reads from the URL query of the file being loaded
+    (only ``?matching_heuristics=True``; others raise, as there), for a subclass that reads
+    files itself. {} on v0.6."""
     parsed = getattr(checkpointer, "_parsed_url_during_load", None)
     if not CHECKPOINT_LOAD_STATE_RESET or parsed is None:
         return {}
@@ -413,10 +355,9 @@ def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
 
 
 def _import_scripting_modules_quietly() -> None:
-    """torch >= 2.14 warns at every ``torch.jit.script`` call that it is deprecated. fvcore's
-    ``nn/focal_loss.py`` and detectron2's ``modeling/box_regression.py`` call it on import, so
-    every program printed warnings meant for those libraries. Import them once with that warning
-    filtered out; later calls (TorchScript export) still warn."""
+    """torch >= 2.14 deprecates ``torch.jit.script``, which fvcore and detectron2 call on import
+    (:data:`_SCRIPTING_MODULES`): import them once with that warning filtered out. Later calls
+    (TorchScript export) still warn."""
     global JIT_SCRIPT_WARNING_SILENCED
     import torch
 
@@ -447,9 +388,8 @@ def _distributed_worker(
     args: tuple,
     timeout: Any = None,
 ) -> None:
-    """One process of v0.6's ``launch``, as current detectron2 starts it: NCCL and one GPU per
-    worker when CUDA is available, gloo on CPU otherwise. (Spawned workers find this function by
-    its module and name, so a worker imports :mod:`retinafocal` before it runs.)"""
+    """One worker of v0.6's ``launch``, as current detectron2 starts it: NCCL and one GPU each
+    with CUDA, gloo on CPU. (Spawned by module and name, so workers import retinafocal.)"""
     import torch
     import torch.distributed as dist
     from detectron2.engine.launch import DEFAULT_TIMEOUT
@@ -473,8 +413,7 @@ def _distributed_worker(
     except Exception:
         logger.error(f"Could not join the process group at {dist_url} as rank {rank}")
         raise
-    # v0.6's comm has no create_local_process_group; its launch sets the group itself. Every
-    # process must create every group, its own machine's included.
+    # v0.6's comm has no create_local_process_group; every process must create every group.
     for machine in range(world_size // num_workers_per_machine):
         first = machine * num_workers_per_machine
         group = dist.new_group(list(range(first, first + num_workers_per_machine)))
@@ -487,9 +426,8 @@ def _distributed_worker(
 
 
 def _launch_gloo_without_cuda() -> None:
-    """detectron2 v0.6: ``launch`` with more than one worker asserts that CUDA is available and
-    always joins with NCCL, so ``train_net.py --num-gpus 2`` cannot run on CPU. Current detectron2
-    joins with gloo when there is no GPU; this gives v0.6's ``launch`` that worker."""
+    """detectron2 v0.6: ``launch`` with several workers asserts CUDA and joins with NCCL, so
+    ``--num-gpus 2`` cannot run on CPU; give it current detectron2's worker (gloo on CPU)."""
     global LAUNCH_GLOO_WITHOUT_CUDA
     if LAUNCH_GLOO_WITHOUT_CUDA:
         return
@@ -503,11 +441,9 @@ def _launch_gloo_without_cuda() -> None:
 
 
 def _ddp_cpu_model_without_device_ids() -> None:
-    """detectron2 v0.6 and current main: ``create_ddp_model`` passes ``device_ids=[local rank]``
-    unless told otherwise, which ``DistributedDataParallel`` rejects for a model on the CPU
-    ("device_ids ... only work with ... GPU modules"), so ``DefaultTrainer`` cannot train on CPU
-    with several processes. This makes it leave ``device_ids`` unset for a CPU model; a model on
-    a GPU gets detectron2's default, and explicit ``device_ids`` are passed on unchanged."""
+    """v0.6 and current main: ``create_ddp_model`` passes ``device_ids=[local rank]``, which
+    ``DistributedDataParallel`` rejects for a CPU model. Leave them unset for a CPU model;
+    GPU models and explicit ``device_ids`` are unchanged."""
     global DDP_CPU_WITHOUT_DEVICE_IDS
     if DDP_CPU_WITHOUT_DEVICE_IDS:
         return

@@ -1,17 +1,13 @@
 """Config overrides that fail loudly: unknown keys get a "did you mean", wrong types a clear error.
 
-* yacs (``CfgNode``): :func:`merge_yacs_overrides` replaces ``cfg.merge_from_list(opts)`` and
-  :func:`merge_yacs_file` replaces ``cfg.merge_from_file(path)``. yacs already rejects unknown
-  keys, but with no hint ("Non-existent key: SOLVER.MAX_ITERS"), and rejects ``SOLVER.BASE_LR 1``
-  because 1 is an int.
-* LazyConfig (omegaconf): :func:`apply_lazy_overrides` replaces ``LazyConfig.apply_overrides``,
-  which silently *creates* a misspelt key, so the override does nothing. Here an unknown key is
-  an error unless written with hydra's explicit add syntax (``+key=value``).
+* yacs: :func:`merge_yacs_overrides` / :func:`merge_yacs_file` replace ``cfg.merge_from_list``
+  / ``merge_from_file``, which reject unknown keys without a hint and ``SOLVER.BASE_LR 1``.
+* LazyConfig: :func:`apply_lazy_overrides` replaces ``LazyConfig.apply_overrides``, which
+  silently *creates* a misspelt key; here that is an error unless written ``+key=value``.
 
-Every problem in one call is reported at once. Type rules, shared by both: a value must have
-the type of the value it replaces, except that an int may replace a float, a list a tuple (and
-back), "true"/"false" (any case) a bool, and anything may replace or be replaced by None (the
-only way to tell what a None key wants is its documentation).
+Every problem of one call is reported at once. A value must have the type of the value it
+replaces, except that an int may replace a float, a list a tuple (and back), "true"/"false" a
+bool, and None may replace or be replaced by anything.
 """
 from __future__ import annotations
 
@@ -46,12 +42,8 @@ class ConfigTypeError(TypeError, ValueError):
 
 
 def suggest_keys(key: str, valid_keys: Sequence[str], n: int = 3) -> List[str]:
-    """The valid keys nearest to ``key``, best first (possibly none).
-
-    Full dotted paths are compared with difflib's similarity ratio; so are the last components,
-    so that a key given without its prefix (``BASE_LR``) or under the wrong one
-    (``MODEL.BASE_LR``) still finds ``SOLVER.BASE_LR``.
-    """
+    """The valid keys nearest to ``key``, best first (possibly none), by difflib's ratio of the
+    full paths or of the last components (so ``MODEL.BASE_LR`` finds ``SOLVER.BASE_LR``)."""
     key_l = key.lower()
     leaf_l = key_l.rsplit(".", 1)[-1]
     scored = []
@@ -83,8 +75,7 @@ def _group_message(key: str, members: List[str], origin: str) -> str:
 
 
 def _coerce(value: Any, original: Any, key: str, origin: str) -> Any:
-    """``value`` converted to the type of ``original`` when the rules in the module docstring
-    allow it; raises ConfigTypeError otherwise."""
+    """``value`` as the type of ``original`` under the module's rules, else ConfigTypeError."""
     if original is None or value is None or type(value) is type(original):
         return value
     if isinstance(original, bool):
@@ -101,23 +92,25 @@ def _coerce(value: Any, original: Any, key: str, origin: str) -> Any:
     )
 
 
-# ------------------------------------------------------------------------------------------
-# yacs
-# ------------------------------------------------------------------------------------------
-
-
-def _yacs_keys(node, prefix: str = "") -> Iterator[str]:
-    """Every full key path of a CfgNode, groups included."""
-    for k, v in node.items():
+def _key_paths(node: Any, prefix: str = "", *, lists: bool = False) -> Iterator[str]:
+    """Every full key path of a config, groups included; with ``lists``, list items by index."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif lists and isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return
+    for k, v in items:
         path = f"{prefix}{k}"
         yield path
-        if isinstance(v, dict):
-            yield from _yacs_keys(v, path + ".")
+        yield from _key_paths(v, path + ".", lists=lists)
+
+
+# yacs
 
 
 def _find_yacs_leaf(cfg, full_key: str) -> Optional[Tuple[Any, str]]:
-    """(the node holding the key's last component, that component), or None when the path is
-    unknown (a missing group, a value where a group should be, or a new key in a frozen node)."""
+    """(node holding the key's last component, that component), or None when unknown."""
     *groups, leaf = full_key.split(".")
     node = cfg
     for part in groups:
@@ -132,10 +125,8 @@ def _find_yacs_leaf(cfg, full_key: str) -> Optional[Tuple[Any, str]]:
 
 
 def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
-    """Apply command-line overrides ``[KEY, VALUE, KEY, VALUE, ...]`` to a yacs ``cfg`` in place.
-
-    Values are parsed as yacs does (Python literals; anything else stays a string). Deprecated
-    keys are ignored and renamed keys raise, as in yacs.
+    """Apply ``[KEY, VALUE, ...]`` to a yacs ``cfg`` in place, values parsed as yacs does
+    (deprecated keys ignored, renamed keys raise).
 
     Raises:
         ValueError: ``opts`` has odd length (the dangling item is named).
@@ -162,7 +153,8 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
             cfg.raise_key_rename_error(full_key)
         found = _find_yacs_leaf(cfg, full_key)
         if found is None:
-            valid_keys = valid_keys if valid_keys is not None else list(_yacs_keys(cfg))
+            if valid_keys is None:
+                valid_keys = list(_key_paths(cfg))
             key_errors.append(_unknown_key_message(full_key, valid_keys, origin))
             continue
         node, leaf = found
@@ -185,12 +177,9 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
 
 
 def merge_yacs_file(cfg, cfg_filename: str) -> None:
-    """``cfg.merge_from_file(cfg_filename)``, with unknown keys and type mismatches reported as
-    :class:`ConfigKeyError` (with suggestions) and :class:`ConfigTypeError`, naming the file.
-
-    yacs stops at the first bad key of a file, so one call reports one key.
-    """
-    valid_keys = list(_yacs_keys(cfg))
+    """``cfg.merge_from_file``, raising :class:`ConfigKeyError` (with suggestions) or
+    :class:`ConfigTypeError` naming the file; yacs stops at a file's first bad key."""
+    valid_keys = list(_key_paths(cfg))
     try:
         cfg.merge_from_file(cfg_filename)
     except KeyError as e:
@@ -208,25 +197,9 @@ def merge_yacs_file(cfg, cfg_filename: str) -> None:
         raise ConfigTypeError(f"In config file {cfg_filename}: {e}") from e
 
 
-# ------------------------------------------------------------------------------------------
 # LazyConfig (omegaconf)
-# ------------------------------------------------------------------------------------------
 
 _ABSENT = object()
-
-
-def _lazy_keys(node: Any, prefix: str = "") -> Iterator[str]:
-    """Every full key path of a plain-container config; list items are addressed by index."""
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return
-    for k, v in items:
-        path = f"{prefix}{k}"
-        yield path
-        yield from _lazy_keys(v, path + ".")
 
 
 def _lazy_lookup(container: Any, key: str) -> Any:
@@ -243,8 +216,8 @@ def _lazy_lookup(container: Any, key: str) -> Any:
 
 
 def _parse_lazy_overrides(opts: List[str]) -> List[Tuple[str, Any, bool, str]]:
-    """(key, value, is an explicit add, original text) per override; hydra's grammar when
-    hydra is installed, else ``key=value`` with the value read as a Python literal."""
+    """(key, value, explicit add, text) per override: hydra's grammar, or without hydra
+    ``key=value`` with a Python literal value."""
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
     except ImportError:
@@ -273,17 +246,10 @@ def _parse_lazy_overrides(opts: List[str]) -> List[Tuple[str, Any, bool, str]]:
 
 
 def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
-    """Apply ``key=value`` overrides to a LazyConfig (omegaconf ``DictConfig``) in place.
-
-    Like detectron2's ``LazyConfig.apply_overrides``, but a key that does not exist raises
-    :class:`ConfigKeyError` with the nearest valid keys, unless written ``+key=value`` (hydra's
-    syntax for adding a key), and a value of the wrong type raises :class:`ConfigTypeError`.
-    Values that are interpolations (``${...}``) or missing (``???``) accept any type. The
-    overrides are applied all together or not at all: when one is rejected, ``cfg`` is unchanged.
-
-    Returns:
-        ``cfg``, for chaining.
-    """
+    """``LazyConfig.apply_overrides`` in place (returns ``cfg``), but an unknown key raises
+    :class:`ConfigKeyError` unless written ``+key=value``, and a wrong type
+    :class:`ConfigTypeError` (``${...}`` and ``???`` values take any). All or nothing: when one
+    override is rejected, ``cfg`` is unchanged."""
     from omegaconf import OmegaConf
 
     opts = list(opts or [])
@@ -297,7 +263,8 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         current = _lazy_lookup(container, key)
         parent = _lazy_lookup(container, key.rsplit(".", 1)[0]) if "." in key else container
         if current is _ABSENT and not explicit_add:
-            valid_keys = valid_keys if valid_keys is not None else list(_lazy_keys(container))
+            if valid_keys is None:
+                valid_keys = list(_key_paths(container, lists=True))
             hint = f" To add a new key, write '+{text}'."
             key_errors.append(_unknown_key_message(key, valid_keys, origin, hint))
             continue
@@ -321,8 +288,7 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         raise ConfigKeyError("\n".join(key_errors + type_errors))
     if type_errors:
         raise ConfigTypeError("\n".join(type_errors))
-    # All or nothing, also for what only omegaconf can refuse (a struct or read-only node): the
-    # updates run on a copy first, so a refused one raises before ``cfg`` has changed at all.
+    # On a copy first, so that what only omegaconf refuses raises before ``cfg`` changes.
     for target in (copy.deepcopy(cfg), cfg):
         for key, value in updates:
             OmegaConf.update(target, key, value, merge=True)

@@ -1,23 +1,12 @@
 """Reading a weights file without running any code it contains.
 
-A weights file is a pickle, and unpickling may call any function the file names: a ``.pkl`` or
-``.pth`` downloaded from a model zoo, a paper's release page or a shared drive could run code
-on the user's machine the moment it is loaded. :func:`read_weights_file` therefore reads:
-
-- ``.pkl`` (detectron2's model-zoo format: a dict with ``model`` {name: ndarray},
-  ``__author__`` and ``matching_heuristics``; or a Caffe2 / Detectron1 blob dict) with an
-  unpickler that builds only dicts, lists, tuples, strings, bytes, numbers, booleans, None,
-  ``OrderedDict`` and numpy arrays, dtypes and scalars;
-- everything else (``.pth``, pycls ``.pyth``) with ``torch.load(..., weights_only=True)``,
-  PyTorch's own restricted unpickler (tensors, containers, numbers), on every torch version
-  retinafocal supports (``weights_only`` exists since torch 1.13; the floor is 2.1).
-
-A file that asks for anything else raises :class:`UnsafeWeightsFileError`, naming the file and
-the refused global. ``trusted=True`` (``--trust-weights-file``) is the explicit opt-out: full
-unpickling, with a warning naming the file. A TorchScript archive (an exported model) is
-recognised and refused with :class:`TorchScriptWeightsError`, whatever its extension.
-
-The results have the layout detectron2's ``DetectionCheckpointer`` gives its ``_load_model``.
+Unpickling may call any function a file names, so a downloaded ``.pkl`` / ``.pth`` could run
+code when loaded. :func:`read_weights_file` reads ``.pkl`` files (detectron2's model zoo,
+Caffe2 / Detectron1 blobs) with an unpickler that builds only containers, scalars, strings and
+numpy arrays, and everything else (``.pth``, pycls ``.pyth``) with
+``torch.load(weights_only=True)``. Anything else raises :class:`UnsafeWeightsFileError`, naming
+the file and the global; ``trusted=True`` (``--trust-weights-file``) unpickles fully, with a
+warning. TorchScript archives are refused (:class:`TorchScriptWeightsError`).
 """
 from __future__ import annotations
 
@@ -33,10 +22,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "WeightsFileError",
-    "UnsafeWeightsFileError",
-    "TorchScriptWeightsError",
-    "read_weights_file",
+    "WeightsFileError", "UnsafeWeightsFileError", "TorchScriptWeightsError", "read_weights_file"
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,9 +39,8 @@ class WeightsFileError(RuntimeError):
 
 
 class UnsafeWeightsFileError(WeightsFileError):
-    """Loading the file would need a Python global that weights never need, so unpickling it
-    could run code. ``global_name`` is that global ("module.name"), or "" when PyTorch refused
-    the file without naming one."""
+    """The file needs a Python global that weights never need. ``global_name``: "module.name",
+    or "" when PyTorch did not name it."""
 
     def __init__(self, message: str, global_name: str = ""):
         super().__init__(message)
@@ -67,17 +52,15 @@ class TorchScriptWeightsError(WeightsFileError):
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` limited to latin-1: how protocol-2 pickles written by Python 3 store
-    ``bytes`` (numpy's raw array data among them). Other codecs are never needed for weights."""
+    """``_codecs.encode`` limited to latin-1, which protocol-2 pickles use for ``bytes``."""
     if codecs.lookup(encoding).name != "iso8859-1":
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
     return codecs.encode(text, "latin-1")
 
 
 def _numpy_reconstructors() -> Dict[str, Callable[..., Any]]:
-    """The functions numpy pickles arrays and scalars with, asked from the installed numpy
-    itself, so that no private module is imported: ``_reconstruct`` (protocols 0-4),
-    ``_frombuffer`` (protocol 5) and ``scalar``."""
+    """numpy's pickling functions, asked from numpy itself (no private import):
+    ``_reconstruct`` (protocols 0-4), ``_frombuffer`` (protocol 5) and ``scalar``."""
     array = np.zeros(1, dtype=np.float32)
     return {
         "_reconstruct": array.__reduce__()[0],
@@ -94,8 +77,7 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("_codecs", "encode"): _latin1_encode,
     }
-    # Model-zoo files were written by numpy 1 ("numpy.core"); numpy 2 writes "numpy._core".
-    # Both name the same functions.
+    # Model-zoo files name "numpy.core" (numpy 1); numpy 2 writes "numpy._core".
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = functions["_reconstruct"]
         allowed[(f"{core}.multiarray", "scalar")] = functions["scalar"]
@@ -134,8 +116,7 @@ class _WeightsUnpickler(pickle.Unpickler):
 
 
 def _is_torchscript_archive(path: str) -> bool:
-    """True for the zip archives ``torch.jit.save`` writes (they hold ``constants.pkl`` and the
-    model's ``code/``, which ``torch.save`` archives never do)."""
+    """True for ``torch.jit.save`` archives (``constants.pkl``, ``code/``)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -144,12 +125,9 @@ def _is_torchscript_archive(path: str) -> bool:
 
 
 def _refused_global(message: str, path: str) -> Optional[str]:
-    """The global that made torch's weights_only unpickler refuse ``path``; "" when it refused
-    without naming one; None when nothing was refused (the file is damaged or not a pickle).
-
-    A torch archive: the global torch's message names. A plain pickle (not a zip): the first
-    global :class:`_WeightsUnpickler` refuses; torch refuses these files already at numpy's
-    functions or at the opcodes of protocols 4 and 5, before reaching the offending global.
+    """The global that made torch's weights_only unpickler refuse ``path`` ("" if unnamed), or
+    None when nothing was refused (damage). For a plain pickle, torch stops before the offending
+    global (at numpy's functions or protocol 4-5 opcodes), so :class:`_WeightsUnpickler` finds it.
     """
     if zipfile.is_zipfile(path):
         # torch >= 2.4 says "Unsupported global: GLOBAL m.n", older ones "Unsupported class m.n".
@@ -205,9 +183,8 @@ def _expect_dict(data: Any, path: str) -> Dict[str, Any]:
 
 
 def _pkl_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
-    """detectron2's reading of a ``.pkl``: its own model-zoo files are already checkpoints;
-    anything else is a Caffe2 / Detectron1 blob dict whose names the checkpointer maps onto the
-    model's with its matching heuristics."""
+    """As detectron2 reads a ``.pkl``: its model-zoo files are checkpoints; others are Caffe2 /
+    Detectron1 blobs, mapped by matching heuristics."""
     if "model" in data and "__author__" in data:
         return data
     # Detection models keep their weights under "blobs", ImageNet models at the top.
@@ -218,7 +195,7 @@ def _pkl_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
 
 
 def _pyth_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
-    """A pycls checkpoint (the only ``.pyth`` files around): weights under ``model_state``."""
+    """A pycls checkpoint: weights under ``model_state``."""
     if "model_state" not in data:
         raise WeightsFileError(f"{path}: a pycls .pyth checkpoint must contain 'model_state'")
     # BatchNorm's step counters are not weights; pycls names differ from detectron2's anyway.
@@ -230,9 +207,9 @@ def read_weights_file(path: str, *, trusted: bool = False) -> Dict[str, Any]:
     """Read the local weights file ``path`` without running code (unless ``trusted``).
 
     Returns:
-        a dict with ``"model"`` ({parameter name: tensor or ndarray}), plus whatever else the
-        file holds (``optimizer``, ``scheduler``, ``iteration``, ...), or, for model-zoo
-        ``.pkl`` / ``.pyth`` files, ``"__author__"`` and ``"matching_heuristics"``.
+        the layout ``DetectionCheckpointer._load_model`` takes: ``"model"`` ({name: tensor or
+        ndarray}) and whatever else the file holds (``iteration``, ...; ``__author__`` and
+        ``matching_heuristics`` for ``.pkl`` / ``.pyth``).
 
     Raises:
         UnsafeWeightsFileError: the file needs a global outside the allowlist.

@@ -1,19 +1,11 @@
-"""Whether a loaded weights file fits the model, and what happens when it does not.
+"""Whether a loaded weights file fits the model.
 
-detectron2's checkpointer loads whatever names and shapes match and only logs the rest ("Skip
-loading parameter ...", "Some model parameters or buffers are not found in the checkpoint"),
-so evaluating a checkpoint of another depth or class count gives an AP and exit status 0.
-:func:`check_fit` applies one of two rules to what the checkpointer could not load:
-
-- **exact** (evaluation, the demo, export, ``--resume``): every tensor of the model must come
-  from the file with its shape, and every tensor of the file must belong to the model. Only
-  what detectron2 itself does not expect in a file is excused: ``pixel_mean`` / ``pixel_std``
-  (set by the config), BatchNorm's ``num_batches_tracked`` step counters (they do not change
-  outputs) and the old ``anchor_generator.cell_anchors`` buffers.
-- **initial** (training from ``MODEL.WEIGHTS`` / ``train.init_checkpoint``): loading part of
-  a model is the point (an ImageNet backbone has no FPN and no head; a detector fine-tuned to
-  another class count has a class layer of another shape), so gaps and shape differences are
-  only logged. A file of which not one tensor fits is an error: it holds another kind of model.
+detectron2's checkpointer loads what matches and only logs the rest, so evaluating a checkpoint
+of another depth or class count gives an AP and exit status 0. :func:`check_fit`'s rules:
+**exact** (evaluation, demo, export, ``--resume``): every tensor of the model and of the file
+matches, except ``pixel_mean`` / ``pixel_std`` (config) and ``num_batches_tracked``;
+**initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another
+class count) and are only logged, but a file of which no tensor fits is an error.
 """
 from __future__ import annotations
 
@@ -34,8 +26,7 @@ class WeightsMismatchError(WeightsFileError):
 
 
 class MissingWeightsError(WeightsFileError):
-    """No weights were given where a trained model is needed; the message names the config key
-    and the flag that runs a random model on purpose."""
+    """No weights where a trained model is needed; the message names the key and the flag."""
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -57,14 +48,13 @@ def check_fit(
     *,
     exact: bool,
 ) -> None:
-    """Raise :class:`WeightsMismatchError` if the file ``path`` does not fit the model under
-    the rule chosen by ``exact`` (see the module docstring).
+    """Raise :class:`WeightsMismatchError` if ``path`` does not fit the model under the rule
+    ``exact`` chooses (module docstring).
 
     Args:
         model_keys: names of the model's ``state_dict``.
-        missing_keys, unexpected_keys, incorrect_shapes: what fvcore's ``Checkpointer``
-            reports after loading (``_IncompatibleKeys``); shapes are (key, shape in the file,
-            shape in the model). A key with the wrong shape is also among ``missing_keys``.
+        missing_keys, unexpected_keys, incorrect_shapes: fvcore's ``_IncompatibleKeys``;
+            shapes are (key, file shape, model shape), also listed in ``missing_keys``.
     """
     wrong_shape = {key for key, _, _ in incorrect_shapes}
     missing = [k for k in missing_keys if k not in wrong_shape]

@@ -1,9 +1,7 @@
 """Data: the embedded shapes dataset, dataset registration and checks, a robust mapper.
 
-Importing this package registers the embedded dataset's splits (``shapes_train``,
-``shapes_val``; generated under ``$DETECTRON2_DATASETS/shapes`` on first use) and nothing else:
-detectron2's own datasets keep their loaders. Training checks its datasets first
-(:func:`check_datasets`, :func:`checked_dataset_dicts`).
+Importing this registers ``shapes_train`` and ``shapes_val`` (generated on first use) and
+nothing else; training checks its datasets first (:func:`checked_dataset_dicts`).
 """
 from .checks import check_coco_json, fix_coco_box
 from .classes import NumClassesError, check_num_classes, dataset_num_classes

@@ -1,15 +1,8 @@
 """Checks of a COCO-format detection dataset: its json, its boxes and its image files.
 
-:func:`check_coco_json` reads a COCO instances json and (optionally) the image files it names and
-collects **every** problem in a :class:`~retinafocal.data.report.ValidationReport`, whose
-severities decide what training does (see :mod:`retinafocal.data.report`). The checked loader
-(:mod:`retinafocal.data.loading`) and the report tool (``tools/validate_dataset.py``) both run it,
-so they judge a dataset by the same rules.
-
-Image files are checked by :func:`~retinafocal.data.images.inspect_image`: header, size (after
-the EXIF orientation that detectron2's ``read_image`` applies) and, for JPEG and PNG, the end
-marker, so that truncated files are known before training starts. The tool can pass a deeper
-``inspect`` (full decode) to the same function.
+:func:`check_coco_json` collects **every** problem in a
+:class:`~retinafocal.data.report.ValidationReport`; the checked loader and
+``tools/validate_dataset.py`` both run it, so they judge a dataset by the same rules.
 """
 from __future__ import annotations
 
@@ -33,14 +26,12 @@ _BOX_DROPPED = (BOX_EMPTY, BOX_OUTSIDE, BOX_INVALID)
 
 
 def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
-    """Check one COCO ``[x, y, w, h]`` box against an image of ``width`` x ``height`` pixels.
+    """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image.
 
     Returns:
-        (outcome, box): outcome is "ok" (box returned as floats), "box_clipped" (the part inside
-        the image is returned), or one of "box_empty" (w <= 0 or h <= 0), "box_outside" (no area
-        inside the image), "box_invalid" (not 4 finite numbers), for which box is None.
-
-    Example: ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
+        (outcome, box): "ok" (box as floats), "box_clipped" (the part inside), or, with box
+        None, "box_empty" (w or h <= 0), "box_outside", "box_invalid" (not 4 finite numbers).
+        E.g. ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
     """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return BOX_INVALID, None
@@ -64,12 +55,9 @@ def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[
 
 
 def segmentation_is_valid(segmentation: Any) -> bool:
-    """Whether detectron2's ``load_coco_json`` keeps an annotation with this ``segmentation``.
-
-    It drops the whole annotation, box included, when a polygon list holds no polygon of at least
-    3 points (6 numbers, an even count), e.g. ``[[1, 2, 3, 4]]``. Absent or empty
-    segmentations and RLE dicts (``counts`` and ``size``) are kept.
-    """
+    """Whether detectron2's ``load_coco_json`` keeps an annotation with this ``segmentation``:
+    it drops it, box included, when no polygon has >= 3 points (an even count >= 6). Absent,
+    empty and RLE (``counts``, ``size``) segmentations are kept."""
     if not segmentation:
         return True
     if isinstance(segmentation, dict):
@@ -104,7 +92,7 @@ def _read_json(json_file: str, report: ValidationReport) -> Optional[Any]:
 
 
 def _check_structure(data: Any, report: ValidationReport) -> bool:
-    """Top-level shape: a dict with 'images', 'categories' and (optionally) 'annotations' lists."""
+    """A dict with 'images', 'categories' and (optionally) 'annotations' lists."""
     if not isinstance(data, dict):
         report.add("bad_structure", example=f"top level is a {type(data).__name__}, not an object")
         return False
@@ -123,8 +111,7 @@ def _check_structure(data: Any, report: ValidationReport) -> bool:
 
 
 def _check_id_types(ids: Iterable[Any], what: str, report: ValidationReport) -> None:
-    """Ids of one kind must all be integers or all strings: detectron2 sorts image and category
-    ids, which fails on a mix (``TypeError: '<' not supported``)."""
+    """Ids of one kind must not mix integers and strings: detectron2 sorts them."""
     ints = [i for i in ids if isinstance(i, int)]
     strs = [i for i in ids if isinstance(i, str)]
     if ints and strs:
@@ -149,7 +136,7 @@ def _check_categories(categories: List[Any], report: ValidationReport) -> set:
 
 
 def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict]:
-    """Returns image id -> entry, for the first entry of each valid id."""
+    """Image id -> the first entry of each valid id."""
     by_id: Dict[Any, dict] = {}
     by_file: Dict[str, Any] = {}  # normalised file_name -> id of the first image naming it
     for i, img in enumerate(images):
@@ -184,8 +171,8 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
 def _check_annotations(
     annotations: List[Any], images: Dict[Any, dict], category_ids: set, report: ValidationReport
 ) -> set:
-    """Ids, categories, images, boxes and segmentations of every annotation; then the
-    background images. Returns the ids of the images with a box that trains (kept, not crowd)."""
+    """Check every annotation, then count background images. Returns the ids of the images
+    with a box that trains (kept, not crowd)."""
     seen: set = set()
     images_with_boxes: set = set()
     known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
@@ -277,18 +264,12 @@ def check_coco_json(
     image_check: str = "quick",
     map_images: Callable[..., Iterable[Optional[ImageInfo]]] = map,
 ) -> ValidationReport:
-    """Check a COCO instances json, and the image files it names, for every known problem.
-
-    Nothing raises for a bad dataset: all problems are collected in the returned report (their
-    kinds and severities: :mod:`retinafocal.data.report`).
+    """Check a COCO instances json and the image files it names; a bad dataset raises
+    nothing: every problem is in the returned report.
 
     Args:
-        json_file: path of the COCO json.
-        image_root: folder that the images' ``file_name`` are relative to.
-        inspect: opens one existing image file and says what it holds; None checks the json
-            alone. Default: :func:`~retinafocal.data.images.inspect_image` (header, size, end
-            marker).
-        image_check: the name of ``inspect``'s check, shown in the report.
+        inspect: says what one existing image file holds; None checks the json alone.
+        image_check: the name of ``inspect``'s check, for the report.
         map_images: how ``inspect`` is applied to all files (``map``, or a thread pool's).
     """
     report = ValidationReport(json_file=json_file, image_root=image_root)

@@ -1,16 +1,9 @@
 """How many classes a dataset has, and the check that a model has as many.
 
-detectron2's COCO loader maps a json's category ids, whatever they are (1, 5, 90), to contiguous
-class indices 0 .. C-1 in the order of the ids, and RetinaNet takes index K = ``NUM_CLASSES`` for
-background. With fewer classes than categories, the last category trains silently as background
-(or, further off, fails inside the loss); with more, the model predicts classes that COCO
-evaluation cannot map back, and it stops after training. :func:`check_num_classes` refuses both
-before work starts; :func:`num_classes_from_datasets` is the opt-in that takes the number from
-the training datasets instead.
-
-A dataset's classes are its metadata's ``thing_classes``, detectron2's standard: set when a
-builtin dataset or the embedded one is registered, and by ``load_coco_json`` when a COCO json is
-loaded (so such a dataset is loaded here if it has not been yet).
+detectron2 maps a json's category ids to classes 0 .. C-1 and RetinaNet takes K =
+``NUM_CLASSES`` as background: with K < C the last categories train as background, with K > C
+COCO evaluation fails after training. :func:`check_num_classes` refuses both before work
+starts. A dataset's classes are its metadata's ``thing_classes``.
 """
 from __future__ import annotations
 
@@ -20,23 +13,19 @@ from typing import Dict, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 __all__ = [
-    "NumClassesError",
-    "dataset_num_classes",
-    "check_num_classes",
-    "num_classes_from_datasets",
+    "NumClassesError", "dataset_num_classes", "check_num_classes", "num_classes_from_datasets"
 ]
 
 logger = logging.getLogger(__name__)
 
 
 class NumClassesError(ValueError):
-    """The model's number of classes does not fit the datasets; the message names both numbers,
-    the config key and the fix."""
+    """The model's number of classes does not fit the datasets (message: numbers, key, fix)."""
 
 
 def dataset_num_classes(name: str) -> Optional[int]:
-    """The number of classes (``len(thing_classes)``) of a registered dataset, loading it if its
-    loader is what sets them; None when the dataset does not say (nothing to check against)."""
+    """``len(thing_classes)`` of a registered dataset, loading it if its loader sets them; None
+    when the dataset does not say."""
     metadata = MetadataCatalog.get(name)
     classes = metadata.get("thing_classes", None)
     if classes is None and name in DatasetCatalog.list():
@@ -54,17 +43,11 @@ def _counts(names: Sequence[str]) -> Dict[str, int]:
 
 
 def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:
-    """Check that every dataset of ``names`` has ``num_classes`` classes.
-
-    Args:
-        num_classes: the model's K.
-        names: registered dataset names (training and test sets).
-        key: the config key that holds K, for the message (``MODEL.RETINANET.NUM_CLASSES``).
-        opt_in: how to take K from the datasets instead, for the message.
+    """Check that every dataset of ``names`` has the model's ``num_classes`` classes.
 
     Raises:
-        NumClassesError: naming each dataset whose class count differs, both numbers, ``key``
-            and the fix.
+        NumClassesError: naming each dataset that differs, both numbers, the config ``key``
+            and the fix (``opt_in`` takes the number from the datasets).
     """
     wrong = {name: n for name, n in _counts(names).items() if n != num_classes}
     if not wrong:
@@ -86,10 +69,10 @@ def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_i
 
 
 def num_classes_from_datasets(names: Sequence[str], *, key: str) -> int:
-    """The class count shared by the datasets ``names`` (the opt-in ``key`` asked for it).
+    """The class count shared by the datasets ``names``, for the opt-in ``key``.
 
     Raises:
-        NumClassesError: when the datasets disagree or none of them lists its classes.
+        NumClassesError: when the datasets disagree or none lists its classes.
     """
     counts = _counts(names)
     if not counts:

@@ -1,14 +1,10 @@
 """Datasets by name: registration of retinafocal's own, and checked loading of any.
 
-``import retinafocal`` registers the embedded shapes splits (:func:`register_shapes`); a config's
-``DATASETS.COCO_JSON`` registers more (:func:`register_coco_json_datasets`). Both load through
-:func:`~retinafocal.data.loading.load_coco_json_checked`. Names registered by others, such as
-detectron2's builtin ``coco_2017_*``, keep their loaders: training opts into checking them with
-:func:`check_datasets` / :func:`checked_dataset_dicts`, which run the same check on any dataset
-registered as a COCO json.
-
-Roots follow detectron2's convention: ``$DETECTRON2_DATASETS`` (default ``datasets``, relative to
-the working directory), read when this module is imported. See ``datasets/README.md``.
+``import retinafocal`` registers the embedded shapes splits; ``DATASETS.COCO_JSON`` registers
+more. Both load through :func:`~retinafocal.data.loading.load_coco_json_checked`. Datasets
+registered by others (detectron2's ``coco_2017_*``) keep their loaders; training checks them
+with :func:`check_datasets` / :func:`checked_dataset_dicts`. Roots follow detectron2's
+``$DETECTRON2_DATASETS`` (default ``datasets``); see ``datasets/README.md``.
 """
 from __future__ import annotations
 
@@ -50,18 +46,11 @@ def _registered_files(name: str) -> tuple:
     return (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
 
 
-def _evaluator_type(name: str) -> Optional[str]:
-    return getattr(MetadataCatalog.get(name), "evaluator_type", None)
-
-
 def register_coco_dataset(
     name: str, json_file: str, image_root: str, metadata: Dict[str, Any] | None = None
 ) -> None:
-    """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP.
-
-    Registering the same name again with the same files does nothing, so a config can be set up
-    twice in one process; another dataset already registered under ``name`` is an error.
-    """
+    """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP. The same
+    name again with the same files does nothing; with other files it is an error."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         if _registered_files(name) == (json_file, image_root):
@@ -79,12 +68,8 @@ def register_coco_dataset(
 
 
 def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
-    """Register the datasets listed in a config's ``DATASETS.COCO_JSON`` (or the LazyConfig
-    ``datasets.coco_json``): ``[[name, json_file, image_root], ...]``.
-
-    Returns:
-        the registered names, in order.
-    """
+    """Register ``DATASETS.COCO_JSON`` / ``datasets.coco_json`` entries,
+    ``[[name, json_file, image_root], ...]``; returns the names, in order."""
     names = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str) or len(entry) != 3:
@@ -120,18 +105,9 @@ def register_shapes(
     prefix: str = "shapes",
     splits: Dict[str, Tuple[int, ShapesSpec]] | None = None,
 ) -> List[str]:
-    """Register the embedded dataset's splits as ``{prefix}_{split}``.
-
-    Nothing is generated here: a split is written under ``root`` (default
-    ``$DETECTRON2_DATASETS/shapes``) the first time it is loaded, which takes seconds.
-
-    Args:
-        splits: split name -> (number of images, spec); default
-            :data:`~retinafocal.data.shapes.DEFAULT_SPLITS` (``train`` and ``val``).
-
-    Returns:
-        the dataset names, in the order of ``splits``.
-    """
+    """Register the embedded dataset's ``splits`` (name -> (images, spec); default
+    :data:`~retinafocal.data.shapes.DEFAULT_SPLITS`) as ``{prefix}_{split}``, generated under
+    ``root`` (default ``$DETECTRON2_DATASETS/shapes``) on first load; returns the names."""
     root = os.path.join(datasets_root(), "shapes") if root is None else root
     names = []
     for split, (num_images, spec) in (DEFAULT_SPLITS if splits is None else splits).items():
@@ -158,13 +134,8 @@ def register_shapes(
 
 
 def ensure_dataset_files(name: str) -> None:
-    """Generate the files of a registered embedded (shapes) dataset if they are missing or stale;
-    nothing for other datasets.
-
-    Evaluators read a dataset's json when they are built, possibly before any loader has run,
-    and in multi-process training one process should generate while the others wait (see
-    :func:`retinafocal.engine.defaults.prepare_datasets`).
-    """
+    """Generate the files of a registered shapes dataset if missing or stale (evaluators read
+    the json before any loader runs); nothing for other datasets."""
     if name in _GENERATED:
         root, split, num_images, spec = _GENERATED[name]
         ensure_shapes_split(root, split, num_images, spec)
@@ -176,20 +147,12 @@ def check_datasets(
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
-    """Check the named datasets as training does before it starts, whoever registered them.
-
-    A dataset is checked when it is registered as a COCO json: its metadata has ``json_file``,
-    ``image_root`` and ``evaluator_type`` "coco" (every dataset registered here, detectron2's
-    builtin COCO splits, ``register_coco_instances``). Others are not (logged). Checking does not
-    change how a dataset loads: detectron2's loaders stay detectron2's, so malformed boxes,
-    which only retinafocal's loader drops, are an error in a dataset registered elsewhere, and
-    segmentations that detectron2 rejects still drop their boxes there (a warning says so).
+    """Check the named datasets as training does, whoever registered them, if registered as a
+    COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"). Loaders are
+    not changed, so malformed boxes are an error in a dataset registered elsewhere.
 
     Args:
-        names: registered dataset names.
-        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``, or None; see
-            :func:`~retinafocal.data.loading.checked_report`.
-        purpose: "training" or "evaluation", for the messages.
+        on_unreadable, purpose: see :func:`~retinafocal.data.loading.checked_report`.
 
     Returns:
         name -> report, for the datasets that were checked.
@@ -203,7 +166,8 @@ def check_datasets(
             continue  # detectron2 names the unknown dataset when it is loaded
         ensure_dataset_files(name)
         json_file, image_root = _registered_files(name)
-        if json_file is None or image_root is None or _evaluator_type(name) != "coco":
+        coco = getattr(MetadataCatalog.get(name), "evaluator_type", None) == "coco"
+        if json_file is None or image_root is None or not coco:
             logger.info(f"Dataset '{name}' is not registered as a COCO json: not checked.")
             continue
         report = checked_report(
@@ -216,11 +180,9 @@ def check_datasets(
 
 
 def _refuse_what_detectron2_mishandles(name: str, report: ValidationReport) -> None:
-    """For a dataset that detectron2's own loader reads: raise on malformed boxes, warn about
-    the segmentations whose boxes it drops."""
+    """For a dataset that detectron2's loader reads: raise on malformed boxes (only ours drops
+    them), warn about the segmentations whose boxes it drops."""
     if report.count("box_invalid"):
-        # detectron2's loader raises on some malformed boxes and its mapper on most others;
-        # only retinafocal's loader drops them.
         raise DatasetValidationError(
             f"Dataset '{name}' has {report.count('box_invalid')} malformed bbox(es) "
             f"(annotation ids {report.first_ids('box_invalid')}...) and loads through the "
@@ -246,15 +208,9 @@ def checked_dataset_dicts(
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
 ) -> List[Dict[str, Any]]:
-    """detectron2's ``get_detection_dataset_dicts`` (same arguments: empty-image filtering and
-    the rest are detectron2's) after :func:`check_datasets` has passed ``names``.
-
-    With ``on_unreadable="skip"`` the unreadable images are left out here, before any work
-    starts, and counted in a warning; with "error" they have stopped the check; with None they
-    are kept (the mapper meets them).
-
-    For LazyConfig data loaders and users: ``dataset=L(checked_dataset_dicts)(names=...)``.
-    """
+    """detectron2's ``get_detection_dataset_dicts`` (same arguments) after :func:`check_datasets`
+    passed ``names``; with ``on_unreadable="skip"`` the unreadable images are left out here, in
+    a warning. LazyConfig: ``dataset=L(checked_dataset_dicts)(names=...)``."""
     reports = check_datasets(names, on_unreadable=on_unreadable, purpose=purpose)
     dataset_dicts = get_detection_dataset_dicts(
         names,

@@ -1,14 +1,9 @@
-"""What an image file holds, judged without decoding it when that is safe: the image checks of
-the dataset check (:mod:`retinafocal.data.checks`).
+"""What an image file holds, judged without decoding it when that is safe.
 
-:func:`inspect_image` is the check training runs on every image of a dataset before it starts
-(``tools/validate_dataset.py --quick`` runs the same one): the header opens, its size is read
-after the EXIF orientation that detectron2's ``read_image`` applies, and JPEG and PNG files must
-end with their end marker (``FFD9`` / ``IEND``), which finds truncated files without decoding
-them (a file that lacks it is decoded to confirm). Other formats are decoded. The PNG bit depth
-and the mode tell which conversion the mapper will apply (16-bit, alpha, grayscale, ...).
-``full_decode=True`` (the validator's default) decodes every file, which also finds corrupt data
-in the middle of a file, several times slower.
+:func:`inspect_image` is the check training runs on every image before it starts: the header
+opens, its size is read after the EXIF orientation that detectron2's ``read_image`` applies,
+and JPEG / PNG files must end with their end marker (found truncated without decoding; a file
+without it is decoded to confirm). Other formats are decoded; ``full_decode=True`` decodes all.
 """
 from __future__ import annotations
 
@@ -28,10 +23,8 @@ _MODES_GRAY = ("1", "L")
 
 @dataclass
 class ImageInfo:
-    """What an image check learnt about one file: whether it opens (else ``reason``), its size
-    as detectron2's ``read_image`` returns it (EXIF orientation applied), Pillow's format, mode
-    and transparency flag, and the ``converted_*`` problem kind of the conversion the mapper will
-    apply, if any."""
+    """One file: whether it opens (else ``reason``), its size as ``read_image`` returns it,
+    Pillow's format, mode and transparency, and the mapper's ``converted_*`` kind, if any."""
 
     readable: bool
     reason: str = ""
@@ -47,8 +40,7 @@ def _exif_orientation(im: Image.Image) -> Optional[int]:
     """The EXIF orientation tag, read without decoding pixels."""
     try:
         if im.format == "PNG":
-            # Pillow's PngImageFile.getexif() decodes the whole image to look for an eXIf chunk
-            # after the pixel data; use only what the header held.
+            # PngImageFile.getexif() decodes the whole image: use only what the header held.
             exif = Image.Exif()
             if "exif" in im.info:
                 exif.load(im.info["exif"])
@@ -60,11 +52,7 @@ def _exif_orientation(im: Image.Image) -> Optional[int]:
 
 
 def read_image_header(path: str) -> ImageInfo:
-    """Open one image file's header (no pixels are decoded, the end of the file is not read).
-
-    A file whose header opens can still be truncated or hold corrupt pixel data:
-    :func:`inspect_image` looks further.
-    """
+    """Open one image file's header only (no pixels; truncation is not seen)."""
     try:
         with Image.open(path) as im:
             info = ImageInfo(readable=True, format=im.format or "", mode=im.mode)
@@ -81,7 +69,7 @@ def read_image_header(path: str) -> ImageInfo:
 
 
 def _has_end_marker(f: IO[bytes], image_format: str) -> bool:
-    """Whether a JPEG / PNG file ends as a complete file does, judged from its last bytes."""
+    """Whether a JPEG / PNG file ends with its end marker."""
     f.seek(0, os.SEEK_END)
     f.seek(max(0, f.tell() - 1024))
     tail = f.read()
@@ -92,8 +80,7 @@ def _has_end_marker(f: IO[bytes], image_format: str) -> bool:
 
 
 def _png_bit_depth(f: IO[bytes]) -> int:
-    """The bit depth stored in a PNG's IHDR chunk (byte 24), which Pillow does not report for
-    16-bit RGB files (it reads them as 8-bit "RGB")."""
+    """A PNG's IHDR bit depth (Pillow reads 16-bit RGB as "RGB")."""
     f.seek(0)
     head = f.read(25)
     if len(head) < 25 or not head.startswith(_PNG_SIGNATURE):
@@ -113,14 +100,8 @@ def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optio
 
 
 def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
-    """Whether and how the training data loader can read one image file (see the module
-    docstring for what is looked at).
-
-    Args:
-        path: a local file path.
-        full_decode: decode all pixels; otherwise header, end marker and PNG bit depth only
-            (formats other than JPEG and PNG are decoded).
-    """
+    """Whether and how the training data loader can read the local file ``path``; with
+    ``full_decode``, all pixels are decoded (see the module docstring)."""
     info = read_image_header(path)
     if not info.readable:
         return info

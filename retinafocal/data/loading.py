@@ -1,14 +1,8 @@
 """Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check.
 
-:func:`load_coco_json_checked` checks the json and its image files
-(:func:`~retinafocal.data.checks.check_coco_json`), refuses a dataset that training cannot use,
-lets detectron2 read it, and applies the box fixes that the check counted. :func:`checked_report`
-is the check alone, with the same verdict.
-
-A check is remembered for the rest of the process, keyed by the json's path, size and
-modification time and the image folder's path and modification time, so that the train loader,
-each evaluation's test loader and the registered loader do not repeat it, nor log it again: the
-report and the box fixes are logged once per process.
+A check is remembered for the process, keyed by the json's path, size and mtime and the image
+folder's path and mtime, so that the train, test and registered loaders neither repeat it nor
+log it again.
 """
 from __future__ import annotations
 
@@ -47,8 +41,7 @@ def _key(json_file: str, image_root: str, check_images: bool) -> Tuple:
 
 
 def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, purpose: str) -> str:
-    """Why ``report``'s unreadable images stop ``purpose`` under ``on_unreadable``, and the fix.
-    An option that is already set is never suggested."""
+    """Why ``report``'s unreadable images stop ``purpose``, and a fix not already set."""
     summary = report.unreadable_summary()
     if on_unreadable == "error":
         if purpose == "training":
@@ -75,24 +68,20 @@ def checked_report(
     check_images: bool = True,
     purpose: str = "training",
 ) -> ValidationReport:
-    """Check a COCO json and its image files (once per process), and refuse what cannot be used.
-
-    The report is logged when it is made: as a warning if it lists problems, else as info.
+    """Check a COCO json and its image files (once per process, logging the report), and refuse
+    what cannot be used.
 
     Args:
-        json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``; the name
-            only appears in messages.
-        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` when known: with "error", any
-            unreadable image raises here, before training or evaluation starts; with "skip",
-            the caller leaves them out, so it raises when no image with a box would be left;
-            None lets them through (the mapper skips them or raises when it meets them).
-        check_images: also check the image files (else only the json).
+        json_file, image_root, dataset_name: as for ``load_coco_json`` (the name for messages).
+        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``: "error" raises on any unreadable
+            image; "skip" (the caller leaves them out) raises when no image with a box is left;
+            None lets them through to the mapper.
+        check_images: also check the image files.
         purpose: "training" or "evaluation", for the messages.
 
     Raises:
-        DatasetValidationError: with the report, when it has fatal problems, or when
-            ``on_unreadable`` says that the unreadable images stop ``purpose`` (the message
-            names them, counted, and the fix).
+        DatasetValidationError: with the report, for fatal problems or unreadable images that
+            ``on_unreadable`` says stop ``purpose``.
     """
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
@@ -119,25 +108,16 @@ def checked_report(
 
 
 def _rejected_by_detectron2(annotation: dict) -> bool:
-    """detectron2's ``load_coco_json`` (v0.6 and current alike) stops the whole load at an
-    annotation whose ``bbox`` is present but empty (ValueError) or not a sequence (TypeError)."""
+    """``load_coco_json`` (v0.6 to main) stops the whole load at a ``bbox`` that is empty or
+    not a sequence."""
     bbox = annotation.get("bbox", ())
     return "bbox" in annotation and (not hasattr(bbox, "__len__") or len(bbox) == 0)
 
 
 def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]) -> List[dict]:
-    """detectron2's ``load_coco_json``, given a copy of the json without what it mishandles:
-
-    * annotations whose bbox it rejects (it stops the whole load; they would be dropped anyway,
-      as malformed boxes);
-    * segmentations it rejects (it would drop their annotation, box included, with a warning
-      in the log only; RetinaNet trains on the box);
-    * annotations of no image (it drops them too, with a warning at every load; the check has
-      counted them).
-
-    The copy is a file because ``load_coco_json`` takes only a path, which pycocotools opens
-    itself. Every other malformed box is dropped after detectron2 has read the json.
-    """
+    """``load_coco_json`` on a copy of the json (a file: it takes only a path) without what it
+    mishandles: boxes that stop the whole load, segmentations that would drop their box, and
+    annotations of no image (a warning at every load). Other bad boxes are dropped later."""
     from detectron2.data.datasets import load_coco_json
 
     with open(json_file, encoding="utf-8") as f:
@@ -179,20 +159,10 @@ def _apply_box_fixes(dataset_dicts: List[dict]) -> Dict[str, int]:
 def load_coco_json_checked(
     json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
-    """Load a COCO json as detectron2 dataset dicts, after :func:`checked_report` has passed it.
-
-    * boxes are clipped to their image, and empty / outside / malformed boxes dropped (counted in
-      a warning, once per process); annotations of unknown images are dropped (as detectron2
-      does); segmentations that detectron2 rejects are dropped, their boxes kept;
-    * images with no annotation left are kept (they train as background, unless
-      ``cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS`` makes detectron2 drop them later);
-    * unreadable images are kept unless ``on_unreadable`` is "error", which raises: training
-      and evaluation leave them out (:func:`~retinafocal.data.checked_dataset_dicts`).
-
-    Args:
-        json_file, image_root, dataset_name: as for detectron2's ``load_coco_json``.
-        checks: keyword arguments of :func:`checked_report` (``on_unreadable``,
-            ``check_images``, ``purpose``).
+    """detectron2 dataset dicts of a COCO json that :func:`checked_report` (given ``checks``)
+    passed, with the fixes it counted (logged once per process): boxes clipped or dropped,
+    orphan annotations dropped, rejected segmentations dropped with their boxes kept. Images
+    without annotations and unreadable images are kept (see ``checked_dataset_dicts``).
 
     Returns:
         list[dict] in detectron2's standard dataset format, ``bbox_mode`` XYWH_ABS.
@@ -205,13 +175,11 @@ def load_coco_json_checked(
 
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
     counts = _apply_box_fixes(dataset_dicts)
-    # Some malformed boxes never reach the dicts (dropped before detectron2 read the json); the
-    # check counted them all.
+    # Some malformed boxes never reach the dicts; the check counted them all.
     counts[BOX_INVALID] = report.count(BOX_INVALID)
     changed = {k: v for k, v in counts.items() if k != BOX_OK and v}
     key = _key(json_file, image_root, report.image_check != "none")
     if (changed or report.count(_SEGMENTATION_INVALID)) and key not in _FIXES_LOGGED:
-        # Each data loader, evaluation and figure loads the dataset again: say it once.
         _FIXES_LOGGED.add(key)
         name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
         fixes = []

@@ -1,29 +1,11 @@
 """A dataset check's findings, and the rules that turn them into a verdict.
 
 :class:`ValidationReport` counts each kind of problem (:data:`PROBLEM_KINDS`) with its first
-offending ids (:mod:`retinafocal.data.checks` finds them). The severity of a kind decides what
-happens to the dataset:
-
-* ``fatal``: the fix would have to guess what the author meant, or nothing would train:
-  malformed json (reported with file, line and column), missing or ill-typed fields, duplicate
-  category / image / annotation ids (annotations could go to the wrong image, and COCO
-  evaluation keeps only one duplicate), ids mixing integers and strings (detectron2 sorts
-  them), category ids not among the ``categories`` (usually a wrong category list, shifting
-  every class), one image file under two image ids (one entry's annotations would be missing
-  from the other: which one is right cannot be told), and a dataset in which no image has a box
-  to train on. Loading raises :class:`DatasetValidationError`.
-* ``unreadable``: missing, undecodable (also truncated) or wrongly sized image files. Training
-  and evaluation stop before they start, naming them, or leave them out, counted, as
-  ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` says.
-* ``fixed``: handled automatically, counted: boxes partly outside the image are clipped; empty,
-  outside and malformed boxes and annotations of unknown images are dropped on loading;
-  segmentations that detectron2 would reject (dropping their box with them) are dropped and
-  their box kept (RetinaNet trains on boxes only); grayscale, alpha, palette/CMYK and 16-bit
-  images are converted by :class:`~retinafocal.data.mapper.RobustDatasetMapper`.
-* ``info``: images with no annotation left, kept and trained as background.
-
-:meth:`ValidationReport.usable` is the one rule for whether training runs, shared by the checked
-loader and ``tools/validate_dataset.py``.
+offending ids. Severities: ``fatal`` (a fix would have to guess, or no image has a box to train
+on): loading raises :class:`DatasetValidationError`; ``unreadable`` image files: the run stops,
+or leaves them out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says; ``fixed``: handled on loading
+or by the mapper, counted; ``info``: noted. :meth:`ValidationReport.usable` decides whether
+training runs.
 """
 from __future__ import annotations
 
@@ -88,16 +70,8 @@ class DatasetValidationError(ValueError):
 
 @dataclass
 class ProblemRecord:
-    """How often one kind of problem occurs, with the first offenders.
-
-    Attributes:
-        kind: a key of :data:`PROBLEM_KINDS`.
-        count: number of occurrences (images, annotations or entries, depending on the kind).
-        first_ids: the first offending image / annotation / category ids (at most
-            :data:`MAX_EXAMPLES`); empty for problems that have no id (malformed json).
-        examples: human-readable descriptions of the first occurrences, e.g.
-            ``"image 7 (a.jpg): truncated"``.
-    """
+    """How often one kind (a key of :data:`PROBLEM_KINDS`) occurs, with the first offending
+    ids (image / annotation / category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
 
     kind: str
     count: int = 0
@@ -110,15 +84,11 @@ class ValidationReport:
     """Everything :func:`check_coco_json` found in one COCO json.
 
     Attributes:
-        json_file, image_root: what was checked.
-        num_images, num_annotations, num_categories: entries in the json (0 when it is malformed).
-        image_check: how image files were checked: "none", "quick" (the loader's check:
-            header, size, end marker), or "full" (``tools/validate_dataset.py`` decoding all).
-        problems: kind -> :class:`ProblemRecord`, only for kinds that occurred.
-        num_images_with_boxes: images with at least one box that trains (kept, not crowd).
-        unreadable_files: the path (image root joined with ``file_name``, as in detectron2's
-            dataset dicts) of **every** unreadable image, so that they can be left out.
-        num_unreadable_with_boxes: how many of those have a box that trains.
+        image_check: "none", "quick" (header, size, end marker) or "full" (decode all).
+        problems: kind -> :class:`ProblemRecord`, for kinds that occurred.
+        num_images_with_boxes: images with a box that trains (kept, not crowd).
+        unreadable_files: the path (as in detectron2's dataset dicts) of **every** unreadable
+            image, so that they can be left out; ``num_unreadable_with_boxes`` of them have a box.
     """
 
     json_file: str
@@ -133,7 +103,7 @@ class ValidationReport:
     num_unreadable_with_boxes: int = 0
 
     def add(self, kind: str, offending_id: Any = None, example: Optional[str] = None) -> None:
-        """Count one occurrence of ``kind``, remembering its id and example if among the first."""
+        """Count one occurrence of ``kind``, keeping its id and example if among the first."""
         if kind not in PROBLEM_KINDS:
             raise KeyError(f"Unknown problem kind {kind!r}; known: {sorted(PROBLEM_KINDS)}")
         record = self.problems.setdefault(kind, ProblemRecord(kind))
@@ -178,9 +148,8 @@ class ValidationReport:
         return self.num_images_with_boxes > self.num_unreadable_with_boxes
 
     def usable(self, on_unreadable: str) -> bool:
-        """Whether training runs on this dataset with ``DATALOADER.ON_UNREADABLE_IMAGE`` set to
-        ``on_unreadable``: no fatal problem, and no unreadable image unless they are skipped, in
-        which case some other image must have a box."""
+        """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``: no
+        fatal problem, and no unreadable image ("error") or another image with a box ("skip")."""
         if on_unreadable not in _ON_UNREADABLE_CHOICES:
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
         if self.has_fatal:
@@ -198,7 +167,7 @@ class ValidationReport:
         return f"{n} of {self.num_images} image(s) cannot be read ({why}): {shown}{more}"
 
     def format(self) -> str:
-        """A multi-line summary: one line per problem kind, worst first, then a verdict."""
+        """One line per problem kind, worst first, then the verdict."""
         lines = [
             f"Dataset check of {self.json_file} (images under {self.image_root}): "
             f"{self.num_images} images, {self.num_annotations} annotations, "

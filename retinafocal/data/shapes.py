@@ -1,24 +1,12 @@
 """The embedded detection dataset: coloured shapes on textured backgrounds, in COCO format.
 
-A newcomer has neither COCO nor ImageNet weights, so the default configs train on this
-procedurally generated set instead. Each image holds many small objects of several classes on a
-busy background, so most anchors are easy background and the foreground/background imbalance
-that the focal loss addresses is real, while a small network can still learn the task in minutes
-on a CPU.
+The default configs train on it without COCO or ImageNet weights: many small objects on a busy
+background make most anchors easy background (the imbalance the focal loss addresses), while a
+small network learns it in minutes on a CPU. Image ``i`` of a split is drawn from its own
+generator seeded by ``(seed, split, i)``, so a split is the prefix of any larger one.
 
-The output is fully determined by the seed: image ``i`` of a split is drawn from its own random
-generator seeded by ``(seed, split, i)``, so a split of ``n`` images is the prefix of any larger
-one and a generated file never depends on how many were asked for.
-
-Layout written under ``root`` (``$DETECTRON2_DATASETS/shapes`` for the registered splits)::
-
-    root/
-      train/000000.png ...
-      val/000000.png ...
-      annotations/instances_train.json   # COCO format; written last, so its presence means
-      annotations/instances_val.json     # the split is complete
-
-Use :func:`ensure_shapes_split` to generate a split when it is missing, or the command line::
+Layout under ``root``: ``{split}/000000.png ...`` and ``annotations/instances_{split}.json``
+(written last: its presence means the split is complete). From the command line::
 
     python -m retinafocal.data.shapes --root datasets/shapes --split val --num-images 200
 """
@@ -71,16 +59,9 @@ _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 
 @dataclass(frozen=True)
 class ShapesSpec:
-    """What one split looks like. Every field takes part in the cache key of a generated split.
-
-    Attributes:
-        image_size: side of the square images, in pixels.
-        min_objects, max_objects: number of objects per image, drawn uniformly (inclusive).
-        min_object_size, max_object_size: side of an object's box, in pixels (inclusive).
-        max_overlap: largest allowed IoU between a new object's box and any earlier one; objects
-            barely touch, so every box stays a well-defined target.
-        seed: base seed of the split's random streams.
-    """
+    """What one split looks like; every field is part of a generated split's cache key.
+    Sizes are in pixels and ranges inclusive; ``max_overlap`` is the largest IoU of a new box
+    with an earlier one, so every box stays a well-defined target."""
 
     image_size: int = 128
     min_objects: int = 3
@@ -133,8 +114,8 @@ def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, float]]:
-    """Polygon vertices of a shape whose pixels fill exactly columns ``[x0, x0 + side)`` and rows
-    ``[y0, y0 + side)``. PIL fills pixel centres, so the far edge is at ``x0 + side - 1``."""
+    """Polygon filling exactly columns ``[x0, x0 + side)`` and rows ``[y0, y0 + side)`` (PIL fills
+    pixel centres, so the far edge is at ``x0 + side - 1``)."""
     x1, y1 = x0 + side - 1, y0 + side - 1
     xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
     if kind == "square":
@@ -170,9 +151,8 @@ def draw_shapes_image(
 
     Returns:
         image: (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``.
-        objects: list of ``(category_index, [x, y, w, h])``; the category index points into
-            :data:`SHAPE_CLASSES`, the box is in absolute pixels (COCO XYWH) and encloses exactly
-            the drawn pixels of the object.
+        objects: ``(index into SHAPE_CLASSES, [x, y, w, h])`` per object, the box (absolute
+            COCO XYWH) enclosing exactly its drawn pixels.
     """
     size = spec.image_size
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
@@ -216,14 +196,8 @@ def _split_seed(spec: ShapesSpec, split: str, index: int) -> List[int]:
 def generate_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """Write ``num_images`` images of ``split`` and their COCO json under ``root``.
-
-    The json is written last and atomically (temporary file + rename): a split whose json exists
-    is complete, and an interrupted run leaves no json, so the next call starts over.
-
-    Returns:
-        the path of the json file.
-    """
+    """Write ``num_images`` images of ``split`` and their COCO json under ``root``; returns the
+    json's path. The json is written last and atomically, so its presence means complete."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     image_dir = os.path.join(root, split)
@@ -289,8 +263,8 @@ def _existing_split_matches(json_path: str, num_images: int, spec: ShapesSpec) -
 def ensure_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """Return the json path of ``split`` under ``root``, generating the split first when it is
-    missing or was generated with another size or spec."""
+    """The json path of ``split`` under ``root``, generating the split first when it is missing
+    or of another size or spec."""
     json_path = shapes_json_path(root, split)
     if not _existing_split_matches(json_path, num_images, spec):
         generate_shapes_split(root, split, num_images, spec, progress=progress)

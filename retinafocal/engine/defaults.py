@@ -1,10 +1,8 @@
 """Run set-up and reporting shared by the yacs and LazyConfig paths of ``train_net.py``.
 
-Logs carry no terminal colour codes unless they go to a terminal: detectron2's set-up colours
-its console lines and the config it prints (with pygments) whatever the output is, so a
-redirected console and ``log.txt`` would hold escape sequences. :func:`default_setup` strips
-them from every handler of the run's loggers that does not write to a terminal (always
-``log.txt``; the console when redirected, or when ``NO_COLOR`` is set).
+detectron2's set-up colours console lines and the printed config whatever the output is, so
+``log.txt`` and a redirected console would hold escape sequences: :func:`default_setup` strips
+them from every handler not writing to a terminal (or when ``NO_COLOR`` is set).
 """
 from __future__ import annotations
 
@@ -25,6 +23,7 @@ from .preflight import resolve_num_classes
 __all__ = [
     "default_setup",
     "dataset_names",
+    "loader_dataset_names",
     "prepare_datasets",
     "log_bbox_ap",
     "plain_logs_off_terminal",
@@ -36,16 +35,13 @@ _RUN_LOGGERS = ("detectron2", "fvcore", "retinafocal")
 
 
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
-    """detectron2's ``default_setup`` (output dir, logs, environment info, saved config, seed),
-    plus retinafocal's own loggers, written to the same ``log.txt``, without colour codes
-    where they are not shown (:func:`plain_logs_off_terminal`); then the datasets are prepared
-    and the number of classes taken from them if the config opts in
-    (:func:`~retinafocal.engine.preflight.resolve_num_classes`; the saved config keeps the
-    opt-in, so it resolves the same way again)."""
+    """detectron2's ``default_setup`` plus retinafocal's logger in the same ``log.txt``, with
+    plain logs off terminals (:func:`plain_logs_off_terminal`); then :func:`prepare_datasets`
+    and :func:`~retinafocal.engine.preflight.resolve_num_classes`."""
     output_dir = cfg.OUTPUT_DIR if isinstance(cfg, CfgNode) else cfg.train.output_dir
     rank = comm.get_rank()
-    # The very calls detectron2's default_setup makes: setup_logger is cached by its arguments,
-    # so default_setup then reuses these handlers, made plain before it logs anything.
+    # detectron2's default_setup makes these calls; setup_logger is cached, so it reuses these
+    # handlers, made plain before it logs anything.
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     setup_logger(output_dir, distributed_rank=rank)
     setup_logger(output_dir, distributed_rank=rank, name="retinafocal", abbrev_name="rf")
@@ -66,40 +62,39 @@ class _PlainFormatter(logging.Formatter):
         return _ANSI.sub("", self.inner.format(record))
 
 
-def _colours_wanted(stream: Any) -> bool:
-    """Whether ``stream`` is a terminal and the user has not asked for no colour."""
-    isatty = getattr(stream, "isatty", None)
-    return not os.environ.get("NO_COLOR") and callable(isatty) and bool(isatty())
-
-
 def plain_logs_off_terminal(names: Sequence[str] = _RUN_LOGGERS) -> None:
-    """Make the handlers of the loggers ``names`` write plain text unless they write to a
-    terminal that may show colours (files never are). Idempotent."""
+    """Make the handlers of loggers ``names`` write plain text unless they write to a terminal
+    that may show colours (``NO_COLOR`` unset). Idempotent."""
     for name in names:
         for handler in logging.getLogger(name).handlers:
             stream = getattr(handler, "stream", None)
-            if stream is None or _colours_wanted(stream):
+            isatty = getattr(stream, "isatty", None)
+            colours = not os.environ.get("NO_COLOR") and callable(isatty) and bool(isatty())
+            if stream is None or colours:
                 continue
             if handler.formatter is not None and not isinstance(handler.formatter, _PlainFormatter):
                 handler.setFormatter(_PlainFormatter(handler.formatter))
+
+
+def loader_dataset_names(loader: Any) -> List[str]:
+    """The ``dataset.names`` of a LazyConfig data loader, as a list ([] when it has none)."""
+    dataset = loader.get("dataset", None) if loader is not None else None
+    names = dataset.get("names", None) if dataset is not None else None
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
 
 
 def dataset_names(cfg: Any) -> List[str]:
     """The train and test dataset names of a yacs config or a LazyConfig."""
     if isinstance(cfg, CfgNode):
         return list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    names: List[str] = []
-    for part in ("train", "test"):
-        loader = cfg.dataloader.get(part)
-        if loader is not None and "dataset" in loader and "names" in loader.dataset:
-            value = loader.dataset.names
-            names += [value] if isinstance(value, str) else list(value)
-    return names
+    return [n for part in ("train", "test") for n in loader_dataset_names(cfg.dataloader.get(part))]
 
 
 def prepare_datasets(cfg: Any) -> None:
-    """Generate the embedded datasets that ``cfg`` uses, in the main process only, while the
-    other processes wait: several processes writing the same files would corrupt them."""
+    """Generate the embedded datasets ``cfg`` uses in the main process while the others wait
+    (several writers would corrupt the files)."""
     if comm.is_main_process():
         for name in dataset_names(cfg):
             ensure_dataset_files(name)
@@ -107,11 +102,8 @@ def prepare_datasets(cfg: Any) -> None:
 
 
 def log_bbox_ap(results: Optional[Mapping]) -> None:
-    """Log one line per evaluated dataset with its COCO bbox AP, the figure a run is judged by.
-
-    ``results`` is what detectron2's evaluation returns: ``{"bbox": {"AP": ...}}`` for one
-    dataset, ``{dataset_name: {"bbox": ...}}`` for several.
-    """
+    """Log each evaluated dataset's bbox AP from detectron2's results (``{"bbox": ...}`` for one
+    dataset, ``{name: {"bbox": ...}}`` for several)."""
     if not results or not comm.is_main_process():
         return
     per_dataset = {"": results} if "bbox" in results else results

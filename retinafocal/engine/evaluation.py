@@ -1,16 +1,8 @@
 """Evaluators: COCO AP that says what it covers, and the model's inference time.
 
-:class:`CheckedCOCOEvaluator` is detectron2's ``COCOEvaluator`` with two differences that a
-dataset check and a barely trained model make visible: AP is computed on the images that were
-evaluated (a test set's unreadable images, left out with ``DATALOADER.ON_UNREADABLE_IMAGE skip``,
-would otherwise count as missed objects), and a model with no detection at all gets AP 0, with a
-note, where pycocotools gives NaN.
-
-detectron2's ``inference_on_dataset`` times the model but only logs that time. Run next to the
-COCO evaluator (``DatasetEvaluators([coco, InferenceStats(model)])``), :class:`InferenceStats`
-times the same calls with forward hooks on the model and returns the figures with the other
-metrics, under ``"inference"``, so that they reach the caller, ``EventStorage`` and
-``metrics.json`` like AP does.
+detectron2's ``inference_on_dataset`` only logs the time it measures; :class:`InferenceStats`,
+run next to the COCO evaluator, returns it with the metrics (under ``"inference"``) so that it
+reaches the caller, ``EventStorage`` and ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -32,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 class CheckedCOCOEvaluator(COCOEvaluator):
-    """detectron2's ``COCOEvaluator`` (same arguments), whose AP covers the images evaluated and
-    is 0 when the model detected nothing (see the module docstring); both are logged."""
+    """detectron2's ``COCOEvaluator`` whose AP covers the images evaluated (not those left out
+    as unreadable, which would count as missed) and is 0, not NaN, when the model detected
+    nothing; both are logged."""
 
     def reset(self) -> None:
         super().reset()
@@ -46,8 +39,7 @@ class CheckedCOCOEvaluator(COCOEvaluator):
         self._num_detections += sum(len(o["instances"]) for o in outputs if "instances" in o)
 
     def evaluate(self, img_ids: Optional[Sequence[Any]] = None) -> Optional[OrderedDict]:
-        # The parent gathers its predictions from every process when it is distributed (its
-        # default) and evaluates on the main one; these counts follow the same road.
+        # Gathered to the main process, as the parent gathers its predictions.
         distributed = getattr(self, "_distributed", True)
         local = (self._image_ids, self._num_detections)
         gathered = comm.gather(local, dst=0) if distributed else [local]
@@ -73,34 +65,19 @@ class CheckedCOCOEvaluator(COCOEvaluator):
 
 
 class InferenceStats(DatasetEvaluator):
-    """Time per image of ``model``'s forward calls during one evaluation, and the number of
-    detections it returned.
+    """Time per image of ``model``'s forward calls in one evaluation, and its detections.
 
-    ``evaluate()`` returns, on the main process::
-
-        {"inference": {"s_per_image": float, "images": float, "detections": float}}
-
-    * ``s_per_image``: seconds of the model's forward calls divided by the images they took,
-      leaving out the first ``min(warmup, calls - 1)`` calls as detectron2's own timing does; on
-      a GPU the hook waits for the device before reading the clock. This process's calls only
-      (detectron2 also reports the time per device). NaN when no call was made.
-    * ``images``, ``detections``: over every process; a detection is one element of an output's
-      ``instances``. 0 detections means the model kept nothing above its score threshold.
+    ``evaluate()`` returns, on the main process,
+    ``{"inference": {"s_per_image": float, "images": float, "detections": float}}``:
+    ``s_per_image`` is this process's forward time (synchronised on a GPU) per image, without
+    the first ``min(warmup, calls - 1)`` calls, as detectron2 times; NaN without calls.
+    ``images`` and ``detections`` (elements of outputs' ``instances``) sum all processes.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        warmup: int = 5,
-        clock: Callable[[], float] = time.perf_counter,
+        self, model: nn.Module, *, warmup: int = 5, clock: Callable[[], float] = time.perf_counter
     ) -> None:
-        """
-        Args:
-            model: the module the evaluation calls (DDP-wrapped or not).
-            warmup: calls left out of the time, at most all but one.
-            clock: seconds; tests pass a fake one.
-        """
+        """``model``: the module evaluated (DDP or not); ``clock``: seconds (tests fake it)."""
         self._model = model
         self._warmup = warmup
         self._clock = clock

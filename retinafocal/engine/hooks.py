@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
-    """Tile (H, W, 3) uint8 images of equal size into one (R*H', C*W', 3) image."""
+    """Tile rows of (H, W, 3) uint8 images into one image, padded white."""
     h = max(img.shape[0] for row in rows for img in row)
     w = max(img.shape[1] for row in rows for img in row)
     out = np.full(
@@ -48,19 +48,9 @@ def draw_predictions(
     score_thresh: float = 0.5,
     scale: float = 2.0,
 ) -> np.ndarray:
-    """Run ``model`` on the images of ``dataset_dicts`` and draw one figure.
-
-    Top row: ground truth; bottom row: predictions with score >= ``score_thresh``.
-
-    Args:
-        model: a detectron2 meta-architecture; run in eval mode, then put back in its mode.
-        dataset_dicts: detectron2 dataset dicts (``file_name``, ``annotations``, ...).
-        mapper: the test-time dataset mapper, turning a dataset dict into the model's input.
-        metadata: the dataset's metadata (``thing_classes`` label the boxes).
-
-    Returns:
-        (H, W, 3) uint8 RGB image.
-    """
+    """One (H, W, 3) uint8 RGB figure: ground truth of ``dataset_dicts`` on top, ``model``'s
+    predictions with score >= ``score_thresh`` below (model run in eval mode through the
+    test-time ``mapper``, then put back in its mode; ``metadata`` labels the boxes)."""
     was_training = model.training
     model.eval()
     truths, preds = [], []
@@ -78,8 +68,8 @@ def draw_predictions(
 
 
 class PredictionImageWriter(HookBase):
-    """After training, write ``output_path``: a PNG of predictions on the first
-    ``num_images`` images of ``dataset_name`` (see :func:`draw_predictions`)."""
+    """After training, write :func:`draw_predictions` of the first ``num_images`` images of
+    ``dataset_name`` to the PNG ``output_path``."""
 
     def __init__(
         self,
@@ -97,8 +87,7 @@ class PredictionImageWriter(HookBase):
         self._score_thresh = score_thresh
 
     def write(self, model: torch.nn.Module) -> str:
-        """Draw and save the figure; returns its path. Images that the dataset check found
-        unreadable are passed over."""
+        """Draw and save the figure, passing over unreadable images; returns its path."""
         unreadable = set()
         for report in check_datasets(self._dataset_name).values():
             unreadable.update(report.unreadable_files)

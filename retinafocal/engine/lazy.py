@@ -1,30 +1,17 @@
-"""The training loop for LazyConfig (``.py``) configs.
-
-The same features as the yacs :class:`~retinafocal.engine.trainer.Trainer`: a checked
-``SimpleTrainer`` / ``AMPTrainer``, an atomic checkpointer with ``--resume``, the LR scheduler,
-periodic COCO evaluation with the model's inference time, detectron2's writers (console with
-ETA, ``metrics.json``, TensorBoard), the predictions PNG and ``results.json``. A config provides
-what detectron2's ``configs/common/train.py`` does:
-
-- ``model``, ``optimizer`` (its ``params.model`` is filled in here), ``lr_multiplier``;
-- ``dataloader.train``, ``dataloader.test``, ``dataloader.evaluator``;
-- ``train``: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp.enabled``, ``ddp``,
-  ``checkpointer`` (PeriodicCheckpointer arguments), ``eval_period``, ``log_period``, ``device``;
-- optionally ``datasets.coco_json``: ``[[name, json_file, image_root], ...]`` to register, the
-  counterpart of the yacs key ``DATASETS.COCO_JSON``, and ``datasets.num_classes_from_dataset``
-  (``MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET``).
-
-Before the first iteration, the batch size is checked, both data loaders are built (so that their
-datasets are checked and unreadable images refused or left out) and ``model.num_classes`` is
-checked against the datasets' classes; the test loader is built once and used by every
-evaluation.
+"""The training loop for LazyConfig configs, with the features of the yacs
+:class:`~retinafocal.engine.trainer.Trainer`. A config provides what detectron2's
+``configs/common/train.py`` does (``model``, ``optimizer``, ``lr_multiplier``,
+``dataloader.{train,test,evaluator}``, ``train.*``), and optionally ``datasets.coco_json``
+(``[[name, json_file, image_root], ...]``, yacs ``DATASETS.COCO_JSON``) and
+``datasets.num_classes_from_dataset``. The batch size, both loaders' datasets and
+``model.num_classes`` are checked before the first iteration; the test loader is built once.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -35,6 +22,7 @@ from detectron2.utils import comm
 
 from ..checkpoint import AtomicDetectionCheckpointer
 from ..data.datasets import ensure_dataset_files, register_coco_json_datasets
+from .defaults import loader_dataset_names
 from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
 from .preflight import check_batch_size, check_model_num_classes
@@ -65,14 +53,6 @@ def _test_dataset_name(cfg: Any) -> str:
     return names if isinstance(names, str) else names[0]
 
 
-def _dataset_names(loader_cfg: Any) -> List[str]:
-    dataset = loader_cfg.get("dataset", None)
-    names = dataset.get("names", None) if dataset is not None else None
-    if names is None:
-        return []
-    return [names] if isinstance(names, str) else list(names)
-
-
 def build_lazy_model(cfg: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``cfg.train.device``."""
     model = instantiate(cfg.model)
@@ -81,16 +61,15 @@ def build_lazy_model(cfg: Any) -> torch.nn.Module:
 
 
 def build_lazy_test_loader(cfg: Any) -> Any:
-    """Instantiate ``cfg.dataloader.test`` after checking ``model.num_classes`` against its
-    dataset."""
+    """Instantiate ``cfg.dataloader.test``, then check ``model.num_classes`` against it."""
     data_loader = instantiate(cfg.dataloader.test)
-    check_model_num_classes(cfg, _dataset_names(cfg.dataloader.test))
+    check_model_num_classes(cfg, loader_dataset_names(cfg.dataloader.test))
     return data_loader
 
 
 def lazy_test(cfg: Any, model: torch.nn.Module, data_loader: Any = None) -> OrderedDict:
-    """Evaluate ``model`` on ``data_loader`` (default: ``cfg.dataloader.test``, built now) with
-    ``cfg.dataloader.evaluator``, and :class:`InferenceStats` next to it."""
+    """Evaluate ``model`` on ``data_loader`` (default: built from ``cfg.dataloader.test``) with
+    ``cfg.dataloader.evaluator`` and :class:`InferenceStats`."""
     if data_loader is None:
         data_loader = build_lazy_test_loader(cfg)
     ensure_dataset_files(_test_dataset_name(cfg))
@@ -107,20 +86,17 @@ def lazy_test(cfg: Any, model: torch.nn.Module, data_loader: Any = None) -> Orde
 def build_lazy_trainer(
     cfg: Any, *, trust_weights_file: bool = False
 ) -> Tuple[SimpleTrainer, AtomicDetectionCheckpointer]:
-    """Build the model, optimizer, data loader, checked trainer, checkpointer and hooks of
-    ``cfg``. :func:`lazy_train` then loads weights or resumes, and trains; other hooks can be
-    registered in between. ``trust_weights_file``: see :class:`AtomicDetectionCheckpointer`.
-
-    The last evaluation's results are kept in ``trainer.last_eval_results`` (None before any).
-    """
+    """Build the model, optimizer, loaders, checked trainer, checkpointer and hooks of ``cfg``
+    (:func:`lazy_train` then loads and trains). The last evaluation's results are kept in
+    ``trainer.last_eval_results`` (None before any)."""
     check_batch_size(cfg.dataloader.train.total_batch_size, "dataloader.train.total_batch_size")
     model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    check_model_num_classes(cfg, _dataset_names(cfg.dataloader.train))
-    # Built now, so that the test set's problems stop the run before the first iteration.
+    check_model_num_classes(cfg, loader_dataset_names(cfg.dataloader.train))
+    # Now, so that the test set's problems stop the run before the first iteration.
     test_loader = build_lazy_test_loader(cfg)
     model = create_ddp_model(model, **cfg.train.ddp)
 
@@ -161,8 +137,7 @@ def build_lazy_trainer(
 def lazy_train(
     cfg: Any, *, resume: bool = False, trust_weights_file: bool = False
 ) -> Optional[OrderedDict]:
-    """Train as ``cfg`` says and write ``results.json``; returns the results of the final
-    evaluation."""
+    """Train, write ``results.json`` and return the final evaluation's results."""
     trainer, checkpointer = build_lazy_trainer(cfg, trust_weights_file=trust_weights_file)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that had just finished.

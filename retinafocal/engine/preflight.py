@@ -1,7 +1,5 @@
-"""Checks that stop a run before any work starts, for yacs configs and LazyConfigs alike: the
-training batch size, and the model's number of classes against its datasets' (with the opt-in
-that takes it from them). The datasets themselves are checked when their loaders are built
-(:func:`~retinafocal.data.checked_dataset_dicts`), also before the first iteration.
+"""Checks that stop a run before any work starts, for yacs and LazyConfigs: the training batch
+size, and the model's number of classes against its datasets' (or taken from them, opted in).
 """
 from __future__ import annotations
 
@@ -13,12 +11,7 @@ from detectron2.utils import comm
 
 from ..data.classes import check_num_classes, num_classes_from_datasets
 
-__all__ = [
-    "NUM_CLASSES_KEYS",
-    "check_batch_size",
-    "check_model_num_classes",
-    "resolve_num_classes",
-]
+__all__ = ["NUM_CLASSES_KEYS", "check_batch_size", "check_model_num_classes", "resolve_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +24,9 @@ _RETINANETS = ("FocalRetinaNet", "RetinaNet")
 
 
 def check_batch_size(total: Any, key: str, world_size: Optional[int] = None) -> None:
-    """Check a training batch size (images per iteration, summed over all processes).
-
-    detectron2 asserts ``total % world_size == 0`` with a message about divisibility only,
-    also for 0 or a negative number; this says what the number means.
-
-    Args:
-        total: the configured value (``SOLVER.IMS_PER_BATCH``,
-            ``dataloader.train.total_batch_size``).
-        key: its config key, for the message.
-        world_size: number of training processes; default: detectron2's ``comm``.
-    """
+    """Check a training batch size ``total`` (config ``key``), summed over ``world_size``
+    processes (default: detectron2's ``comm``). detectron2 only asserts divisibility, also for
+    0 or negatives; this error says what the number means."""
     world = comm.get_world_size() if world_size is None else world_size
     if isinstance(total, int) and not isinstance(total, bool) and total > 0 and total % world == 0:
         return
@@ -56,8 +41,7 @@ def check_batch_size(total: Any, key: str, world_size: Optional[int] = None) -> 
 
 
 def _setting(cfg: Any) -> Optional[Tuple[int, str, str, bool]]:
-    """(K, its key, the opt-in key, the opt-in's value) for a RetinaNet config; None for other
-    models, whose class count lives elsewhere."""
+    """(K, its key, the opt-in key, the opt-in's value) for a RetinaNet config, else None."""
     if isinstance(cfg, CfgNode):
         if cfg.MODEL.META_ARCHITECTURE not in _RETINANETS:
             return None
@@ -79,8 +63,7 @@ def _train_names(cfg: Any) -> Sequence[str]:
 
 
 def check_model_num_classes(cfg: Any, names: Sequence[str]) -> None:
-    """Check a RetinaNet config's number of classes against the datasets ``names``
-    (:func:`~retinafocal.data.classes.check_num_classes`); nothing for other models."""
+    """:func:`~retinafocal.data.classes.check_num_classes` for a RetinaNet config."""
     setting = _setting(cfg)
     if setting is not None:
         num_classes, key, opt_in, _ = setting
@@ -88,9 +71,8 @@ def check_model_num_classes(cfg: Any, names: Sequence[str]) -> None:
 
 
 def resolve_num_classes(cfg: Any) -> None:
-    """When the config opts in (``MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET True``, LazyConfig
-    ``datasets.num_classes_from_dataset=True``), set the model's number of classes to that of
-    the training datasets, in place, before the model is built. Nothing otherwise."""
+    """When the config opts in (:data:`NUM_CLASSES_KEYS`), set its number of classes in place
+    to the training datasets'."""
     setting = _setting(cfg)
     if setting is None or not setting[3]:
         return

@@ -1,52 +1,31 @@
 """``<output_dir>/results.json``: what a training or evaluation run produced, for other programs.
 
-Written by the main process only, atomically (a reader never sees half a file), when training
-ends (:class:`~retinafocal.engine.Trainer` and :func:`~retinafocal.engine.lazy_train`), also
-when it stops on a non-finite loss or on non-finite weights (which the checkpointer refuses to
-save), and by ``train_net.py --eval-only``. Everything comes from
-what detectron2 already keeps: the trainer's iteration, its ``EventStorage`` (the per-iteration
-``time`` of ``IterationTimer`` and the loss terms) and the evaluation's results, to which
-:class:`~retinafocal.engine.evaluation.InferenceStats` adds the inference time (detectron2 only
-logs its own) and the detection count. Schema (version :data:`SCHEMA_VERSION`; a number that
-cannot be computed, or is NaN, is ``null``)::
+Written atomically by the main process when training ends (also when it stops on a non-finite
+loss or weights) and by ``--eval-only``, from what detectron2 keeps: the trainer's iteration,
+its ``EventStorage`` (``IterationTimer``'s ``time``, the losses) and the evaluation results
+(with :class:`~retinafocal.engine.evaluation.InferenceStats`). Schema :data:`SCHEMA_VERSION`;
+a number that is NaN or cannot be computed is ``null``::
 
     {
-      "schema": 2,
-      "status": "completed" | "non_finite_loss" | "non_finite_weights",
+      "schema": 2, "status": "completed" | "non_finite_loss" | "non_finite_weights",
       "eval_only": bool,
-      "iterations": int,             # iterations done (the trainer's iteration); 0: eval only
-      "max_iter": int,               # iterations asked for; 0: eval only
-      "train_seconds": float|null,   # sum of IterationTimer's per-iteration times: training
-                                     # steps after its warm-up, without hooks (checkpoints, eval)
-      "s_per_iter": float|null,      # their mean (detectron2's "Overall training speed")
-      "bbox": {"AP": float|null, "AP50": ..., ...} | null,
-                                     # COCO bbox metrics (percent) of the run's last evaluation
-                                     # (after training: the final one) on the first test set;
-                                     # null: no bbox evaluation
-      "inference_s_per_image": float|null,   # of that evaluation (InferenceStats)
-      "no_detections": bool,         # that evaluation had no detection above the threshold
-      "loss_history": {              # losses every LOSS_WINDOW iterations and at the last one,
-        "iteration": [int, ...],     # each the median of the LOSS_WINDOW iterations up to it
-        "total_loss": [float, ...],  # (detectron2's smoothing in metrics.json); this process's
-        "loss_cls": [...], ...       # iterations only (a resumed run starts at its checkpoint);
-      },                             # {} when no iteration ran (--eval-only)
-      "loss_extremes": {             # single iterations, not medians: what a loss started at
-        "first": {"iteration": int, "total_loss": float|null, "loss_cls": ..., ...},
-        "largest": {...}             # and the iteration of the largest finite total_loss
-      },                             # {} when no iteration ran
-      "evaluations": {               # every bbox evaluation during training (TEST.EVAL_PERIOD
-        "iteration": [int, ...],     # and the final one), on the first test set; "iteration"
-        "AP": [float|null, ...],     # counts the iterations done before it
-        "AP50": [...], "AP75": [...]
-      },                             # {} when there was none (and for --eval-only)
-      "non_finite": null | {         # status "non_finite_*": the error's fields: iteration,
-        "iteration": int,            # the non-finite loss terms (NonFiniteLossError) or the
-        "terms": [str, ...],         # first non-finite tensors (NonFiniteWeightsError), and the
-        "checkpoint": str|null       # last checkpoint (all finite)
-      }
+      "iterations": int, "max_iter": int,   # done and asked for; 0 for eval only
+      "train_seconds": float|null,          # sum of IterationTimer's times (after its warm-up)
+      "s_per_iter": float|null,             # their mean
+      "bbox": {"AP": float|null, ...}|null, # last evaluation, first test set (percent)
+      "inference_s_per_image": float|null, "no_detections": bool,  # of that evaluation
+      "loss_history": {"iteration": [int], "total_loss": [float], "loss_cls": [...], ...},
+                                            # every LOSS_WINDOW iterations and the last: the
+                                            # window's median (as metrics.json); this process's
+      "loss_extremes": {"first": {"iteration": int, "total_loss": ..., ...}, "largest": {...}},
+                                            # single iterations: the first, the largest finite
+      "evaluations": {"iteration": [int], "AP": [...], "AP50": [...], "AP75": [...]},
+                                            # every bbox evaluation (iterations done before it)
+      "non_finite": null | {"iteration": int, "terms": [str], "checkpoint": str|null}
     }
 
-Schema 2 added ``loss_extremes`` and ``evaluations`` to schema 1.
+The three history fields are {} when they have nothing (``--eval-only``). Schema 2 added
+``loss_extremes`` and ``evaluations``.
 """
 from __future__ import annotations
 
@@ -109,14 +88,22 @@ def _evaluation_fields(evaluation: Optional[Mapping]) -> Dict[str, Any]:
     }
 
 
-def _loss_history(storage: Any) -> Dict[str, List[Optional[float]]]:
-    """``loss_history`` of the schema from the ``EventStorage``'s per-iteration losses."""
+def _losses(storage: Any) -> Dict[str, Dict[int, float]]:
+    """Loss name -> {iteration: value} from an ``EventStorage``; {} without ``total_loss``."""
     histories = storage.histories()
-    names = sorted(n for n in histories if n == "total_loss" or n.startswith("loss_"))
-    if "total_loss" not in names:
+    if "total_loss" not in histories:
         return {}
-    iterations = [int(it) for _, it in histories["total_loss"].values()]
-    values = {n: {int(it): v for v, it in histories[n].values()} for n in names}
+    names = sorted(n for n in histories if n == "total_loss" or n.startswith("loss_"))
+    return {n: {int(it): v for v, it in histories[n].values()} for n in names}
+
+
+def _loss_history(storage: Any) -> Dict[str, List[Optional[float]]]:
+    """``loss_history`` of the schema."""
+    values = _losses(storage)
+    if not values:
+        return {}
+    names = list(values)
+    iterations = [int(it) for _, it in storage.histories()["total_loss"].values()]
     last = len(iterations) - 1
     points = [i for i, it in enumerate(iterations) if (it + 1) % LOSS_WINDOW == 0 or i == last]
     out: Dict[str, List[Optional[float]]] = {"iteration": [iterations[i] for i in points]}
@@ -132,21 +119,16 @@ def _loss_history(storage: Any) -> Dict[str, List[Optional[float]]]:
 
 
 def _loss_extremes(storage: Any) -> Dict[str, Dict[str, Any]]:
-    """``loss_extremes`` of the schema: the losses of the first iteration and of the iteration
-    with the largest finite total loss, from the ``EventStorage``'s per-iteration values."""
-    histories = storage.histories()
-    if "total_loss" not in histories:
-        return {}
-    names = sorted(n for n in histories if n == "total_loss" or n.startswith("loss_"))
-    values = {n: {int(it): v for v, it in histories[n].values()} for n in names}
-    totals = values["total_loss"]
+    """``loss_extremes`` of the schema."""
+    values = _losses(storage)
+    totals = values.get("total_loss")
     if not totals:
         return {}
     finite = [it for it, v in totals.items() if math.isfinite(v)]
 
     def at(iteration: int) -> Dict[str, Any]:
         point: Dict[str, Any] = {"iteration": iteration}
-        point.update({n: _finite_or_none(values[n].get(iteration)) for n in names})
+        point.update({n: _finite_or_none(v.get(iteration)) for n, v in values.items()})
         return point
 
     out = {"first": at(min(totals))}
@@ -156,9 +138,8 @@ def _loss_extremes(storage: Any) -> Dict[str, Dict[str, Any]]:
 
 
 def _evaluation_history(storage: Any, max_iter: int) -> Dict[str, List[Any]]:
-    """``evaluations`` of the schema: detectron2's ``EvalHook`` puts every evaluation's
-    flattened metrics into the storage ("bbox/AP"; "<dataset>/bbox/AP" with several test sets,
-    the first set's first)."""
+    """``evaluations`` of the schema, from the flattened metrics ``EvalHook`` stores ("bbox/AP",
+    or "<dataset>/bbox/AP" with several test sets: the first)."""
     histories = storage.histories()
     keys = [k for k in histories if k == "bbox/AP" or k.endswith("/bbox/AP")]
     if not keys:
@@ -166,9 +147,7 @@ def _evaluation_history(storage: Any, max_iter: int) -> Dict[str, List[Any]]:
     prefix = keys[0][: -len("AP")]
 
     def done(iteration: int) -> int:
-        # A periodic evaluation runs after the step of iteration i, at storage iteration i
-        # (i + 1 done, fewer than max_iter); the final one after training, at storage
-        # iteration max_iter (detectron2's after_train sets it so).
+        # Storage iteration i: after step i (i + 1 done); the final one is stored at max_iter.
         return min(int(iteration) + 1, max_iter)
 
     out: Dict[str, List[Any]] = {"iteration": sorted({done(it) for _, it in
@@ -183,16 +162,9 @@ def _evaluation_history(storage: Any, max_iter: int) -> Dict[str, List[Any]]:
 def training_results(
     trainer: Any, evaluation: Optional[Mapping], error: Optional[NonFiniteError] = None
 ) -> Dict[str, Any]:
-    """The results of a training run.
-
-    Args:
-        trainer: a detectron2 trainer after ``train()`` returned or raised: its ``iter``,
-            ``max_iter`` and ``storage`` are read.
-        evaluation: the final evaluation's results (None when there was none).
-        error: the error that stopped training, if it was a non-finite loss or weights.
-    """
+    """The results of a training run, from ``trainer`` (``iter``, ``max_iter``, ``storage``)
+    after ``train()`` returned or raised ``error``, and the final ``evaluation`` (or None)."""
     histories = trainer.storage.histories()
-    # IterationTimer's seconds per iteration, after its warm-up iterations.
     times = [v for v, _ in histories["time"].values()] if "time" in histories else []
     non_finite, status = None, "completed"
     if isinstance(error, NonFiniteLossError):
@@ -239,8 +211,7 @@ def evaluation_results(evaluation: Optional[Mapping]) -> Dict[str, Any]:
 
 
 def write_results(output_dir: str, results: Mapping[str, Any]) -> Optional[str]:
-    """Write ``results`` to ``<output_dir>/results.json`` on the main process; returns the path
-    (None on the other processes, which write nothing)."""
+    """Write ``<output_dir>/results.json`` on the main process; its path, or None elsewhere."""
     if not comm.is_main_process():
         return None
     os.makedirs(output_dir, exist_ok=True)
@@ -255,10 +226,8 @@ def write_results(output_dir: str, results: Mapping[str, Any]) -> Optional[str]:
 def recording_results(
     output_dir: str, trainer: Any, evaluation: Callable[[], Optional[Mapping]]
 ) -> Iterator[None]:
-    """Around ``trainer.train()``: write ``results.json`` when training returns, and when it
-    raises :class:`NonFiniteLossError` or :class:`~retinafocal.checkpoint.NonFiniteWeightsError`
-    (which then goes on up). ``evaluation`` returns the final evaluation's results, read once
-    training has ended."""
+    """Around ``trainer.train()``: write ``results.json`` when it returns or raises a non-finite
+    error (re-raised). ``evaluation()`` gives the final evaluation's results."""
     try:
         yield
     except (NonFiniteLossError, NonFiniteWeightsError) as e:

@@ -26,10 +26,9 @@ __all__ = ["Trainer", "build_evaluator"]
 
 
 def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> CheckedCOCOEvaluator:
-    """COCO AP (:class:`~retinafocal.engine.evaluation.CheckedCOCOEvaluator`) with per-category
-    AP in the log; detectron2's C++ COCOeval when it is built, pycocotools otherwise."""
-    # COCOEvaluator reads the dataset's json when it is built, so the embedded dataset must
-    # exist by then even if no loader has touched it yet.
+    """:class:`~retinafocal.engine.evaluation.CheckedCOCOEvaluator` for bbox; C++ COCOeval when
+    detectron2's ``_C`` is built."""
+    # COCOEvaluator reads the json when built, maybe before any loader generated it.
     ensure_dataset_files(dataset_name)
     return CheckedCOCOEvaluator(
         dataset_name, tasks=("bbox",), output_dir=output_dir, use_fast_impl=compat.HAS_D2_C
@@ -37,30 +36,16 @@ def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> CheckedCOCO
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's ``DefaultTrainer`` (data loading, LR schedule, checkpointing, periodic
-    evaluation, writers) with:
-
-    - checks before any work starts: the batch size, the test sets (unreadable images stop the
-      run or are left out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says) and, once the training
-      data is loaded (:func:`~retinafocal.data.checked_dataset_dicts`), ``NUM_CLASSES`` against
-      the datasets' classes;
-    - :class:`RobustDatasetMapper` for training and test data;
-    - COCO evaluation (:func:`build_evaluator`) with the model's inference time and detection
-      count (:class:`~retinafocal.engine.evaluation.InferenceStats`);
-    - a training loop that names non-finite losses (:mod:`retinafocal.engine.train_loop`);
-    - checkpoints written atomically (:class:`AtomicDetectionCheckpointer`);
-    - a PNG of predictions on a few images of the first test set after training;
-    - ``results.json`` in the output directory when training ends
-      (:mod:`retinafocal.engine.results`), also after a non-finite loss.
-
-    ``trust_weights_file`` (``train_net.py --trust-weights-file``) lets the checkpointer read
-    ``MODEL.WEIGHTS`` with full unpickling (see :class:`AtomicDetectionCheckpointer`).
+    """detectron2's ``DefaultTrainer`` with: the batch size, datasets and ``NUM_CLASSES``
+    checked before work starts; :class:`RobustDatasetMapper`; COCO evaluation with
+    :class:`~retinafocal.engine.evaluation.InferenceStats`; the checked training loop
+    (:mod:`~retinafocal.engine.train_loop`); :class:`AtomicDetectionCheckpointer` (given
+    ``trust_weights_file``); a predictions PNG after training; and ``results.json``.
     """
 
     def __init__(self, cfg: CfgNode, *, trust_weights_file: bool = False) -> None:
         check_batch_size(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
-        # Every dataset is checked before the model is built, the test sets too: their problems
-        # must not wait for the first evaluation, hours into training.
+        # The test sets too: their problems must not wait for the first evaluation.
         policy = cfg.DATALOADER.ON_UNREADABLE_IMAGE
         check_datasets(cfg.DATASETS.TRAIN, on_unreadable=policy)
         check_datasets(cfg.DATASETS.TEST, on_unreadable=policy, purpose="evaluation")
@@ -69,9 +54,8 @@ class Trainer(DefaultTrainer):
         super().__init__(cfg)
 
     def build_hooks(self) -> List[Optional[HookBase]]:
-        # DefaultTrainer.__init__ calls this once model, optimizer, loader and checkpointer exist
-        # and before any hook captures them: the place to swap in retinafocal's versions of the
-        # training loop and the checkpointer.
+        # Called by DefaultTrainer.__init__ before any hook captures the training loop and the
+        # checkpointer: the place to swap in ours.
         self.checkpointer = AtomicDetectionCheckpointer(
             self.model,
             self.cfg.OUTPUT_DIR,
@@ -98,8 +82,7 @@ class Trainer(DefaultTrainer):
         return ret
 
     def train(self) -> Optional[OrderedDict]:
-        """Train, write ``results.json``, then return the results of the final evaluation (None
-        without test sets)."""
+        """Train, write ``results.json``, return the final evaluation's results (or None)."""
 
         def final_evaluation() -> Optional[OrderedDict]:
             # DefaultTrainer's evaluation hook keeps its latest results here.
@@ -111,13 +94,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(
-        cls,
-        cfg: CfgNode,
-        model: nn.Module,
-        evaluators: Optional[List[DatasetEvaluator]] = None,
+        cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[List[DatasetEvaluator]] = None
     ) -> OrderedDict:
-        """detectron2's ``DefaultTrainer.test``; by default each test set's evaluator is
-        :meth:`build_evaluator`'s with :class:`InferenceStats` of ``model`` next to it."""
+        """``DefaultTrainer.test``; default evaluators: :meth:`build_evaluator` and
+        :class:`InferenceStats` per test set."""
         if evaluators is None:
             evaluators = [
                 DatasetEvaluators([cls.build_evaluator(cfg, name), InferenceStats(model)])
@@ -127,9 +107,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
-        """detectron2's training loader on :func:`~retinafocal.data.checked_dataset_dicts` (the
-        dicts detectron2 would load, checked, unreadable images handled before the first
-        iteration), after ``NUM_CLASSES`` is checked against the train and test sets."""
+        """detectron2's training loader on :func:`~retinafocal.data.checked_dataset_dicts`, with
+        ``NUM_CLASSES`` checked against the train and test sets."""
         dataset = checked_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -145,8 +124,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
-        """detectron2's inference loader on the checked test set: its unreadable images stop
-        the evaluation or are left out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says."""
+        """detectron2's inference loader on the checked test set."""
         dataset = checked_dataset_dicts(
             [dataset_name],
             filter_empty=False,
