@@ -283,25 +283,26 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
     if labels.device != logits.device:
         raise ValueError(f"{where}: labels on {labels.device}, logits on {logits.device}")
     num_classes = logits.shape[-1]
-    if labels.numel() == 0:
-        return
-    if labels.device.type == "cpu":
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < -1 or hi > num_classes:
-            more = (
-                ". K is the number of classes, the logits' last dimension: in a detector, "
-                "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
-                "exceeds"
-                if hi > num_classes
-                else ""
-            )
-            raise ValueError(
-                f"{where}: labels must lie in [-1, K={num_classes}] (-1 ignored, K background), "
-                f"got values in [{lo}, {hi}]{more}"
-            )
-    else:
+    # The same range test on every device (True when there are no labels), so the CPU path
+    # exercises the expression that accelerators assert.
+    in_range = ((labels >= -1) & (labels <= num_classes)).all()
+    if labels.device.type != "cpu":
         # No host sync on accelerators: a device-side assert instead of a readable message.
-        torch._assert_async(((labels >= -1) & (labels <= num_classes)).all())
+        torch._assert_async(in_range)
+        return
+    if not bool(in_range):
+        lo, hi = int(labels.min()), int(labels.max())
+        more = (
+            ". K is the number of classes, the logits' last dimension: in a detector, "
+            "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
+            "exceeds"
+            if hi > num_classes
+            else ""
+        )
+        raise ValueError(
+            f"{where}: labels must lie in [-1, K={num_classes}] (-1 ignored, K background), "
+            f"got values in [{lo}, {hi}]{more}"
+        )
 
 
 def fused_label_loss(

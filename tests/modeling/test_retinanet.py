@@ -9,6 +9,7 @@ from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from retinafocal.modeling import FocalRetinaNet, RetinaFocalHead
 
@@ -90,6 +91,25 @@ class TestFocalRetinaNet(unittest.TestCase):
             self.assertIn(f"class index {bad} (image 0 of the batch)", message)
             self.assertIn("model of 3 classes", message)
             self.assertIn("MODEL.RETINANET.NUM_CLASSES", message)
+
+    def test_class_check_names_the_first_image_with_the_top_class(self):
+        """The message in full; images without objects are skipped, K - 1 is valid."""
+        model = build(small_retinanet_cfg(num_classes=3))
+
+        def instances(*classes):
+            inst = Instances((8, 8))
+            inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+            return inst
+
+        model._check_gt_classes([instances(), instances()])
+        model._check_gt_classes([instances(), instances(2, 0), instances(1)])
+        with self.assertRaises(ValueError) as ctx:
+            model._check_gt_classes([instances(), instances(3, 0), instances(1, 5), instances(5)])
+        self.assertEqual(str(ctx.exception), (
+            "An object of class index 5 (image 2 of the batch) reached a model of 3 classes "
+            "(indices 0..2; MODEL.RETINANET.NUM_CLASSES, LazyConfig model.num_classes). Set it "
+            "to the dataset's number of categories, or MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET "
+            "True to take it from the training datasets."))  # fmt: skip
 
     def test_normalised_by_positive_anchors(self):
         model = build(small_retinanet_cfg())
