@@ -3,7 +3,8 @@
 detectron2's checkpointer loads what matches and only logs the rest, so evaluating a checkpoint
 of another depth or class count gives an AP and exit status 0. :func:`check_fit`'s rules:
 **exact** (evaluation, demo, export, ``--resume``): every tensor of the model and of the file
-matches, except ``pixel_mean`` / ``pixel_std`` (config) and ``num_batches_tracked``;
+matches, except ``pixel_mean`` / ``pixel_std`` (config), ``num_batches_tracked`` and what
+detectron2 itself excuses (old ``anchor_generator.cell_anchors``);
 **initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another
 class count) and are only logged, but a file of which no tensor fits is an error.
 """
