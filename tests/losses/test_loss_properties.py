@@ -17,6 +17,7 @@ from retinafocal.losses import (
     label_focal_loss,
     sigmoid_focal_loss,
 )
+from retinafocal.losses._terms import _sigmoid_parts
 
 SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -134,6 +135,18 @@ def _top(values: torch.Tensor, count: int) -> list:
     """The ``count`` largest values, sorted ascending."""
     return sorted(values.sort(descending=True).values[:count].tolist())
 
+
+
+class TestSigmoidParts(unittest.TestCase):
+    def test_both_sigmoids_and_softplus_at_edge_logits(self):
+        """(sigmoid(x), sigmoid(-x), log1p(exp(-|x|))) on both sides of 0, between 0 and 1 and
+        far out, where 1 - sigmoid would cancel to 0."""
+        x = torch.tensor([-100.0, -3.0, -0.5, 0.0, 0.25, 0.5, 3.0, 100.0], dtype=torch.float64)
+        p, p_neg, log1p_e = _sigmoid_parts(x)
+        torch.testing.assert_close(p, torch.sigmoid(x), rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(p_neg, torch.sigmoid(-x), rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(log1p_e, torch.log1p(torch.exp(-x.abs())), rtol=1e-12, atol=0.0)
+        self.assertGreater(p_neg[-1].item(), 0.0)  # sigmoid(-100) ~ 3.7e-44, not 0
 
 if __name__ == "__main__":
     unittest.main()

@@ -186,6 +186,40 @@ class TestTrainingSettings(unittest.TestCase):
         self.assertEqual(model.loss_normalizer, 0.5 * 50.5 + 0.5 * 1)
 
 
+class TestFromConfig(unittest.TestCase):
+    def test_every_key_reaches_the_model(self):
+        """Each config value, set away from its default, is what the built model holds."""
+        cfg = small_retinanet_cfg(num_classes=4)
+        r, f = cfg.MODEL.RETINANET, cfg.MODEL.RETINAFOCAL
+        r.IN_FEATURES = ["p4", "p5", "p6"]
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = cfg.MODEL.ANCHOR_GENERATOR.SIZES[1:4]
+        r.BBOX_REG_WEIGHTS = (2.0, 3.0, 0.5, 0.25)
+        r.SMOOTH_L1_LOSS_BETA, r.BBOX_REG_LOSS_TYPE = 0.25, "giou"
+        r.SCORE_THRESH_TEST, r.TOPK_CANDIDATES_TEST, r.NMS_THRESH_TEST = 0.2, 77, 0.4
+        f.LOSS_NORMALIZER, f.LOSS_NORMALIZER_MOMENTUM = "ema", 0.8
+        f.DIAGNOSTICS_PERIOD, f.MEMORY_FORMAT = 7, "NHWC"
+        cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+        cfg.TEST.DETECTIONS_PER_IMAGE, cfg.VIS_PERIOD, cfg.INPUT.FORMAT = 33, 5, "RGB"
+        model = build(cfg)
+        self.assertEqual(model.head_in_features, ["p4", "p5", "p6"])
+        self.assertEqual(model.anchor_generator.num_features, 3)
+        self.assertEqual(model.box2box_transform.weights, (2.0, 3.0, 0.5, 0.25))
+        got = {name: getattr(model, name) for name in (
+            "num_classes", "smooth_l1_beta", "box_reg_loss_type", "loss_normalizer_type",
+            "loss_normalizer_momentum", "test_score_thresh", "test_topk_candidates",
+            "test_nms_thresh", "max_detections_per_image", "diagnostics_period", "vis_period",
+            "input_format", "memory_format")}  # fmt: skip
+        self.assertEqual(got, {
+            "num_classes": 4, "smooth_l1_beta": 0.25, "box_reg_loss_type": "giou",
+            "loss_normalizer_type": "ema", "loss_normalizer_momentum": 0.8,
+            "test_score_thresh": 0.2, "test_topk_candidates": 77, "test_nms_thresh": 0.4,
+            "max_detections_per_image": 33, "diagnostics_period": 7, "vis_period": 5,
+            "input_format": "RGB", "memory_format": "NHWC"})  # fmt: skip
+        self.assertEqual(model.pixel_mean.flatten().tolist(), [1.0, 2.0, 3.0])
+        self.assertEqual(model.pixel_std.flatten().tolist(), [4.0, 5.0, 6.0])
+        self.assertEqual(model.head.cls_score.out_channels, 9 * 4)
+
+
 class TestConfigErrors(unittest.TestCase):
     def test_unknown_in_feature_is_named(self):
         cfg = small_retinanet_cfg()
