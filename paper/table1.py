@@ -26,7 +26,15 @@ from .grid import (
     run_name,
 )
 from .references import TABLE_1A, TABLE_1B, TABLE_1C, TABLE_1D, TABLE_1E
-from .sweep import EXTRA_GAMMAS, SWEEP_MAX_ITER, add_sweep, prepare_sweep_data, sweep_schedule
+from .sweep import (
+    BUDGET_SWEEP_CLASSES,
+    EXTRA_GAMMAS,
+    SWEEP_CLASSES,
+    SWEEP_MAX_ITER,
+    add_sweep,
+    prepare_sweep_data,
+    sweep_schedule,
+)
 
 __all__ = [
     "GRID_NAMES",
@@ -154,8 +162,9 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
     b = GridBuilder(base, seed, max_iter)
     # The sweep's runs first: they decide the central claims in the paper's regime.
     extra_gammas = EXTRA_GAMMAS if full else {}
+    sweep_classes = SWEEP_CLASSES if full else BUDGET_SWEEP_CLASSES
     sweep_levels = (add_sweep(b, config_file, max_iter=sweep_max_iter, extra_gammas=extra_gammas,
-                              alpha_grids_everywhere=full)
+                              alpha_grids_everywhere=full, classes=sweep_classes)
                     if sweep_max_iter > 0 else [])  # fmt: skip
     cfg = config_file
     anchors = recipe.base_sizes
@@ -322,7 +331,7 @@ def shapes_grid(*, max_iter: int = SHAPES_MAX_ITER, full: bool = False, seed: in
         datasets=("shapes_train", "shapes_val"),
         levels=[miniature] + sweep_levels,
         prepare_data=prepare_sweep_data if sweep_levels else None,
-        sweep_schedule=(sweep_schedule(sweep_max_iter, seed, extra_gammas, full)
+        sweep_schedule=(sweep_schedule(sweep_max_iter, seed, extra_gammas, full, sweep_classes)
                         if sweep_levels else ""),  # fmt: skip
     )
 

@@ -163,11 +163,12 @@ class TestSweep(unittest.TestCase):
         self.grid = build_grid("shapes", max_iter=40, sweep_max_iter=60)
 
     def test_levels_and_their_runs(self):
+        # make paper's grid: the 5-class level is cut for the time budget (shapes-full has it).
         self.assertEqual([(lvl.key, lvl.sections) for lvl in self.grid.levels], [
-            ("shapes", ("init", "1a", "1b")), ("sparse-5", ("sweep",)),
-            ("sparse-20", ("sweep",)), ("sparse-80", ("sweep",))])  # fmt: skip
+            ("shapes", ("init", "1a", "1b")), ("sparse-20", ("sweep",)),
+            ("sparse-80", ("sweep",))])  # fmt: skip
         self.assertEqual(self.grid.levels[0].measure_run, "fl_g2_a0p25")
-        for level, k in zip(self.grid.levels[1:], (5, 20, 80)):
+        for level, k in zip(self.grid.levels[1:], (20, 80)):
             rows = [r for r in self.grid.rows_of("sweep") if r.params["level"] == level.key]
             losses = sorted((r.params["loss"], r.params["alpha"], r.params["gamma"],
                              r.params["prior"]) for r in rows)  # fmt: skip
@@ -192,10 +193,18 @@ class TestSweep(unittest.TestCase):
                 self.assertEqual(cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, row.params["alpha"])
         self.assertIsNotNone(self.grid.prepare_data)
         self.assertIn("fixed before the runs", self.grid.sweep_schedule)
-        self.assertIn("second alphas, 4 runs of about 5 minutes, were cut",
+        self.assertIn("the 20-class grid compares the one alpha of each (CE alpha 0.5, FL alpha "
+                      "0.25): their second alphas, 2 runs of about 5 minutes, were cut",
                       self.grid.sweep_schedule)  # fmt: skip
-        self.assertEqual(len(self.grid.rows_of("sweep")), 3 + 3 + 5)
+        self.assertIn("labelled two ways: 20 classes (shape x colour), 80 classes",
+                      self.grid.sweep_schedule)  # fmt: skip
+        self.assertIn("The 5-class labelling was cut", self.grid.sweep_schedule)
+        self.assertEqual(len(self.grid.rows_of("sweep")), 3 + 5)
         full = build_grid("shapes-full", max_iter=40, sweep_max_iter=60)
+        self.assertEqual([lvl.key for lvl in full.levels],
+                         ["shapes", "sparse-5", "sparse-20", "sparse-80"])
+        self.assertIn("labelled three ways: 5 classes (shape), 20 classes", full.sweep_schedule)
+        self.assertNotIn("labelling was cut", full.sweep_schedule)
         for key in ("sparse-5", "sparse-20", "sparse-80"):
             alphas = sorted((r.params["loss"], r.params["alpha"]) for r in full.rows_of("sweep")
                             if r.params["level"] == key and r.params["gamma"] in (0, 2)

@@ -174,8 +174,7 @@ class TestSweepReport(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="rf_sweep_report_")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.grid = build_grid("shapes", max_iter=100, sweep_max_iter=80)
-        terms = {"shapes": (5, 65000), "sparse-5": (5, 21000), "sparse-20": (20, 21000),
-                 "sparse-80": (80, 21000)}  # fmt: skip
+        terms = {"shapes": (5, 65000), "sparse-20": (20, 21000), "sparse-80": (80, 21000)}
         self.imbalance = {
             key: ImbalanceStats(f"{key}_train", 2000, k, 2000 * 3024, positives, 2000 * 17,
                                 4000) for key, (k, positives) in terms.items()
@@ -183,16 +182,16 @@ class TestSweepReport(unittest.TestCase):
 
     def test_verdicts_per_level_and_flags(self):
         self.assertEqual([lvl.key for lvl in self.grid.levels],
-                         ["shapes", "sparse-5", "sparse-20", "sparse-80"])  # fmt: skip
+                         ["shapes", "sparse-20", "sparse-80"])  # fmt: skip
 
         def ap(name):
             table = {"s80_ce_a0p5_noprior": 0.3, "s80_ce_a0p5": 10.0, "s80_ce_a0p75": 12.0,
                      "s80_fl_g2_a0p25": 15.0, "s80_fl_g2_a0p5": 14.0,
-                     "s5_fl_g2_a0p25": 10.0, "s5_ce_a0p5": 12.0}
+                     "s20_fl_g2_a0p25": 10.0, "s20_ce_a0p5": 12.0}
             return table.get(name, 11.0)  # fmt: skip
 
         def mid_ap(name):
-            return 5.0 if name == "s20_fl_g2_a0p25" else ap(name)  # 5 -> 11: not converged
+            return 5.0 if name == "s20_fl_g2_a0p25" else ap(name)  # 5 -> 10: not converged
 
         results = _fake_results(self.grid, ap, mid_ap_of=mid_ap)
         results["s80_ce_a0p5_noprior"].raw_first_loss = 7800.0
@@ -200,22 +199,22 @@ class TestSweepReport(unittest.TestCase):
                               runs_dir=os.path.join(self.tmp, "runs"), loss_analysis=None,
                               imbalance=self.imbalance)  # fmt: skip
         claims = {(c.key, c.level): c for c in evaluate_claims(inputs)}
-        for level in ("shapes", "sparse-5", "sparse-20", "sparse-80"):
+        for level in ("shapes", "sparse-20", "sparse-80"):
             self.assertIn(("init", level), claims)
             self.assertIn(("fl_vs_ce", level), claims)
         self.assertIs(claims[("init", "sparse-80")].holds, True)
         self.assertIs(claims[("fl_vs_ce", "sparse-80")].holds, True)
         self.assertIn("+3.0 AP", claims[("fl_vs_ce", "sparse-80")].ours)  # 15 - 12
-        self.assertIs(claims[("fl_vs_ce", "sparse-5")].holds, False)
-        self.assertIn("-2.0 AP", claims[("fl_vs_ce", "sparse-5")].ours)  # 10 - 12
-        self.assertIs(claims[("init", "sparse-5")].holds, False)  # no-prior CE trains (11 AP)
+        self.assertIs(claims[("fl_vs_ce", "sparse-20")].holds, False)
+        self.assertIn("-2.0 AP", claims[("fl_vs_ce", "sparse-20")].ours)  # 10 - 12
+        self.assertIs(claims[("init", "sparse-20")].holds, False)  # no-prior CE trains (11 AP)
         self.assertEqual(claims[("fl_vs_ce", "sparse-80")].flags, [])
         # The FL run of sparse-20 gained 6 AP in its last quarter: the verdicts that use it say
         # so (the only FL run there, alpha .25).
         flags = claims[("init", "sparse-20")].flags
         self.assertEqual(len(flags), 1)
         self.assertIn("s20_fl_g2_a0p25", flags[0])
-        self.assertIn("5.0 -> 11.0", flags[0])
+        self.assertIn("5.0 -> 10.0", flags[0])
 
         text = open(write_report(inputs)).read()
         self.assertIn("binary terms per positive", text)
@@ -224,7 +223,7 @@ class TestSweepReport(unittest.TestCase):
                       "17.0 | **22,910** |", text)  # fmt: skip
         self.assertIn("first loss 7800, largest 6, single iterations", text)
         self.assertIn("within 1 AP of its AP after 75% of its iterations", text)
-        self.assertIn("**no** (5.0 -> 11.0)", text)
+        self.assertIn("**no** (5.0 -> 10.0)", text)
         self.assertIn("7800 / 6", text)  # first / largest single-iteration loss
         for png in ("sweep_fl_margin.png", "sweep_noprior_loss.png"):
             self.assertTrue(os.path.isfile(os.path.join(self.tmp, png)), png)
