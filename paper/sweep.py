@@ -211,6 +211,8 @@ def sweep_schedule(max_iter: int, seed: int, extra_gammas: Mapping[float, float]
                 f"{PAPER_ALPHA['CE']:g}, FL alpha {PAPER_ALPHA['FL']:g}): their second alphas, "
                 f"{2 * (len(classes) - 1)} runs of about 5 minutes, were cut for the 75-minute "
                 "budget of `make paper` and are in `shapes-full`")  # fmt: skip
+    ways = ("one", "two", "three")[len(classes) - 1]
+    labellings = ", ".join(_labelling_text(k) for k in classes)
     cut = ""
     if tuple(classes) != SWEEP_CLASSES:
         left_out = ", ".join(str(k) for k in SWEEP_CLASSES if k not in classes)
@@ -222,7 +224,7 @@ def sweep_schedule(max_iter: int, seed: int, extra_gammas: Mapping[float, float]
         f"a set in the paper's regime (`paper/sparse_shapes.py`: {SWEEP_TRAIN_IMAGES} training "
         f"and {SWEEP_VAL_IMAGES} validation images of 128 px, the embedded set's backgrounds "
         "and object sizes, 1-3 objects per image, each a shape x colour x fill pattern), "
-        f"labelled {('one', 'two', 'three')[len(classes) - 1]} ways: {', '.join(_labelling_text(k) for k in classes)}. "
+        f"labelled {ways} ways: {labellings}. "
         "Images, boxes and positive anchors are the same; only the number of "
         f"negative terms grows. {runs}; {extra}.{cut} Schedule: the "
         f"embedded recipe ({SCHEDULE_TEXT}), {max_iter} iterations, "

@@ -38,14 +38,14 @@ class TestMakePaperPlan(unittest.TestCase):
         grid = build_grid("shapes")
         sweep = [s for s in grid.runs if s.name.split("_")[0] in ("s5", "s20", "s80")]
         self.assertEqual(len(sweep), 8)  # the 5-class level is cut (shapes-full has it)
-        self.assertEqual(sum(not s.eval_only for s in grid.runs), 14)
-        # 3 x s20 (304.3 s) + 5 x s80 (401.5 s) + 6 x 122 s + 4 x 16 s + 120 s.
+        self.assertEqual(sum(not s.eval_only for s in grid.runs), 12)
+        # 3 x s20 (304.3 s) + 5 x s80 (401.5 s) + 4 x 122 s + 4 x 16 s + 120 s.
         expected = 3 * (10 + 600 * (0.4 + 15 * 0.0027) + 30) + 5 * 401.5
-        expected += 6 * 122 + 4 * 16 + PLAN_FIXED_S
+        expected += 4 * 122 + 4 * 16 + PLAN_FIXED_S
         self.assertAlmostEqual(estimate_seconds(grid), expected)
         launch = LaunchOptions(train_net=TRAIN_NET, threads=2)
         text = plan_text(grid, launch)
-        self.assertIn("18 runs (14 training, of which 8 in the imbalance sweep; 4 "
+        self.assertIn("16 runs (12 training, of which 8 in the imbalance sweep; 4 "
                       f"evaluation-only). Estimate on 2 idle CPU cores: "
                       f"{-(-expected // 60):.0f} min", text)  # fmt: skip
         self.assertIn("s80_fl_g2_a0p5: focal loss, gamma 2, alpha 0.5", text)
