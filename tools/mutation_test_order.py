@@ -9,12 +9,13 @@ the focal-loss terms then often runs seconds of whole-model tests before a milli
 hand-computed test that kills it.
 
 Loaded with ``-p tools.mutation_test_order`` from ``[tool.mutmut] pytest_add_cli_args`` (mutmut
-puts ``mutants/`` on ``sys.path``); ``make test`` does not load it. Inside a mutmut worker (the
-environment variable ``MUTANT_UNDER_TEST`` names a mutant) it sorts the collected tests by
-``duration_by_test`` of ``mutmut-stats.json`` in pytest's root directory (``mutants/``); a test
-missing there keeps its place after the timed ones. In every other pytest run, including mutmut's
-stats and clean runs, it changes nothing. Where mutmut already passes them sorted, sorting again
-changes nothing either.
+puts ``mutants/`` on ``sys.path``); ``make test`` does not load it. It sorts the collected tests
+by ``duration_by_test`` of ``mutmut-stats.json`` in pytest's root directory (``mutants/``) in
+a mutmut worker (the environment variable ``MUTANT_UNDER_TEST`` names a mutant) and in mutmut's
+clean run (``MUTANT_UNDER_TEST`` empty), so that the clean run checks that the tests pass in the
+order the mutants see (each mutant runs a subset, which keeps that order). A test missing from
+the stats keeps its place after the timed ones. Other pytest runs, including mutmut's stats run,
+keep their order. Where mutmut already passes the tests sorted, sorting again changes nothing.
 """
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ import pytest
 
 STATS_FILE = "mutmut-stats.json"
 #: mutmut's mutant names are ``<module>.<function>__mutmut_<n>``; its other phases set
-#: MUTANT_UNDER_TEST to "", "stats", "fail" or "list_all_tests".
+#: MUTANT_UNDER_TEST to "" (the clean run), "stats", "fail" or "list_all_tests".
 MUTANT_MARKER = "__mutmut_"
 
 
-def under_mutant(environ: Dict[str, str]) -> bool:
-    """Whether this pytest run tests one of mutmut's mutants."""
-    return MUTANT_MARKER in environ.get("MUTANT_UNDER_TEST", "")
+def sorts_tests(environ: Dict[str, str]) -> bool:
+    """Whether this pytest run is mutmut's clean run or tests one of its mutants."""
+    name = environ.get("MUTANT_UNDER_TEST")
+    return name is not None and (name == "" or MUTANT_MARKER in name)
 
 
 def load_durations(root: Path) -> Dict[str, float]:
@@ -57,13 +59,15 @@ def fastest_first(items: Sequence[pytest.Item], durations: Dict[str, float]) -> 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    if not under_mutant(os.environ):
+    if not sorts_tests(os.environ):
         return
     try:
         durations = load_durations(config.rootpath)
     except ValueError:
-        # An error here would end the session with pytest's exit code 3, which mutmut counts as
-        # a kill. Unsorted tests give the same verdicts, only later. (mutmut itself has read this
-        # file before it starts any worker, so this is not expected to happen.)
+        if os.environ["MUTANT_UNDER_TEST"] == "":
+            raise  # the clean run fails, so `make mutation` stops and shows the message
+        # In a mutant's run, pytest's exit code 3 would count as a kill. Unsorted tests give the
+        # same verdicts, only later. (The clean run has read the same file, so this is not
+        # expected.)
         return
     items[:] = fastest_first(items, durations)

@@ -1,5 +1,5 @@
-"""tools/mutation_test_order.py: inside a mutmut worker, pytest runs the given tests fastest first
-by mutmut's measured durations; in every other run it keeps the order it was given."""
+"""tools/mutation_test_order.py: in mutmut's clean run and its mutants' runs, pytest runs the
+given tests fastest first by mutmut's measured durations; other runs keep the given order."""
 import json
 import os
 import subprocess
@@ -40,16 +40,19 @@ def test_untimed():
     _ran("untimed")
 """
 DURATIONS = {"test_a.py::test_slow": 2.0, "test_a.py::test_fast": 0.01, "test_a.py::test_mid": 0.5}
+STATS = {"duration_by_test": DURATIONS}
 GIVEN = ["test_a.py::test_untimed", "test_a.py::test_slow", "test_a.py::test_mid",
          "test_a.py::test_fast"]  # fmt: skip
+GIVEN_ORDER = ["untimed", "slow", "mid", "fast"]
 
 
 class TestPieces(unittest.TestCase):
-    def test_only_a_mutant_name_counts_as_a_mutant_run(self):
-        self.assertTrue(order.under_mutant({"MUTANT_UNDER_TEST": MUTANT}))
-        for phase in ("", "stats", "fail", "list_all_tests", "mutant_generation"):
-            self.assertFalse(order.under_mutant({"MUTANT_UNDER_TEST": phase}), phase)
-        self.assertFalse(order.under_mutant({}))
+    def test_only_the_clean_run_and_mutant_runs_are_sorted(self):
+        self.assertTrue(order.sorts_tests({"MUTANT_UNDER_TEST": MUTANT}))
+        self.assertTrue(order.sorts_tests({"MUTANT_UNDER_TEST": ""}))
+        for phase in ("stats", "fail", "list_all_tests", "mutant_generation"):
+            self.assertFalse(order.sorts_tests({"MUTANT_UNDER_TEST": phase}), phase)
+        self.assertFalse(order.sorts_tests({}))
 
     def test_sorted_by_duration_untimed_last_and_ties_keep_their_order(self):
         items = [SimpleNamespace(nodeid=n) for n in ["u1", "b", "a1", "u2", "c", "a2"]]
@@ -80,32 +83,42 @@ class TestPieces(unittest.TestCase):
 
 
 class TestInPytest(unittest.TestCase):
-    """A real pytest session given the tests slowest-first-ish, as mutmut's fork server does."""
+    """Real pytest sessions given the tests in no useful order, as mutmut's fork server does."""
 
-    def run_pytest(self, mutant_under_test: str, stats: bool = True):
+    def run_pytest(self, mutant_under_test: str, stats: str = json.dumps(STATS), rc: int = 0):
+        """The order the tests ran in; ``stats`` is the text of mutmut-stats.json ("": none)."""
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "pytest.ini").write_text("[pytest]\n")  # no ini file above tmp is read
             Path(tmp, "test_a.py").write_text(TEST_FILE)
             if stats:
-                Path(tmp, order.STATS_FILE).write_text(json.dumps({"duration_by_test": DURATIONS}))
+                Path(tmp, order.STATS_FILE).write_text(stats)
             log = Path(tmp, "order.log")
+            log.write_text("")
             env = dict(os.environ, MUTANT_UNDER_TEST=mutant_under_test, ORDER_LOG=str(log))
             # the plugin is imported as tools.mutation_test_order, as mutmut's workers do
             env["PYTHONPATH"] = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
             cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir=.",
                    "-p", "tools.mutation_test_order", *GIVEN]  # fmt: skip
             done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-            self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+            self.output = done.stdout + done.stderr
+            self.assertEqual(done.returncode, rc, self.output)
             return log.read_text().split()
 
-    def test_a_mutant_run_goes_fastest_first(self):
-        self.assertEqual(self.run_pytest(MUTANT), ["fast", "mid", "slow", "untimed"])
+    def test_mutant_and_clean_runs_go_fastest_first(self):
+        for mutant_under_test in (MUTANT, ""):
+            with self.subTest(MUTANT_UNDER_TEST=mutant_under_test):
+                ran = self.run_pytest(mutant_under_test)
+                self.assertEqual(ran, ["fast", "mid", "slow", "untimed"])
 
-    def test_other_runs_keep_the_given_order(self):
-        given = ["untimed", "slow", "mid", "fast"]
-        self.assertEqual(self.run_pytest("stats"), given)
-        self.assertEqual(self.run_pytest(""), given)
-        self.assertEqual(self.run_pytest(MUTANT, stats=False), given)
+    def test_other_runs_and_runs_without_stats_keep_the_given_order(self):
+        self.assertEqual(self.run_pytest("stats"), GIVEN_ORDER)
+        self.assertEqual(self.run_pytest("fail"), GIVEN_ORDER)
+        self.assertEqual(self.run_pytest(MUTANT, stats=""), GIVEN_ORDER)
+
+    def test_malformed_stats_stop_the_clean_run_but_no_mutant_counts_as_killed(self):
+        self.assertEqual(self.run_pytest("", stats="{not json", rc=3), [])
+        self.assertIn(f"{order.STATS_FILE}: no readable 'duration_by_test'", self.output)
+        self.assertEqual(self.run_pytest(MUTANT, stats="{not json"), GIVEN_ORDER)
 
 
 if __name__ == "__main__":
