@@ -185,7 +185,10 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "")
 
 
 def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
+    # Any URL, file:// included, is left to PathManager: os-level calls would read "file:///x"
+    # as the relative folder "file:/x" (and neither iopath nor detectron2 maps file:// to a
+    # path), so only a handler a user registers for it can make such a folder work.
+    return "://" not in path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -403,8 +406,10 @@ def load_inference_weights(
     """
     if resume and not save_dir:
         raise ValueError("load_inference_weights: resume needs the save_dir to resume from")
+    # No exact_fit needed: every load below restores the whole state (no checkpointables
+    # argument), which the checkpointer already checks as an exact fit.
     checkpointer = AtomicDetectionCheckpointer(
-        model, save_dir, trust_weights_file=trust_weights_file, exact_fit=True
+        model, save_dir, trust_weights_file=trust_weights_file
     )
     if resume and checkpointer.has_checkpoint():
         return checkpointer.resume_or_load(weights, resume=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -33,6 +34,14 @@ def _top_after_nms(boxes: Tensor, scores: Tensor, k: int, nms_thresh: float) -> 
         if keep.numel() >= k or m == n:
             return cand[keep[:k]]
         m = min(n, 4 * m)
+
+
+def _floor_as_written(value: float) -> int:
+    """floor(value) for a quotient or product of the decimal numbers a user writes, which
+    binary floats hold only nearly: 1 + 0.3 is stored a hair above 1.3, so 13 // (1 + 0.3) is
+    9.0, and 0.57 * 100 is 56.99999999999999. The tolerance is far above such rounding and far
+    below the distance to the next integer of any such fraction that is not a whole number."""
+    return math.floor(value + 1e-9)
 
 
 def ohem_select(
@@ -69,9 +78,10 @@ def ohem_select(
         return idx[_top_after_nms(anchor_boxes[idx], losses[idx], batch_size, nms_thresh)]
     pos = torch.nonzero(valid & (labels < num_classes)).squeeze(1)
     neg = torch.nonzero(labels == num_classes).squeeze(1)
-    max_pos = int(batch_size // (1 + neg_pos_ratio))
+    max_pos = _floor_as_written(batch_size / (1 + neg_pos_ratio))
     pos = pos[_top_after_nms(anchor_boxes[pos], losses[pos], max_pos, nms_thresh)]
-    num_neg = min(int(neg_pos_ratio * pos.numel()), batch_size - pos.numel())
+    # P <= B / (1 + r) gives r P <= B - P: the minibatch never exceeds B anchors.
+    num_neg = _floor_as_written(neg_pos_ratio * pos.numel())
     neg = neg[_top_after_nms(anchor_boxes[neg], losses[neg], num_neg, nms_thresh)]
     return torch.cat([pos, neg])
 
@@ -214,8 +224,7 @@ class OHEMLoss(nn.Module):
         idx = self.select(pred_logits, gt_labels, boxes)
         kept = self._kept.elementwise_losses(flat[idx], gt_labels.reshape(-1)[idx])
         out = kept.new_zeros(flat.shape)
-        if idx.numel() > 0:
-            out[idx] = kept / idx.numel()
+        out[idx] = kept / idx.numel()  # with nothing kept, an empty division that writes nothing
         return out.view(pred_logits.shape)
 
     def extra_repr(self) -> str:

@@ -113,6 +113,15 @@ class TestCheckpointerFit(unittest.TestCase):
         with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
             AtomicDetectionCheckpointer(Net(num_classes=2)).load(path)
 
+    def test_exact_fit_applies_to_initial_weights_too(self):
+        """exact_fit=True: even a load of initial weights (checkpointables=[]) must fit, where
+        the same load without it accepts a partial fit."""
+        with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
+            AtomicDetectionCheckpointer(Net(num_classes=2), exact_fit=True).load(
+                self.path, checkpointables=[]
+            )
+        AtomicDetectionCheckpointer(Net(num_classes=2)).load(self.path, checkpointables=[])
+
     def test_resume_needs_the_same_model(self):
         with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
             AtomicDetectionCheckpointer(Net(num_classes=2), self.dir).resume_or_load(
@@ -182,8 +191,11 @@ class TestCheckpointerFit(unittest.TestCase):
         load_inference_weights(model, other_path, weights_key="MODEL.WEIGHTS", save_dir=self.dir,
                                resume=True)  # fmt: skip
         self.assertTrue(torch.equal(model.head.weight, self.trained.head.weight))
-        with self.assertRaisesRegex(ValueError, "resume needs the save_dir"):
+        with self.assertRaises(ValueError) as ctx:
             load_inference_weights(model, other_path, weights_key="MODEL.WEIGHTS", resume=True)
+        self.assertEqual(
+            str(ctx.exception), "load_inference_weights: resume needs the save_dir to resume from"
+        )
 
 
 if __name__ == "__main__":

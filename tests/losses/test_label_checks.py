@@ -102,6 +102,16 @@ class TestLabelChecks(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, rf"^{fn.__name__}: gamma must be"):
                 fn(logits, torch.tensor([[0, 3]]), gamma=-1.0)
 
+    def test_alpha_above_one_is_refused(self):
+        logits, labels = torch.zeros(1, 2, 3), torch.tensor([[0, 3]])
+        with self.assertRaises(ValueError) as ctx:
+            label_focal_loss(logits, labels, alpha=1.5)
+        self.assertEqual(str(ctx.exception),
+                         "label_focal_loss: alpha must be in [0, 1] (or < 0 to disable), got 1.5")
+        # The bound itself is valid: only the positive element counts (p = 0.5, FL = ln 2 / 4).
+        value = label_focal_loss(logits, labels, alpha=1.0)
+        torch.testing.assert_close(value, 0.25 * torch.log(torch.tensor(2.0)))
+
 
 class TestDefaults(unittest.TestCase):
     def test_eager_unless_asked_to_compile(self):

@@ -98,6 +98,18 @@ class TestHingeLoss(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "margin"):
             label_hinge_loss(x, torch.tensor([[1]]), 1.5)
 
+    def test_no_gradient_once_p_t_reaches_the_margin(self):
+        """Margin 0.5. At x = 0 both elements (class 0 of label 0, and class 1) have p_t = 0.5:
+        no loss and no gradient. At x = -+0.01, p_t is just below 0.5: both train."""
+        for logits, trains in (([0.0, 0.0], False), ([-0.01, 0.01], True)):
+            with self.subTest(logits=logits):
+                x = torch.tensor([[logits]], dtype=torch.float64, requires_grad=True)
+                loss = label_hinge_loss(x, torch.tensor([[0]]), margin=0.5)
+                loss.backward()
+                self.assertEqual(loss.item() > 0, trains)
+                self.assertEqual(bool((x.grad != 0).all()), trains)
+                self.assertEqual(bool((x.grad == 0).all()), not trains)
+
 
 class TestOHEM(unittest.TestCase):
     @staticmethod
@@ -135,6 +147,19 @@ class TestOHEM(unittest.TestCase):
         torch.testing.assert_close(elements[0, :, 0], torch.tensor(expected))
         with self.assertRaisesRegex(ValueError, "anchor_boxes"):
             loss_fn.elementwise_losses(logits, labels)
+
+    def test_elementwise_losses_with_one_or_no_kept_anchor(self):
+        """B = 1 keeps the hardest anchor, whose elements carry all of the loss; at 1:3 an
+        image without positives keeps nothing, and every element is 0, as is the loss."""
+        logits, labels, boxes = self._ratio_case(0)
+        for batch_size, ratio, kept in ((1, 0.0, [0]), (8, 3.0, [])):
+            with self.subTest(batch_size=batch_size, ratio=ratio):
+                loss_fn = OHEMLoss(batch_size_per_image=batch_size, neg_pos_ratio=ratio)
+                elements = loss_fn.elementwise_losses(logits, labels, anchor_boxes=boxes)
+                self.assertEqual(torch.nonzero(elements[0].sum(-1)).squeeze(1).tolist(), kept)
+                value = loss_fn(logits, labels, anchor_boxes=boxes)
+                torch.testing.assert_close(elements.sum(), value)
+                self.assertEqual(value.item() > 0, bool(kept))
 
     def _ratio_case(self, num_pos):
         """num_pos positives (class 0 of K = 2) then 20 background anchors, on disjoint boxes;
@@ -177,6 +202,27 @@ class TestOHEM(unittest.TestCase):
                 trained = torch.nonzero(x.grad[0].abs().sum(-1)).squeeze(1)
                 self.assertEqual(sorted(trained.tolist()), expected_idx)
 
+    def test_ratios_written_in_decimals(self):
+        """floor(B / (1 + r)) positives and floor(r P) negatives of the numbers as written:
+        B = 13 at 1:0.3 gives 10 + 3 (though 13 // (1 + 0.3) is 9.0 in floats), B = 157 at
+        1:0.57 gives 100 + 57 (though 0.57 * 100 is 56.99999999999999)."""
+        num_pos, num_neg = 200, 100
+        n = num_pos + num_neg
+        x = torch.arange(n, dtype=torch.float32) * 20
+        boxes = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
+        labels = torch.tensor([0] * num_pos + [1] * num_neg)  # K = 1
+        losses = torch.randperm(n, generator=torch.Generator().manual_seed(0)).float()
+        for batch_size, ratio, want_pos, want_neg in ((13, 0.3, 10, 3), (157, 0.57, 100, 57)):
+            with self.subTest(batch_size=batch_size, ratio=ratio):
+                picked = ohem_select(losses, labels, boxes, 1, batch_size, ratio)
+                self.assertEqual(int((labels[picked] == 0).sum()), want_pos)
+                self.assertEqual(int((labels[picked] == 1).sum()), want_neg)
+                # The hardest of each group.
+                for label, count in ((0, want_pos), (1, want_neg)):
+                    group = losses[labels == label]
+                    mine = losses[picked][labels[picked] == label]
+                    self.assertEqual(sorted(mine.tolist()), sorted(group.topk(count)[0].tolist()))
+
     def test_without_ratio_takes_the_hardest_overall(self):
         logits, labels, boxes = self._ratio_case(5)
         picked = ohem_select(
@@ -204,6 +250,21 @@ class TestOHEM(unittest.TestCase):
             loss_fn(batch_logits, batch_labels, anchor_boxes=boxes[:3])
         with self.assertRaisesRegex(ValueError, "OHEM_BATCH_SIZE_PER_IMAGE"):
             OHEMLoss(batch_size_per_image=0)
+
+    def test_input_errors_name_the_loss_in_full(self):
+        loss_fn = OHEMLoss()
+        boxes = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]])
+        with self.assertRaisesRegex(ValueError, r"^OHEMLoss: labels must lie in \[-1, K=3\]"):
+            loss_fn(torch.zeros(1, 2, 3), torch.tensor([[0, 9]]), anchor_boxes=boxes)
+        for args, message in (
+            ((torch.zeros(2, 3), torch.tensor([0, 3]), boxes),
+             "OHEMLoss: pred_logits must be (N, R, K), got (2, 3)"),
+            ((torch.zeros(1, 2, 3), torch.tensor([[0, 3]]), None),
+             "OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None"),
+        ):  # fmt: skip
+            with self.subTest(message=message), self.assertRaises(ValueError) as ctx:
+                loss_fn(*args)
+            self.assertEqual(str(ctx.exception), message)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ class TestAtomicCheckpointer(CheckpointTestCase):
                  "c": {"d": torch.tensor(float("-inf")), "e": torch.arange(3)}}  # fmt: skip
         self.assertEqual(non_finite_tensors(state), ["b.0", "c.d"])
         self.assertEqual(non_finite_tensors({"i": torch.arange(3), "x": 1.0}), [])
+        # A list at the top is named by its indices alone.
+        self.assertEqual(non_finite_tensors([torch.ones(1), torch.tensor(float("nan"))]), ["1"])
 
     def test_full_disk_names_the_file_and_keeps_the_previous_one(self):
         self.checkpointer().save("model_0000001", iteration=1)

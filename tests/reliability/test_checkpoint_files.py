@@ -59,6 +59,30 @@ class TestCheckpointFiles(unittest.TestCase):
         self.assertTrue({mine, init, *unrelated} <= left)
         self.assertIn(f"Removed {dead}, left by an interrupted save", "\n".join(logs.output))
 
+    def test_a_live_writer_is_left_alone(self):
+        """Another job saving into the same folder: its temporary file stays, and the check
+        that it is alive sends it no signal (signal 0 probes; 1, SIGHUP, would end it)."""
+        writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.addCleanup(writer.wait)
+        self.addCleanup(writer.kill)
+        theirs = f".model_0000001.pth.{writer.pid}.0a1b2c3d.tmp"
+        with open(os.path.join(self.dir, theirs), "wb") as f:
+            f.write(b"x")
+        AtomicDetectionCheckpointer(self.model, self.dir).save("model_0000002")
+        self.assertIn(theirs, os.listdir(self.dir))
+        with self.assertRaises(subprocess.TimeoutExpired):
+            writer.wait(timeout=0.5)  # still running
+
+    def test_a_temporary_that_cannot_be_removed_does_not_stop_the_save(self):
+        # os.remove fails (here on a folder of that name; or another job removed it first):
+        # the save goes on and leaves it.
+        stuck = f".model_0000001.pth.{dead_pid()}.0a1b2c3d.tmp"
+        os.mkdir(os.path.join(self.dir, stuck))
+        AtomicDetectionCheckpointer(self.model, self.dir).save("model_0000002")
+        self.assertEqual(
+            sorted(os.listdir(self.dir)), [stuck, "last_checkpoint", "model_0000002.pth"]
+        )
+
     def test_nothing_is_written_when_saving_is_off(self):
         AtomicDetectionCheckpointer(self.model, self.dir, save_to_disk=False).save("model_final")
         AtomicDetectionCheckpointer(self.model, "").save("model_final")

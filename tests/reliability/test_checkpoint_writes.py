@@ -1,8 +1,10 @@
 """What a save writes, logs and says: temporary files, permissions, the exact words of the errors,
 and saving through a PathManager URL (the non-atomic fallback)."""
+import errno
 import logging
 import os
 import re
+import types
 import unittest
 from unittest import mock
 
@@ -18,9 +20,23 @@ from retinafocal.checkpoint import (
     DiskFullError,
     NonFiniteWeightsError,
     atomic_write,
+    non_finite_tensors,
 )
 
 from .checkpoint_case import CheckpointTestCase
+
+
+class _OtherDeviceTensor(torch.Tensor):
+    """A CPU tensor that says it lives on a second device (cpu:1): on a machine without a GPU,
+    it stands in for the tensors of a state spread over a GPU and the CPU."""
+
+    @property
+    def device(self):
+        return torch.device("cpu", 1)
+
+
+def _on_other_device(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_subclass(_OtherDeviceTensor)
 
 
 class _LocalFolderHandler(PathHandler):
@@ -126,6 +142,22 @@ class TestAtomicWrite(_InTempDir):
         ))  # fmt: skip
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_full_disk_where_errno_has_no_edquot(self):
+        """Windows' errno has no EDQUOT: a full disk is still reported as one, and an OSError
+        without an errno (None) or with another one passes through unchanged."""
+        with mock.patch.object(rf_checkpoint, "errno", types.SimpleNamespace(ENOSPC=errno.ENOSPC)):
+            with self.assertRaises(DiskFullError):
+                atomic_write(self.path("out.bin"), lambda f: no_space(None, f))
+            for error in (OSError("no errno"), OSError(13, "Permission denied")):
+
+                def fail(f):
+                    raise error
+
+                with self.subTest(error=error), self.assertRaises(OSError) as ctx:
+                    atomic_write(self.path("out.bin"), fail)
+                self.assertIs(ctx.exception, error)
+        self.assertEqual(os.listdir(self.dir), [])
+
 
 class TestSaveMessages(_InTempDir):
     def full_disk_message(self, checkpointer, name):
@@ -199,6 +231,17 @@ class TestSaveMessages(_InTempDir):
         named = [f"model.{i}.bias" for i in range(1, MAX_NAMED + 1)]
         self.assertEqual(ctx.exception.tensors, named)
         self.assertEqual(os.listdir(self.dir), [])
+
+    def test_non_finite_tensors_on_two_devices(self):
+        """Flags are gathered per device (a GPU model with Adam's step counters on the CPU): a
+        NaN on each device is named, in the order of the state, whichever device comes last."""
+        nan = float("nan")
+        state = {"a": torch.tensor([nan]), "b": _on_other_device(torch.ones(2)),
+                 "c": _on_other_device(torch.tensor([1.0, nan])), "d": torch.zeros(3)}  # fmt: skip
+        self.assertEqual(state["b"].device, torch.device("cpu", 1))
+        self.assertEqual(non_finite_tensors(state), ["a", "c"])
+        state["c"] = _on_other_device(torch.ones(1))
+        self.assertEqual(non_finite_tensors(state), ["a"])
 
 
 class TestSaveToURL(_InTempDir):

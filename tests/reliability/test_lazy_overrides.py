@@ -133,13 +133,26 @@ class TestLazyMessages(unittest.TestCase):
     def test_type_errors_alone(self):
         with self.assertRaises(ConfigTypeError) as ctx:
             apply_lazy_overrides(small_lazy_cfg(), ["train.output_dir=5", "train.max_iter=x"])
-        self.assertEqual(len(str(ctx.exception).splitlines()), 2)
-        self.assertIn("'train.output_dir' expects type str", str(ctx.exception))
+        self.assertEqual(str(ctx.exception), (
+            "Config key 'train.output_dir' expects type str (its value is 'out'), but got int 5 "
+            "(override 'train.output_dir=5'). To pass it as text, quote it.\n"
+            "Config key 'train.max_iter' expects type int (its value is 100), but got str 'x' "
+            "(override 'train.max_iter=x')."
+        ))  # fmt: skip
 
     def test_list_indices(self):
         for key in ("dataloader.augs.1.size", "train.0"):
             with self.subTest(key=key), self.assertRaises(ConfigKeyError):
                 apply_lazy_overrides(small_lazy_cfg(), [f"{key}=3"])
+
+    def test_a_misspelt_key_in_a_list_item_suggests_the_items_keys(self):
+        with self.assertRaises(ConfigKeyError) as ctx:
+            apply_lazy_overrides(small_lazy_cfg(), ["dataloader.augs.0.sise=5"])
+        self.assertEqual(str(ctx.exception), (
+            "Unknown config key 'dataloader.augs.0.sise' (override 'dataloader.augs.0.sise=5'). "
+            "Did you mean: dataloader.augs.0.size, dataloader.augs.0, dataloader.augs? To add a "
+            "new key, write '+dataloader.augs.0.sise=5'."
+        ))  # fmt: skip
 
     def test_missing_and_interpolated_values_take_any_type(self):
         cfg = small_lazy_cfg()
@@ -178,6 +191,13 @@ class TestLazyWithoutHydra(unittest.TestCase):
         self.assertEqual((cfg.dataloader.augs[0].size, cfg.model.weights), (7, "w.pth"))
         with self.assertRaises(ConfigKeyError):
             apply_lazy_overrides(cfg, ["train.seedx=1"])
+
+    def test_an_added_key_keeps_every_letter(self):
+        """Only the leading + marks an addition; the name behind it stays whole."""
+        cfg = small_lazy_cfg()
+        apply_lazy_overrides(cfg, ["+X_OFFSET=2"])
+        self.assertEqual(cfg.X_OFFSET, 2)
+        self.assertNotIn("_OFFSET", cfg)
 
     def test_not_key_value(self):
         with self.assertRaises(ValueError) as ctx:

@@ -42,6 +42,12 @@ class TestSuggestKeys(unittest.TestCase):
         self.assertEqual(suggest_keys("SOLVER.MAX_ITERS", ["TEST.MAX_ITERS", "SOLVER.MAX_ITER"]),
                          ["SOLVER.MAX_ITER", "TEST.MAX_ITERS"])  # fmt: skip
 
+    def test_near_last_component_ranks_below_an_equal_one(self):
+        # "base_lrs" vs "base_lr": last-component ratio 14 / 15, scored 0.95 x 14 / 15 = 0.887,
+        # below the 0.95 of the equal last component (the full paths score 0.71 and 0.74).
+        self.assertEqual(suggest_keys("MODEL.BASE_LR", ["SOLVER.BASE_LRS", "SOLVER.BASE_LR"]),
+                         ["SOLVER.BASE_LR", "SOLVER.BASE_LRS"])  # fmt: skip
+
     def test_hand_picked(self):
         keys = ["SOLVER.BASE_LR", "SOLVER.MAX_ITER", "MODEL.RETINANET.FOCAL_LOSS_GAMMA"]
         self.assertEqual(suggest_keys("SOLVER.MAX_ITERS", keys)[0], "SOLVER.MAX_ITER")

@@ -149,6 +149,16 @@ class TestYacsMessages(unittest.TestCase):
                 merge_yacs_overrides(yacs_cfg(), [key, "1"])
             self.assertIn(f"Unknown config key '{key}' (override '{key} 1').", str(ctx.exception))
 
+    def test_an_index_into_a_list_value_is_unknown(self):
+        # A yacs list is one value: its items are no keys, so none of them is suggested.
+        cfg = CfgNode({"MODEL": {"PIXEL_MEAN": [103.53, 116.28, 123.675], "PIXEL_STD": [1.0] * 3}})
+        with self.assertRaises(ConfigKeyError) as ctx:
+            merge_yacs_overrides(cfg, ["MODEL.PIXEL_MEAN.0", "100"])
+        self.assertEqual(str(ctx.exception), (
+            "Unknown config key 'MODEL.PIXEL_MEAN.0' (override 'MODEL.PIXEL_MEAN.0 100'). "
+            "Did you mean: MODEL.PIXEL_MEAN, MODEL.PIXEL_STD?"
+        ))  # fmt: skip
+
     def test_type_error_messages(self):
         error = refusal(self, ConfigTypeError, ["SOLVER.MAX_ITER", "1.5", "OUTPUT_DIR", "2024"])
         self.assertEqual(str(error).splitlines(), [
@@ -195,8 +205,13 @@ class TestYacsMessages(unittest.TestCase):
         merge_yacs_overrides(cfg, ["SOLVER.OLD_KEY", "1", "SOLVER.BASE_LR", "0.5"])
         self.assertEqual(cfg.SOLVER.BASE_LR, 0.5)
         self.assertNotIn("OLD_KEY", cfg.SOLVER)
-        with self.assertRaisesRegex(KeyError, "SOLVER.BASE_LR"):
+        with self.assertRaises(KeyError) as ctx:
             merge_yacs_overrides(cfg, ["SOLVER.OLD_LR", "0.1"])
+        # yacs' own words, not an unknown-key error that would suggest SOLVER.BASE_LR too.
+        self.assertEqual(
+            ctx.exception.args,
+            ("Key SOLVER.OLD_LR was renamed to SOLVER.BASE_LR; please update your config.",),
+        )
 
     def test_frozen_message(self):
         cfg = yacs_cfg()
