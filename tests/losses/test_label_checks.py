@@ -9,6 +9,7 @@ import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
 from retinafocal.losses import (
+    BalancedCELoss,
     FocalLoss,
     label_focal_loss,
     label_focal_loss_star,
@@ -140,6 +141,21 @@ class TestDefaults(unittest.TestCase):
         expected = torch.tensor(4 * 0.75 * 0.25 * math.log(2.0))
         torch.testing.assert_close(runner.loss(logits, labels), expected)
         torch.testing.assert_close(runner.loss(logits.clone().requires_grad_(), labels), expected)
+
+    def test_alpha_bounds(self):
+        """alpha lies in [0, 1], or < 0 for no weighting. alpha = 1 weights only positives: the
+        background anchor costs nothing, the positive at x = 0 costs (1 - p)^gamma log 2."""
+        logits, labels = torch.zeros(2, 1), torch.tensor([0, 1])
+        for cls, positive_cost in ((FocalLoss, 0.25 * math.log(2.0)),
+                                   (BalancedCELoss, math.log(2.0))):  # fmt: skip
+            with self.subTest(loss=cls.__name__):
+                with self.assertRaises(ValueError) as ctx:
+                    cls(alpha=1.5)
+                self.assertEqual(str(ctx.exception), (
+                    f"{cls.__name__}: alpha (cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in "
+                    "[0, 1], or < 0 to disable the weighting; got 1.5"))  # fmt: skip
+                value = cls(alpha=1.0)(logits, labels)
+                torch.testing.assert_close(value, torch.tensor(positive_cost))
 
     def test_focal_loss_star_defaults_are_the_papers(self):
         """gamma = 2, beta = 1: one positive at x = 0 costs -log(sigmoid(1)) / 2."""
