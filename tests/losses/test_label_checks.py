@@ -9,6 +9,7 @@ import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
 from retinafocal.losses import (
+    BalancedCELoss,
     FocalLoss,
     label_focal_loss,
     label_focal_loss_star,
@@ -112,6 +113,23 @@ class TestLabelChecks(unittest.TestCase):
         value = label_focal_loss(logits, labels, alpha=1.0)
         torch.testing.assert_close(value, 0.25 * torch.log(torch.tensor(2.0)))
 
+    def test_no_grad_methods_and_the_bare_runner_name_themselves(self):
+        """A loss's anchor_losses and elementwise_losses name the method; a runner called
+        without ``where`` names its own class."""
+        loss_fn = FocalLoss()
+        logits, labels = torch.zeros(1, 2, 3), torch.tensor([[0, 9]])
+        for name, method in (
+            ("anchor_losses", loss_fn.anchor_losses),
+            ("elementwise_losses", loss_fn.elementwise_losses),
+            ("LabelLossRunner", loss_fn.runner.loss),
+        ):
+            with self.subTest(name), self.assertRaisesRegex(
+                ValueError, rf"^{name}: labels must lie in \[-1, K=3\]"
+            ):
+                method(logits, labels)
+        with self.assertRaisesRegex(ValueError, r"^LabelLossRunner: reduction must be one of"):
+            loss_fn.runner.loss(logits, torch.tensor([[0, 3]]), "avg")
+
 
 class TestDefaults(unittest.TestCase):
     def test_eager_unless_asked_to_compile(self):
@@ -125,6 +143,29 @@ class TestDefaults(unittest.TestCase):
                 ) as compiler:
                     fn(logits, labels, **kwargs)
                     self.assertEqual(compiler.call_count, calls)
+
+    def test_runner_sums_by_default(self):
+        """Two background anchors at x = 0, K = 2: 4 elements of 0.75 * 0.25 * log 2 each."""
+        runner = FocalLoss(alpha=0.25, gamma=2.0).runner
+        logits, labels = torch.zeros(2, 2), torch.tensor([2, 2])
+        expected = torch.tensor(4 * 0.75 * 0.25 * math.log(2.0))
+        torch.testing.assert_close(runner.loss(logits, labels), expected)
+        torch.testing.assert_close(runner.loss(logits.clone().requires_grad_(), labels), expected)
+
+    def test_alpha_bounds(self):
+        """alpha lies in [0, 1], or < 0 for no weighting. alpha = 1 weights only positives: the
+        background anchor costs nothing, the positive at x = 0 costs (1 - p)^gamma log 2."""
+        logits, labels = torch.zeros(2, 1), torch.tensor([0, 1])
+        for cls, positive_cost in ((FocalLoss, 0.25 * math.log(2.0)),
+                                   (BalancedCELoss, math.log(2.0))):  # fmt: skip
+            with self.subTest(loss=cls.__name__):
+                with self.assertRaises(ValueError) as ctx:
+                    cls(alpha=1.5)
+                self.assertEqual(str(ctx.exception), (
+                    f"{cls.__name__}: alpha (cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in "
+                    "[0, 1], or < 0 to disable the weighting; got 1.5"))  # fmt: skip
+                value = cls(alpha=1.0)(logits, labels)
+                torch.testing.assert_close(value, torch.tensor(positive_cost))
 
     def test_focal_loss_star_defaults_are_the_papers(self):
         """gamma = 2, beta = 1: one positive at x = 0 costs -log(sigmoid(1)) / 2."""
