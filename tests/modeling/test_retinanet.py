@@ -171,6 +171,25 @@ class TestFocalRetinaNet(unittest.TestCase):
         self.assertTrue((inst.scores[:-1] >= inst.scores[1:]).all())
         self.assertTrue((inst.scores > cfg.MODEL.RETINANET.SCORE_THRESH_TEST).all())
 
+    def test_inputs_without_height_or_width_keep_the_image_size(self):
+        """An input without "height" or "width" (a bare image, as a demo passes it) gives
+        detections at the image's own size in that dimension: the same as when it is given."""
+        model = build(small_retinanet_cfg())
+        with torch.no_grad():
+            model.head.cls_score.bias.zero_()  # p = 0.5 everywhere: many candidates
+        model.eval()
+        sized = make_inputs(num_images=1, size=(96, 128))
+        with torch.no_grad():
+            expected = model(copy.deepcopy(sized))[0]["instances"]
+        self.assertGreater(len(expected), 0)
+        for missing in (("height",), ("width",), ("height", "width")):
+            with self.subTest(missing=missing):
+                bare = [{k: v for k, v in sized[0].items() if k not in missing}]
+                with torch.no_grad():
+                    actual = model(bare)[0]["instances"]
+                self.assertEqual(actual.image_size, (96, 128))
+                self.assertTrue(torch.equal(actual.pred_boxes.tensor, expected.pred_boxes.tensor))
+
     def test_score_threshold_above_every_score_gives_nothing(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.999
