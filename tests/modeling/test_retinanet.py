@@ -218,6 +218,24 @@ class TestTrainingVisualization(unittest.TestCase):
             self.assertTrue(torch.equal(before["image"], after["image"]))
             self.assertIs(before["instances"], after["instances"])
 
+    def test_rebuilt_with_any_pixel_std_and_saturated_to_uint8(self):
+        """With a pixel std other than 1 (torchvision's) the uint8 inputs come back exactly;
+        float pixels outside [0, 255] (as photometric augmentations give) saturate at 0 and
+        255 rather than wrap around in the uint8 cast."""
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+        model = build(cfg)
+        inputs = self.inputs()
+        inputs[1]["image"] = inputs[1]["image"].float()
+        inputs[1]["image"][0, :2, :3] = torch.tensor([[-20.0, -0.6, 255.4], [255.6, 256.0, 300.0]])
+        expected = inputs[1]["image"].round().clamp(0, 255).to(torch.uint8)
+        self.assertEqual(expected[0, :2, :3].tolist(), [[0, 0, 255], [255, 255, 255]])
+        images = model.preprocess_image(inputs)
+        rebuilt = model._inputs_for_visualization(images, [x["instances"] for x in inputs])
+        for before, after in zip((inputs[0]["image"], expected), rebuilt):
+            self.assertEqual(after["image"].dtype, torch.uint8)
+            self.assertTrue(torch.equal(before, after["image"]))
+
     def test_vis_period_stores_an_image(self):
         cfg = small_retinanet_cfg()
         cfg.VIS_PERIOD = 2
