@@ -36,8 +36,10 @@ class FrozenBNFoldedConv2d(Conv2d):
         if not isinstance(self.norm, FrozenBatchNorm2d):
             raise TypeError(f"{type(self).__name__} needs a FrozenBatchNorm2d norm, got "
                             f"{type(self.norm).__name__}")
-        self._folded = None  # (weight, bias) kept by _kept_weight_and_bias
-        self._folded_key = ()
+        # (key, weight, bias) kept by _kept_weight_and_bias: one attribute, so that the key
+        # and the tensors it describes are always set and freed together. (Not annotated:
+        # TorchScript warns about an Optional annotated in __init__.)
+        self._folded = None
 
     @classmethod
     def from_conv(cls, conv: Conv2d) -> "FrozenBNFoldedConv2d":
@@ -48,7 +50,6 @@ class FrozenBNFoldedConv2d(Conv2d):
         for name in ("_parameters", "_buffers", "_modules"):
             setattr(folded, name, dict(getattr(conv, name)))
         folded._folded = None
-        folded._folded_key = ()
         return folded
 
     def folded_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
@@ -71,11 +72,11 @@ class FrozenBNFoldedConv2d(Conv2d):
         if self.bias is not None:
             tensors.append(self.bias)
         key = tuple(v for t in tensors for v in (t._version, t.data_ptr()))
-        if self._folded is None or key != self._folded_key:
+        if self._folded is None or self._folded[0] != key:
             with torch.no_grad():
-                self._folded = self.folded_weight_and_bias()
-            self._folded_key = key
-        return self._folded
+                weight, bias = self.folded_weight_and_bias()
+            self._folded = (key, weight, bias)
+        return self._folded[1], self._folded[2]
 
     def forward(self, x: Tensor) -> Tensor:
         bias = self.bias

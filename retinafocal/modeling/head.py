@@ -59,7 +59,8 @@ class LevelBatchNorm(CycleBatchNormList):
             length += 1
         self._pos = (self._pos + 1) % length
         if self._affine:
-            return out * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+            # (C, 1, 1) broadcasts over (N, C, H, W).
+            return out * self.weight.reshape(-1, 1, 1) + self.bias.reshape(-1, 1, 1)
         return out
 
 

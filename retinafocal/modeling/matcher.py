@@ -134,15 +134,15 @@ class ChunkedIoUMatcher(nn.Module):
             return torch.zeros(num_anchors, dtype=torch.int64, device=device), label
 
         gt = Boxes(gt_boxes)
-        best_iou = torch.empty(num_anchors, dtype=torch.float32, device=device)
+        # IoUs in the dtype of the boxes (Boxes holds float32), which pairwise_iou keeps.
+        best_iou = gt.tensor.new_empty(num_anchors)
         matched_idxs = torch.empty(num_anchors, dtype=torch.int64, device=device)
-        best_iou_per_gt = torch.zeros(num_gt, dtype=torch.float32, device=device)
+        best_iou_per_gt = gt.tensor.new_zeros(num_gt)
         for start, end in self._chunks(num_gt, num_anchors):
             chunk_best, chunk_idxs, chunk_best_per_gt = self._best_in_chunk(gt, anchors[start:end])
             best_iou[start:end] = chunk_best
             matched_idxs[start:end] = chunk_idxs
-            if self.allow_low_quality_matches:
-                torch.maximum(best_iou_per_gt, chunk_best_per_gt, out=best_iou_per_gt)
+            torch.maximum(best_iou_per_gt, chunk_best_per_gt, out=best_iou_per_gt)
 
         match_labels = self._label_of_iou(best_iou)
         if self.allow_low_quality_matches:
@@ -151,12 +151,12 @@ class ChunkedIoUMatcher(nn.Module):
 
     def _best_in_chunk(self, gt: Boxes, anchors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """For C anchors: the highest IoU of each (C,), its ground truth (C,), and the highest
-        IoU of each ground truth (M,) (empty without low-quality matches). The (M, C) IoU block
-        is freed when this returns, before the next chunk's is computed."""
+        IoU of each ground truth (M,), which only low-quality matches use (a reduction that
+        costs little next to the IoU block). The (M, C) IoU block is freed when this returns,
+        before the next chunk's is computed."""
         iou = pairwise_iou(gt, Boxes(anchors))  # (M, C)
         best, idxs = iou.max(dim=0)
-        per_gt = iou.max(dim=1).values if self.allow_low_quality_matches else iou.new_empty(0)
-        return best, idxs, per_gt
+        return best, idxs, iou.max(dim=1).values
 
     def _label_of_iou(self, best_iou: Tensor) -> Tensor:
         """(R,) IoU of each anchor with its best ground truth -> (R,) int8 labels."""

@@ -55,8 +55,8 @@ def _cpuinfo_flags() -> Set[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith("flags"):  # "flags\t\t: fpu vme ...", one colon
+                    return set(line.split(":")[1].split())
     except OSError:
         pass
     return set()
@@ -152,9 +152,9 @@ class PrecisionDenseDetector(DenseDetector):
             (scripted: the ``Instances`` at the batch's image sizes).
         """
         images = self.preprocess_image(batched_inputs)
-        if torch.jit.is_scripting() or self.precision == "fp32":
+        if torch.jit.is_scripting():
             features, predictions = self.dense_predictions(images.tensor)
-        else:
+        else:  # fp32 too: autocast_dtype gives None, and no autocast is entered
             features, predictions = self._dense_predictions_autocast(images.tensor)
         if self.training:
             assert not torch.jit.is_scripting(), "a scripted model only runs inference"

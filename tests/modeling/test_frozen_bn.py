@@ -1,6 +1,7 @@
 """MODEL.RETINAFOCAL.FOLD_FROZEN_BN: each conv + frozen BatchNorm computed as one conv."""
 import copy
 import unittest
+from unittest import mock
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ class TestFoldedConv(unittest.TestCase):
         with torch.no_grad():
             first = conv(x)
             self.assertTrue(torch.equal(conv(x), first))  # kept, not recomputed differently
-            kept = conv._folded[0]
+            kept = conv._folded[1]
             self.assertIs(conv._kept_weight_and_bias()[0], kept)
             conv.weight.mul_(2)  # what an optimizer step does
             second = conv(x)
@@ -109,12 +110,60 @@ class TestFoldedConv(unittest.TestCase):
 
     def test_only_convs_with_frozen_bn_are_folded(self):
         net = nn.Sequential(Conv2d(3, 3, 1, norm=FrozenBatchNorm2d(3)),
-                            Conv2d(3, 3, 1, norm=nn.BatchNorm2d(3)), Conv2d(3, 3, 1))
-        self.assertEqual(fold_frozen_batchnorm(net), 1)
-        self.assertEqual([type(m).__name__ for m in net], ["FrozenBNFoldedConv2d", "Conv2d",
-                                                           "Conv2d"])
-        with self.assertRaisesRegex(TypeError, "FrozenBatchNorm2d"):
+                            Conv2d(3, 3, 1, norm=nn.BatchNorm2d(3)), Conv2d(3, 3, 1),
+                            nn.Sequential(Conv2d(3, 3, 1, norm=FrozenBatchNorm2d(3))))
+        self.assertEqual(fold_frozen_batchnorm(net), 2)  # the nested one counts too
+        self.assertEqual([type(m).__name__ for m in net[:3]], ["FrozenBNFoldedConv2d", "Conv2d",
+                                                               "Conv2d"])
+        self.assertIsInstance(net[3][0], FrozenBNFoldedConv2d)
+        self.assertEqual(fold_frozen_batchnorm(net), 0)  # folded ones are not folded again
+
+    def test_built_directly_with_conv2d_arguments(self):
+        """Built as detectron2's Conv2d is (not only by from_conv): every argument reaches it,
+        and any other norm is refused with a message naming both classes."""
+        conv = self.conv(True)
+        folded = FrozenBNFoldedConv2d(4, 6, 3, padding=1, bias=True, norm=conv.norm,
+                                      activation=nn.functional.relu)
+        folded.load_state_dict(conv.state_dict())
+        self.assertIs(folded.norm, conv.norm)
+        self.assertIs(folded.activation, nn.functional.relu)
+        x = torch.randn(2, 4, 6, 5)
+        with torch.no_grad():
+            self.assertTrue(torch.allclose(folded.eval()(x), conv(x), atol=1e-5))
+        with self.assertRaisesRegex(
+            TypeError, "^FrozenBNFoldedConv2d needs a FrozenBatchNorm2d norm, got BatchNorm2d$"
+        ):
             FrozenBNFoldedConv2d(3, 3, 1, norm=nn.BatchNorm2d(3))
+
+    def test_a_trainable_bias_alone_trains(self):
+        """A conv whose weight is frozen but whose bias trains (bias-only fine-tuning) folds on
+        the fly, so the bias gets the gradient it gets without folding."""
+        plain = self.conv(True)
+        plain.weight.requires_grad_(False)
+        folded = FrozenBNFoldedConv2d.from_conv(copy.deepcopy(plain))
+        x = torch.randn(2, 4, 5, 5)
+        for conv in (plain, folded):
+            conv(x).square().sum().backward()
+        self.assertIsNotNone(folded.bias.grad)
+        self.assertGreater(plain.bias.grad.abs().max(), 0)
+        self.assertTrue(torch.allclose(folded.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-5))
+        self.assertIsNone(folded._folded)  # nothing kept: it would go stale at the next step
+
+    def test_compiled_code_folds_on_the_fly(self):
+        """While torch.compile traces the forward (simulated: a real compile costs seconds), the
+        fold is computed in the graph, where the compiler's freezing can make it a constant,
+        and nothing is kept on the module: the trace cannot follow tensor versions."""
+        conv = FrozenBNFoldedConv2d.from_conv(self.conv(True)).eval()
+        x = torch.randn(1, 4, 5, 5)
+        with torch.no_grad():
+            expected = conv(x)
+            conv.train(), conv.eval()  # frees what that call kept
+            self.assertIsNone(conv._folded)
+            with mock.patch.object(torch.compiler, "is_compiling", return_value=True) as compiling:
+                traced = conv(x)
+        self.assertGreater(compiling.call_count, 0)
+        self.assertTrue(torch.allclose(traced, expected, atol=1e-6))
+        self.assertIsNone(conv._folded)
 
 
 class TestFoldedModel(unittest.TestCase):

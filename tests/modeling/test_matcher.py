@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 import unittest
+from unittest import mock
 
 import torch
 
@@ -104,6 +105,50 @@ class TestChunkedIoUMatcher(unittest.TestCase):
         self.assertEqual(matcher._chunks(0, 12), [(0, 10), (10, 12)])
         self.assertEqual(matcher._chunks(15, 3), [(0, 1), (1, 2), (2, 3)])
         self.assertEqual(matcher._chunks(3, 0), [])
+
+    def test_every_iou_block_holds_at_most_chunk_elements(self):
+        """Both passes over the anchors (best match of each, then each ground truth's best
+        anchors) compute (M, C) IoU blocks of at most chunk_elements values, and see every
+        anchor once; the results are detectron2's."""
+        g = torch.Generator().manual_seed(3)
+        gt = random_boxes(7, g)
+        anchors = torch.cat([random_boxes(60, g), gt + 0.1])  # 67 anchors
+        block_sizes = []
+
+        def counting_iou(boxes1, boxes2):
+            block_sizes.append((len(boxes1), len(boxes2)))
+            return pairwise_iou(boxes1, boxes2)
+
+        with mock.patch("retinafocal.modeling.matcher.pairwise_iou", counting_iou):
+            idx, labels = paper_matcher(chunk_elements=70)(gt, anchors)
+        # 70 // 7 = 10 anchors per block: 7 blocks per pass, the last one of 7 anchors.
+        self.assertEqual(block_sizes, 2 * ([(7, 10)] * 6 + [(7, 7)]))
+        ref_idx, ref_labels = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)(
+            pairwise_iou(Boxes(gt), Boxes(anchors))
+        )
+        self.assertTrue(torch.equal(idx, ref_idx))
+        self.assertTrue(torch.equal(labels, ref_labels))
+
+    def test_results_on_the_anchors_device_not_the_default_device(self):
+        """Every output tensor is made on the anchors' device, whatever torch's default device
+        is (a user may have set it to a GPU while the anchors are elsewhere). Here the default
+        is "meta", the one other device a CPU has: a tensor made there would hold no data."""
+        gt = torch.tensor([[0.0, 0, 10, 10], [100, 100, 130, 130]])
+        anchors = torch.tensor([[0.0, 0, 10, 12], [0, 0, 10, 22], [50, 50, 60, 60],
+                                [100, 100, 160, 160]])  # fmt: skip
+        expected = {2: ([0, 0, 0, 1], [1, -1, 0, 1]), 0: ([0, 0, 0, 0], [0, 0, 0, 0])}
+        for low_quality in (True, False):
+            matcher = paper_matcher(allow_low_quality_matches=low_quality, chunk_elements=4)
+            for num_gt, (want_idx, want_labels) in expected.items():
+                with self.subTest(low_quality=low_quality, num_gt=num_gt):
+                    with torch.device("meta"):
+                        idx, labels = matcher(gt[:num_gt], anchors)
+                    self.assertEqual((idx.device.type, labels.device.type), ("cpu", "cpu"))
+                    self.assertEqual((idx.dtype, labels.dtype), (torch.int64, torch.int8))
+                    if not low_quality and num_gt:
+                        want_labels = [1, -1, 0, 0]  # IoU 0.25: background without the pass
+                    self.assertEqual(idx.tolist(), want_idx)
+                    self.assertEqual(labels.tolist(), want_labels)
 
     def test_built_from_registry(self):
         cfg = small_retinanet_cfg()

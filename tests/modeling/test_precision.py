@@ -2,7 +2,10 @@
 decoding, the fallback where bf16 is emulated, and the rule tying it to SOLVER.AMP.ENABLED.
 (fp16 needs CUDA: tests/gpu/test_precision.py; the scripted model: test_scripting.py.)"""
 import copy
+import errno
 import logging
+import os
+import tempfile
 import unittest
 from unittest import mock
 
@@ -158,7 +161,8 @@ class TestPrecisionKey(unittest.TestCase):
             ("fp16", False): r"PRECISION \(LazyConfig: model.precision\) = 'fp16' trains with "
             r"gradient scaling.*set SOLVER.AMP.ENABLED \(LazyConfig: train.amp.enabled\) = True",
             ("bf16", True): r"SOLVER.AMP.ENABLED \(LazyConfig: train.amp.enabled\) = True is "
-            r"detectron2's fp16 mixed precision, but MODEL.RETINAFOCAL.PRECISION .* = 'bf16'",
+            r"detectron2's fp16 mixed precision, but MODEL.RETINAFOCAL.PRECISION .* = 'bf16': "
+            r"set AMP to False for bf16, or the precision to 'fp16' \(or 'fp32'\) for AMP$",
         }
         for (value, amp), message in expected.items():
             with self.subTest(value=value, amp=amp):
@@ -181,6 +185,64 @@ class TestPrecisionKey(unittest.TestCase):
         model.precision = "fp16"
         with self.assertRaisesRegex(ValueError, "'fp16' trains with gradient scaling"):
             checked_trainer(model, [], optimizer, amp=False)
+
+
+# /proc/cpuinfo as Linux writes it, one block per core, with bytes that are not ASCII in a model
+# name (some vendors write a registered sign in Latin-1, or a broken UTF-8 one).
+CPUINFO = (
+    b"processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Fake\xae CPU \xe2\x84 @ 2.0GHz\n"
+    b"flags\t\t: fpu vme avx512f avx512_bf16 amx_tile\nvmx flags\t: vnmi\n\n"
+    b"processor\t: 1\nflags\t\t: fpu\n"
+)
+
+
+class TestCpuinfoFallback(unittest.TestCase):
+    """Where PyTorch lacks the CPU feature probes (torch.cpu._is_avx512_bf16_supported and
+    _is_amx_tile_supported: older releases that the package still allows), native bf16 is read
+    from the flags of /proc/cpuinfo."""
+
+    def setUp(self):
+        precision.cpu_has_native_bf16.cache_clear()
+        self.addCleanup(precision.cpu_has_native_bf16.cache_clear)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            probe = mock.patch.object(torch.cpu, name, None, create=True)
+            probe.start()
+            self.addCleanup(probe.stop)
+
+    def cpuinfo(self, content):
+        """The precision module's open() reads ``content`` (bytes) as /proc/cpuinfo; without
+        content, or for any other path, the file does not exist (as on macOS)."""
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        path = os.path.join(folder.name, "cpuinfo")
+        with open(path, "wb") as f:
+            f.write(content or b"")
+
+        def fake_open(file, *args, **kwargs):
+            if content is None or file != "/proc/cpuinfo":
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", file)
+            return open(path, *args, **kwargs)
+
+        return mock.patch.object(precision, "open", fake_open, create=True)
+
+    def test_flags_of_the_first_core(self):
+        with self.cpuinfo(CPUINFO):
+            flags = precision._cpuinfo_flags()
+        self.assertEqual(flags, {"fpu", "vme", "avx512f", "avx512_bf16", "amx_tile"})
+
+    def test_native_bf16_from_the_flags(self):
+        cases = {b"avx512f avx512_bf16": True, b"amx_tile amx_bf16": True, b"avx512f": False}
+        for flags, native in cases.items():
+            with self.subTest(flags=flags), self.cpuinfo(b"flags\t\t: fpu " + flags + b"\n"):
+                precision.cpu_has_native_bf16.cache_clear()
+                self.assertIs(precision.cpu_has_native_bf16(), native)
+
+    def test_no_cpuinfo_means_no_native_bf16(self):
+        with self.cpuinfo(None):
+            self.assertEqual(precision._cpuinfo_flags(), set())
+            self.assertFalse(precision.cpu_has_native_bf16())
+        with self.cpuinfo(b"processor\t: 0\n"):  # no flags line (another architecture)
+            self.assertEqual(precision._cpuinfo_flags(), set())
 
 
 class _Wrapper(torch.nn.Module):

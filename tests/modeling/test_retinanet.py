@@ -171,6 +171,25 @@ class TestFocalRetinaNet(unittest.TestCase):
         self.assertTrue((inst.scores[:-1] >= inst.scores[1:]).all())
         self.assertTrue((inst.scores > cfg.MODEL.RETINANET.SCORE_THRESH_TEST).all())
 
+    def test_inputs_without_height_or_width_keep_the_image_size(self):
+        """An input without "height" or "width" (a bare image, as a demo passes it) gives
+        detections at the image's own size in that dimension: the same as when it is given."""
+        model = build(small_retinanet_cfg())
+        with torch.no_grad():
+            model.head.cls_score.bias.zero_()  # p = 0.5 everywhere: many candidates
+        model.eval()
+        sized = make_inputs(num_images=1, size=(96, 128))
+        with torch.no_grad():
+            expected = model(copy.deepcopy(sized))[0]["instances"]
+        self.assertGreater(len(expected), 0)
+        for missing in (("height",), ("width",), ("height", "width")):
+            with self.subTest(missing=missing):
+                bare = [{k: v for k, v in sized[0].items() if k not in missing}]
+                with torch.no_grad():
+                    actual = model(bare)[0]["instances"]
+                self.assertEqual(actual.image_size, (96, 128))
+                self.assertTrue(torch.equal(actual.pred_boxes.tensor, expected.pred_boxes.tensor))
+
     def test_score_threshold_above_every_score_gives_nothing(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.999
@@ -198,6 +217,24 @@ class TestTrainingVisualization(unittest.TestCase):
         for before, after in zip(inputs, rebuilt):
             self.assertTrue(torch.equal(before["image"], after["image"]))
             self.assertIs(before["instances"], after["instances"])
+
+    def test_rebuilt_with_any_pixel_std_and_saturated_to_uint8(self):
+        """With a pixel std other than 1 (torchvision's) the uint8 inputs come back exactly;
+        float pixels outside [0, 255] (as photometric augmentations give) saturate at 0 and
+        255 rather than wrap around in the uint8 cast."""
+        cfg = small_retinanet_cfg()
+        cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+        model = build(cfg)
+        inputs = self.inputs()
+        inputs[1]["image"] = inputs[1]["image"].float()
+        inputs[1]["image"][0, :2, :3] = torch.tensor([[-20.0, -0.6, 255.4], [255.6, 256.0, 300.0]])
+        expected = inputs[1]["image"].round().clamp(0, 255).to(torch.uint8)
+        self.assertEqual(expected[0, :2, :3].tolist(), [[0, 0, 255], [255, 255, 255]])
+        images = model.preprocess_image(inputs)
+        rebuilt = model._inputs_for_visualization(images, [x["instances"] for x in inputs])
+        for before, after in zip((inputs[0]["image"], expected), rebuilt):
+            self.assertEqual(after["image"].dtype, torch.uint8)
+            self.assertTrue(torch.equal(before, after["image"]))
 
     def test_vis_period_stores_an_image(self):
         cfg = small_retinanet_cfg()
