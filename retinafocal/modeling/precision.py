@@ -191,7 +191,7 @@ class PrecisionDenseDetector(DenseDetector):
         float32. (The features only give the anchor generator its sizes.)"""
         device_type = images.device.type
         dtype = autocast_dtype(self.precision, device_type)
-        if dtype is None:  # bf16 not supported here: autocast_dtype has logged why
+        if dtype is None:  # fp32, or bf16 falling back (autocast_dtype has logged why)
             return self.dense_predictions(images)
         with torch.autocast(device_type, dtype=dtype):
             features, predictions = self.dense_predictions(images)
