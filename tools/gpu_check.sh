@@ -7,6 +7,9 @@
 # Steps; each has its own time limit (all together under 8 minutes), and a step that fails or
 # runs out of time is recorded in OUT_DIR/steps.tsv while the next one runs:
 #   env             GPU, torch, CUDA, detectron2 and retinafocal.compat's workarounds in use
+#   bench           tools/benchmark_detectors.py --device cuda at 800 x 1067 and 600 x 800:
+#                   the realistic regime, fp32 / AMP / bf16 / compiled loss, ours vs detectron2
+#                   vs torchvision
 #   tests           the GPU tests (pytest -m gpu): CUDA against CPU, channels-last on cuDNN,
 #                   an AMP step, the compiled (Triton) loss, the scripted model, NCCL
 #   train_nccl      train_net.py's main inside launch's distributed worker (NCCL process group),
@@ -15,9 +18,6 @@
 #   train_compiled  the same with AMP and MODEL.RETINAFOCAL.LOSS.COMPILE (Triton loss kernels)
 #   train_bf16/fp16 (issue 15) MODEL.RETINAFOCAL.PRECISION runs, when that key exists (fp16
 #                   with SOLVER.AMP.ENABLED, which it needs for gradient scaling)
-#   bench           tools/benchmark_detectors.py --device cuda at 800 x 1067 and 600 x 800:
-#                   the realistic regime, fp32 / AMP / bf16 / compiled loss, ours vs detectron2
-#                   vs torchvision
 #   report          OUT_DIR/GPU_CHECK.md: the dated table for README, with the GPU's name
 # Its Python parts are in tools/gpu_check.py.
 #
@@ -72,6 +72,11 @@ if ! step env 60 "$PY" tools/gpu_check.py env "$OUT" "$DEVICE"; then
     cat "$OUT/env.log"
     exit 1
 fi
+# The benchmark runs first: the GPU table (issue 15) is what a short lease is for. Realistic
+# regime; on CUDA fp32 / AMP / bf16 / compiled loss at both sizes, each size's results written
+# as it ends, so a step cut by its limit keeps the sizes it finished.
+step bench 300 "$PY" tools/benchmark_detectors.py --device "$DEVICE" --memory-repeats 1 \
+    --iters 10 20 5 --warmup 3 --output "$OUT/benchmark.json" "${BENCH_ARGS[@]}"
 step tests 120 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -rs
 train train_nccl 90
 if [[ $DEVICE == cuda* ]]; then
@@ -91,9 +96,5 @@ else
     echo "== train_bf16, train_fp16: skipped (no MODEL.RETINAFOCAL.PRECISION in this checkout)"
 fi
 # ----------------------------------------------------------------------------------------------
-# Realistic regime; on CUDA fp32 / AMP / bf16 / compiled loss at both sizes (not yet timed on a
-# GPU: the step may be cut by the budget); each size's results are written as it ends.
-step bench 240 "$PY" tools/benchmark_detectors.py --device "$DEVICE" --memory-repeats 1 \
-    --iters 10 20 5 --warmup 3 --output "$OUT/benchmark.json" "${BENCH_ARGS[@]}"
 "$PY" tools/gpu_check.py report "$OUT"
 echo "total $((SECONDS - START)) s"
