@@ -8,8 +8,9 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from benchmark_setup import BenchmarkSettings, Sample, make_samples
 __all__ = [
     "describe_error",
     "time_interleaved",
+    "full_float32",
     "same_detections",
     "measure_times",
     "memory_worker",
@@ -82,6 +84,20 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Convolutions and matmuls in full float32 inside the block. PyTorch lets cuDNN use TF32
+    by default, which rounds inputs to 10 mantissa bits; with that, NHWC and NCHW kernels differ
+    by up to ~1e-2 in a score (measured on an H200: reports/gpu/tf32_same_detections_*.txt), far
+    above the rounding that :func:`same_detections` allows."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def same_detections(a: Dict[str, Tensor], b: Dict[str, Tensor], box_atol: float = 1e-2,
                     score_atol: float = 1e-4) -> bool:
     """Equal detections within rounding: as many of them, and every detection of either that
@@ -138,11 +154,12 @@ def measure_times(detectors: Dict[str, Detector], settings: BenchmarkSettings,
              for name, d in live.items()}
     train = {name: d.training_inputs(samples[: settings.train_batch]) for name, d in live.items()}
     if precision == "fp32" and "retinafocal" in live and "detectron2" in live:
-        out["same_detections_as_detectron2"] = all(
-            same_detections(live["retinafocal"].infer(single["retinafocal"][i])[0],
-                            live["detectron2"].infer(single["detectron2"][i])[0])
-            for i in range(min(n, 2))
-        )
+        with full_float32():  # the timings below keep PyTorch's defaults (TF32 on CUDA)
+            out["same_detections_as_detectron2"] = all(
+                same_detections(live["retinafocal"].infer(single["retinafocal"][i])[0],
+                                live["detectron2"].infer(single["detectron2"][i])[0])
+                for i in range(min(n, 2))
+            )
     out["latency_s"] = time_interleaved(
         {name: (lambda r, d=det, x=single[name]: d.infer(x[r % n])) for name, det in
          live.items()},

@@ -58,6 +58,19 @@ class TestBenchmarkParts(unittest.TestCase):
         self.assertTrue(measure.same_detections(dets, other_last))
         self.assertFalse(measure.same_detections(dets, {k: v[:2] for k, v in dets.items()}))
 
+    def test_full_float32_turns_tf32_off_and_restores_the_flags(self):
+        flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        saved = flags()
+        try:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+            with self.assertRaises(KeyError):
+                with measure.full_float32():
+                    self.assertEqual(flags(), (False, False))
+                    raise KeyError("the flags come back after an error too")
+            self.assertEqual(flags(), (True, True))
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
     def test_a_failing_task_is_recorded_and_the_others_run_on(self):
         calls = []
 
