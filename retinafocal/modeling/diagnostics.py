@@ -13,12 +13,11 @@ __all__ = ["imbalance_statistics"]
 def imbalance_statistics(
     element_losses: Tensor, pred_logits: Tensor, gt_labels: Tensor, *, hard_fraction: float = 0.1
 ) -> Dict[str, float]:
-    """Measure how the classification loss splits between easy and hard examples.
+    """How the classification loss splits between easy and hard negatives.
 
-    Each (anchor, class) pair of a non-ignored anchor is one binary example, as in the sigmoid
-    loss; a *negative* is a pair whose target is 0 (every class of a background anchor, and the
-    other classes of a foreground anchor). The losses are those of the classification loss that
-    trains (its ``elementwise_losses``), so the shares describe what the optimiser sees.
+    Each (anchor, class) pair of a non-ignored anchor is one binary example; a *negative* is a
+    pair with target 0. The losses are the training loss's ``elementwise_losses``, so the shares
+    describe what the optimiser sees.
 
     Args:
         element_losses: (N, R, K) loss of each pair, 0 for ignored anchors.
