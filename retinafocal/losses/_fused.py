@@ -1,11 +1,9 @@
 """The single-pass engine behind the label-based classification losses.
 
-Instead of a one-hot (anchors x K) target and autograd's (anchors x K) temporaries, a "terms"
-object (:mod:`._terms`) gives loss and analytic gradient, and a :class:`LabelLossRunner` applies
-it to logits (M, K) and labels (M,) in one pass: the target of element (i, c) is
-``c == labels[i]``, ignored rows are masked in place, the gradient goes straight to its buffer.
-The pass runs eagerly over row chunks (small temporaries, recycled by the allocator) or as one
-``torch.compile`` kernel.
+Instead of a one-hot (anchors x K) target and autograd's temporaries, a :class:`LabelLossRunner`
+applies a "terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) and labels
+(M,) in one pass, eagerly over row chunks or as one ``torch.compile`` kernel: element (i, c) has
+target ``c == labels[i]``, ignored rows are masked, the gradient goes straight to its buffer.
 """
 
 from __future__ import annotations

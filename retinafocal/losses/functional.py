@@ -60,10 +60,9 @@ def sigmoid_focal_loss(
         reduction: "none" (same shape as inputs) | "mean" (over all elements) | "sum".
 
     Returns:
-        The loss in the dtype of ``inputs`` (computed in fp32, float64 for float64 inputs).
-        Value and first-order gradient come from one pass with stable formulas, finite for large
-        logits (torchvision's gradient turns NaN for gamma < 1 once sigmoid saturates); targets
-        that require grad fall back to autograd.
+        The loss in the dtype of ``inputs`` (computed in fp32, or float64), with its first-order
+        gradient from the same stable pass: finite for large logits, where torchvision's turns
+        NaN for gamma < 1. Targets that require grad fall back to autograd.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(

@@ -58,11 +58,9 @@ def ohem_select(
         num_classes: K.
         batch_size: B, the most anchors picked.
         neg_pos_ratio: 0 picks the B highest-loss anchors surviving one NMS over all valid
-            anchors. r > 0 picks like SSD: NMS runs separately over positives and over negatives
-            (so neither suppresses the other); the floor(B / (1 + r)) highest-loss surviving
-            positives are taken, then floor(r * P) highest-loss surviving negatives for the P
-            positives taken (fewer if fewer survive). An image without positives then gives
-            nothing, which is what enforcing the ratio means.
+            anchors. r > 0 picks like SSD, with separate NMS over positives and negatives: the
+            floor(B / (1 + r)) highest-loss surviving positives, then floor(r * P) negatives for
+            the P positives taken (so an image without positives gives nothing).
         nms_thresh: IoU above which a lower-loss anchor is suppressed.
 
     Returns:

@@ -26,10 +26,9 @@ def imbalance_statistics(
         hard_fraction: fraction of negatives counted as "hardest" (0.1 = the 10% hardest).
 
     Returns:
-        dict with ``num_pos_anchors`` and ``num_ignored_anchors`` (per image),
-        ``cls_loss_share_easy_neg`` (share of the loss from negatives with p_t > 0.5) and
-        ``cls_loss_share_hard_neg`` (share from the ``hard_fraction`` highest-loss negatives);
-        both shares are 0 when the total loss is 0 or there is no negative.
+        ``num_pos_anchors`` and ``num_ignored_anchors`` per image, ``cls_loss_share_easy_neg``
+        (share of the loss from negatives with p_t > 0.5) and ``cls_loss_share_hard_neg`` (from
+        the ``hard_fraction`` highest-loss negatives), both 0 without loss or negatives.
     """
     num_images, _, num_classes = pred_logits.shape
     if element_losses.shape != pred_logits.shape:

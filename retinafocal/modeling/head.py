@@ -93,15 +93,10 @@ class RetinaFocalHead(nn.Module):
         norm: Union[str, Callable] = "",
         prior_prob: float = 0.01,
     ):
-        """
-        Args:
-            input_shape: shapes of the input features, one per level.
-            num_classes: K, the number of foreground classes.
-            num_anchors: A, the number of anchors per location (equal on every level).
-            conv_dims: output channels of each conv of a subnet (its length is the depth).
-            norm: "" for none, "GN", "BN", "SyncBN", or anything :func:`get_norm` accepts.
-            prior_prob: pi, the initial foreground probability of every anchor.
-        """
+        """``input_shape``: one ShapeSpec per level; ``num_classes``: K; ``num_anchors``: A per
+        location (the same on every level); ``conv_dims``: output channels of each conv of a
+        subnet; ``norm``: "" (none), "BN", "SyncBN" or any :func:`get_norm` type; ``prior_prob``:
+        pi, every anchor's initial foreground probability."""
         super().__init__()
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
@@ -153,14 +148,8 @@ class RetinaFocalHead(nn.Module):
         }
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """
-        Args:
-            features: one (N, C, Hi, Wi) tensor per level, high to low resolution.
-
-        Returns:
-            logits: one (N, A*K, Hi, Wi) tensor per level.
-            deltas: one (N, A*4, Hi, Wi) tensor per level, (dx, dy, dw, dh) per anchor.
-        """
+        """One (N, C, Hi, Wi) feature per level, high to low resolution -> per level, (N, A*K,
+        Hi, Wi) logits and (N, A*4, Hi, Wi) deltas, (dx, dy, dw, dh) per anchor."""
         if len(features) != self._num_levels:
             raise ValueError(f"head built for {self._num_levels} levels, got {len(features)}")
         logits = [self.cls_score(self.cls_subnet(f)) for f in features]

@@ -59,14 +59,9 @@ class ChunkedIoUMatcher(nn.Module):
         allow_low_quality_matches: bool = False,
         chunk_elements: int = 4 * 1024 * 1024,
     ):
-        """
-        Args:
-            thresholds: increasing IoU thresholds splitting [0, 1] into len(thresholds) + 1
-                intervals, e.g. [0.4, 0.5].
-            labels: the label (-1, 0 or 1) of each interval, e.g. [0, -1, 1].
-            allow_low_quality_matches: see the class docstring.
-            chunk_elements: the most IoU values held at once.
-        """
+        """``thresholds``: increasing IoUs splitting [0, 1] into intervals, e.g. [0.4, 0.5];
+        ``labels``: the label (-1, 0 or 1) of each interval, e.g. [0, -1, 1];
+        ``chunk_elements``: the most IoU values held at once."""
         super().__init__()
         if any(b < a for a, b in zip(thresholds[:-1], thresholds[1:])):
             raise ValueError(f"IoU thresholds must be increasing, got {thresholds}")
@@ -99,15 +94,9 @@ class ChunkedIoUMatcher(nn.Module):
         return [(start, min(start + step, num_anchors)) for start in range(0, num_anchors, step)]
 
     def forward(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
-        """
-        Args:
-            gt_boxes: (M, 4) XYXY ground-truth boxes, M >= 0.
-            anchors: (R, 4) XYXY anchor boxes, R >= 0.
-
-        Returns:
-            matched_idxs: (R,) int64, the matched ground truth of each anchor (0 when M == 0).
-            match_labels: (R,) int8, 1 = foreground, 0 = background, -1 = ignored.
-        """
+        """``gt_boxes`` (M, 4) and ``anchors`` (R, 4), XYXY, M and R >= 0 -> (R,) int64
+        ``matched_idxs`` (0 when M == 0) and (R,) int8 ``match_labels`` (1 = foreground,
+        0 = background, -1 = ignored)."""
         # A ``with`` block: TorchScript cannot compile the @torch.no_grad() decorator.
         with torch.no_grad():
             matched_idxs, match_labels = self._match(gt_boxes, anchors)

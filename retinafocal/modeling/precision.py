@@ -121,16 +121,10 @@ class PrecisionDenseDetector(DenseDetector):
         self.precision = precision
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        """
-        Args:
-            batched_inputs: one dict per image, as detectron2's ``DatasetMapper`` gives: "image"
-                (C, H, W), "instances" in training, optionally "height" and "width".
-
-        Returns:
-            In training, the losses (``forward_training``'s dict); in inference, one
-            ``{"instances": Instances}`` per image, resized to its "height" x "width"
-            (scripted: the ``Instances`` at the batch's image sizes).
-        """
+        """``batched_inputs``: one ``DatasetMapper`` dict per image ("image" (C, H, W),
+        "instances" in training, optionally "height" and "width"). Returns the losses in
+        training; in inference one ``{"instances": Instances}`` per image, resized to its
+        "height" x "width" (scripted: the bare ``Instances`` at the batch's image sizes)."""
         images = self.preprocess_image(batched_inputs)
         if torch.jit.is_scripting():
             features, predictions = self.dense_predictions(images.tensor)

@@ -68,28 +68,18 @@ class FocalRetinaNet(PrecisionDenseDetector):
         precision: str = "fp32",
         fold_frozen_bn: bool = False,
     ):
-        """
+        """Arguments not listed mean what they mean in detectron2's ``RetinaNet`` (inference
+        defaults are the paper's); ``box_reg_loss_type`` also takes "l1" (smooth L1, beta 0).
+
         Args:
-            backbone: a detectron2 backbone producing ``head_in_features``.
-            head: features -> per-level (N, A*K, Hi, Wi) logits and (N, A*4, Hi, Wi) deltas
-                (a ``RETINAFOCAL_HEAD_REGISTRY`` member).
-            head_in_features: backbone outputs fed to the head, high to low resolution.
-            anchor_generator: detectron2 anchor generator for those features.
-            box2box_transform: encodes ground-truth boxes as deltas to anchors.
+            head: a ``RETINAFOCAL_HEAD_REGISTRY`` member.
             anchor_matcher: a member of ``ANCHOR_MATCHER_REGISTRY``.
             classification_loss: a member of ``CLASSIFICATION_LOSS_REGISTRY``.
             num_classes: K, the number of foreground classes.
-            smooth_l1_beta: beta of the smooth-L1 box loss (0 = L1).
-            box_reg_loss_type: "smooth_l1", "l1", "giou", "diou" or "ciou".
             loss_normalizer: divide both losses by "num_pos" (foreground anchors in the batch,
                 the paper) or "ema" (detectron2's moving average of it, starting at 100, with
                 ``loss_normalizer_momentum``).
-            test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
-                inference settings (paper: 0.05, 1000 per level, 0.5, 100).
-            pixel_mean, pixel_std: input normalisation, per channel.
             diagnostics_period: log imbalance diagnostics every this many iterations (0: off).
-            vis_period: visualise training predictions every this many iterations (0: off).
-            input_format: "BGR" or "RGB", for visualisation.
             memory_format: layout of the 4-d weights: "NCHW" (results identical to detectron2's
                 RetinaNet) or "NHWC" (channels-last, which oneDNN and cuDNN convolve without
                 reordering; activations follow from the first conv on; equal up to rounding).
@@ -237,17 +227,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def label_anchors(
         self, anchors: List[Boxes], gt_instances: List[Instances]
     ) -> Tuple[List[Tensor], List[Tensor]]:
-        """
-        Args:
-            anchors: one Boxes per level, Ri anchors each (R = sum of Ri).
-            gt_instances: one Instances per image with ``gt_boxes`` and ``gt_classes``.
-
-        Returns:
-            gt_labels: per image, an (R,) int64 tensor; [0, K) = class of the matched object,
-                K = background, -1 = ignored.
-            matched_gt_boxes: per image, an (R, 4) tensor; the matched box of foreground anchors
-                (undefined elsewhere).
-        """
+        """For ``anchors`` (one Boxes of Ri anchors per level, R = sum of Ri) and one Instances
+        per image, return per image (R,) int64 ``gt_labels`` ([0, K) = class of the matched
+        object, K = background, -1 = ignored) and (R, 4) ``matched_gt_boxes`` (meaningful for
+        foreground anchors only)."""
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         gt_labels, matched_gt_boxes = [], []
         for gt_per_image in gt_instances:
@@ -274,18 +257,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         pred_deltas: List[Tensor],
         gt_boxes: List[Tensor],
     ) -> Dict[str, Tensor]:
-        """
-        Args:
-            anchors: one Boxes per level.
-            pred_logits: per level, (N, Ri, K) logits.
-            gt_labels: per image, (R,) labels from :meth:`label_anchors`.
-            pred_deltas: per level, (N, Ri, 4) box deltas.
-            gt_boxes: per image, (R, 4) matched ground-truth boxes.
-
-        Returns:
-            ``{"loss_cls": scalar, "loss_box_reg": scalar}``, both divided by the normaliser
-            (``loss_cls`` not, when the loss is ``self_normalizing``).
-        """
+        """Takes one Boxes per level, per level (N, Ri, K) logits and (N, Ri, 4) deltas, and per
+        image the (R,) labels and (R, 4) boxes of :meth:`label_anchors`. Returns the scalars
+        ``loss_cls`` and ``loss_box_reg`` divided by the normaliser (``loss_cls`` not, when the
+        loss is ``self_normalizing``)."""
         num_images = len(gt_labels)
         labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (labels >= 0) & (labels != self.num_classes)
@@ -348,18 +323,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         image_size: Tuple[int, int],
     ) -> Instances:
         """Per level, the top ``test_topk_candidates`` (anchor, class) pairs above
-        ``test_score_thresh``; then class-wise NMS over all levels.
-
-        Args:
-            anchors: one Boxes of Ri anchors per level.
-            logits: per level, (Ri, K) class logits of this image.
-            deltas: per level, (Ri, 4) box deltas of this image.
-            image_size: (height, width) of the image before padding.
-
-        Returns:
-            Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,),
-            sorted by score, D <= max_detections_per_image.
-        """
+        ``test_score_thresh``; then class-wise NMS over all levels. Takes per level Ri anchors,
+        this image's (Ri, K) logits and (Ri, 4) deltas, and its unpadded (height, width); returns
+        Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,), sorted by
+        score, D <= max_detections_per_image."""
         per_level = [
             self._decode_level(anchors_i.tensor, logits_i, deltas_i)
             for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas)
@@ -378,16 +345,9 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _decode_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Top-k candidates of one level above the score threshold, decoded. The threshold is
-        applied to the logits first (sigmoid is monotonic), so only those that pass go through
-        the sigmoid.
-
-        Args:
-            anchors: (Ri, 4); logits: (Ri, K); deltas: (Ri, 4).
-
-        Returns:
-            boxes (C, 4), scores (C,), classes (C,) int64, C <= test_topk_candidates.
-        """
+        """Anchors (Ri, 4), logits (Ri, K), deltas (Ri, 4) -> the top-k candidates above the
+        score threshold: boxes (C, 4), scores (C,), classes (C,) int64. The threshold is applied
+        to the logits first (sigmoid is monotonic), so only those that pass go through sigmoid."""
         flat = logits.reshape(-1)
         thresh = self.test_score_thresh
         if thresh <= 0:
