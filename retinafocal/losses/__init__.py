@@ -1,8 +1,5 @@
-"""The focal-loss family: fused label-based losses, a torchvision-compatible focal loss, and the
-paper's alternatives (alpha-balanced CE, FL*, hinge, OHEM), selectable by name.
-
-``build_classification_loss(cfg)`` builds ``cfg.MODEL.RETINAFOCAL.LOSS.NAME`` from
-:data:`CLASSIFICATION_LOSS_REGISTRY`; importing this package registers every loss below.
+"""The focal loss, a torchvision-compatible functional form, and the paper's alternatives
+(alpha-balanced CE, FL*, hinge, OHEM), registered by name in :data:`CLASSIFICATION_LOSS_REGISTRY`.
 """
 
 from .build import CLASSIFICATION_LOSS_REGISTRY, build_classification_loss

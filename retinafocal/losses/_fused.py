@@ -1,17 +1,9 @@
 """The single-pass engine behind the label-based classification losses.
 
-A dense detector's classification target is one integer per anchor (a class in [0, K), K for
-background, -1 for ignored), yet the usual implementations expand it to a one-hot (anchors x K)
-float matrix and let autograd record half a dozen (anchors x K) temporaries. Here an elementwise
-"terms" object (:mod:`._terms`) returns the loss *and* its analytic derivative, and a
-:class:`LabelLossRunner` applies it to logits (M, K) and labels (M,) in one pass, writing the
-gradient straight into its final buffer. The target of element (i, c) is ``c == labels[i]``,
-computed on the fly; ignored rows are masked in the same pass, with no gather of the valid rows.
-
-A runner executes either eagerly, as a plain loop over row chunks (so that the temporaries of one
-chunk stay small and are recycled by the allocator), or through ``torch.compile`` as one fused
-kernel (C++/OpenMP on CPU, Triton on GPU): the fast path. Its compiled functions and the memory of
-a failed compilation belong to the runner, i.e. to the loss module that owns it.
+Instead of a one-hot (anchors x K) target and autograd's temporaries, a :class:`LabelLossRunner`
+applies a "terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) and labels
+(M,) in one pass, eagerly over row chunks or as one ``torch.compile`` kernel: element (i, c) has
+target ``c == labels[i]``, ignored rows are masked, the gradient goes straight to its buffer.
 """
 
 from __future__ import annotations
@@ -31,24 +23,16 @@ __all__ = ["LabelLossRunner", "fused_label_loss", "check_labels", "REDUCTIONS"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
-# Eager chunks on CPU hold at most this many (anchor, class) elements: a few hundred anchors, whose
-# ~20 fp32 temporaries (~2.5 MB) stay in cache and come back from the allocator's free lists
-# instead of page-faulting fresh (anchors x K) buffers. It is ATen's intra-op grain size, so each
-# op of a chunk runs on the calling thread, without an OpenMP fork/join per op. The value is also
-# part of the results' definition (see the note on chunking below): changing it can change the
-# last bit of some elements, so keep it fixed.
+# (anchor, class) elements per eager CPU chunk: its temporaries stay in cache and are recycled, and
+# at ATen's intra-op grain size each op runs on the calling thread, with no OpenMP fork/join. A
+# chunk boundary can move an element between vectorised and scalar pow/exp/log (last-ulp
+# differences), so this size is part of the results: keep it fixed.
 _EAGER_CPU_CHUNK_ELEMENTS = 1 << 15
 # On GPUs the caching allocator recycles temporaries anyway; chunks there only bound their memory.
 _EAGER_GPU_CHUNK_ELEMENTS = 1 << 23
 
 
-# ------------------------------------------------------------------------------------------------
-# Passes over logits (M, K) and labels (M,). The same code runs eagerly (per chunk of rows) and
-# under torch.compile (whole tensors). Every output is per row or per element, so chunking changes
-# nothing beyond rounding: a chunk boundary can only move an element between ATen's vectorised and
-# scalar pow/exp/log (a last-ulp difference, seen for float64 pow). With the chunk size fixed, the
-# eager results are the same from run to run.
-# ------------------------------------------------------------------------------------------------
+# Passes over logits (M, K) and labels (M,): per chunk of rows eagerly, whole under torch.compile.
 
 
 def _targets_and_valid(x: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
@@ -63,9 +47,7 @@ def _pass_rows_and_grad(terms, x: Tensor, labels: Tensor, rows_out: Tensor, grad
     t, valid = _targets_and_valid(x, labels)
     loss, grad = terms(x.to(t.dtype), t, True)
     grad_out.copy_(torch.where(valid, grad, 0.0))
-    # Row sums, not one grand total: the compiled kernel then reduces only K values per
-    # accumulator, and the caller's torch.sum over rows keeps fp32 totals accurate (a grand total
-    # inside the kernel drifted by ~1e-5 relative on 10^6 elements).
+    # Row sums, not a grand total: a total inside the compiled kernel loses fp32 accuracy.
     rows_out.copy_(torch.where(valid, loss, 0.0).sum(dim=1))
 
 
@@ -104,16 +86,11 @@ def _num_valid_elements(labels: Tensor, num_classes: int) -> Tensor:
 
 
 class LabelLossRunner:
-    """Applies one elementwise ``terms`` object to logits (..., K) against integer labels (...).
-
-    Labels: class index in [0, K) (positive for that class), K = background, -1 = ignored.
-    Results are fp32 (float64 for float64 logits); gradients have the logits' dtype.
-
-    With ``compile=True`` each pass goes through ``torch.compile`` on first use (dynamic in the
-    number of anchors, so images of any size share one kernel). If compilation fails, the runner
-    logs one warning and stays eager from then on. The compiled functions are not part of the
-    runner's pickled or deep-copied state; a copy compiles again (from PyTorch's caches) when used.
-    """
+    """Applies one ``terms`` object to logits (..., K) against labels (...) (class in [0, K),
+    K = background, -1 = ignored). Results are fp32 (float64 for float64 logits), gradients in
+    the logits' dtype. With ``compile``, each pass is compiled on first use, dynamic in the
+    number of anchors; after a failed compilation the runner warns once and stays eager. Compiled
+    functions are left out of pickled and deep-copied state."""
 
     def __init__(self, terms: Terms, compile: bool = False) -> None:
         self.terms = terms
@@ -126,16 +103,11 @@ class LabelLossRunner:
         state["_compiled"] = {}
         return state
 
-    # -------------------------------------------------------------------------------- public
     def loss(
         self, logits: Tensor, labels: Tensor, reduction: str = "sum", where: str = ""
     ) -> Tensor:
-        """The loss of logits (..., K) against labels (...), differentiable in the logits.
-
-        Reductions: "sum" over valid anchors and classes; "mean" = sum / (valid anchors * K)
-        (0 when nothing is valid); "none": elementwise (..., K) with 0 on ignored anchors.
-        ``where`` names the caller in error messages.
-        """
+        """The loss, differentiable in the logits: ``reduction`` as in :func:`label_focal_loss`
+        ("mean" is 0 when nothing is valid); ``where`` names the caller in error messages."""
         where = where or type(self).__name__
         if reduction not in REDUCTIONS:
             raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -153,7 +125,7 @@ class LabelLossRunner:
 
     def anchor_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(...) loss of each anchor summed over its K classes, 0 for ignored anchors; no
-        gradient, and no (..., K) temporary (used to rank anchors, e.g. by OHEM)."""
+        gradient and no (..., K) temporary (OHEM ranks anchors by it)."""
         check_labels(logits, labels, "anchor_losses")
         x = logits.detach().reshape(-1, logits.shape[-1])
         return self._rows(x, labels.reshape(-1)).view(labels.shape)
@@ -165,14 +137,12 @@ class LabelLossRunner:
         return self._elementwise(x, labels.reshape(-1)).view(logits.shape)
 
     def run(self, name: str, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> None:
-        """Run pass ``name`` on logits x (M, K) and labels (M,), writing ``outs`` (each with M
-        rows): compiled when asked and possible, else eagerly."""
+        """Run pass ``name`` on x (M, K) and labels (M,) into ``outs`` (M rows each)."""
         if self.compile and x.shape[0] >= 2 and not self._compile_failed:
             if self._run_compiled(name, x, labels, outs):
                 return
         self._run_eager(name, x, labels, outs)
 
-    # -------------------------------------------------------------------------------- internal
     def _rows(self, x: Tensor, labels: Tensor) -> Tensor:
         rows = torch.empty(x.shape[0], dtype=compute_dtype(x.dtype), device=x.device)
         self.run("rows", x, labels, (rows,))
@@ -199,9 +169,8 @@ class LabelLossRunner:
         """Run pass ``name`` compiled; False (after one warning per runner) if that fails."""
         fn = self._compiled.get(name)
         if fn is None:
-            # dynamic=None plus mark_dynamic below: one kernel for every anchor count, while K
-            # and the loss constants are baked in. torch.compile caches by code object, so a new
-            # runner with the same terms reuses the kernels compiled for an earlier one.
+            # With mark_dynamic below: one kernel for any anchor count, K and constants baked in.
+            # torch.compile caches by code object: a new runner reuses earlier kernels.
             fn = self._compiled[name] = torch.compile(_PASSES[name])
         for tensor in (x, labels) + tuple(outs):
             torch._dynamo.mark_dynamic(tensor, 0)
@@ -222,11 +191,8 @@ class LabelLossRunner:
 
 
 class _FusedLabelLoss(torch.autograd.Function):
-    """Loss and gradient from one pass; backward only scales the saved gradient.
-
-    The scaled gradient goes to a new buffer rather than in place, so that a graph kept with
-    ``retain_graph=True`` (e.g. by gradcheck) can run backward again.
-    """
+    """Loss and gradient from one pass; backward scales the saved gradient into a new buffer
+    (not in place, so a graph kept with ``retain_graph=True`` can run backward again)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, runner: LabelLossRunner, reduction: str):
@@ -283,8 +249,7 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
     if labels.device != logits.device:
         raise ValueError(f"{where}: labels on {labels.device}, logits on {logits.device}")
     num_classes = logits.shape[-1]
-    # The same range test on every device (True when there are no labels), so the CPU path
-    # exercises the expression that accelerators assert.
+    # One range test for every device, so the CPU path exercises what accelerators assert.
     in_range = ((labels >= -1) & (labels <= num_classes)).all()
     if labels.device.type != "cpu":
         # No host sync on accelerators: a device-side assert instead of a readable message.
@@ -308,7 +273,6 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
 def fused_label_loss(
     logits: Tensor, labels: Tensor, terms: Terms, reduction: str, compile: bool, where: str
 ) -> Tensor:
-    """One-off form of :meth:`LabelLossRunner.loss` (a fresh runner per call: with
-    ``compile=True`` a failed compilation is retried on the next call; a loss module keeps its
-    runner and remembers). No defaults: each label_* function passes its own."""
+    """:meth:`LabelLossRunner.loss` with a fresh runner (so a failed compilation is retried on
+    the next call). No defaults: each label_* function passes its own."""
     return LabelLossRunner(terms, compile).loss(logits, labels, reduction, where)

@@ -1,11 +1,8 @@
-"""Elementwise loss "terms": (logit, binary target) -> (loss, d loss / d logit) in one pass.
+"""Elementwise loss "terms": ``terms(x, t, need_grad) -> (loss, d loss / d x or None)``.
 
-A terms object is called as ``terms(x, t, need_grad)`` with x and t of the compute dtype
-(:func:`compute_dtype`) broadcasting against each other; t is the binary target, 0 or 1 for the
-label-based losses (:class:`FocalTerms` also accepts soft targets in [0, 1]). It returns the
-elementwise loss and, when ``need_grad``, its analytic derivative with respect to x (else None).
-Forming both together shares the sigmoid, the log and the modulating factor between them, which
-is what lets the fused losses skip autograd's (anchors x K) temporaries.
+x (logits) and t (binary targets, 0 or 1; soft ones in [0, 1] for :class:`FocalTerms`) are of the
+:func:`compute_dtype` and broadcast. Forming loss and analytic gradient together shares the
+sigmoid, log and modulating factor, and lets the fused losses skip autograd's temporaries.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ __all__ = ["Terms", "FocalTerms", "FocalStarTerms", "HingeTerms", "compute_dtype
 
 
 class Terms(Protocol):
-    """What a terms object is: ``(x, t, need_grad) -> (loss, d loss / d x or None)``."""
+    """The type of a terms object (see the module docstring)."""
 
     def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
         ...
@@ -32,21 +29,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _log1p_of_unit(e: Tensor, u: Tensor) -> Tensor:
-    """log1p(e) for e in [0, 1], given u = 1 + e, to within a few ulp.
-
-    ``torch.log1p`` is not vectorised on CPU (it was ~10x slower than ``log`` here, eager and under
-    inductor); ``log(u) * e / (u - 1)`` cancels the rounding of u exactly (Goldberg's identity)
-    and costs one division. Where u rounds to 1, log1p(e) == e to working precision.
-    """
+    """log1p(e) for e in [0, 1], given u = 1 + e, to within a few ulp. ``torch.log1p`` is not
+    vectorised on CPU; ``log(u) * e / (u - 1)`` cancels the rounding of u (Goldberg's identity)."""
     return torch.where(u == 1.0, e, torch.log(u) * (e / (u - 1.0)))
 
 
 def _sigmoid_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """(sigmoid(x), sigmoid(-x), softplus(-|x|) = log1p(exp(-|x|))) from a single exp.
-
-    Both sigmoids are formed without the cancellation of ``1 - sigmoid(x)``, so logits of +-100
-    keep their tiny probabilities and every term below stays finite.
-    """
+    """(sigmoid(x), sigmoid(-x), log1p(exp(-|x|))) from one exp, with no ``1 - sigmoid(x)``
+    cancellation: logits of +-100 keep their tiny probabilities and every term stays finite."""
     e = torch.exp(-x.abs())
     u = 1.0 + e
     inv = 1.0 / u
@@ -58,18 +48,13 @@ def _sigmoid_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 class FocalTerms:
-    """Sigmoid focal loss, ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` per element.
+    """Sigmoid focal loss ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` (paper, Eq. 5).
 
-    With p = sigmoid(x), p_t = p if t = 1 else 1 - p, alpha_t = alpha if t = 1 else 1 - alpha
-    (no weighting when alpha < 0). Soft targets follow torchvision's definition: ``ce = BCE(x, t)``,
-    ``1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)``.
-    With q = 1 - p_t the derivative is
-
-        d FL / d x = alpha_t q^gamma [ (p - t) + gamma * ce * (1 - 2t) * p (1 - p) / q ],
-
-    where p (1 - p) / q lies in [0, 1]. For hard targets (``hard_targets=True``, the label-based
-    losses) it is simply p or 1 - p, which saves a division per element. gamma = 0 takes a
-    separate branch, so it is exactly alpha-balanced CE.
+    p = sigmoid(x); soft targets as in torchvision: ``ce = BCE(x, t)``,
+    ``q = 1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when
+    alpha < 0). ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
+    p (1 - p) / q is p or 1 - p for ``hard_targets`` (saving a division). gamma = 0 gives
+    exactly the (alpha-balanced) CE.
     """
 
     def __init__(self, alpha: float, gamma: float, hard_targets: bool = False):
@@ -108,11 +93,8 @@ class FocalTerms:
 
 
 class FocalStarTerms:
-    """FL* (paper, Appendix A): ``x_t = x`` if t = 1 else ``-x``;
-    ``p*_t = sigmoid(gamma x_t + beta)``;
-    ``FL* = -log(p*_t) / gamma = softplus(-(gamma x_t + beta)) / gamma``;
-    ``d FL* / d x = -s * sigmoid(-(gamma x_t + beta))`` with s = +1 (t = 1) or -1 (t = 0).
-    """
+    """FL* (paper, Appendix A): ``FL* = -log(sigmoid(gamma x_t + beta)) / gamma`` with x_t = s x,
+    s = +1 if t = 1 else -1; ``d FL* / d x = -s sigmoid(-(gamma x_t + beta))``."""
 
     def __init__(self, gamma: float, beta: float):
         self.gamma = float(gamma)
@@ -127,10 +109,8 @@ class FocalStarTerms:
 
 
 class HingeTerms:
-    """Hinge on p_t (paper, Sec. 5.1): ``L = max(0, margin - p_t)``, zero once p_t >= margin.
-
-    ``d L / d x = -s p_t (1 - p_t)`` where p_t < margin, else 0 (s = +1 for t = 1, -1 for t = 0).
-    """
+    """Hinge on p_t (paper, Sec. 5.1): ``L = max(0, margin - p_t)``;
+    ``d L / d x = -s p_t (1 - p_t)`` below the margin (s = +1 if t = 1 else -1), else 0."""
 
     def __init__(self, margin: float):
         self.margin = float(margin)

@@ -1,15 +1,8 @@
 """Functional forms of the focal-loss family.
 
-* :func:`sigmoid_focal_loss`: drop-in for ``torchvision.ops.sigmoid_focal_loss`` (float targets of
-  any shape), computed with one analytic-gradient pass instead of an autograd graph.
-* :func:`label_focal_loss`, :func:`label_focal_loss_star`, :func:`label_hinge_loss`: the fused,
-  label-based forms a dense detector uses. They take logits (..., K) and one integer label per
-  anchor, never build a one-hot matrix, and hold one gradient-sized buffer between forward and
-  backward.
-
-Label convention everywhere: a value in [0, K) is the anchor's class (a positive for that class
-and a negative for the others), K is background (a negative for every class), -1 is ignored (no
-loss, zero gradient).
+:func:`sigmoid_focal_loss` is a drop-in for ``torchvision.ops.sigmoid_focal_loss``. The
+``label_*`` losses take logits (..., K) and one integer label per anchor (a class in [0, K), K =
+background, -1 = ignored), build no one-hot matrix, and keep one gradient-sized buffer.
 """
 
 from __future__ import annotations
@@ -57,23 +50,19 @@ def sigmoid_focal_loss(
     gamma: float = 2.0,
     reduction: str = "none",
 ) -> Tensor:
-    """Focal loss of Lin et al. (2017), with ``torchvision.ops.sigmoid_focal_loss``'s signature.
+    """Focal loss (paper, Eq. 5) with ``torchvision.ops.sigmoid_focal_loss``'s signature.
 
     Args:
-        inputs: logits of any shape (float16/bfloat16/float32/float64).
-        targets: same shape; binary targets, 0 = negative, 1 = positive (soft values in [0, 1]
-            follow torchvision's formulas).
+        inputs: logits of any shape and floating dtype.
+        targets: same shape; 0 = negative, 1 = positive (soft values as in torchvision).
         alpha: weight of positives in [0, 1]; negatives get 1 - alpha; ``alpha < 0`` disables it.
         gamma: focusing parameter >= 0; 0 gives (alpha-balanced) binary cross-entropy.
         reduction: "none" (same shape as inputs) | "mean" (over all elements) | "sum".
 
     Returns:
-        The loss in the dtype of ``inputs`` (computed in fp32, float64 for float64 inputs).
-
-    Unlike torchvision's, the value and gradient come from one pass with stable formulas, so they
-    stay finite for large logits (torchvision's gradient turns NaN for gamma < 1 once sigmoid
-    saturates). The gradient is first order only; when ``targets`` requires grad the function
-    falls back to torchvision-style autograd formulas.
+        The loss in the dtype of ``inputs`` (computed in fp32, or float64), with its first-order
+        gradient from the same stable pass: finite for large logits, where torchvision's turns
+        NaN for gamma < 1. Targets that require grad fall back to autograd.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(
@@ -102,7 +91,7 @@ def sigmoid_focal_loss(
 def _autograd_focal_loss(
     inputs: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str
 ) -> Tensor:
-    """Plain autograd version, for the rare case of differentiable targets."""
+    """Plain autograd version, for differentiable targets."""
     p = torch.sigmoid(inputs)
     ce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     q = p * (1 - targets) + (1 - p) * targets
@@ -132,22 +121,18 @@ def label_focal_loss(
     """Sigmoid focal loss of logits against one integer label per anchor, fused.
 
     Args:
-        logits: (..., K), typically (N, R, K) for N images and R anchors; fp16/bf16/fp32/fp64.
-        labels: (...) integer: class in [0, K) = positive for that class, K = background,
-            -1 = ignored.
-        alpha, gamma: as in :func:`sigmoid_focal_loss`; ``gamma = 0`` is alpha-balanced CE
-            exactly, ``alpha < 0`` disables the alpha weighting.
-        reduction: "sum" (over non-ignored anchors and all classes; what a detector normalises
-            by its number of positives), "mean" (that sum / (non-ignored anchors * K)), or
-            "none" ((..., K) elementwise losses, 0 for ignored anchors).
-        compile: run the pass through ``torch.compile`` (the first call pays the compile time;
-            falls back to eager if compilation fails). Each call retries a failed compilation;
-            a :class:`~retinafocal.losses.FocalLoss` module remembers the failure.
+        logits: (..., K), typically (N, R, K); any floating dtype.
+        labels: (...) integer: class in [0, K), K = background, -1 = ignored.
+        alpha, gamma: as in :func:`sigmoid_focal_loss`.
+        reduction: "sum" (over non-ignored anchors and classes), "mean" (that sum / (non-ignored
+            anchors * K)), or "none" ((..., K), 0 for ignored anchors).
+        compile: run the pass through ``torch.compile``, eager if compilation fails (retried
+            on each call; a :class:`~retinafocal.losses.FocalLoss` remembers the failure).
 
     Returns:
-        fp32 loss (float64 for float64 logits). It equals ``sigmoid_focal_loss`` on the one-hot
-        targets of the non-ignored anchors. The gradient (in the logits' dtype) is computed in
-        the forward pass and only scaled by the backward pass; it is first-order only.
+        fp32 loss (float64 for float64 logits), equal to ``sigmoid_focal_loss`` on the one-hot
+        targets of the non-ignored anchors. The first-order gradient (logits' dtype) is computed
+        in the forward pass; backward only scales it.
     """
     _check_gamma_alpha(alpha, gamma, "label_focal_loss")
     return fused_label_loss(
@@ -168,12 +153,8 @@ def label_focal_loss_star(
     reduction: str = "sum",
     compile: bool = False,
 ) -> Tensor:
-    """FL* of the paper's Appendix A, label-based and fused.
-
-    With ``x_t = x`` for the anchor's class and ``-x`` otherwise,
-    ``p*_t = sigmoid(gamma * x_t + beta)`` and ``FL* = -log(p*_t) / gamma``. The paper used
-    gamma = 2, beta = 1. Shapes, labels and reductions as in :func:`label_focal_loss`.
-    """
+    """FL* (paper, Appendix A; see :class:`~retinafocal.losses.FocalLossStar`), label-based and
+    fused. Shapes, labels and reductions as in :func:`label_focal_loss`."""
     if gamma <= 0:
         raise ValueError(f"label_focal_loss_star: gamma must be > 0, got {gamma}")
     return fused_label_loss(
@@ -188,14 +169,8 @@ def label_hinge_loss(
     reduction: str = "sum",
     compile: bool = False,
 ) -> Tensor:
-    """Hinge loss on p_t (paper, Sec. 5.1): ``max(0, margin - p_t)`` per (anchor, class).
-
-    p_t = sigmoid(x) for the anchor's class and 1 - sigmoid(x) for the other classes, so an
-    element costs nothing once its p_t reaches ``margin`` and at most ``margin`` otherwise; its
-    gradient, ``-p_t (1 - p_t)`` along x_t, vanishes for confidently wrong elements, which is
-    consistent with the paper finding this loss hard to train. Shapes, labels and reductions as
-    in :func:`label_focal_loss`.
-    """
+    """Hinge loss on p_t (paper, Sec. 5.1; see :class:`~retinafocal.losses.HingeLoss`),
+    label-based and fused. Shapes, labels and reductions as in :func:`label_focal_loss`."""
     if not 0.0 < margin <= 1.0:
         raise ValueError(f"label_hinge_loss: margin must be in (0, 1], got {margin}")
     return fused_label_loss(

@@ -18,12 +18,9 @@ __all__ = ["OHEMLoss", "ohem_select"]
 
 
 def _top_after_nms(boxes: Tensor, scores: Tensor, k: int, nms_thresh: float) -> Tensor:
-    """Indices of the first ``k`` boxes kept by greedy NMS in decreasing score order.
-
-    Greedy NMS decides a box from the higher-scoring boxes only, so running it on the m best
-    boxes gives exactly the head of the full result. We grow m until k boxes survive, instead of
-    running NMS over ~10^5 anchors (quadratic in the worst case).
-    """
+    """Indices of the first ``k`` boxes kept by greedy NMS in decreasing score order. Greedy NMS
+    decides a box from higher-scoring boxes only, so NMS of the m best gives exactly the head of
+    the full result: m grows until k survive, instead of an NMS over all anchors."""
     n = scores.numel()
     k = max(k, 0)  # no boxes for k <= 0 (the loop below also handles n == 0: NMS of nothing)
     order = torch.argsort(scores, descending=True, stable=True)
@@ -37,10 +34,9 @@ def _top_after_nms(boxes: Tensor, scores: Tensor, k: int, nms_thresh: float) -> 
 
 
 def _floor_as_written(value: float) -> int:
-    """floor(value) for a quotient or product of the decimal numbers a user writes, which
-    binary floats hold only nearly: 1 + 0.3 is stored a hair above 1.3, so 13 // (1 + 0.3) is
-    9.0, and 0.57 * 100 is 56.99999999999999. The tolerance is far above such rounding and far
-    below the distance to the next integer of any such fraction that is not a whole number."""
+    """floor(value) of a quotient or product of decimals as written: 13 // (1 + 0.3) is 9.0 and
+    0.57 * 100 is 56.99999999999999 in binary floats. The tolerance is far above such rounding
+    and far below the distance of any such non-integer fraction to the next integer."""
     return math.floor(value + 1e-9)
 
 
@@ -62,11 +58,9 @@ def ohem_select(
         num_classes: K.
         batch_size: B, the most anchors picked.
         neg_pos_ratio: 0 picks the B highest-loss anchors surviving one NMS over all valid
-            anchors. r > 0 picks like SSD: NMS runs separately over positives and over negatives
-            (so neither suppresses the other); the floor(B / (1 + r)) highest-loss surviving
-            positives are taken, then floor(r * P) highest-loss surviving negatives for the P
-            positives taken (fewer if fewer survive). An image without positives then gives
-            nothing, which is what enforcing the ratio means.
+            anchors. r > 0 picks like SSD, with separate NMS over positives and negatives: the
+            floor(B / (1 + r)) highest-loss surviving positives, then floor(r * P) negatives for
+            the P positives taken (so an image without positives gives nothing).
         nms_thresh: IoU above which a lower-loss anchor is suppressed.
 
     Returns:
@@ -90,17 +84,10 @@ def ohem_select(
 class OHEMLoss(nn.Module):
     """Sigmoid CE over a per-image minibatch of the hardest anchors (the paper's OHEM baseline).
 
-    For each image: (1) score every non-ignored anchor by its CE summed over the K classes;
-    (2) NMS the anchor boxes by that score at ``nms_thresh``; (3) keep the ``batch_size_per_image``
-    highest-loss anchors, optionally at 1:``neg_pos_ratio`` positives to negatives (see
-    :func:`ohem_select`); (4) the loss is the CE of the kept anchors (summed over classes),
-    averaged over all kept anchors of the batch, as the paper averages over the minibatch.
-    Hence ``self_normalizing = True``. Plain CE, no alpha weighting: the sampling does the
-    balancing. Only the kept anchors receive gradient.
-
-    For diagnostics, the loss of an (anchor, class) element (:meth:`elementwise_losses`) is its
-    share of what trains: its CE divided by the number of kept anchors if its anchor is kept,
-    0 otherwise. The elements then sum to the value of :meth:`forward`.
+    Per image, anchors are scored by their CE summed over classes and picked by
+    :func:`ohem_select`; the loss is the kept anchors' CE averaged over all kept anchors of the
+    batch, as the paper averages over the minibatch (hence ``self_normalizing``). Plain CE: the
+    sampling does the balancing.
     """
 
     self_normalizing = True
@@ -114,13 +101,8 @@ class OHEMLoss(nn.Module):
         nms_thresh: float = 0.5,
         compile: bool = False,
     ):
-        """
-        Args:
-            batch_size_per_image: anchors kept per image (B; the paper tried 128 to 512).
-            neg_pos_ratio: negatives per positive (3 = the paper's 1:3); 0 = pick by loss only.
-            nms_thresh: IoU threshold of the NMS over anchor boxes.
-            compile: score anchors with the torch.compile'd fused pass.
-        """
+        """``batch_size_per_image``, ``neg_pos_ratio``, ``nms_thresh``: B, r and the threshold
+        of :func:`ohem_select` (the paper: B in 128..512, r = 3); ``compile`` the scoring pass."""
         super().__init__()
         if batch_size_per_image <= 0:
             raise ValueError(
@@ -141,8 +123,7 @@ class OHEMLoss(nn.Module):
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.nms_thresh = float(nms_thresh)
         ce = FocalTerms(alpha=-1.0, gamma=0.0, hard_targets=True)
-        # Scoring every anchor is the large pass (compiled when asked); the loss of the kept
-        # few hundred anchors per image runs eagerly, where a kernel would gain nothing.
+        # Only scoring every anchor is worth compiling; the kept few hundred run eagerly.
         self._scorer = LabelLossRunner(ce, compile)
         self._kept = LabelLossRunner(ce, False)
 
@@ -157,8 +138,7 @@ class OHEMLoss(nn.Module):
         }
 
     def anchor_losses(self, pred_logits: Tensor, gt_labels: Tensor) -> Tensor:
-        """(N, R) fp32 CE of each anchor summed over its K classes (0 for ignored anchors): the
-        hardness score OHEM ranks by; no gradient."""
+        """(N, R) fp32 CE of each anchor summed over classes (0 if ignored), no gradient."""
         return self._scorer.anchor_losses(pred_logits, gt_labels)
 
     def select(self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Tensor) -> Tensor:
@@ -201,10 +181,8 @@ class OHEMLoss(nn.Module):
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
-        """The loss of ``pred_logits`` (N, R, K) against ``gt_labels`` (N, R), as the contract of
-        :data:`CLASSIFICATION_LOSS_REGISTRY` says, with the XYXY ``anchor_boxes`` (R, 4) required:
-        an fp32 scalar, the mean over the picked anchors of their CE summed over classes (0,
-        still attached to the graph, when nothing is picked)."""
+        """fp32 scalar, the mean over picked anchors of their CE summed over classes (0, still in
+        the graph, when none is picked). ``anchor_boxes`` (R, 4) is required."""
         boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.reshape(-1, pred_logits.shape[-1])
         idx = self.select(pred_logits, gt_labels, boxes)
@@ -216,9 +194,8 @@ class OHEMLoss(nn.Module):
     def elementwise_losses(
         self, pred_logits: Tensor, gt_labels: Tensor, *, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
-        """(N, R, K) fp32 share of each element in :meth:`forward`'s value, without gradient: CE
-        / (number of kept anchors) for the elements of kept anchors, 0 elsewhere. Arguments as
-        in :meth:`forward`; the same anchors are kept (the selection is deterministic)."""
+        """(N, R, K) fp32, no gradient: CE / (kept anchors) for kept anchors' elements, else 0
+        (the selection is deterministic, so the same anchors as :meth:`forward`)."""
         boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.detach().reshape(-1, pred_logits.shape[-1])
         idx = self.select(pred_logits, gt_labels, boxes)

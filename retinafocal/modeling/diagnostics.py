@@ -13,12 +13,11 @@ __all__ = ["imbalance_statistics"]
 def imbalance_statistics(
     element_losses: Tensor, pred_logits: Tensor, gt_labels: Tensor, *, hard_fraction: float = 0.1
 ) -> Dict[str, float]:
-    """Measure how the classification loss splits between easy and hard examples.
+    """How the classification loss splits between easy and hard negatives.
 
-    Each (anchor, class) pair of a non-ignored anchor is one binary example, as in the sigmoid
-    loss; a *negative* is a pair whose target is 0 (every class of a background anchor, and the
-    other classes of a foreground anchor). The losses are those of the classification loss that
-    trains (its ``elementwise_losses``), so the shares describe what the optimiser sees.
+    Each (anchor, class) pair of a non-ignored anchor is one binary example; a *negative* is a
+    pair with target 0. The losses are the training loss's ``elementwise_losses``, so the shares
+    describe what the optimiser sees.
 
     Args:
         element_losses: (N, R, K) loss of each pair, 0 for ignored anchors.
@@ -27,10 +26,9 @@ def imbalance_statistics(
         hard_fraction: fraction of negatives counted as "hardest" (0.1 = the 10% hardest).
 
     Returns:
-        dict with ``num_pos_anchors`` and ``num_ignored_anchors`` (per image),
-        ``cls_loss_share_easy_neg`` (share of the loss from negatives with p_t > 0.5) and
-        ``cls_loss_share_hard_neg`` (share from the ``hard_fraction`` highest-loss negatives);
-        both shares are 0 when the total loss is 0 or there is no negative.
+        ``num_pos_anchors`` and ``num_ignored_anchors`` per image, ``cls_loss_share_easy_neg``
+        (share of the loss from negatives with p_t > 0.5) and ``cls_loss_share_hard_neg`` (from
+        the ``hard_fraction`` highest-loss negatives), both 0 without loss or negatives.
     """
     num_images, _, num_classes = pred_logits.shape
     if element_losses.shape != pred_logits.shape:

@@ -1,20 +1,11 @@
 """Frozen BatchNorm folded into the convolution before it (``MODEL.RETINAFOCAL.FOLD_FROZEN_BN``).
 
-A frozen BatchNorm is a fixed per-channel affine map, ``y = x * s + t`` with
-``s = weight / sqrt(running_var + eps)`` and ``t = bias - running_mean * s``, so after a
-convolution ``conv(x, W, b) * s + t == conv(x, W * s, b * s + t)``. The folded form skips one
-pass over the activations (two, plus one in backward, where detectron2's ``FrozenBatchNorm2d``
-runs as a multiply and an add because its input needs a gradient) at the cost of one pass over
-the weights: a gain wherever activations outnumber weights, which in a ResNet-50 at detection
-resolutions is everywhere.
-
-:func:`fold_frozen_batchnorm` turns each detectron2 ``Conv2d`` followed by a
-``FrozenBatchNorm2d`` into a :class:`FrozenBNFoldedConv2d`: a subclass with the same parameters,
-buffers and submodules (the norm stays, as the keeper of its statistics), so checkpoints load
-and save exactly as before, and the gradient of every trainable weight is the same function of
-the inputs (the fold is a reparametrisation that autograd differentiates through). Outputs equal
-the unfolded ones up to float rounding. Where no gradient is needed (inference, frozen stages)
-the folded tensors are computed once and kept until a weight or statistic changes.
+A frozen BatchNorm is ``y = x * s + t`` with ``s = weight / sqrt(running_var + eps)`` and
+``t = bias - running_mean * s``, so ``conv(x, W, b) * s + t == conv(x, W * s, b * s + t)``: one
+pass over the weights instead of one or more over the activations, which outnumber the weights
+everywhere in a ResNet at detection resolutions. The folded conv keeps the same parameters,
+buffers and norm submodule, so checkpoints load and save as before, and autograd differentiates
+through the fold, so gradients are unchanged (outputs equal up to float rounding).
 """
 from __future__ import annotations
 
@@ -28,17 +19,16 @@ __all__ = ["FrozenBNFoldedConv2d", "fold_frozen_batchnorm"]
 
 
 class FrozenBNFoldedConv2d(Conv2d):
-    """detectron2's ``Conv2d`` whose ``norm`` is a ``FrozenBatchNorm2d``, computed as one
-    convolution with the norm folded into its weight and bias (see the module docstring)."""
+    """detectron2's ``Conv2d`` with a ``FrozenBatchNorm2d`` norm, run as one folded convolution.
+    Where no gradient is needed the folded tensors are kept until a weight or statistic changes."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.norm, FrozenBatchNorm2d):
             raise TypeError(f"{type(self).__name__} needs a FrozenBatchNorm2d norm, got "
                             f"{type(self.norm).__name__}")
-        # (key, weight, bias) kept by _kept_weight_and_bias: one attribute, so that the key
-        # and the tensors it describes are always set and freed together. (Not annotated:
-        # TorchScript warns about an Optional annotated in __init__.)
+        # (key, weight, bias) in one attribute, so key and tensors are set and freed together.
+        # Not annotated: TorchScript warns about an Optional annotated in __init__.
         self._folded = None
 
     @classmethod
@@ -46,15 +36,14 @@ class FrozenBNFoldedConv2d(Conv2d):
         """The folded twin of ``conv``, sharing its parameters and norm (nothing is copied)."""
         folded = cls.__new__(cls)
         folded.__dict__.update(conv.__dict__)  # the same parameters, buffers, hooks, submodules
-        # The module dicts are shared with `conv` by that update: give the twin its own.
+        # The update shares the module dicts with `conv`: give the twin its own.
         for name in ("_parameters", "_buffers", "_modules"):
             setattr(folded, name, dict(getattr(conv, name)))
         folded._folded = None
         return folded
 
     def folded_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
-        """``(W * s, b * s + t)``: weight (O, I, kh, kw) and bias (O,), differentiable with
-        respect to the conv's weight and bias."""
+        """``(W * s, b * s + t)``: weight (O, I, kh, kw) and bias (O,), differentiable."""
         norm = self.norm
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
         shift = norm.bias - norm.running_mean * scale
@@ -64,9 +53,8 @@ class FrozenBNFoldedConv2d(Conv2d):
 
     @torch.jit.unused
     def _kept_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
-        """:meth:`folded_weight_and_bias`, computed again only when a weight or a statistic
-        changed (in place, by loading or by moving the module): every in-place change bumps a
-        tensor's version, and a move gives it new storage."""
+        """:meth:`folded_weight_and_bias`, recomputed only when an input tensor's version (bumped
+        by any in-place change or load) or storage (a move) changed."""
         tensors = [self.weight, self.norm.weight, self.norm.bias, self.norm.running_mean,
                    self.norm.running_var]
         if self.bias is not None:

@@ -24,14 +24,12 @@ logger = logging.getLogger(__name__)
 
 RETINAFOCAL_HEAD_REGISTRY = Registry("RETINAFOCAL_HEAD")
 RETINAFOCAL_HEAD_REGISTRY.__doc__ = """
-Registry for the dense heads of :class:`retinafocal.modeling.FocalRetinaNet`, selected by
-``cfg.MODEL.RETINAFOCAL.HEAD_NAME``.
+Dense heads of :class:`retinafocal.modeling.FocalRetinaNet`, by ``cfg.MODEL.RETINAFOCAL.HEAD_NAME``.
 
-A member is an ``nn.Module`` built as ``Head(cfg, input_shape)``, where ``input_shape`` is the
-list of :class:`ShapeSpec` of the features in ``cfg.MODEL.RETINANET.IN_FEATURES`` (high to low
-resolution). Its ``forward(features: List[Tensor]) -> (logits, deltas)`` takes one (N, C, Hi, Wi)
-tensor per level and returns two lists with one tensor per level: class logits of shape
-(N, A*K, Hi, Wi) and box deltas of shape (N, A*4, Hi, Wi), A anchors per location and K classes.
+A member is an ``nn.Module`` built as ``Head(cfg, input_shape)``, ``input_shape`` the ShapeSpecs
+of ``cfg.MODEL.RETINANET.IN_FEATURES`` (high to low resolution). ``forward(features)`` takes one
+(N, C, Hi, Wi) tensor per level and returns ``(logits, deltas)``, one (N, A*K, Hi, Wi) and one
+(N, A*4, Hi, Wi) tensor per level (A anchors per location, K classes).
 """
 
 
@@ -42,10 +40,9 @@ def build_retinafocal_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
 
 
 class LevelBatchNorm(CycleBatchNormList):
-    """detectron2's ``CycleBatchNormList`` (the same parameters, buffers and behaviour: call i
-    normalises with the statistics of BatchNorm ``i % length``, then applies the shared affine)
-    with a ``forward`` that TorchScript compiles. detectron2's indexes its list with a variable,
-    which TorchScript rejects; this one enumerates it."""
+    """detectron2's ``CycleBatchNormList`` (call i uses the statistics of BatchNorm
+    ``i % length``, then the shared affine) with a ``forward`` that TorchScript compiles:
+    detectron2's indexes its list with a variable, which TorchScript rejects."""
 
     __constants__ = ["_affine"]  # lets TorchScript drop the affine branch when it is off
 
@@ -65,12 +62,8 @@ class LevelBatchNorm(CycleBatchNormList):
 
 
 def _norm_factory(norm: Union[str, Callable], num_levels: int) -> Callable[[int], nn.Module]:
-    """Return ``channels -> norm module`` for the head's conv layers.
-
-    BatchNorm gets one set of statistics per level (:class:`LevelBatchNorm`), because the
-    levels' activations have different statistics while the convs are shared. GroupNorm and
-    the other :func:`get_norm` types are shared across levels.
-    """
+    """``channels -> norm module`` for the head's convs. BatchNorm keeps statistics per level
+    (:class:`LevelBatchNorm`): the convs are shared, the levels' activation statistics differ."""
     if norm in ("BN", "SyncBN"):
         bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
         return lambda c: LevelBatchNorm(length=num_levels, bn_class=bn_class, num_features=c)
@@ -79,18 +72,14 @@ def _norm_factory(norm: Union[str, Callable], num_levels: int) -> Callable[[int]
 
 @RETINAFOCAL_HEAD_REGISTRY.register()
 class RetinaFocalHead(nn.Module):
-    """The paper's head (Sec. 4, Fig. 3): two subnets with the same structure, not shared with
-    each other, each shared across all pyramid levels.
-
-    * class subnet: ``num_convs`` x (3x3 conv, ``conv_dim`` channels, [norm], ReLU), then a 3x3
-      conv to A*K sigmoid logits;
-    * box subnet: the same stack, then a 3x3 conv to A*4 class-agnostic box deltas.
+    """The paper's head (Sec. 4, Fig. 3): a class subnet and a box subnet, each a stack of
+    (3x3 conv, [norm], ReLU) then a 3x3 conv to A*K logits or A*4 class-agnostic deltas, shared
+    across levels but not with each other.
 
     Convs start from N(0, 0.01) weights and zero bias; the last class conv's bias is
-    ``-log((1 - pi) / pi)`` so every anchor starts with foreground probability ``pi`` (the prior
-    init of Sec. 4, which keeps the loss of the many background anchors from swamping the first
-    iterations). Parameter names equal those of detectron2's ``RetinaNetHead``, so its checkpoints
-    load unchanged.
+    ``-log((1 - pi) / pi)`` so every anchor starts at foreground probability ``pi`` (Sec. 4's
+    prior init, which keeps the many background anchors from swamping the first iterations).
+    Parameter names are those of detectron2's ``RetinaNetHead``, so its checkpoints load.
     """
 
     @configurable
@@ -104,15 +93,10 @@ class RetinaFocalHead(nn.Module):
         norm: Union[str, Callable] = "",
         prior_prob: float = 0.01,
     ):
-        """
-        Args:
-            input_shape: shapes of the input features, one per level.
-            num_classes: K, the number of foreground classes.
-            num_anchors: A, the number of anchors per location (equal on every level).
-            conv_dims: output channels of each conv of a subnet (its length is the depth).
-            norm: "" for none, "GN", "BN", "SyncBN", or anything :func:`get_norm` accepts.
-            prior_prob: pi, the initial foreground probability of every anchor.
-        """
+        """``input_shape``: one ShapeSpec per level; ``num_classes``: K; ``num_anchors``: A per
+        location (the same on every level); ``conv_dims``: output channels of each conv of a
+        subnet; ``norm``: "" (none), "BN", "SyncBN" or any :func:`get_norm` type; ``prior_prob``:
+        pi, every anchor's initial foreground probability."""
         super().__init__()
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
@@ -164,14 +148,8 @@ class RetinaFocalHead(nn.Module):
         }
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """
-        Args:
-            features: one (N, C, Hi, Wi) tensor per level, high to low resolution.
-
-        Returns:
-            logits: one (N, A*K, Hi, Wi) tensor per level.
-            deltas: one (N, A*4, Hi, Wi) tensor per level, (dx, dy, dw, dh) per anchor.
-        """
+        """One (N, C, Hi, Wi) feature per level, high to low resolution -> per level, (N, A*K,
+        Hi, Wi) logits and (N, A*4, Hi, Wi) deltas, (dx, dy, dw, dh) per anchor."""
         if len(features) != self._num_levels:
             raise ValueError(f"head built for {self._num_levels} levels, got {len(features)}")
         logits = [self.cls_score(self.cls_subnet(f)) for f in features]

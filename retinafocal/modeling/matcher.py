@@ -14,14 +14,11 @@ __all__ = ["ANCHOR_MATCHER_REGISTRY", "build_anchor_matcher", "ChunkedIoUMatcher
 
 ANCHOR_MATCHER_REGISTRY = Registry("RETINAFOCAL_ANCHOR_MATCHER")
 ANCHOR_MATCHER_REGISTRY.__doc__ = """
-Registry for anchor matchers of :class:`retinafocal.modeling.FocalRetinaNet`, selected by
-``cfg.MODEL.RETINAFOCAL.MATCHER_NAME``.
-
-A member is built as ``Matcher(cfg)`` and called as ``matcher(gt_boxes, anchors)`` with
-``gt_boxes`` an (M, 4) and ``anchors`` an (R, 4) tensor of XYXY boxes (M may be 0). It returns
-``(matched_idxs, match_labels)``, both of shape (R,): ``matched_idxs`` (int64) is the index in
-[0, M) of the ground truth each anchor is assigned to (any value when M == 0), and
-``match_labels`` (int8) is 1 = foreground, 0 = background, -1 = ignored.
+Anchor matchers of :class:`retinafocal.modeling.FocalRetinaNet`, by
+``cfg.MODEL.RETINAFOCAL.MATCHER_NAME``. A member is built as ``Matcher(cfg)`` and called as
+``matcher(gt_boxes (M, 4), anchors (R, 4))`` (XYXY, M may be 0); it returns (R,) int64
+``matched_idxs`` (ground truth index in [0, M), any value when M == 0) and (R,) int8
+``match_labels`` (1 = foreground, 0 = background, -1 = ignored).
 """
 
 
@@ -34,22 +31,15 @@ def build_anchor_matcher(cfg) -> nn.Module:
 class ChunkedIoUMatcher(nn.Module):
     """The paper's IoU matcher (Sec. 4), with bounded memory.
 
-    Each anchor takes the ground-truth box it overlaps most. With the default thresholds
-    ``[0.4, 0.5]`` and labels ``[0, -1, 1]``: IoU >= 0.5 is foreground, IoU < 0.4 background, and
-    anchors in [0.4, 0.5) are ignored during training. With ``allow_low_quality_matches``, each
-    ground truth's highest-IoU anchors (ties included) are made foreground even below 0.5, so no
-    object is left without an anchor; a ground truth that overlaps no anchor at all (highest IoU
-    0) gets none. Results equal detectron2's ``Matcher`` applied to ``pairwise_iou``, except for
-    that last case, where detectron2 would make every anchor foreground.
+    Each anchor takes the ground truth it overlaps most; with thresholds ``[0.4, 0.5]`` and labels
+    ``[0, -1, 1]``, IoU >= 0.5 is foreground, < 0.4 background, in between ignored. With
+    ``allow_low_quality_matches``, each ground truth's highest-IoU anchors (ties included) become
+    foreground even below 0.5. Results equal detectron2's ``Matcher`` on ``pairwise_iou``, except
+    that a ground truth overlapping no anchor gets none (detectron2 makes every anchor foreground).
 
-    Memory: the IoU matrix is never built whole. Anchors are processed in chunks of
-    ``max(1, chunk_elements // M)`` so that each (M, chunk) IoU block holds at most
-    ``chunk_elements`` values. ``pairwise_iou`` keeps about 8 float32 temporaries per value, so
-    peak working memory is bounded by about ``32 * chunk_elements`` bytes plus O(R + M) for the
-    outputs: 128 MiB for the default 4M elements, whatever the number of anchors and boxes
-    (500 GT x 250k anchors would otherwise need a 500 MB IoU matrix and several GB of
-    temporaries). The low-quality pass recomputes each block once more, so it costs one extra
-    IoU evaluation, not memory.
+    The IoU matrix is never built whole: anchors go in chunks of ``chunk_elements // M``, so peak
+    memory is about ``32 * chunk_elements`` bytes (``pairwise_iou`` keeps ~8 float32 temporaries
+    per value; 128 MiB by default) whatever R and M. Low-quality matching recomputes the blocks.
 
     Example (thresholds [0.4, 0.5], labels [0, -1, 1], low-quality matches on)::
 
@@ -69,14 +59,9 @@ class ChunkedIoUMatcher(nn.Module):
         allow_low_quality_matches: bool = False,
         chunk_elements: int = 4 * 1024 * 1024,
     ):
-        """
-        Args:
-            thresholds: increasing IoU thresholds splitting [0, 1] into len(thresholds) + 1
-                intervals, e.g. [0.4, 0.5].
-            labels: the label (-1, 0 or 1) of each interval, e.g. [0, -1, 1].
-            allow_low_quality_matches: see the class docstring.
-            chunk_elements: the most IoU values held at once.
-        """
+        """``thresholds``: increasing IoUs splitting [0, 1] into intervals, e.g. [0.4, 0.5];
+        ``labels``: the label (-1, 0 or 1) of each interval, e.g. [0, -1, 1];
+        ``chunk_elements``: the most IoU values held at once."""
         super().__init__()
         if any(b < a for a, b in zip(thresholds[:-1], thresholds[1:])):
             raise ValueError(f"IoU thresholds must be increasing, got {thresholds}")
@@ -109,17 +94,10 @@ class ChunkedIoUMatcher(nn.Module):
         return [(start, min(start + step, num_anchors)) for start in range(0, num_anchors, step)]
 
     def forward(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
-        """
-        Args:
-            gt_boxes: (M, 4) XYXY ground-truth boxes, M >= 0.
-            anchors: (R, 4) XYXY anchor boxes, R >= 0.
-
-        Returns:
-            matched_idxs: (R,) int64, the matched ground truth of each anchor (0 when M == 0).
-            match_labels: (R,) int8, 1 = foreground, 0 = background, -1 = ignored.
-        """
-        # A ``with`` block rather than the @torch.no_grad() decorator, which TorchScript
-        # cannot compile.
+        """``gt_boxes`` (M, 4) and ``anchors`` (R, 4), XYXY, M and R >= 0 -> (R,) int64
+        ``matched_idxs`` (0 when M == 0) and (R,) int8 ``match_labels`` (1 = foreground,
+        0 = background, -1 = ignored)."""
+        # A ``with`` block: TorchScript cannot compile the @torch.no_grad() decorator.
         with torch.no_grad():
             matched_idxs, match_labels = self._match(gt_boxes, anchors)
         return matched_idxs, match_labels
@@ -151,9 +129,7 @@ class ChunkedIoUMatcher(nn.Module):
 
     def _best_in_chunk(self, gt: Boxes, anchors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """For C anchors: the highest IoU of each (C,), its ground truth (C,), and the highest
-        IoU of each ground truth (M,), which only low-quality matches use (a reduction that
-        costs little next to the IoU block). The (M, C) IoU block is freed when this returns,
-        before the next chunk's is computed."""
+        IoU of each ground truth (M,). The (M, C) IoU block dies on return, before the next."""
         iou = pairwise_iou(gt, Boxes(anchors))  # (M, C)
         best, idxs = iou.max(dim=0)
         return best, idxs, iou.max(dim=1).values
@@ -169,11 +145,8 @@ class ChunkedIoUMatcher(nn.Module):
     def _set_low_quality_matches(
         self, match_labels: Tensor, gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor
     ) -> None:
-        """Make foreground each ground truth's highest-IoU anchors (ties included).
-
-        The anchor keeps its own best match in ``matched_idxs`` (which may be another ground truth
-        with the same IoU), as in detectron2. Ground truths that overlap no anchor are skipped.
-        """
+        """Make foreground each ground truth's highest-IoU anchors (ties included), keeping each
+        anchor's own best match in ``matched_idxs``, as detectron2 does."""
         for start, end in self._chunks(gt.tensor.shape[0], anchors.shape[0]):
             is_best = self._reaches_best_in_chunk(gt, anchors[start:end], best_iou_per_gt)
             match_labels[start:end][is_best] = 1
@@ -181,7 +154,7 @@ class ChunkedIoUMatcher(nn.Module):
     @staticmethod
     def _reaches_best_in_chunk(gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor) -> Tensor:
         """(C,) bool: which of C anchors reach the highest IoU of some ground truth that
-        overlaps any anchor. As in :meth:`_best_in_chunk`, the IoU block dies on return."""
+        overlaps any anchor."""
         target = best_iou_per_gt[:, None]
         iou = pairwise_iou(gt, Boxes(anchors))
         return ((iou == target) & (target > 0)).any(dim=0)

@@ -1,19 +1,10 @@
 """The compute precision of the backbone and head (``MODEL.RETINAFOCAL.PRECISION``).
 
-``fp32`` adds no autocast of its own. ``bf16`` and ``fp16`` run the backbone and the head under
-``torch.autocast`` (convolutions and matrix products in the lower precision, the rest as autocast
-decides), in training and in inference, and hand float32 predictions to the loss, the anchor
-labelling and the box decoding, which stay in float32.
-
-* ``bf16`` (CPU and GPU): float32's exponent range, so no gradient scaling. It pays on CPUs that
-  compute in bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slower than
-  float32, so the model runs in float32 with a logged warning, as it does on a GPU without bf16.
-* ``fp16`` (GPU only): training needs gradient scaling, which detectron2's ``AMPTrainer`` does.
-
-``SOLVER.AMP.ENABLED`` keeps detectron2's meaning: train in ``AMPTrainer``, the whole step under
-fp16 autocast with a gradient scaler. :func:`check_precision_and_amp` keeps the two consistent:
-``fp16`` needs AMP for its scaler, AMP over ``bf16`` is a contradiction, and AMP with ``fp32``
-is detectron2's AMP unchanged (inference then runs in float32, as in detectron2).
+``bf16`` and ``fp16`` run the backbone and head under ``torch.autocast`` in training and
+inference and hand float32 predictions to the loss, anchor labelling and box decoding. ``bf16``
+(CPU and GPU) needs no gradient scaling; where it would be emulated (a CPU without AVX512-BF16 or
+AMX, a GPU without bf16) the model runs in float32 with a warning. ``fp16`` (GPU only) trains
+with detectron2's ``AMPTrainer`` for its gradient scaler (``SOLVER.AMP.ENABLED``).
 """
 from __future__ import annotations
 
@@ -64,9 +55,8 @@ def _cpuinfo_flags() -> Set[str]:
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), which is when oneDNN's bf16
-    convolutions beat float32 ones. Asks PyTorch's CPU feature probes; reads the flags of
-    ``/proc/cpuinfo`` where this PyTorch has none."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), the only case where oneDNN's
+    bf16 convolutions beat float32 ones. Falls back to ``/proc/cpuinfo`` without torch's probes."""
     probes = [getattr(torch.cpu, name, None)
               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]  # fmt: skip
     if all(callable(p) for p in probes):
@@ -102,16 +92,10 @@ def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
 
 
 def check_precision_and_amp(precision: str, amp_enabled: bool) -> None:
-    """Keep ``SOLVER.AMP.ENABLED`` (detectron2's meaning: ``AMPTrainer``, the training step
-    under fp16 autocast with a gradient scaler) consistent with the precision key:
-
-    * ``fp16`` without AMP would train without gradient scaling, and small fp16 gradients
-      underflow to zero;
-    * AMP with ``bf16`` would put the step under fp16 autocast, against what the key asks for;
-    * AMP with ``fp32`` is detectron2's AMP, unchanged.
-
-    Raises ``ValueError`` naming both keys on a contradiction.
-    """
+    """Raise ``ValueError`` naming both keys unless ``SOLVER.AMP.ENABLED`` (detectron2's
+    ``AMPTrainer``: the step under fp16 autocast with a gradient scaler) fits the precision:
+    ``fp16`` needs AMP (without scaling small fp16 gradients underflow); AMP with ``bf16`` would
+    autocast to fp16 instead; AMP with ``fp32`` is detectron2's AMP, unchanged."""
     check_precision(precision)
     if precision == "fp16" and not amp_enabled:
         raise ValueError(
@@ -126,31 +110,21 @@ def check_precision_and_amp(precision: str, amp_enabled: bool) -> None:
 
 
 class PrecisionDenseDetector(DenseDetector):
-    """detectron2's ``DenseDetector`` whose backbone and head compute at ``precision``.
-
-    Its ``forward`` is detectron2's dense-detector flow (preprocess, backbone, head, then
-    ``forward_training`` or ``forward_inference``) written out, because TorchScript compiles no
-    ``super()`` call. A scripted model runs in float32, whatever its ``precision``.
+    """detectron2's ``DenseDetector`` whose backbone and head compute at ``precision`` (one of
+    :data:`PRECISIONS`). ``forward`` is detectron2's flow written out, because TorchScript
+    compiles no ``super()`` call. A scripted model runs in float32, whatever its ``precision``.
     """
 
     def __init__(self, *args, precision: str = "fp32", **kwargs):
-        """``args`` and ``kwargs``: ``DenseDetector``'s; ``precision``: one of
-        :data:`PRECISIONS`."""
         super().__init__(*args, **kwargs)
         check_precision(precision)
         self.precision = precision
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        """
-        Args:
-            batched_inputs: one dict per image, as detectron2's ``DatasetMapper`` gives: "image"
-                (C, H, W), "instances" in training, optionally "height" and "width".
-
-        Returns:
-            In training, the losses (``forward_training``'s dict); in inference, one
-            ``{"instances": Instances}`` per image, resized to its "height" x "width"
-            (scripted: the ``Instances`` at the batch's image sizes).
-        """
+        """``batched_inputs``: one ``DatasetMapper`` dict per image ("image" (C, H, W),
+        "instances" in training, optionally "height" and "width"). Returns the losses in
+        training; in inference one ``{"instances": Instances}`` per image, resized to its
+        "height" x "width" (scripted: the bare ``Instances`` at the batch's image sizes)."""
         images = self.preprocess_image(batched_inputs)
         if torch.jit.is_scripting():
             features, predictions = self.dense_predictions(images.tensor)
@@ -170,13 +144,9 @@ class PrecisionDenseDetector(DenseDetector):
         return processed
 
     def dense_predictions(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
-        """Backbone and head on the padded batch ``images`` (N, C, H, W).
-
-        Returns:
-            features: the ``head_in_features`` maps, one (N, Ci, Hi, Wi) per level;
-            predictions: ``[logits, deltas]`` from the head, each a list of one tensor per
-            level, (N, A*K, Hi, Wi) and (N, A*4, Hi, Wi).
-        """
+        """Backbone and head on the padded batch ``images`` (N, C, H, W). Returns the
+        ``head_in_features`` maps, one (N, Ci, Hi, Wi) per level, and ``[logits, deltas]``, each
+        one tensor per level, (N, A*K, Hi, Wi) and (N, A*4, Hi, Wi)."""
         all_features = self.backbone(images)
         features = [all_features[f] for f in self.head_in_features]
         logits, deltas = self.head(features)
@@ -186,9 +156,8 @@ class PrecisionDenseDetector(DenseDetector):
     def _dense_predictions_autocast(
         self, images: Tensor
     ) -> Tuple[List[Tensor], List[List[Tensor]]]:
-        """:meth:`dense_predictions` under ``torch.autocast`` to ``precision``, the predictions
-        returned in float32 so that the loss, anchor labelling and box decoding compute in
-        float32. (The features only give the anchor generator its sizes.)"""
+        """:meth:`dense_predictions` under autocast to ``precision``, predictions cast back to
+        float32 (the features only give the anchor generator its sizes)."""
         device_type = images.device.type
         dtype = autocast_dtype(self.precision, device_type)
         if dtype is None:  # fp32, or bf16 falling back (autocast_dtype has logged why)

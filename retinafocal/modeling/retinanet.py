@@ -33,19 +33,10 @@ _MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 @META_ARCH_REGISTRY.register()
 class FocalRetinaNet(PrecisionDenseDetector):
-    """RetinaNet as in :paper:`RetinaNet` (Lin et al., ICCV 2017), with swappable head, anchor
-    matcher and classification loss.
-
-    It reads the standard ``cfg.MODEL.RETINANET.*`` keys with detectron2's meaning, plus
-    ``cfg.MODEL.RETINAFOCAL.*`` (see :func:`retinafocal.add_retinafocal_config`), and has the
-    same parameters as detectron2's ``RetinaNet``: its checkpoints load with ``strict=True``.
-
-    Training (:meth:`losses`): the classification loss is summed over all non-ignored anchors
-    and, like the box loss over foreground anchors, divided by the number of foreground anchors
-    in the batch (the paper), or by detectron2's moving average of it (``loss_normalizer="ema"``).
-    Inference (:meth:`inference_single_image`): per level, the top ``test_topk_candidates``
-    (anchor, class) pairs scoring above ``test_score_thresh``; the levels merged; class-wise NMS;
-    at most ``max_detections_per_image`` results.
+    """RetinaNet (:paper:`RetinaNet`, Lin et al., ICCV 2017) with swappable head, anchor matcher
+    and classification loss. It reads ``cfg.MODEL.RETINANET.*`` with detectron2's meaning plus
+    ``cfg.MODEL.RETINAFOCAL.*``, and has detectron2 ``RetinaNet``'s parameters: its checkpoints
+    load with ``strict=True``.
     """
 
     @configurable
@@ -77,43 +68,25 @@ class FocalRetinaNet(PrecisionDenseDetector):
         precision: str = "fp32",
         fold_frozen_bn: bool = False,
     ):
-        """
+        """Arguments not listed mean what they mean in detectron2's ``RetinaNet`` (inference
+        defaults are the paper's); ``box_reg_loss_type`` also takes "l1" (smooth L1, beta 0).
+
         Args:
-            backbone: a detectron2 backbone producing ``head_in_features``.
-            head: maps the list of features to per-level (N, A*K, Hi, Wi) logits and
-                (N, A*4, Hi, Wi) deltas (see ``RETINAFOCAL_HEAD_REGISTRY``).
-            head_in_features: backbone outputs fed to the head, high to low resolution.
-            anchor_generator: detectron2 anchor generator for those features.
-            box2box_transform: encodes ground-truth boxes as deltas to anchors.
-            anchor_matcher: ``(gt (M, 4), anchors (R, 4)) -> (matched_idxs, match_labels)``
-                (see ``ANCHOR_MATCHER_REGISTRY``).
+            head: a ``RETINAFOCAL_HEAD_REGISTRY`` member.
+            anchor_matcher: a member of ``ANCHOR_MATCHER_REGISTRY``.
             classification_loss: a member of ``CLASSIFICATION_LOSS_REGISTRY``.
             num_classes: K, the number of foreground classes.
-            smooth_l1_beta: beta of the smooth-L1 box loss (0 = L1).
-            box_reg_loss_type: "smooth_l1", "l1", "giou", "diou" or "ciou".
-            loss_normalizer: "num_pos" (foreground anchors in the batch) or "ema" (detectron2's
-                moving average of it, starting at 100).
-            loss_normalizer_momentum: momentum of the "ema" normaliser.
-            test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
-                inference settings (paper: 0.05, 1000 per level, 0.5, 100).
-            pixel_mean, pixel_std: input normalisation, per channel.
-            diagnostics_period: record imbalance diagnostics every this many iterations (0: off),
-                from the per-element losses of ``classification_loss``.
-            vis_period: visualise training predictions every this many iterations (0: off).
-            input_format: "BGR" or "RGB", for visualisation.
-            memory_format: layout of the 4-d weights: "NCHW" (PyTorch's default; results
-                identical to detectron2's RetinaNet) or "NHWC" (channels-last, which oneDNN and
-                cuDNN convolve without reordering; the same results up to float rounding).
-                A convolution with channels-last weights gives channels-last outputs whatever
-                its input's layout, so from the first convolution on the backbone and head
-                compute in it: the images are converted there, by PyTorch.
-            precision: "fp32", "bf16" (CPU with native bf16, GPU) or "fp16" (GPU): the backbone
-                and head run under ``torch.autocast`` to bf16/fp16; the loss, anchor labelling
-                and box decoding stay float32 (see :mod:`retinafocal.modeling.precision`).
-            fold_frozen_bn: compute each backbone conv followed by a frozen BatchNorm as one conv
-                with the norm folded in (:mod:`retinafocal.modeling.frozen_bn`): the same
-                parameters, checkpoints and results up to float rounding, one pass over the
-                activations fewer per such conv.
+            loss_normalizer: divide both losses by "num_pos" (foreground anchors in the batch,
+                the paper) or "ema" (detectron2's moving average of it, starting at 100, with
+                ``loss_normalizer_momentum``).
+            diagnostics_period: log imbalance diagnostics every this many iterations (0: off).
+            memory_format: layout of the 4-d weights: "NCHW" (results identical to detectron2's
+                RetinaNet) or "NHWC" (channels-last, which oneDNN and cuDNN convolve without
+                reordering; activations follow from the first conv on; equal up to rounding).
+            precision: "fp32", "bf16" or "fp16" for the backbone and head (see
+                :mod:`retinafocal.modeling.precision`).
+            fold_frozen_bn: fold each frozen BatchNorm of the backbone into the conv before it
+                (see :mod:`retinafocal.modeling.frozen_bn`).
         """
         super().__init__(
             backbone,
@@ -197,7 +170,6 @@ class FocalRetinaNet(PrecisionDenseDetector):
             "fold_frozen_bn": cfg.MODEL.RETINAFOCAL.FOLD_FROZEN_BN,
         }
 
-    # ------------------------------------------------------------------ training
     def forward_training(
         self,
         images: ImageList,
@@ -224,9 +196,8 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _inputs_for_visualization(
         self, images: ImageList, gt_instances: List[Instances]
     ) -> List[Dict[str, object]]:
-        """The training inputs as ``visualize_training`` reads them (``image``: (C, H, W) uint8,
-        ``instances``), rebuilt from the normalised, padded batch, so that the model keeps no
-        reference to its inputs."""
+        """The inputs ``visualize_training`` reads (``image``: (C, H, W) uint8, ``instances``),
+        rebuilt from the padded batch so that the model keeps no reference to its inputs."""
         inputs: List[Dict[str, object]] = []
         for i, (height, width) in enumerate(images.image_sizes):
             image = images.tensor[i, :, :height, :width] * self.pixel_std + self.pixel_mean
@@ -235,8 +206,8 @@ class FocalRetinaNet(PrecisionDenseDetector):
         return inputs
 
     def _check_gt_classes(self, gt_instances: List[Instances]) -> None:
-        """Refuse class indices >= K: K would train silently as background. (One host sync a
-        step on a GPU, for the whole batch, as the loss's positive-anchor count already makes.)"""
+        """Refuse class indices >= K: K would train silently as background. (One host sync per
+        batch, like the loss's positive-anchor count.)"""
         classes = [x.gt_classes for x in gt_instances]
         if not any(c.numel() for c in classes):
             return
@@ -256,17 +227,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def label_anchors(
         self, anchors: List[Boxes], gt_instances: List[Instances]
     ) -> Tuple[List[Tensor], List[Tensor]]:
-        """
-        Args:
-            anchors: one Boxes per level, Ri anchors each (R = sum of Ri).
-            gt_instances: one Instances per image with ``gt_boxes`` and ``gt_classes``.
-
-        Returns:
-            gt_labels: per image, an (R,) int64 tensor; [0, K) = class of the matched object,
-                K = background, -1 = ignored.
-            matched_gt_boxes: per image, an (R, 4) tensor; the matched box of foreground anchors
-                (undefined elsewhere).
-        """
+        """For ``anchors`` (one Boxes of Ri anchors per level, R = sum of Ri) and one Instances
+        per image, return per image (R,) int64 ``gt_labels`` ([0, K) = class of the matched
+        object, K = background, -1 = ignored) and (R, 4) ``matched_gt_boxes`` (meaningful for
+        foreground anchors only)."""
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         gt_labels, matched_gt_boxes = [], []
         for gt_per_image in gt_instances:
@@ -293,17 +257,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         pred_deltas: List[Tensor],
         gt_boxes: List[Tensor],
     ) -> Dict[str, Tensor]:
-        """
-        Args:
-            anchors: one Boxes per level.
-            pred_logits: per level, (N, Ri, K) logits.
-            gt_labels: per image, (R,) labels from :meth:`label_anchors`.
-            pred_deltas: per level, (N, Ri, 4) box deltas.
-            gt_boxes: per image, (R, 4) matched ground-truth boxes.
-
-        Returns:
-            ``{"loss_cls": scalar, "loss_box_reg": scalar}``, both normalised.
-        """
+        """Takes one Boxes per level, per level (N, Ri, K) logits and (N, Ri, 4) deltas, and per
+        image the (R,) labels and (R, 4) boxes of :meth:`label_anchors`. Returns the scalars
+        ``loss_cls`` and ``loss_box_reg`` divided by the normaliser (``loss_cls`` not, when the
+        loss is ``self_normalizing``)."""
         num_images = len(gt_labels)
         labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (labels >= 0) & (labels != self.num_classes)
@@ -332,8 +289,7 @@ class FocalRetinaNet(PrecisionDenseDetector):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         if self.diagnostics_period > 0 and storage.iter % self.diagnostics_period == 0:
-            # Ask the loss that trains for its per-element values: the diagnostics then follow
-            # whichever loss is configured, with its own parameters.
+            # From the loss that trains, so the diagnostics follow its own parameters.
             logits = logits.detach()
             element_losses = self.classification_loss.elementwise_losses(
                 logits, labels, anchor_boxes=anchor_boxes
@@ -342,7 +298,6 @@ class FocalRetinaNet(PrecisionDenseDetector):
             storage.put_scalars(**{f"imbalance/{k}": v for k, v in stats.items()})
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
-    # ------------------------------------------------------------------ inference
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ) -> List[Instances]:
@@ -367,17 +322,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
         deltas: List[Tensor],
         image_size: Tuple[int, int],
     ) -> Instances:
-        """
-        Args:
-            anchors: one Boxes of Ri anchors per level.
-            logits: per level, (Ri, K) class logits of this image.
-            deltas: per level, (Ri, 4) box deltas of this image.
-            image_size: (height, width) of the image before padding.
-
-        Returns:
-            Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,),
-            sorted by score, D <= max_detections_per_image.
-        """
+        """Per level, the top ``test_topk_candidates`` (anchor, class) pairs above
+        ``test_score_thresh``; then class-wise NMS over all levels. Takes per level Ri anchors,
+        this image's (Ri, K) logits and (Ri, 4) deltas, and its unpadded (height, width); returns
+        Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,), sorted by
+        score, D <= max_detections_per_image."""
         per_level = [
             self._decode_level(anchors_i.tensor, logits_i, deltas_i)
             for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas)
@@ -396,24 +345,15 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _decode_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Top-k candidates of one level above the score threshold, decoded.
-
-        The threshold is first applied to the logits (sigmoid is monotonic), so only the few
-        candidates that pass are put through the sigmoid, not all Ri x K logits.
-
-        Args:
-            anchors: (Ri, 4); logits: (Ri, K); deltas: (Ri, 4).
-
-        Returns:
-            boxes (C, 4), scores (C,), classes (C,) int64, C <= test_topk_candidates.
-        """
+        """Anchors (Ri, 4), logits (Ri, K), deltas (Ri, 4) -> the top-k candidates above the
+        score threshold: boxes (C, 4), scores (C,), classes (C,) int64. The threshold is applied
+        to the logits first (sigmoid is monotonic), so only those that pass go through sigmoid."""
         flat = logits.reshape(-1)
         thresh = self.test_score_thresh
         if thresh <= 0:
             candidates = torch.arange(flat.numel(), device=flat.device)
         else:
-            # A small margin below logit(thresh) keeps float rounding from dropping a candidate
-            # that passes the exact test on the sigmoid below.
+            # The margin keeps rounding from dropping a candidate that passes the sigmoid test.
             logit_thresh = math.log(thresh / (1 - thresh)) - 1e-4 if thresh < 1 else math.inf
             candidates = torch.nonzero(flat > logit_thresh).squeeze(1)
         scores = flat[candidates].sigmoid()
