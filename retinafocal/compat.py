@@ -214,27 +214,6 @@ def _export_without_caffe2() -> None:
     EXPORT_WITHOUT_CAFFE2 = True
 
 
-class _UtilsWithImage:
-    """``detection_utils`` whose first ``read_image(file_name)`` returns ``image``."""
-
-    def __init__(self, file_name: str, image: np.ndarray) -> None:
-        from detectron2.data import detection_utils
-
-        self._utils = detection_utils
-        self._file_name = file_name
-        self._image = image
-        self.used = False
-
-    def read_image(self, file_name: str, format: Optional[str] = None) -> np.ndarray:
-        if not self.used and file_name == self._file_name:
-            self.used = True
-            return self._image
-        return self._utils.read_image(file_name, format)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._utils, name)
-
-
 def _check_dataset_mapper_reads_through_utils() -> None:
     """v0.6 to current main: :func:`dataset_mapper_call` relies on ``DatasetMapper.__call__``
     reading its image with the module global ``utils.read_image``."""
@@ -251,12 +230,13 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
     """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as what it
     would read from ``dataset_dict["file_name"]``, for a mapper that reads images its own way
     (``DatasetMapper`` has no hook for that). Its code object runs with a copy of its globals in
-    which ``utils`` answers the first ``read_image``: nothing global changes.
+    which ``utils`` (a copy of ``detection_utils``) answers the first ``read_image``: nothing
+    global changes.
 
     ``dataset_dict`` is not modified; ``image`` is (H, W, C) uint8 in ``mapper.image_format``.
     Raises detectron2's ``SizeMismatchError`` when ``image`` is not of the size the dict says.
     """
-    from detectron2.data import DatasetMapper
+    from detectron2.data import DatasetMapper, detection_utils
 
     if not DATASET_MAPPER_TAKES_IMAGE:
         raise RuntimeError(
@@ -264,14 +244,22 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
             "detection_utils.read_image (as v0.6 to current main do), so retinafocal cannot hand "
             "it an image: retinafocal.compat.dataset_mapper_call needs updating for it."
         )
+    used: list = []
+
+    def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
+        if not used and file_name == dataset_dict["file_name"]:
+            used.append(file_name)
+            return image
+        return detection_utils.read_image(file_name, format)
+
     call = DatasetMapper.__call__
-    utils = _UtilsWithImage(dataset_dict["file_name"], image)
+    utils = types.SimpleNamespace(**{**vars(detection_utils), "read_image": read_image})
     globals_ = {**call.__globals__, "utils": utils}
     with_image = types.FunctionType(
         call.__code__, globals_, call.__name__, call.__defaults__, call.__closure__
     )
     result = with_image(mapper, dataset_dict)
-    if not utils.used:
+    if not used:
         raise RuntimeError(
             f"DatasetMapper.__call__ did not read {dataset_dict['file_name']!r} through "
             "utils.read_image: retinafocal.compat.dataset_mapper_call needs updating."
@@ -291,9 +279,7 @@ def _detect_checkpoint_load_state() -> None:
 def forget_failed_load(checkpointer: object) -> None:
     """After a ``DetectionCheckpointer.load`` raised, clear current detectron2's per-load state
     so that the checkpointer can load another file. Nothing on v0.6."""
-    if not CHECKPOINT_LOAD_STATE_RESET:
-        return
-    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+    if CHECKPOINT_LOAD_STATE_RESET:
         checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
 
 
@@ -345,29 +331,22 @@ def _import_scripting_modules_quietly() -> None:
 
 
 def _distributed_worker(
-    local_rank: int,
-    main_func: Any,
-    world_size: int,
-    num_workers_per_machine: int,
-    machine_rank: int,
-    dist_url: str,
-    args: tuple,
-    timeout: Any = None,
+    local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout=None
 ) -> None:
-    """One worker of v0.6's ``launch``, as current detectron2 starts it: NCCL and one GPU each
-    with CUDA, gloo on CPU. (Spawned by module and name, so workers import retinafocal.)"""
+    """One worker of v0.6's ``launch`` (same arguments), as current detectron2 starts it: NCCL
+    and one GPU each with CUDA, gloo on CPU. (Spawned by module and name: workers import us.)"""
     import torch
     import torch.distributed as dist
     from detectron2.engine.launch import DEFAULT_TIMEOUT
     from detectron2.utils import comm
 
     use_cuda = torch.cuda.is_available()
-    if use_cuda and num_workers_per_machine > torch.cuda.device_count():
+    if use_cuda and per_machine > torch.cuda.device_count():
         raise RuntimeError(
-            f"launch asked for {num_workers_per_machine} workers per machine but CUDA sees "
+            f"launch asked for {per_machine} workers per machine but CUDA sees "
             f"{torch.cuda.device_count()} GPU(s)"
         )
-    rank = machine_rank * num_workers_per_machine + local_rank
+    rank = machine_rank * per_machine + local_rank
     try:
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
@@ -380,9 +359,9 @@ def _distributed_worker(
         logger.error(f"Could not join the process group at {dist_url} as rank {rank}")
         raise
     # v0.6's comm has no create_local_process_group; every process must create every group.
-    for machine in range(world_size // num_workers_per_machine):
-        first = machine * num_workers_per_machine
-        group = dist.new_group(list(range(first, first + num_workers_per_machine)))
+    for machine in range(world_size // per_machine):
+        first = machine * per_machine
+        group = dist.new_group(list(range(first, first + per_machine)))
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     if use_cuda:
