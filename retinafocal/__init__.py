@@ -1,9 +1,7 @@
 """retinafocal: RetinaNet and the focal loss (Lin et al., ICCV 2017) as a detectron2 plugin.
 
-``import retinafocal`` is all a user needs: it makes the installed detectron2 usable
-(:mod:`retinafocal.compat`), then registers the ``FocalRetinaNet`` meta-architecture and
-retinafocal's heads, anchor matchers and classification losses in their registries.
-Import it before ``detectron2.modeling`` when running on the pure-Python detectron2 v0.6 build.
+``import retinafocal`` (before ``detectron2.modeling`` on the pure-Python v0.6 build) applies
+:mod:`retinafocal.compat` and registers the meta-architecture, heads, matchers and losses.
 """
 from . import compat
 

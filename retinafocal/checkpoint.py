@@ -1,14 +1,10 @@
 """A checkpointer whose files are always whole, finite and safe to load.
 
-fvcore's ``Checkpointer.save`` streams into ``model_XXXX.pth`` and rewrites ``last_checkpoint``
-in place, so a kill leaves a truncated checkpoint or an empty tag. Here each file is written
-under a temporary name, fsynced and renamed over the final one (:func:`atomic_write`). A state
-holding NaN or Inf is never saved (:class:`NonFiniteWeightsError`), a full disk is reported as
-such (:class:`DiskFullError`), and a resume whose ``last_checkpoint`` is missing or unreadable
-falls back to the newest readable checkpoint.
-
-It is retinafocal's one loader of weights: files are read without running their code
-(:mod:`retinafocal.weights_file`) and must fit the model (:mod:`retinafocal.weights_fit`).
+fvcore's ``save`` streams into the final files, so a kill leaves a truncated checkpoint or an
+empty ``last_checkpoint``; here each is written by :func:`atomic_write`. NaN/Inf states are not
+saved, a full disk is named as such, and a resume falls back from an unreadable last checkpoint
+to the newest readable one. Loads read files without running their code
+(:mod:`retinafocal.weights_file`) and check that they fit the model (:mod:`.weights_fit`).
 """
 from __future__ import annotations
 
@@ -45,8 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Temporary files are named ".<final name>.<pid>.<random>.tmp": hidden, never "*.pth" (so that
-# detectron2's get_all_checkpoint_files ignores them), and tied to the process that wrote them.
+# ".<final name>.<pid>.<random>.tmp": never "*.pth" (so that detectron2's
+# get_all_checkpoint_files ignores them), and tied to the process that wrote them.
 _TMP_PATTERN = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
 
 
@@ -100,8 +96,8 @@ def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, torch.T
 
 
 def non_finite_tensors(state: Any) -> List[str]:
-    """Names of the floating-point tensors in ``state`` (nested dicts and lists) that hold a NaN
-    or an Inf, in order. One device-to-host copy per device."""
+    """Names of the floating-point tensors in ``state`` (nested dicts and lists) holding NaN or
+    Inf, in order; one device-to-host copy per device."""
     named = list(_floating_tensors(state))
     flags: Dict[torch.device, List[Tuple[int, torch.Tensor]]] = defaultdict(list)
     for i, (_, tensor) in enumerate(named):
@@ -148,14 +144,9 @@ def _fsync_directory(directory: str) -> None:
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "") -> None:
-    """Create or replace ``path`` atomically with what ``write(f)`` writes to a binary file
-    opened under a temporary name in the same folder (then fsynced and renamed). On any failure
-    or kill ``path`` is untouched; the temporary file is removed on errors (after a kill, by the
-    next :meth:`AtomicDetectionCheckpointer.save`).
-
-    Raises:
-        DiskFullError: the disk or quota is full; names ``path``, ends with ``advice``.
-    """
+    """Create or replace ``path`` with what ``write(f)`` writes to a binary file under a
+    temporary name in the same folder, then fsynced and renamed: on any failure or kill ``path``
+    is untouched. Raises :class:`DiskFullError` (naming ``path``, ending with ``advice``)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(
         directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -185,9 +176,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "")
 
 
 def _is_local(path: str) -> bool:
-    # Any URL, file:// included, is left to PathManager: os-level calls would read "file:///x"
-    # as the relative folder "file:/x" (and neither iopath nor detectron2 maps file:// to a
-    # path), so only a handler a user registers for it can make such a folder work.
+    # URLs, file:// included, go to PathManager: os calls would read "file:///x" as "file:/x".
     return "://" not in path
 
 
@@ -204,15 +193,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with atomic, durable saves (the parent's save for a non-local
-    ``save_dir``) and safe loads: :func:`~retinafocal.weights_file.read_weights_file`, then
-    :func:`~retinafocal.weights_fit.check_fit`, exact when the load restores the whole training
-    state (``load(path)``, as when resuming) or ``exact_fit`` is set, else as initial weights
-    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
+    """``DetectionCheckpointer`` with atomic saves (the parent's for a non-local ``save_dir``)
+    and safe loads: ``read_weights_file``, then ``check_fit``, exact when the load restores the
+    whole state (``load(path)``, as when resuming) or ``exact_fit`` is set, else as initial
+    weights (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
 
     Args:
-        trust_weights_file: read files with full unpickling (may run code), logging a warning
-            that names each file; for files whose source the user trusts.
+        trust_weights_file: read files with full unpickling (may run code), with a warning.
         exact_fit: every load must fit the model exactly (evaluation, inference).
     """
 
@@ -236,12 +223,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model, checkpointables and ``kwargs`` as ``<save_dir>/<name>.pth`` and tag
-        it in ``last_checkpoint``, each file atomically.
-
-        Raises:
-            NonFiniteWeightsError: when the state holds NaN or Inf; nothing is written.
-            DiskFullError: when the disk is full; earlier checkpoints stay whole.
-        """
+        it in ``last_checkpoint``, each atomically. Raises :class:`NonFiniteWeightsError` (nothing
+        written) or :class:`DiskFullError` (earlier checkpoints stay whole)."""
         if not self.save_dir or not self.save_to_disk:
             return
         data: Dict[str, Any] = {"model": self.model.state_dict()}
@@ -391,8 +374,7 @@ def load_inference_weights(
 
     Args:
         weights: file or URL ("" for none), from config key ``weights_key`` (named in errors).
-        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir``, if any, replaces
-            ``weights``.
+        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir`` (if any) wins.
         random_weights: keep the random initialisation when no weights are given.
 
     Returns:
@@ -401,13 +383,11 @@ def load_inference_weights(
     Raises:
         MissingWeightsError: no weights and not ``random_weights``.
         ValueError: ``resume`` without a ``save_dir``.
-        WeightsFileError: both weights and ``random_weights``; and as
-            :meth:`AtomicDetectionCheckpointer.load`.
+        WeightsFileError: both weights and ``random_weights``; and as the checkpointer's load.
     """
     if resume and not save_dir:
         raise ValueError("load_inference_weights: resume needs the save_dir to resume from")
-    # No exact_fit needed: every load below restores the whole state (no checkpointables
-    # argument), which the checkpointer already checks as an exact fit.
+    # No exact_fit needed: every load below restores the whole state, so is checked exactly.
     checkpointer = AtomicDetectionCheckpointer(
         model, save_dir, trust_weights_file=trust_weights_file
     )

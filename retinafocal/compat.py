@@ -1,15 +1,10 @@
-"""The one home of workarounds for old detectron2 builds on today's packages.
+"""The one home of workarounds for older detectron2 builds on today's packages.
 
-Most serve **detectron2 v0.6** from the ``pb1-detectron2`` archive (pure Python, no compiled
-``_C``; ``tools/install_detectron2.py``) on Pillow >= 10. Each checks the installed detectron2
-first, so on a current build nothing changes. Others serve every version, v0.6 to main:
-:func:`dataset_mapper_call` (``DatasetMapper`` has no hook for an image read elsewhere), the
-per-load state of current ``DetectionCheckpointer`` (:func:`forget_failed_load`,
-:func:`checkpoint_url_options`), torch >= 2.14's ``torch.jit.script`` warning, and CPU
-multi-process training (gloo in v0.6's ``launch``; ``create_ddp_model`` without device ids).
-
-:func:`apply` runs on ``import retinafocal``, which must come before ``detectron2.layers``,
-``.modeling`` or ``.evaluation`` are first imported.
+Each checks the installed detectron2 (or torch) first and does nothing where it is not needed;
+:func:`describe` lists the active ones. Most serve detectron2 v0.6 from the ``pb1-detectron2``
+archive (pure Python, no compiled ``_C``); some serve every version up to current main.
+:func:`apply` runs on ``import retinafocal``, before ``detectron2.layers``, ``.modeling`` or
+``.evaluation`` are first imported.
 """
 from __future__ import annotations
 
@@ -31,19 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HAS_D2_C",
-    "D2_C_STUBBED",
-    "PIL_LINEAR_ALIASED",
-    "MAP_DATASET_RETRY_FIXED",
-    "TRAINER_STATE_FIXED",
-    "EXPORT_WITHOUT_CAFFE2",
-    "DATASET_MAPPER_TAKES_IMAGE",
-    "dataset_mapper_call",
-    "CHECKPOINT_LOAD_STATE_RESET",
-    "JIT_SCRIPT_WARNING_SILENCED",
-    "LAUNCH_GLOO_WITHOUT_CUDA",
-    "DDP_CPU_WITHOUT_DEVICE_IDS",
     "apply",
     "describe",
+    "dataset_mapper_call",
     "forget_failed_load",
     "checkpoint_url_options",
 ]
@@ -52,8 +37,7 @@ logger = logging.getLogger(__name__)
 
 # True when a compiled ``detectron2._C`` is importable (official builds).
 HAS_D2_C: bool = False
-# Each of these is True when its workaround is active on the installed detectron2 (see the
-# function that sets it); describe() names them as _DESCRIBED says.
+# Each is True while its workaround is active (set by the function that applies it).
 D2_C_STUBBED: bool = False
 PIL_LINEAR_ALIASED: bool = False
 MAP_DATASET_RETRY_FIXED: bool = False
@@ -65,11 +49,7 @@ JIT_SCRIPT_WARNING_SILENCED: bool = False
 LAUNCH_GLOO_WITHOUT_CUDA: bool = False
 DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
 
-# The modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
-_SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
-_JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
-
-# What describe() says of each active workaround, by the name of its flag above.
+# What describe() says of each active workaround, by the name of its flag.
 _DESCRIBED = (
     ("D2_C_STUBBED", "_C stub"),
     ("PIL_LINEAR_ALIASED", "PIL Image.LINEAR alias"),
@@ -86,25 +66,16 @@ _DESCRIBED = (
     ("DDP_CPU_WITHOUT_DEVICE_IDS", "create_ddp_model gives CPU models no device_ids"),
 )
 
+_NO_OPS = "none (detectron2 built without its C++ ops)"
+
 
 class _MissingCompiledOps(types.ModuleType):
-    """Stand-in for ``detectron2._C`` (v0.6 without C++ ops): v0.6 imports ``_C`` at module
-    level in ``layers/`` and ``evaluation/fast_eval_api.py``, so ``import detectron2.modeling``
-    fails although RetinaNet needs none of its ops. Using any op raises an error naming it."""
+    """``detectron2._C`` for v0.6 without C++ ops, which ``layers/`` and ``evaluation/`` import
+    at module level although RetinaNet needs none of them. Using an op raises, naming it."""
 
-    # v0.6's collect_env_info (logged by default_setup, so by every train_net.py run) asks the
-    # imported _C for its build info; these answer instead of raising.
-    @staticmethod
-    def get_compiler_version() -> str:
-        return "none (detectron2 built without its C++ ops)"
-
-    @staticmethod
-    def get_cuda_version() -> str:
-        return "none (detectron2 built without its C++ ops)"
-
-    @staticmethod
-    def has_cuda() -> bool:
-        return False
+    # v0.6's collect_env_info (logged by default_setup) asks _C for its build info.
+    get_compiler_version = get_cuda_version = staticmethod(lambda: _NO_OPS)
+    has_cuda = staticmethod(lambda: False)
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -128,7 +99,7 @@ def _detectron2_source(relpath: str) -> str:
 
 
 def _stub_missing_d2_c() -> None:
-    """detectron2 v0.6 (pb1 archive): provide ``detectron2._C`` so its packages import."""
+    """v0.6 (pb1 archive): provide ``detectron2._C`` so that its packages import."""
     global HAS_D2_C, D2_C_STUBBED
     existing = sys.modules.get("detectron2._C")
     if isinstance(existing, _MissingCompiledOps):
@@ -145,8 +116,8 @@ def _stub_missing_d2_c() -> None:
 
 
 def _alias_pil_linear() -> None:
-    """detectron2 v0.6 on Pillow >= 10: ``data/transforms/transform.py`` uses the removed
-    ``Image.LINEAR`` (= BILINEAR) as a default argument, so ``import detectron2.data`` fails."""
+    """v0.6 on Pillow >= 10: ``data/transforms/transform.py`` has the removed ``Image.LINEAR``
+    (= BILINEAR) as a default argument, so ``import detectron2.data`` fails."""
     global PIL_LINEAR_ALIASED
     from PIL import Image
 
@@ -159,9 +130,8 @@ def _alias_pil_linear() -> None:
 
 
 def _fix_map_dataset_retry() -> None:
-    """detectron2 v0.6 on Python >= 3.11: when the mapper returns None (a skipped image),
-    ``MapDataset`` calls ``random.sample`` on a set, which 3.11 rejects. Current detectron2's
-    retry loop, which samples from a sequence."""
+    """v0.6 on Python >= 3.11: when the mapper returns None (a skipped image), ``MapDataset``
+    calls ``random.sample`` on a set, which 3.11 rejects. Current detectron2's retry loop."""
     global MAP_DATASET_RETRY_FIXED
     if sys.version_info < (3, 11) or MAP_DATASET_RETRY_FIXED:
         return
@@ -195,9 +165,8 @@ def _fix_map_dataset_retry() -> None:
 
 
 def _fix_default_trainer_state() -> None:
-    """detectron2 v0.6: ``DefaultTrainer`` checkpoints lack the inner trainer's state
-    (optimizer momentum and LR, AMP scaler), so ``--resume`` restarts with fresh momentum.
-    Current detectron2's two methods, which keep it under ``"_trainer"``."""
+    """v0.6: ``DefaultTrainer`` checkpoints lack the inner trainer's state (optimizer, AMP
+    scaler), so ``--resume`` restarts with fresh momentum. Current detectron2's two methods."""
     global TRAINER_STATE_FIXED
     from detectron2.engine import DefaultTrainer, TrainerBase
 
@@ -219,9 +188,9 @@ def _fix_default_trainer_state() -> None:
 
 
 def _export_without_caffe2() -> None:
-    """detectron2 v0.6: ``export/__init__.py`` star-imports ``api.py``, which needs ``caffe2``
-    (gone from PyTorch wheels), so ``TracingAdapter`` cannot be imported. Register the package
-    without running its ``__init__``, with the caffe2-free names current detectron2 exports."""
+    """v0.6: ``export/__init__.py`` star-imports ``api.py``, which needs ``caffe2`` (gone from
+    PyTorch), so ``TracingAdapter`` cannot be imported. Register the package without running its
+    ``__init__``, with the caffe2-free names current detectron2 exports."""
     global EXPORT_WITHOUT_CAFFE2
     if EXPORT_WITHOUT_CAFFE2 or "detectron2.export" in sys.modules:
         return
@@ -236,41 +205,18 @@ def _export_without_caffe2() -> None:
     package = importlib.util.module_from_spec(spec)  # not executed: its __init__ is what fails
     sys.modules["detectron2.export"] = package
     detectron2.export = package  # type: ignore[attr-defined]
-    from detectron2.export.flatten import TracingAdapter
-    from detectron2.export.torchscript import dump_torchscript_IR, scripting_with_instances
+    from detectron2.export import flatten, torchscript
 
-    package.TracingAdapter = TracingAdapter  # type: ignore[attr-defined]
-    package.dump_torchscript_IR = dump_torchscript_IR  # type: ignore[attr-defined]
-    package.scripting_with_instances = scripting_with_instances  # type: ignore[attr-defined]
+    package.TracingAdapter = flatten.TracingAdapter  # type: ignore[attr-defined]
+    package.dump_torchscript_IR = torchscript.dump_torchscript_IR  # type: ignore[attr-defined]
+    package.scripting_with_instances = torchscript.scripting_with_instances  # type: ignore
     package.__all__ = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
     EXPORT_WITHOUT_CAFFE2 = True
 
 
-class _UtilsWithImage:
-    """``detection_utils`` whose first ``read_image(file_name)`` returns ``image``; all else is
-    detectron2's own."""
-
-    def __init__(self, file_name: str, image: np.ndarray) -> None:
-        from detectron2.data import detection_utils
-
-        self._utils = detection_utils
-        self._file_name = file_name
-        self._image = image
-        self.used = False
-
-    def read_image(self, file_name: str, format: Optional[str] = None) -> np.ndarray:
-        if not self.used and file_name == self._file_name:
-            self.used = True
-            return self._image
-        return self._utils.read_image(file_name, format)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._utils, name)
-
-
 def _check_dataset_mapper_reads_through_utils() -> None:
-    """v0.6 to current main: ``DatasetMapper.__call__`` reads its image with the module global
-    ``utils.read_image``, which :func:`dataset_mapper_call` relies on."""
+    """v0.6 to current main: :func:`dataset_mapper_call` relies on ``DatasetMapper.__call__``
+    reading its image with the module global ``utils.read_image``."""
     global DATASET_MAPPER_TAKES_IMAGE
     from detectron2.data import DatasetMapper, detection_utils
 
@@ -282,16 +228,15 @@ def _check_dataset_mapper_reads_through_utils() -> None:
 
 def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
     """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as what it
-    would read from ``dataset_dict["file_name"]``: its code object runs with its globals, except
-    that ``utils`` answers the first ``read_image`` with ``image``. Nothing global changes, so
-    concurrent calls do not interfere. (:class:`retinafocal.data.RobustDatasetMapper` reads
-    images its own way; ``DatasetMapper`` has no hook for that.)
+    would read from ``dataset_dict["file_name"]``, for a mapper that reads images its own way
+    (``DatasetMapper`` has no hook for that). Its code object runs with a copy of its globals in
+    which ``utils`` (a copy of ``detection_utils``) answers the first ``read_image``: nothing
+    global changes.
 
-    ``dataset_dict`` is not modified; ``image`` is (H, W, C) uint8 in ``mapper.image_format``,
-    as ``read_image`` returns it. Raises detectron2's ``SizeMismatchError`` when ``image`` is
-    not of the size the dict says.
+    ``dataset_dict`` is not modified; ``image`` is (H, W, C) uint8 in ``mapper.image_format``.
+    Raises detectron2's ``SizeMismatchError`` when ``image`` is not of the size the dict says.
     """
-    from detectron2.data import DatasetMapper
+    from detectron2.data import DatasetMapper, detection_utils
 
     if not DATASET_MAPPER_TAKES_IMAGE:
         raise RuntimeError(
@@ -299,17 +244,22 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
             "detection_utils.read_image (as v0.6 to current main do), so retinafocal cannot hand "
             "it an image: retinafocal.compat.dataset_mapper_call needs updating for it."
         )
+    used: list = []
+
+    def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
+        if not used and file_name == dataset_dict["file_name"]:
+            used.append(file_name)
+            return image
+        return detection_utils.read_image(file_name, format)
+
     call = DatasetMapper.__call__
-    utils = _UtilsWithImage(dataset_dict["file_name"], image)
+    utils = types.SimpleNamespace(**{**vars(detection_utils), "read_image": read_image})
+    globals_ = {**call.__globals__, "utils": utils}
     with_image = types.FunctionType(
-        call.__code__,
-        {**call.__globals__, "utils": utils},
-        call.__name__,
-        call.__defaults__,
-        call.__closure__,
+        call.__code__, globals_, call.__name__, call.__defaults__, call.__closure__
     )
     result = with_image(mapper, dataset_dict)
-    if not utils.used:
+    if not used:
         raise RuntimeError(
             f"DatasetMapper.__call__ did not read {dataset_dict['file_name']!r} through "
             "utils.read_image: retinafocal.compat.dataset_mapper_call needs updating."
@@ -320,7 +270,7 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
 def _detect_checkpoint_load_state() -> None:
     """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` sets
     ``_parsed_url_during_load`` and clears it only on success, so after one failed load every
-    later ``load()`` fails its assert. Note whether this version has that state."""
+    later ``load()`` fails its assert."""
     global CHECKPOINT_LOAD_STATE_RESET
     source = _detectron2_source("checkpoint/detection_checkpoint.py")
     CHECKPOINT_LOAD_STATE_RESET = "_parsed_url_during_load" in source
@@ -329,16 +279,14 @@ def _detect_checkpoint_load_state() -> None:
 def forget_failed_load(checkpointer: object) -> None:
     """After a ``DetectionCheckpointer.load`` raised, clear current detectron2's per-load state
     so that the checkpointer can load another file. Nothing on v0.6."""
-    if not CHECKPOINT_LOAD_STATE_RESET:
-        return
-    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+    if CHECKPOINT_LOAD_STATE_RESET:
         checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
 
 
 def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
-    """The options current detectron2 reads from the URL query of the file being loaded
-    (only ``?matching_heuristics=True``; others raise, as there), for a subclass that reads
-    files itself. {} on v0.6."""
+    """The options current detectron2 reads from the URL query of the file being loaded (only
+    ``?matching_heuristics=True``; others raise, as there), for a subclass that reads files
+    itself. {} on v0.6."""
     parsed = getattr(checkpointer, "_parsed_url_during_load", None)
     if not CHECKPOINT_LOAD_STATE_RESET or parsed is None:
         return {}
@@ -354,10 +302,14 @@ def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
     return options
 
 
+# Modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
+_SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
+_JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
+
+
 def _import_scripting_modules_quietly() -> None:
-    """torch >= 2.14 deprecates ``torch.jit.script``, which fvcore and detectron2 call on import
-    (:data:`_SCRIPTING_MODULES`): import them once with that warning filtered out. Later calls
-    (TorchScript export) still warn."""
+    """torch >= 2.14 deprecates ``torch.jit.script``, which fvcore and detectron2 call on import:
+    import those modules once with that warning filtered out (later calls still warn)."""
     global JIT_SCRIPT_WARNING_SILENCED
     import torch
 
@@ -379,29 +331,22 @@ def _import_scripting_modules_quietly() -> None:
 
 
 def _distributed_worker(
-    local_rank: int,
-    main_func: Any,
-    world_size: int,
-    num_workers_per_machine: int,
-    machine_rank: int,
-    dist_url: str,
-    args: tuple,
-    timeout: Any = None,
+    local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout=None
 ) -> None:
-    """One worker of v0.6's ``launch``, as current detectron2 starts it: NCCL and one GPU each
-    with CUDA, gloo on CPU. (Spawned by module and name, so workers import retinafocal.)"""
+    """One worker of v0.6's ``launch`` (same arguments), as current detectron2 starts it: NCCL
+    and one GPU each with CUDA, gloo on CPU. (Spawned by module and name: workers import us.)"""
     import torch
     import torch.distributed as dist
     from detectron2.engine.launch import DEFAULT_TIMEOUT
     from detectron2.utils import comm
 
     use_cuda = torch.cuda.is_available()
-    if use_cuda and num_workers_per_machine > torch.cuda.device_count():
+    if use_cuda and per_machine > torch.cuda.device_count():
         raise RuntimeError(
-            f"launch asked for {num_workers_per_machine} workers per machine but CUDA sees "
+            f"launch asked for {per_machine} workers per machine but CUDA sees "
             f"{torch.cuda.device_count()} GPU(s)"
         )
-    rank = machine_rank * num_workers_per_machine + local_rank
+    rank = machine_rank * per_machine + local_rank
     try:
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
@@ -414,9 +359,9 @@ def _distributed_worker(
         logger.error(f"Could not join the process group at {dist_url} as rank {rank}")
         raise
     # v0.6's comm has no create_local_process_group; every process must create every group.
-    for machine in range(world_size // num_workers_per_machine):
-        first = machine * num_workers_per_machine
-        group = dist.new_group(list(range(first, first + num_workers_per_machine)))
+    for machine in range(world_size // per_machine):
+        first = machine * per_machine
+        group = dist.new_group(list(range(first, first + per_machine)))
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     if use_cuda:
@@ -426,14 +371,11 @@ def _distributed_worker(
 
 
 def _launch_gloo_without_cuda() -> None:
-    """detectron2 v0.6: ``launch`` with several workers asserts CUDA and joins with NCCL, so
+    """v0.6: ``launch`` with several workers asserts CUDA and joins with NCCL, so
     ``--num-gpus 2`` cannot run on CPU; give it current detectron2's worker (gloo on CPU)."""
     global LAUNCH_GLOO_WITHOUT_CUDA
-    if LAUNCH_GLOO_WITHOUT_CUDA:
-        return
-    if 'assert torch.cuda.is_available(), "cuda is not available' not in _detectron2_source(
-        "engine/launch.py"
-    ):
+    source = _detectron2_source("engine/launch.py")
+    if LAUNCH_GLOO_WITHOUT_CUDA or "assert torch.cuda.is_available()" not in source:
         return
     launch_module = importlib.import_module("detectron2.engine.launch")
     launch_module._distributed_worker = _distributed_worker  # launch() looks it up per call
@@ -441,14 +383,11 @@ def _launch_gloo_without_cuda() -> None:
 
 
 def _ddp_cpu_model_without_device_ids() -> None:
-    """v0.6 and current main: ``create_ddp_model`` passes ``device_ids=[local rank]``, which
-    ``DistributedDataParallel`` rejects for a CPU model. Leave them unset for a CPU model;
-    GPU models and explicit ``device_ids`` are unchanged."""
+    """v0.6 to current main: ``create_ddp_model`` passes ``device_ids=[local rank]``, which
+    ``DistributedDataParallel`` rejects for a CPU model: leave them unset for a CPU model."""
     global DDP_CPU_WITHOUT_DEVICE_IDS
-    if DDP_CPU_WITHOUT_DEVICE_IDS:
-        return
     source = _detectron2_source("engine/defaults.py")
-    if 'kwargs["device_ids"] = [comm.get_local_rank()]' not in source:
+    if DDP_CPU_WITHOUT_DEVICE_IDS or 'kwargs["device_ids"] = [comm.get_local_rank()]' not in source:
         return
     import detectron2.engine
     from detectron2.engine import defaults

@@ -1,10 +1,9 @@
 """Config overrides that fail loudly: unknown keys get a "did you mean", wrong types a clear error.
 
-* yacs: :func:`merge_yacs_overrides` / :func:`merge_yacs_file` replace ``cfg.merge_from_list``
-  / ``merge_from_file``, which reject unknown keys without a hint and ``SOLVER.BASE_LR 1``.
-* LazyConfig: :func:`apply_lazy_overrides` replaces ``LazyConfig.apply_overrides``, which
-  silently *creates* a misspelt key; here that is an error unless written ``+key=value``.
-
+yacs: :func:`merge_yacs_overrides` / :func:`merge_yacs_file` (``merge_from_list`` / ``_file``
+reject ``SOLVER.BASE_LR 1`` and unknown keys without a hint). LazyConfig:
+:func:`apply_lazy_overrides` (``apply_overrides`` silently creates a misspelt key; here it is an
+error unless written ``+key=value``).
 Every problem of one call is reported at once. A value must have the type of the value it
 replaces, except that an int may replace a float, a list a tuple (and back), "true"/"false" a
 bool, and None may replace or be replaced by anything.
@@ -75,7 +74,7 @@ def _group_message(key: str, members: List[str], origin: str) -> str:
 
 
 def _coerce(value: Any, original: Any, key: str, origin: str) -> Any:
-    """``value`` as the type of ``original`` under the module's rules, else ConfigTypeError."""
+    """``value`` as the type of ``original`` (module docstring), else ConfigTypeError."""
     if original is None or value is None or type(value) is type(original):
         return value
     if isinstance(original, bool):
@@ -126,13 +125,8 @@ def _find_yacs_leaf(cfg, full_key: str) -> Optional[Tuple[Any, str]]:
 
 def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
     """Apply ``[KEY, VALUE, ...]`` to a yacs ``cfg`` in place, values parsed as yacs does
-    (deprecated keys ignored, renamed keys raise).
-
-    Raises:
-        ValueError: ``opts`` has odd length (the dangling item is named).
-        ConfigKeyError: unknown keys, each with the nearest valid keys.
-        ConfigTypeError: values of the wrong type (key, expected type, value given).
-    """
+    (deprecated keys ignored, renamed keys raise). Raises ``ValueError`` for an odd length,
+    :class:`ConfigKeyError` for unknown keys, :class:`ConfigTypeError` for wrong types."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ValueError(

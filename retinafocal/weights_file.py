@@ -1,12 +1,9 @@
 """Reading a weights file without running any code it contains.
 
-Unpickling may call any function a file names, so a downloaded ``.pkl`` / ``.pth`` could run
-code when loaded. :func:`read_weights_file` reads ``.pkl`` files (detectron2's model zoo,
-Caffe2 / Detectron1 blobs) with an unpickler that builds only containers, scalars, strings and
-numpy arrays, and everything else (``.pth``, pycls ``.pyth``) with
-``torch.load(weights_only=True)``. Anything else raises :class:`UnsafeWeightsFileError`, naming
-the file and the global; ``trusted=True`` (``--trust-weights-file``) unpickles fully, with a
-warning. TorchScript archives are refused (:class:`TorchScriptWeightsError`).
+Unpickling may call any function a file names. :func:`read_weights_file` reads ``.pkl`` files
+(detectron2's model zoo, Caffe2 / Detectron1 blobs) with an unpickler that builds only
+containers, scalars, strings and numpy arrays, and all else (``.pth``, pycls ``.pyth``) with
+``torch.load(weights_only=True)``; ``trusted=True`` (``--trust-weights-file``) unpickles fully.
 """
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ import logging
 import pickle
 import re
 import zipfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,19 +55,11 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return codecs.encode(text, "latin-1")
 
 
-def _numpy_reconstructors() -> Dict[str, Callable[..., Any]]:
-    """numpy's pickling functions, asked from numpy itself (no private import):
-    ``_reconstruct`` (protocols 0-4), ``_frombuffer`` (protocol 5) and ``scalar``."""
-    array = np.zeros(1, dtype=np.float32)
-    return {
-        "_reconstruct": array.__reduce__()[0],
-        "_frombuffer": array.__reduce_ex__(5)[0],
-        "scalar": np.float32(0).__reduce__()[0],
-    }
-
-
 def _allowed_globals() -> Dict[Tuple[str, str], Any]:
-    functions = _numpy_reconstructors()
+    # numpy's pickling functions, asked from numpy itself rather than imported from private
+    # modules: _reconstruct (protocols 0-4), _frombuffer (protocol 5) and scalar.
+    array = np.zeros(1, dtype=np.float32)
+    reconstruct, frombuffer = array.__reduce__()[0], array.__reduce_ex__(5)[0]
     allowed: Dict[Tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -79,9 +68,9 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
     }
     # Model-zoo files name "numpy.core" (numpy 1); numpy 2 writes "numpy._core".
     for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = functions["_reconstruct"]
-        allowed[(f"{core}.multiarray", "scalar")] = functions["scalar"]
-        allowed[(f"{core}.numeric", "_frombuffer")] = functions["_frombuffer"]
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = np.float32(0).__reduce__()[0]
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
     return allowed
 
 
@@ -126,9 +115,8 @@ def _is_torchscript_archive(path: str) -> bool:
 
 def _refused_global(message: str, path: str) -> Optional[str]:
     """The global that made torch's weights_only unpickler refuse ``path`` ("" if unnamed), or
-    None when nothing was refused (damage). For a plain pickle, torch stops before the offending
-    global (at numpy's functions or protocol 4-5 opcodes), so :class:`_WeightsUnpickler` finds it.
-    """
+    None when nothing was refused (damage). For a plain pickle torch stops before the global
+    (at numpy's functions or protocol 4-5 opcodes), so :class:`_WeightsUnpickler` finds it."""
     if zipfile.is_zipfile(path):
         # torch >= 2.4 says "Unsupported global: GLOBAL m.n", older ones "Unsupported class m.n".
         match = re.search(r"Unsupported (?:global: GLOBAL|class) (\S+)", message)
@@ -167,13 +155,6 @@ def _torch_load(path: str, trusted: bool) -> Any:
         ) from None
 
 
-def _read_pickle(path: str, trusted: bool) -> Any:
-    with open(path, "rb") as f:
-        if trusted:
-            return pickle.load(f, encoding="latin1")
-        return _WeightsUnpickler(f, path).load()
-
-
 def _expect_dict(data: Any, path: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise WeightsFileError(
@@ -182,25 +163,18 @@ def _expect_dict(data: Any, path: str) -> Dict[str, Any]:
     return data
 
 
-def _pkl_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
+def _pkl_checkpoint(path: str, trusted: bool) -> Dict[str, Any]:
     """As detectron2 reads a ``.pkl``: its model-zoo files are checkpoints; others are Caffe2 /
     Detectron1 blobs, mapped by matching heuristics."""
-    if "model" in data and "__author__" in data:
+    with open(path, "rb") as f:
+        data = pickle.load(f, encoding="latin1") if trusted else _WeightsUnpickler(f, path).load()
+    if "model" in _expect_dict(data, path) and "__author__" in data:
         return data
     # Detection models keep their weights under "blobs", ImageNet models at the top.
     blobs = _expect_dict(data.get("blobs", data), path)
     # "*_momentum" blobs are the SGD momentum of the weight of the same name, not weights.
     weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
     return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-
-
-def _pyth_checkpoint(data: Dict[str, Any], path: str) -> Dict[str, Any]:
-    """A pycls checkpoint: weights under ``model_state``."""
-    if "model_state" not in data:
-        raise WeightsFileError(f"{path}: a pycls .pyth checkpoint must contain 'model_state'")
-    # BatchNorm's step counters are not weights; pycls names differ from detectron2's anyway.
-    state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
-    return {"model": state, "__author__": "pycls", "matching_heuristics": True}
 
 
 def read_weights_file(path: str, *, trusted: bool = False) -> Dict[str, Any]:
@@ -231,8 +205,12 @@ def read_weights_file(path: str, *, trusted: bool = False) -> Dict[str, Any]:
             "file runs now. Do this only for files from a source you trust."
         )
     if path.endswith(".pkl") and not zipfile.is_zipfile(path):
-        return _pkl_checkpoint(_expect_dict(_read_pickle(path, trusted), path), path)
+        return _pkl_checkpoint(path, trusted)
     data = _expect_dict(_torch_load(path, trusted), path)
-    if path.endswith(".pyth"):
-        return _pyth_checkpoint(data, path)
-    return data if "model" in data else {"model": data}
+    if not path.endswith(".pyth"):
+        return data if "model" in data else {"model": data}
+    # pycls: weights under "model_state"; BatchNorm's step counters are not weights.
+    if "model_state" not in data:
+        raise WeightsFileError(f"{path}: a pycls .pyth checkpoint must contain 'model_state'")
+    state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": state, "__author__": "pycls", "matching_heuristics": True}

@@ -1,12 +1,10 @@
-"""Whether a loaded weights file fits the model.
+"""Whether a loaded weights file fits the model (detectron2 only logs what does not).
 
-detectron2's checkpointer loads what matches and only logs the rest, so evaluating a checkpoint
-of another depth or class count gives an AP and exit status 0. :func:`check_fit`'s rules:
-**exact** (evaluation, demo, export, ``--resume``): every tensor of the model and of the file
-matches, except ``pixel_mean`` / ``pixel_std`` (config), ``num_batches_tracked`` and what
-detectron2 itself excuses (old ``anchor_generator.cell_anchors``);
-**initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another
-class count) and are only logged, but a file of which no tensor fits is an error.
+:func:`check_fit`'s rules: **exact** (evaluation, demo, export, ``--resume``): every tensor of
+the model and of the file matches, except ``pixel_mean`` / ``pixel_std`` (config),
+``num_batches_tracked`` and what detectron2 itself excuses (old ``anchor_generator.cell_anchors``);
+**initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another class
+count) and are only logged, but a file of which no tensor fits is an error.
 """
 from __future__ import annotations
 
@@ -50,13 +48,8 @@ def check_fit(
     exact: bool,
 ) -> None:
     """Raise :class:`WeightsMismatchError` if ``path`` does not fit the model under the rule
-    ``exact`` chooses (module docstring).
-
-    Args:
-        model_keys: names of the model's ``state_dict``.
-        missing_keys, unexpected_keys, incorrect_shapes: fvcore's ``_IncompatibleKeys``;
-            shapes are (key, file shape, model shape), also listed in ``missing_keys``.
-    """
+    ``exact`` chooses. ``model_keys``: the model's ``state_dict`` names; the rest is fvcore's
+    ``_IncompatibleKeys`` (shapes are (key, file shape, model shape), keys also missing)."""
     wrong_shape = {key for key, _, _ in incorrect_shapes}
     missing = [k for k in missing_keys if k not in wrong_shape]
     if not exact:
@@ -82,11 +75,14 @@ def check_fit(
         ]
         problems.append(f"{len(shapes)} with another shape: {_listed(shapes)}")
     if missing:
-        problems.append(f"{len(missing)} of the model's missing from the file: "
-                        f"{_listed(sorted(missing))}")
+        problems.append(
+            f"{len(missing)} of the model's missing from the file: {_listed(sorted(missing))}"
+        )
     if unexpected:
-        problems.append(f"{len(unexpected)} in the file that the model does not have: "
-                        f"{_listed(sorted(unexpected))}")
+        problems.append(
+            f"{len(unexpected)} in the file that the model does not have: "
+            f"{_listed(sorted(unexpected))}"
+        )
     raise WeightsMismatchError(
         f"{path} does not fit the model: parameters and buffers "
         + "; ".join(problems)
