@@ -14,8 +14,8 @@ from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
 import retinafocal  # noqa: F401  (compat before detectron2)
 from retinafocal.losses import label_focal_loss, sigmoid_focal_loss
 
-GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
-ALPHAS = (0.25, 0.75, -1.0)
+GAMMAS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)  # 2.0 has a fast path of its own; 3.0 must not take it
+ALPHAS = (0.25, 0.75, 0.0, -1.0)  # 0.0 weights the negatives only; < 0 turns weighting off
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -92,6 +92,17 @@ class TestAgainstTorchvisionAndFvcore(unittest.TestCase):
         targets = (torch.rand(48, 7, generator=gen) < 0.5).float()
         targets[0, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0])
         self._compare(logits, targets, ref_atol=2e-5)
+
+    def test_saturated_logits_have_zero_gradient_not_nan(self):
+        """Beyond |x| ~ 104 the smaller sigmoid underflows to 0 in float32, so the modulating
+        factor's base q = 1 - p_t is exactly 0 for a correct prediction: the general (soft
+        target) gradient's p (1 - p) / q must give 0 there, not 0 / 0."""
+        logits = torch.tensor([110.0, -110.0, 200.0, -200.0])
+        targets = torch.tensor([1.0, 0.0, 1.0, 0.0])  # float targets: the soft-target path
+        for gamma in (0.5, 2.0):
+            loss, grad = _value_and_grad(sigmoid_focal_loss, logits, targets, 0.25, gamma, "sum")
+            self.assertEqual(float(loss), 0.0)
+            self.assertTrue(torch.equal(grad, torch.zeros(4)), grad)
 
     def test_soft_targets_match_torchvision(self):
         gen = torch.Generator().manual_seed(2)

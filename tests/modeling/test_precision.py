@@ -146,6 +146,15 @@ class TestPrecisionKey(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "model.precision.*'half'"):
             instantiate(lazy)
 
+    def test_a_dense_detector_built_without_a_precision_is_fp32(self):
+        cfg = small_retinanet_cfg()
+        model = build(cfg)
+        detector = precision.PrecisionDenseDetector(
+            model.backbone, model.head, model.head_in_features,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
+        )
+        self.assertEqual(detector.precision, "fp32")
+
     def test_fp16_on_cpu_is_an_error_that_points_to_bf16(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.RETINAFOCAL.PRECISION = "fp16"
