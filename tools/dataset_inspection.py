@@ -39,6 +39,7 @@ from retinafocal.data.report import ProblemRecord, ValidationReport
 __all__ = [
     "inspect_image",
     "validate_coco_json",
+    "verdict",
     "report_to_dict",
     "report_from_dict",
     "cache_dir",
@@ -128,6 +129,30 @@ def validate_coco_json(
 
 
 _VALIDATE_SIGNATURE = inspect.signature(validate_coco_json)
+
+
+def verdict(report: ValidationReport) -> str:
+    """One sentence saying what training does with the dataset of ``report``."""
+    if report.has_fatal:
+        fatal = report.kinds("fatal")
+        count = sum(report.count(kind) for kind in fatal)
+        return (
+            f"FATAL: {count} problem(s) ({', '.join(fatal)}) must be fixed in the json before it "
+            "can be used."
+        )
+    n = report.num_unreadable_images
+    if n and not report.usable("skip"):
+        return (
+            f"{n} image(s) cannot be read, and no other image has a box to train on: fix "
+            "them before the dataset can be used."
+        )
+    if n:
+        return (
+            f"{n} image(s) cannot be read: training and evaluation stop before they start "
+            "unless DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out. Other "
+            "problems are fixed on loading."
+        )
+    return "Usable: the problems listed (if any) are fixed on loading."
 
 
 def report_to_dict(report: ValidationReport) -> Dict[str, Any]:
