@@ -71,15 +71,13 @@ def checked_report(
     check_images: bool = True,
     purpose: str = "training",
 ) -> ValidationReport:
-    """Check a COCO json and its image files (once per process, logging the report), and refuse
-    what cannot be used.
+    """Check a COCO json (arguments as for ``load_coco_json``) and, with ``check_images``, its
+    image files, once per process, logging the report; refuse what cannot be used.
 
     Args:
-        json_file, image_root, dataset_name: as for ``load_coco_json`` (the name for messages).
         on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``: "error" raises on any unreadable
             image; "skip" (the caller leaves them out) raises when no image with a box is left;
             None lets them through to the mapper.
-        check_images: also check the image files.
         purpose: "training" or "evaluation", for the messages.
 
     Raises:
@@ -142,15 +140,11 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
 def load_coco_json_checked(
     json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
-    """detectron2 dataset dicts of a COCO json that :func:`checked_report` (given ``checks``)
-    passed, with the fixes it counted (logged once per process): boxes clipped or dropped
-    (:func:`fix_coco_box`), orphan annotations dropped, rejected segmentations dropped with
-    their boxes kept. Images without annotations and unreadable images are kept (see
-    ``checked_dataset_dicts``).
-
-    Returns:
-        list[dict] in detectron2's standard dataset format, ``bbox_mode`` XYWH_ABS.
-    """
+    """detectron2's dataset dicts (``bbox_mode`` XYWH_ABS) of a COCO json that
+    :func:`checked_report` (given ``checks``) passed, with the fixes it counted (logged once per
+    process): boxes clipped or dropped (:func:`fix_coco_box`), orphan annotations dropped,
+    rejected segmentations dropped with their boxes kept. Images without annotations and
+    unreadable images are kept (see ``checked_dataset_dicts``)."""
     report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in (BOX_INVALID, _SEGMENTATION_INVALID, "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
