@@ -1,11 +1,12 @@
-"""The full dataset check behind ``tools/validate_dataset.py``: a thread pool, an optional full
-decode of every image and an on-disk cache of reports, around the package's rules.
+"""The full dataset check behind ``tools/validate_dataset.py``: a thread pool, what the mapper
+will convert, an optional full decode of every image and an on-disk cache of reports, around the
+package's rules.
 
 :func:`validate_coco_json` runs :func:`retinafocal.data.check_coco_json` (the check training runs
-on loading, with the same fatal / unreadable / fixed rules) with
-:func:`retinafocal.data.images.inspect_image`:
+on loading, with the same fatal / unreadable / fixed rules) with :func:`inspect_image`:
 
-* quick mode: the check training runs (header, size, JPEG / PNG end markers, conversions);
+* quick mode: the check training runs (header, size, JPEG / PNG end markers), plus the image
+  modes the mapper converts (16-bit, alpha, grayscale, palette: ``converted_*``);
 * full mode (``full_decode=True``, the default of the command): every image is fully decoded,
   which also finds corrupt data in the middle of a file. Several times slower.
 
@@ -26,15 +27,19 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+from PIL import Image
+
+from retinafocal.data import images
 from retinafocal.data.checks import check_coco_json
-from retinafocal.data.images import inspect_image
+from retinafocal.data.images import ImageInfo
 from retinafocal.data.report import ProblemRecord, ValidationReport
 
 __all__ = [
     "inspect_image",
     "validate_coco_json",
+    "verdict",
     "report_to_dict",
     "report_from_dict",
     "cache_dir",
@@ -45,6 +50,50 @@ logger = logging.getLogger(__name__)
 
 # Bump when a report's content or meaning changes, so that old cache entries are ignored.
 _REPORT_VERSION = 3
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MODES_16BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_MODES_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_MODES_GRAY = ("1", "L")
+
+
+def _png_bit_depth(path: str) -> int:
+    """A PNG's IHDR bit depth (Pillow reads 16-bit RGB as "RGB")."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) < 25 or not head.startswith(_PNG_SIGNATURE):
+        return 8
+    return head[24]
+
+
+def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optional[str]:
+    """The ``converted_*`` problem kind of what the mapper does to such an image, or None."""
+    if mode in _MODES_16BIT or bit_depth == 16:
+        return "converted_16bit"
+    if mode in _MODES_ALPHA or has_transparency:
+        return "converted_alpha"
+    if mode in _MODES_GRAY:
+        return "converted_grayscale"
+    return None if mode == "RGB" else "converted_other_mode"
+
+
+def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
+    """The loader's check of one file (:func:`retinafocal.data.images.inspect_image`) and the
+    ``converted_*`` kind of what the mapper does to it; with ``full_decode``, every pixel is
+    decoded."""
+    info = images.inspect_image(path)
+    if not info.readable:
+        return info
+    try:
+        with Image.open(path) as im:
+            mode, has_transparency = im.mode, "transparency" in im.info
+            if full_decode:
+                im.load()
+        bit_depth = _png_bit_depth(path) if info.format == "PNG" else 8
+    except Exception as e:  # noqa: BLE001 -- any failure to decode makes the file unreadable
+        return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
+    info.conversion = _conversion_kind(mode, bit_depth, has_transparency)
+    return info
 
 
 def validate_coco_json(
@@ -80,6 +129,30 @@ def validate_coco_json(
 
 
 _VALIDATE_SIGNATURE = inspect.signature(validate_coco_json)
+
+
+def verdict(report: ValidationReport) -> str:
+    """One sentence saying what training does with the dataset of ``report``."""
+    if report.has_fatal:
+        fatal = report.kinds("fatal")
+        count = sum(report.count(kind) for kind in fatal)
+        return (
+            f"FATAL: {count} problem(s) ({', '.join(fatal)}) must be fixed in the json before it "
+            "can be used."
+        )
+    n = report.num_unreadable_images
+    if n and not report.usable("skip"):
+        return (
+            f"{n} image(s) cannot be read, and no other image has a box to train on: fix "
+            "them before the dataset can be used."
+        )
+    if n:
+        return (
+            f"{n} image(s) cannot be read: training and evaluation stop before they start "
+            "unless DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out. Other "
+            "problems are fixed on loading."
+        )
+    return "Usable: the problems listed (if any) are fixed on loading."
 
 
 def report_to_dict(report: ValidationReport) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import List, Optional
 
-from dataset_inspection import cached_validate_coco_json, validate_coco_json
+from dataset_inspection import cached_validate_coco_json, validate_coco_json, verdict
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -47,6 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         report, cached = validate_coco_json(args.json, args.image_root, **options), False
     print(report.format())
+    print("  " + verdict(report))
     how = "report from the cache" if cached else "checked"
     print(f"({how} in {time.perf_counter() - start:.1f} s)")
     return 0 if report.usable("error" if args.strict else "skip") else 1

@@ -1,8 +1,7 @@
 """Checks of a COCO-format detection dataset: its json, its boxes and its image files.
 
-:func:`check_coco_json` collects **every** problem in a
-:class:`~retinafocal.data.report.ValidationReport`; the checked loader and
-``tools/validate_dataset.py`` both run it, so they judge a dataset by the same rules.
+:func:`check_coco_json` collects every problem in a :class:`~.report.ValidationReport`; the
+checked loader and ``tools/validate_dataset.py`` both run it: one set of rules.
 """
 from __future__ import annotations
 
@@ -230,12 +229,11 @@ def _check_image_files(
     inspect: Callable[[str], ImageInfo],
     map_images: Callable[..., Iterable[Optional[ImageInfo]]],
 ) -> None:
-    entries = list(images.values())
-    paths = [os.path.join(image_root, img["file_name"]) for img in entries]
-
     def look(path: str) -> Optional[ImageInfo]:
         return inspect(path) if os.path.isfile(path) else None
 
+    entries = list(images.values())
+    paths = [os.path.join(image_root, img["file_name"]) for img in entries]
     for img, path, info in zip(entries, paths, map_images(look, paths)):
         name = f"image {img['id']} ({img['file_name']})"
         if info is None:
@@ -265,13 +263,9 @@ def check_coco_json(
     map_images: Callable[..., Iterable[Optional[ImageInfo]]] = map,
 ) -> ValidationReport:
     """Check a COCO instances json and the image files it names; a bad dataset raises
-    nothing: every problem is in the returned report.
-
-    Args:
-        inspect: says what one existing image file holds; None checks the json alone.
-        image_check: the name of ``inspect``'s check, for the report.
-        map_images: how ``inspect`` is applied to all files (``map``, or a thread pool's).
-    """
+    nothing: every problem is in the returned report. ``inspect`` says what one existing image
+    file holds (None: the json alone), named ``image_check`` in the report, and ``map_images``
+    applies it to all files (``map``, or a thread pool's)."""
     report = ValidationReport(json_file=json_file, image_root=image_root)
     data = _read_json(json_file, report)
     if data is None or not _check_structure(data, report):

@@ -1,9 +1,7 @@
-"""How many classes a dataset has, and the check that a model has as many.
-
-detectron2 maps a json's category ids to classes 0 .. C-1 and RetinaNet takes K =
-``NUM_CLASSES`` as background: with K < C the last categories train as background, with K > C
-COCO evaluation fails after training. :func:`check_num_classes` refuses both before work
-starts. A dataset's classes are its metadata's ``thing_classes``.
+"""How many classes a dataset has (its metadata's ``thing_classes``), and the check that a
+model has as many: detectron2 maps a json's categories to classes 0 .. C-1 and RetinaNet takes
+K = ``NUM_CLASSES`` as background, so with K < C the last categories train as background, and
+with K > C COCO evaluation fails after training.
 """
 from __future__ import annotations
 
@@ -24,8 +22,7 @@ class NumClassesError(ValueError):
 
 
 def dataset_num_classes(name: str) -> Optional[int]:
-    """``len(thing_classes)`` of a registered dataset, loading it if its loader sets them; None
-    when the dataset does not say."""
+    """``len(thing_classes)`` of a registered dataset (loaded if its loader sets them), or None."""
     metadata = MetadataCatalog.get(name)
     classes = metadata.get("thing_classes", None)
     if classes is None and name in DatasetCatalog.list():

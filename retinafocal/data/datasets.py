@@ -1,10 +1,9 @@
 """Datasets by name: registration of retinafocal's own, and checked loading of any.
 
-``import retinafocal`` registers the embedded shapes splits; ``DATASETS.COCO_JSON`` registers
-more. Both load through :func:`~retinafocal.data.loading.load_coco_json_checked`. Datasets
-registered by others (detectron2's ``coco_2017_*``) keep their loaders; training checks them
-with :func:`check_datasets` / :func:`checked_dataset_dicts`. Roots follow detectron2's
-``$DETECTRON2_DATASETS`` (default ``datasets``); see ``datasets/README.md``.
+``import retinafocal`` registers the embedded shapes splits, ``DATASETS.COCO_JSON`` more; both
+load through :func:`~retinafocal.data.loading.load_coco_json_checked`. Datasets registered by
+others (detectron2's ``coco_2017_*``) keep their loaders; training checks them with
+:func:`check_datasets` / :func:`checked_dataset_dicts`.
 """
 from __future__ import annotations
 
@@ -46,25 +45,32 @@ def _registered_files(name: str) -> tuple:
     return (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
 
 
+def _load(name: str, json_file: str, image_root: str) -> List[Dict[str, Any]]:
+    ensure_dataset_files(name)
+    return load_coco_json_checked(json_file, image_root, name)
+
+
 def register_coco_dataset(
     name: str, json_file: str, image_root: str, metadata: Dict[str, Any] | None = None
-) -> None:
-    """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP. The same
-    name again with the same files does nothing; with other files it is an error."""
+) -> bool:
+    """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP and loaded
+    by :func:`~retinafocal.data.loading.load_coco_json_checked`. The same name again with the
+    same files does nothing (returns False); with other files it is an error."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         if _registered_files(name) == (json_file, image_root):
-            return
+            return False
         raise ValueError(
             f"Cannot register dataset {name!r} with json_file={json_file!r}, "
             f"image_root={image_root!r}: that name is already registered with json_file, "
             f"image_root = {_registered_files(name)}. Pick another name."
         )
-    DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))
+    DatasetCatalog.register(name, lambda: _load(name, json_file, image_root))
     _REGISTERED_HERE.add(name)
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
     )
+    return True
 
 
 def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
@@ -90,16 +96,6 @@ def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
     return names
 
 
-def _shapes_loader(name: str):
-    def load() -> List[Dict[str, Any]]:
-        ensure_dataset_files(name)
-        root, split, _, _ = _GENERATED[name]
-        json_file, image_root = shapes_json_path(root, split), os.path.join(root, split)
-        return load_coco_json_checked(json_file, image_root, name)
-
-    return load
-
-
 def register_shapes(
     root: str | None = None,
     prefix: str = "shapes",
@@ -113,22 +109,9 @@ def register_shapes(
     for split, (num_images, spec) in (DEFAULT_SPLITS if splits is None else splits).items():
         name = f"{prefix}_{split}"
         json_file, image_root = shapes_json_path(root, split), os.path.join(root, split)
-        if name in DatasetCatalog.list():
-            if _registered_files(name) != (json_file, image_root):
-                raise ValueError(
-                    f"Cannot register the shapes split {name!r} under {root!r}: that name is "
-                    f"already registered with json_file, image_root = {_registered_files(name)}."
-                )
-        else:
+        classes = {"thing_classes": list(SHAPE_CLASSES)}
+        if register_coco_dataset(name, json_file, image_root, classes):
             _GENERATED[name] = (root, split, num_images, spec)
-            DatasetCatalog.register(name, _shapes_loader(name))
-            _REGISTERED_HERE.add(name)
-            MetadataCatalog.get(name).set(
-                json_file=json_file,
-                image_root=image_root,
-                evaluator_type="coco",
-                thing_classes=list(SHAPE_CLASSES),
-            )
         names.append(name)
     return names
 
@@ -148,14 +131,10 @@ def check_datasets(
     purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
     """Check the named datasets as training does, whoever registered them, if registered as a
-    COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"). Loaders are
-    not changed, so malformed boxes are an error in a dataset registered elsewhere.
-
-    Args:
-        on_unreadable, purpose: see :func:`~retinafocal.data.loading.checked_report`.
-
-    Returns:
-        name -> report, for the datasets that were checked.
+    COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"); returns name
+    -> report for those. ``on_unreadable``, ``purpose``: as for
+    :func:`~retinafocal.data.loading.checked_report`. Loaders are not changed, so malformed
+    boxes are an error in a dataset registered elsewhere.
 
     Raises:
         DatasetValidationError: naming the dataset, with its report, when it cannot be used.
@@ -213,17 +192,11 @@ def checked_dataset_dicts(
     a warning. LazyConfig: ``dataset=L(checked_dataset_dicts)(names=...)``."""
     reports = check_datasets(names, on_unreadable=on_unreadable, purpose=purpose)
     dataset_dicts = get_detection_dataset_dicts(
-        names,
-        filter_empty=filter_empty,
-        min_keypoints=min_keypoints,
-        proposal_files=proposal_files,
-        check_consistency=check_consistency,
+        names, filter_empty, min_keypoints, proposal_files, check_consistency
     )
     if on_unreadable != "skip":
         return dataset_dicts
     unreadable = {path for report in reports.values() for path in report.unreadable_files}
-    if not unreadable:
-        return dataset_dicts
     for name, report in reports.items():
         if report.unreadable_files:
             role = "Test dataset" if purpose == "evaluation" else "Dataset"

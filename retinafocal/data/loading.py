@@ -1,8 +1,7 @@
 """Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check.
 
 A check is remembered for the process, keyed by the json's path, size and mtime and the image
-folder's path and mtime, so that the train, test and registered loaders neither repeat it nor
-log it again.
+folder's path and mtime, so that the train, test and registered loaders do not repeat it.
 """
 from __future__ import annotations
 
@@ -13,7 +12,10 @@ import os
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
-from .checks import BOX_INVALID, BOX_OK, check_coco_json, fix_coco_box, segmentation_is_valid
+from detectron2.data.datasets import load_coco_json
+
+from .checks import BOX_INVALID, check_coco_json, fix_coco_box, segmentation_is_valid
+from .images import inspect_image
 from .report import DatasetValidationError, ValidationReport
 
 __all__ = ["PURPOSES", "checked_report", "load_coco_json_checked"]
@@ -26,6 +28,7 @@ _FIXES_LOGGED: set = set()
 #: What a dataset is checked for; it words the messages.
 PURPOSES = ("training", "evaluation")
 _SEGMENTATION_INVALID = "segmentation_invalid"
+_BOX_FIXES = ("box_clipped", "box_empty", BOX_INVALID, "box_outside")
 
 
 def _stamp(path: str) -> Tuple:
@@ -68,15 +71,13 @@ def checked_report(
     check_images: bool = True,
     purpose: str = "training",
 ) -> ValidationReport:
-    """Check a COCO json and its image files (once per process, logging the report), and refuse
-    what cannot be used.
+    """Check a COCO json (arguments as for ``load_coco_json``) and, with ``check_images``, its
+    image files, once per process, logging the report; refuse what cannot be used.
 
     Args:
-        json_file, image_root, dataset_name: as for ``load_coco_json`` (the name for messages).
         on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``: "error" raises on any unreadable
             image; "skip" (the caller leaves them out) raises when no image with a box is left;
             None lets them through to the mapper.
-        check_images: also check the image files.
         purpose: "training" or "evaluation", for the messages.
 
     Raises:
@@ -92,11 +93,8 @@ def checked_report(
     key = _key(json_file, image_root, check_images)
     report = _REPORTS.get(key)
     if report is None:
-        if check_images:
-            report = check_coco_json(json_file, image_root)
-        else:
-            report = check_coco_json(json_file, image_root, inspect=None)
-        _REPORTS[key] = report
+        inspect = inspect_image if check_images else None
+        report = _REPORTS[key] = check_coco_json(json_file, image_root, inspect=inspect)
         quiet = not report.problems.keys() - {"background_image"}
         logger.log(logging.INFO if quiet else logging.WARNING, f"{name}:\n{report.format()}")
     if report.has_fatal:
@@ -118,8 +116,6 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
     """``load_coco_json`` on a copy of the json (a file: it takes only a path) without what it
     mishandles: boxes that stop the whole load, segmentations that would drop their box, and
     annotations of no image (a warning at every load). Other bad boxes are dropped later."""
-    from detectron2.data.datasets import load_coco_json
-
     with open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     annotations = data.get("annotations", [])
@@ -141,55 +137,36 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
         os.remove(tmp)
 
 
-def _apply_box_fixes(dataset_dicts: List[dict]) -> Dict[str, int]:
-    """Clip and drop boxes in place as :func:`fix_coco_box` says; returns counts per outcome."""
-    counts: Dict[str, int] = {}
-    for record in dataset_dicts:
-        kept = []
-        for anno in record.get("annotations", []):
-            outcome, box = fix_coco_box(anno.get("bbox"), record["width"], record["height"])
-            counts[outcome] = counts.get(outcome, 0) + 1
-            if box is not None:
-                anno["bbox"] = box
-                kept.append(anno)
-        record["annotations"] = kept
-    return counts
-
-
 def load_coco_json_checked(
     json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
-    """detectron2 dataset dicts of a COCO json that :func:`checked_report` (given ``checks``)
-    passed, with the fixes it counted (logged once per process): boxes clipped or dropped,
-    orphan annotations dropped, rejected segmentations dropped with their boxes kept. Images
-    without annotations and unreadable images are kept (see ``checked_dataset_dicts``).
-
-    Returns:
-        list[dict] in detectron2's standard dataset format, ``bbox_mode`` XYWH_ABS.
-    """
+    """detectron2's dataset dicts (``bbox_mode`` XYWH_ABS) of a COCO json that
+    :func:`checked_report` (given ``checks``) passed, with the fixes it counted (logged once per
+    process): boxes clipped or dropped (:func:`fix_coco_box`), orphan annotations dropped,
+    rejected segmentations dropped with their boxes kept. Images without annotations and
+    unreadable images are kept (see ``checked_dataset_dicts``)."""
     report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in (BOX_INVALID, _SEGMENTATION_INVALID, "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice
-        from detectron2.data.datasets import load_coco_json
-
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
-    counts = _apply_box_fixes(dataset_dicts)
-    # Some malformed boxes never reach the dicts; the check counted them all.
-    counts[BOX_INVALID] = report.count(BOX_INVALID)
-    changed = {k: v for k, v in counts.items() if k != BOX_OK and v}
+    for record in dataset_dicts:
+        kept = []
+        for anno in record.get("annotations", []):
+            _, box = fix_coco_box(anno.get("bbox"), record["width"], record["height"])
+            if box is not None:
+                anno["bbox"] = box
+                kept.append(anno)
+        record["annotations"] = kept
+    # The check counted every box these dicts hold, and the malformed ones that never reach them.
+    counted = ", ".join(f"{report.count(k)} {k[4:]}" for k in _BOX_FIXES if report.count(k))
+    fixes = [f"{counted} box(es): clipped ones are kept, the others dropped"] if counted else []
+    if report.count(_SEGMENTATION_INVALID):
+        n = report.count(_SEGMENTATION_INVALID)
+        fixes.append(f"{n} invalid segmentation(s) dropped, their boxes kept")
     key = _key(json_file, image_root, report.image_check != "none")
-    if (changed or report.count(_SEGMENTATION_INVALID)) and key not in _FIXES_LOGGED:
+    if fixes and key not in _FIXES_LOGGED:
         _FIXES_LOGGED.add(key)
         name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
-        fixes = []
-        if changed:
-            counted = ", ".join(f"{v} {k.replace('box_', '')}" for k, v in sorted(changed.items()))
-            fixes.append(f"{counted} box(es): clipped ones are kept, the others dropped")
-        if report.count(_SEGMENTATION_INVALID):
-            fixes.append(
-                f"{report.count(_SEGMENTATION_INVALID)} invalid segmentation(s) dropped, their "
-                "boxes kept"
-            )
         logger.warning(f"{name}: " + "; ".join(fixes) + ".")
     return dataset_dicts

@@ -1,21 +1,11 @@
 """A dataset mapper that survives bad images: unreadable files and unusual pixel formats.
 
-detectron2's ``DatasetMapper`` reads each image with ``read_image``; a corrupt or missing file
-raises deep inside a data-loader worker, and a 16-bit grayscale PNG silently saturates to white
-(Pillow clips 16-bit values when converting to RGB). :class:`RobustDatasetMapper` is the same
-mapper with two changes (after the image is read, detectron2's own ``DatasetMapper.__call__``
-does the rest, through :func:`retinafocal.compat.dataset_mapper_call`):
-
-* images are read by :func:`read_image_converted`, which rescales 16-bit and float images to
-  8 bits and converts grayscale, palette, alpha and CMYK images to the model's input format;
-* an image that cannot be read (missing, undecodable, or of another size than its dataset dict
-  says) either raises :class:`UnreadableImageError` naming the file (``on_unreadable="error"``,
-  the default) or is skipped (``"skip"``): the mapper returns None, which makes detectron2's
-  ``MapDataset`` draw another image, and counts it.
-
-Training and evaluation leave out or refuse the unreadable images that the start-up check finds
-(:func:`~retinafocal.data.checked_dataset_dicts`) before the mapper sees any, so the mapper
-meets only what that check cannot see (corrupt data in the middle of a file).
+detectron2's ``DatasetMapper`` raises deep inside a data-loader worker on a corrupt file, and
+turns a 16-bit PNG white (Pillow clips it to 8 bits). :class:`RobustDatasetMapper` reads images
+with :func:`read_image_converted` (any mode to the input format), then lets detectron2's own
+``__call__`` do the rest; an unreadable image raises :class:`UnreadableImageError` naming the
+file, or is skipped (None: ``MapDataset`` draws another). The start-up check
+(:func:`~retinafocal.data.checked_dataset_dicts`) handles the unreadable files it can see first.
 """
 from __future__ import annotations
 
@@ -44,13 +34,9 @@ class UnreadableImageError(OSError):
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Rescale 16-bit integer ("I;16*", "I") and float ("F") images to 8-bit "L".
-
-    Integer images are taken to span 16 bits (value / 257, so 65535 -> 255) unless all values
-    already fit in 8 bits; float images are taken to span [0, 1] unless some value exceeds 1, in
-    which case they are clipped to [0, 255]. Pillow's own conversion clips at 255 instead, which
-    turns a typical 16-bit image white.
-    """
+    """Rescale 16-bit integer ("I;16*", "I") and float ("F") images to 8-bit "L": integers
+    span 16 bits (value / 257) unless all fit in 8, floats span [0, 1] unless some value exceeds
+    1 (then clipped to [0, 255])."""
     mode = image.mode
     if not (mode.startswith("I") or mode == "F"):
         return image
@@ -64,16 +50,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """Read an image as detectron2's ``read_image`` does, converting any Pillow mode.
-
-    EXIF orientation is applied; 16-bit / float images are rescaled (:func:`_to_8bit`); palette
-    images with transparency and alpha images lose their alpha channel (their colour channels
-    are kept as stored).
+    """Read an image as detectron2's ``read_image`` does (EXIF orientation applied), converting
+    any Pillow mode: 16-bit / float images are rescaled (:func:`_to_8bit`), alpha is dropped.
 
     Args:
-        file_name: path of the image (any path ``PathManager`` opens).
-        format: "BGR", "RGB", "L", ... as for ``read_image``; None keeps the file's mode (a
-            palette image gives its palette indices, as ``read_image`` does).
+        file_name: any path ``PathManager`` opens.
+        format: "BGR", "RGB", "L", ... as for ``read_image``; None keeps the file's mode.
 
     Returns:
         (H, W, C) uint8 array in ``format`` ((H, W) for single-channel images with format None).
@@ -101,18 +83,12 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
 
 
 class RobustDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` with tolerant image reading and a policy for bad files.
+    """detectron2's ``DatasetMapper`` with tolerant image reading and a policy for bad files,
+    built like its parent (``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` / ``LOG_SKIPPED_PERIOD`` too).
 
-    Built like its parent: ``RobustDatasetMapper(cfg, is_train=True)``, reading
-    ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` and ``cfg.DATALOADER.LOG_SKIPPED_PERIOD`` in
-    addition, or with explicit keyword arguments.
-
-    Skipping applies to training only: at inference (``is_train=False``) a skipped image would
-    be replaced by another one and evaluated twice, so unreadable images always raise there.
-
-    Counting is per process: each data-loader worker holds its own copy of the mapper. The
-    first skipped image is logged at once, by name; later ones are summed up (count so far,
-    files since the last message) at most once every ``log_skipped_period`` images mapped.
+    Skipping applies to training only: at inference a skipped image would be replaced by another
+    and evaluated twice. Counts are per data-loader worker; the first skipped image is logged by
+    name, later ones summed up at most every ``log_skipped_period`` images mapped.
     """
 
     @configurable
@@ -126,12 +102,9 @@ class RobustDatasetMapper(DatasetMapper):
     ):
         """
         Args:
-            is_train: whether it maps training data (see above for what it changes).
-            on_unreadable: "error" (raise :class:`UnreadableImageError` naming the file) or
-                "skip" (return None and count it).
+            on_unreadable: "error" (raise :class:`UnreadableImageError`) or "skip" (return None).
             log_skipped_period: the most images mapped between two summaries of skipped images.
-            kwargs: the arguments of ``DatasetMapper.__init__`` (``augmentations``,
-                ``image_format``, ...).
+            kwargs: the arguments of ``DatasetMapper.__init__``.
         """
         if on_unreadable not in _ON_UNREADABLE_CHOICES:
             raise ValueError(

@@ -1,11 +1,10 @@
 """A dataset check's findings, and the rules that turn them into a verdict.
 
 :class:`ValidationReport` counts each kind of problem (:data:`PROBLEM_KINDS`) with its first
-offending ids. Severities: ``fatal`` (a fix would have to guess, or no image has a box to train
-on): loading raises :class:`DatasetValidationError`; ``unreadable`` image files: the run stops,
-or leaves them out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says; ``fixed``: handled on loading
-or by the mapper, counted; ``info``: noted. :meth:`ValidationReport.usable` decides whether
-training runs.
+offending ids. Severities: ``fatal``: loading raises :class:`DatasetValidationError`;
+``unreadable`` image files: the run stops, or leaves them out, as
+``DATALOADER.ON_UNREADABLE_IMAGE`` says (:meth:`ValidationReport.usable`); ``fixed`` on loading
+or by the mapper; ``info``.
 """
 from __future__ import annotations
 
@@ -27,9 +26,8 @@ FATAL = "fatal"
 UNREADABLE = "unreadable"
 FIXED = "fixed"
 INFO = "info"
-_SEVERITY_ORDER = (FATAL, UNREADABLE, FIXED, INFO)
 
-#: Every kind of problem: kind -> (severity, what it means and what is done about it).
+#: Every kind of problem, worst first: kind -> (severity, what it means and what is done).
 PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "malformed_json": (FATAL, "the json file cannot be read or parsed"),
     "bad_structure": (FATAL, "not a COCO instances json (top-level lists or category entries)"),
@@ -62,6 +60,12 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
 MAX_EXAMPLES = 5
 
 _ON_UNREADABLE_CHOICES = ("error", "skip")
+
+
+def _known(kind: str) -> str:
+    if kind not in PROBLEM_KINDS:
+        raise KeyError(f"Unknown problem kind {kind!r}; known: {sorted(PROBLEM_KINDS)}")
+    return kind
 
 
 class DatasetValidationError(ValueError):
@@ -104,9 +108,7 @@ class ValidationReport:
 
     def add(self, kind: str, offending_id: Any = None, example: Optional[str] = None) -> None:
         """Count one occurrence of ``kind``, keeping its id and example if among the first."""
-        if kind not in PROBLEM_KINDS:
-            raise KeyError(f"Unknown problem kind {kind!r}; known: {sorted(PROBLEM_KINDS)}")
-        record = self.problems.setdefault(kind, ProblemRecord(kind))
+        record = self.problems.setdefault(_known(kind), ProblemRecord(kind))
         record.count += 1
         if offending_id is not None and len(record.first_ids) < MAX_EXAMPLES:
             record.first_ids.append(offending_id)
@@ -115,9 +117,7 @@ class ValidationReport:
 
     def count(self, kind: str) -> int:
         """Occurrences of ``kind`` (0 if none)."""
-        if kind not in PROBLEM_KINDS:
-            raise KeyError(f"Unknown problem kind {kind!r}; known: {sorted(PROBLEM_KINDS)}")
-        record = self.problems.get(kind)
+        record = self.problems.get(_known(kind))
         return record.count if record is not None else 0
 
     def first_ids(self, kind: str) -> List[Any]:
@@ -129,34 +129,27 @@ class ValidationReport:
         """Kinds of the given severity that occurred, in :data:`PROBLEM_KINDS` order."""
         return [k for k in PROBLEM_KINDS if k in self.problems and PROBLEM_KINDS[k][0] == severity]
 
-    def num_with_severity(self, severity: str) -> int:
-        return sum(self.problems[k].count for k in self.kinds(severity))
-
     @property
     def has_fatal(self) -> bool:
-        """True when the dataset cannot be loaded (see the module docstring)."""
+        """True when the dataset cannot be loaded."""
         return bool(self.kinds(FATAL))
 
     @property
     def num_unreadable_images(self) -> int:
         """Images that training cannot read (missing, undecodable or of the wrong size)."""
-        return self.num_with_severity(UNREADABLE)
-
-    @property
-    def has_readable_box(self) -> bool:
-        """Whether some readable image has a box to train on (what is left with 'skip')."""
-        return self.num_images_with_boxes > self.num_unreadable_with_boxes
+        return sum(self.problems[k].count for k in self.kinds(UNREADABLE))
 
     def usable(self, on_unreadable: str) -> bool:
         """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``: no
-        fatal problem, and no unreadable image ("error") or another image with a box ("skip")."""
+        fatal problem, and no unreadable image ("error") or a readable image with a box
+        ("skip")."""
         if on_unreadable not in _ON_UNREADABLE_CHOICES:
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
         if self.has_fatal:
             return False
         if on_unreadable == "error":
             return not self.num_unreadable_images
-        return self.has_readable_box
+        return self.num_images_with_boxes > self.num_unreadable_with_boxes
 
     def unreadable_summary(self, max_files: int = 5) -> str:
         """One line: how many images cannot be read, of how many, why, and the first files."""
@@ -167,7 +160,7 @@ class ValidationReport:
         return f"{n} of {self.num_images} image(s) cannot be read ({why}): {shown}{more}"
 
     def format(self) -> str:
-        """One line per problem kind, worst first, then the verdict."""
+        """One line per problem kind, worst first, with its first ids and examples."""
         lines = [
             f"Dataset check of {self.json_file} (images under {self.image_root}): "
             f"{self.num_images} images, {self.num_annotations} annotations, "
@@ -175,38 +168,14 @@ class ValidationReport:
         ]
         if not self.problems:
             lines.append("  no problems found.")
-        for severity in _SEVERITY_ORDER:
-            for kind in self.kinds(severity):
-                record = self.problems[kind]
-                description = PROBLEM_KINDS[kind][1]
-                lines.append(f"  [{severity:<10}] {kind:<23} {record.count:>7}  {description}")
-                if record.first_ids:
-                    shown = ", ".join(repr(i) for i in record.first_ids)
-                    more = " ..." if record.count > len(record.first_ids) else ""
-                    lines.append(f"{'':>16}first ids: {shown}{more}")
-                for example in record.examples:
-                    lines.append(f"{'':>16}- {example}")
-        lines.append("  " + self.verdict())
+        for kind, (severity, description) in PROBLEM_KINDS.items():
+            record = self.problems.get(kind)
+            if record is None:
+                continue
+            lines.append(f"  [{severity.upper():<10}] {kind:<23} {record.count:>7}  {description}")
+            if record.first_ids:
+                shown = ", ".join(repr(i) for i in record.first_ids)
+                more = " ..." if record.count > len(record.first_ids) else ""
+                lines.append(f"{'':>16}first ids: {shown}{more}")
+            lines.extend(f"{'':>16}- {example}" for example in record.examples)
         return "\n".join(lines)
-
-    def verdict(self) -> str:
-        """One sentence saying what happens to this dataset."""
-        if self.has_fatal:
-            return (
-                f"FATAL: {self.num_with_severity(FATAL)} problem(s) ("
-                + ", ".join(self.kinds(FATAL))
-                + ") must be fixed in the json before it can be used."
-            )
-        n = self.num_unreadable_images
-        if n and not self.has_readable_box:
-            return (
-                f"{n} image(s) cannot be read, and no other image has a box to train on: fix "
-                "them before the dataset can be used."
-            )
-        if n:
-            return (
-                f"{n} image(s) cannot be read: training and evaluation stop before they start "
-                "unless DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out. Other "
-                "problems are fixed on loading."
-            )
-        return "Usable: the problems listed (if any) are fixed on loading."

@@ -1,18 +1,13 @@
 """The embedded detection dataset: coloured shapes on textured backgrounds, in COCO format.
 
-The default configs train on it without COCO or ImageNet weights: many small objects on a busy
-background make most anchors easy background (the imbalance the focal loss addresses), while a
-small network learns it in minutes on a CPU. Image ``i`` of a split is drawn from its own
-generator seeded by ``(seed, split, i)``, so a split is the prefix of any larger one.
-
-Layout under ``root``: ``{split}/000000.png ...`` and ``annotations/instances_{split}.json``
-(written last: its presence means the split is complete). From the command line::
-
-    python -m retinafocal.data.shapes --root datasets/shapes --split val --num-images 200
+Many small objects on a busy background make most anchors easy background (the imbalance the
+focal loss addresses), yet a small network learns it in minutes on a CPU. Image ``i`` of a split
+is drawn from its own generator seeded by ``(seed, split, i)``, so a split is the prefix of any
+larger one. Layout under ``root``: ``{split}/000000.png ...`` and
+``annotations/instances_{split}.json`` (written last: its presence means the split is complete).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -270,18 +265,3 @@ def ensure_shapes_split(
         generate_shapes_split(root, split, num_images, spec, progress=progress)
     return json_path
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.path.join("datasets", "shapes"))
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num-images", type=int, default=DEFAULT_SPLITS["train"][0])
-    parser.add_argument("--image-size", type=int, default=ShapesSpec.image_size)
-    parser.add_argument("--seed", type=int, default=ShapesSpec.seed)
-    args = parser.parse_args(argv)
-    spec = ShapesSpec(image_size=args.image_size, seed=args.seed)
-    print(generate_shapes_split(args.root, args.split, args.num_images, spec))
-
-
-if __name__ == "__main__":
-    main()

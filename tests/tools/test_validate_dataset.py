@@ -19,6 +19,7 @@ import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 
 from detectron2.data import detection_utils
 from retinafocal.data import DatasetValidationError, checked_report, loading
 
+from ..data.common import report_with
 from ..reliability.broken_coco import write_broken_coco, write_malformed_json
 from .common import REPO
 
@@ -135,6 +136,17 @@ class TestSameVerdictAsTheLoader(_TempDirTest):
                     self.assertEqual(report.usable(policy), loads)
             self.assertEqual(report.usable("skip"), not fatal)
             self.assertFalse(report.usable("error"))
+
+
+class TestVerdict(_TempDirTest):
+    def test_verdict_sentences(self):
+        self.assertTrue(self.tool.verdict(report_with()).startswith("Usable"))
+        self.assertIn("ON_UNREADABLE_IMAGE", self.tool.verdict(report_with("missing_file")))
+        fatal = self.tool.verdict(report_with("duplicate_image_id", "missing_file"))
+        self.assertIn("FATAL: 1 problem(s) (duplicate_image_id)", fatal)
+        no_box_left = report_with("missing_file")
+        no_box_left.num_unreadable_with_boxes = 2
+        self.assertIn("no other image has a box", self.tool.verdict(no_box_left))
 
 
 class TestInspectImage(_TempDirTest):
