@@ -1,30 +1,22 @@
 """Training and evaluation: the yacs :class:`Trainer`, the LazyConfig loop, hooks, run set-up,
 and the ``results.json`` every run writes."""
-from .defaults import dataset_names, default_setup, log_bbox_ap, prepare_datasets
+from .defaults import default_setup, log_bbox_ap, prepare_datasets
 from .evaluation import CheckedCOCOEvaluator, InferenceStats
-from .hooks import PredictionImageWriter, draw_predictions
+from .hooks import PredictionImageWriter
 from .lazy import (
     build_lazy_model,
-    build_lazy_test_loader,
     build_lazy_trainer,
     lazy_test,
     lazy_train,
     register_lazy_datasets,
 )
 from .preflight import check_batch_size, check_model_num_classes, resolve_num_classes
-from .results import RESULTS_FILE, evaluation_results, training_results, write_results
-from .train_loop import (
-    CheckedAMPTrainer,
-    CheckedSimpleTrainer,
-    NonFiniteLossError,
-    checked_trainer,
-)
+from .results import RESULTS_FILE, evaluation_results, write_results
+from .train_loop import NonFiniteLossError, checked_trainer
 from .trainer import Trainer, build_evaluator
 
 __all__ = [
-    "CheckedAMPTrainer",
     "CheckedCOCOEvaluator",
-    "CheckedSimpleTrainer",
     "InferenceStats",
     "NonFiniteLossError",
     "PredictionImageWriter",
@@ -32,14 +24,11 @@ __all__ = [
     "Trainer",
     "build_evaluator",
     "build_lazy_model",
-    "build_lazy_test_loader",
     "build_lazy_trainer",
     "check_batch_size",
     "check_model_num_classes",
     "checked_trainer",
-    "dataset_names",
     "default_setup",
-    "draw_predictions",
     "evaluation_results",
     "lazy_test",
     "lazy_train",
@@ -47,6 +36,5 @@ __all__ = [
     "prepare_datasets",
     "register_lazy_datasets",
     "resolve_num_classes",
-    "training_results",
     "write_results",
 ]

@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import re
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup as d2_default_setup
@@ -18,16 +18,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.datasets import ensure_dataset_files
-from .preflight import resolve_num_classes
+from .preflight import dataset_names, resolve_num_classes
 
-__all__ = [
-    "default_setup",
-    "dataset_names",
-    "loader_dataset_names",
-    "prepare_datasets",
-    "log_bbox_ap",
-    "plain_logs_off_terminal",
-]
+__all__ = ["default_setup", "prepare_datasets", "log_bbox_ap", "plain_logs_off_terminal"]
 
 # ANSI escape sequences (colours, bold, blink): CSI ... final byte.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -36,8 +29,8 @@ _RUN_LOGGERS = ("detectron2", "fvcore", "retinafocal")
 
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
     """detectron2's ``default_setup`` plus retinafocal's logger in the same ``log.txt``, with
-    plain logs off terminals (:func:`plain_logs_off_terminal`); then :func:`prepare_datasets`
-    and :func:`~retinafocal.engine.preflight.resolve_num_classes`."""
+    plain logs off terminals; then :func:`prepare_datasets` and
+    :func:`~retinafocal.engine.preflight.resolve_num_classes`."""
     output_dir = cfg.OUTPUT_DIR if isinstance(cfg, CfgNode) else cfg.train.output_dir
     rank = comm.get_rank()
     # detectron2's default_setup makes these calls; setup_logger is cached, so it reuses these
@@ -70,26 +63,10 @@ def plain_logs_off_terminal(names: Sequence[str] = _RUN_LOGGERS) -> None:
             stream = getattr(handler, "stream", None)
             isatty = getattr(stream, "isatty", None)
             colours = not os.environ.get("NO_COLOR") and callable(isatty) and bool(isatty())
-            if stream is None or colours:
+            if stream is None or colours or handler.formatter is None:
                 continue
-            if handler.formatter is not None and not isinstance(handler.formatter, _PlainFormatter):
+            if not isinstance(handler.formatter, _PlainFormatter):
                 handler.setFormatter(_PlainFormatter(handler.formatter))
-
-
-def loader_dataset_names(loader: Any) -> List[str]:
-    """The ``dataset.names`` of a LazyConfig data loader, as a list ([] when it has none)."""
-    dataset = loader.get("dataset", None) if loader is not None else None
-    names = dataset.get("names", None) if dataset is not None else None
-    if names is None:
-        return []
-    return [names] if isinstance(names, str) else list(names)
-
-
-def dataset_names(cfg: Any) -> List[str]:
-    """The train and test dataset names of a yacs config or a LazyConfig."""
-    if isinstance(cfg, CfgNode):
-        return list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    return [n for part in ("train", "test") for n in loader_dataset_names(cfg.dataloader.get(part))]
 
 
 def prepare_datasets(cfg: Any) -> None:
@@ -107,8 +84,7 @@ def log_bbox_ap(results: Optional[Mapping]) -> None:
     if not results or not comm.is_main_process():
         return
     per_dataset = {"": results} if "bbox" in results else results
-    logger = logging.getLogger("detectron2")
     for name, res in per_dataset.items():
         if "bbox" in res:
             where = f" on {name}" if name else ""
-            logger.info(f"bbox AP{where} = {res['bbox']['AP']:.2f}")
+            logging.getLogger("detectron2").info(f"bbox AP{where} = {res['bbox']['AP']:.2f}")

@@ -1,9 +1,5 @@
-"""Evaluators: COCO AP that says what it covers, and the model's inference time.
-
-detectron2's ``inference_on_dataset`` only logs the time it measures; :class:`InferenceStats`,
-run next to the COCO evaluator, returns it with the metrics (under ``"inference"``) so that it
-reaches the caller, ``EventStorage`` and ``metrics.json``.
-"""
+"""Evaluators: COCO AP that says what it covers, and the model's inference time (detectron2's
+``inference_on_dataset`` only logs it; :class:`InferenceStats` returns it with the metrics)."""
 from __future__ import annotations
 
 import itertools
@@ -67,17 +63,16 @@ class CheckedCOCOEvaluator(COCOEvaluator):
 class InferenceStats(DatasetEvaluator):
     """Time per image of ``model``'s forward calls in one evaluation, and its detections.
 
-    ``evaluate()`` returns, on the main process,
-    ``{"inference": {"s_per_image": float, "images": float, "detections": float}}``:
-    ``s_per_image`` is this process's forward time (synchronised on a GPU) per image, without
-    the first ``min(warmup, calls - 1)`` calls, as detectron2 times; NaN without calls.
-    ``images`` and ``detections`` (elements of outputs' ``instances``) sum all processes.
+    ``evaluate()`` returns, on the main process, ``{"inference": {"s_per_image": float,
+    "images": float, "detections": float}}``: ``s_per_image`` is this process's forward time
+    (synchronised on a GPU) per image without the first ``min(warmup, calls - 1)`` calls, as
+    detectron2 times (NaN without calls); the counts sum all processes. ``model`` may be DDP;
+    ``clock`` gives seconds (tests fake it).
     """
 
     def __init__(
         self, model: nn.Module, *, warmup: int = 5, clock: Callable[[], float] = time.perf_counter
     ) -> None:
-        """``model``: the module evaluated (DDP or not); ``clock``: seconds (tests fake it)."""
         self._model = model
         self._warmup = warmup
         self._clock = clock

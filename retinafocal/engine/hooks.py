@@ -23,18 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
-    """Tile rows of (H, W, 3) uint8 images into one image, padded white."""
-    h = max(img.shape[0] for row in rows for img in row)
-    w = max(img.shape[1] for row in rows for img in row)
-    out = np.full(
-        (len(rows) * (h + pad) - pad, max(len(r) for r in rows) * (w + pad) - pad, 3),
-        255,
-        dtype=np.uint8,
-    )
+    """Tile rows of (H, W, 3) uint8 images into one image, in cells ``pad`` white pixels apart."""
+    h = max(img.shape[0] for row in rows for img in row) + pad
+    w = max(img.shape[1] for row in rows for img in row) + pad
+    out = np.full((len(rows) * h - pad, max(map(len, rows)) * w - pad, 3), 255, dtype=np.uint8)
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
-            y, x = r * (h + pad), c * (w + pad)
-            out[y : y + img.shape[0], x : x + img.shape[1]] = img
+            out[r * h : r * h + img.shape[0], c * w : c * w + img.shape[1]] = img
     return out
 
 
@@ -88,24 +83,17 @@ class PredictionImageWriter(HookBase):
 
     def write(self, model: torch.nn.Module) -> str:
         """Draw and save the figure, passing over unreadable images; returns its path."""
-        unreadable = set()
-        for report in check_datasets(self._dataset_name).values():
-            unreadable.update(report.unreadable_files)
-        dataset = DatasetCatalog.get(self._dataset_name)
-        readable = (d for d in dataset if d["file_name"] not in unreadable)
+        name, thresh = self._dataset_name, self._score_thresh
+        unreadable = {f for r in check_datasets(name).values() for f in r.unreadable_files}
+        readable = (d for d in DatasetCatalog.get(name) if d["file_name"] not in unreadable)
         dicts: List[Dict[str, Any]] = list(itertools.islice(readable, self._num_images))
-        figure = draw_predictions(
-            model,
-            dicts,
-            self._mapper,
-            MetadataCatalog.get(self._dataset_name),
-            score_thresh=self._score_thresh,
-        )
+        metadata = MetadataCatalog.get(name)
+        figure = draw_predictions(model, dicts, self._mapper, metadata, score_thresh=thresh)
         os.makedirs(os.path.dirname(self._output_path) or ".", exist_ok=True)
         Image.fromarray(figure).save(self._output_path)
         logger.info(
-            f"Wrote predictions on {len(dicts)} images of {self._dataset_name} "
-            f"(top: ground truth, bottom: score >= {self._score_thresh}) to {self._output_path}"
+            f"Wrote predictions on {len(dicts)} images of {name} (top: ground truth, bottom: "
+            f"score >= {thresh}) to {self._output_path}"
         )
         return self._output_path
 

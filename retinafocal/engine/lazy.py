@@ -1,10 +1,7 @@
 """The training loop for LazyConfig configs, with the features of the yacs
 :class:`~retinafocal.engine.trainer.Trainer`. A config provides what detectron2's
-``configs/common/train.py`` does (``model``, ``optimizer``, ``lr_multiplier``,
-``dataloader.{train,test,evaluator}``, ``train.*``), and optionally ``datasets.coco_json``
-(``[[name, json_file, image_root], ...]``, yacs ``DATASETS.COCO_JSON``) and
-``datasets.num_classes_from_dataset``. The batch size, both loaders' datasets and
-``model.num_classes`` are checked before the first iteration; the test loader is built once.
+``configs/common/train.py`` does, plus optionally ``datasets.coco_json`` (``[[name, json_file,
+image_root], ...]``, yacs ``DATASETS.COCO_JSON``) and ``datasets.num_classes_from_dataset``.
 """
 from __future__ import annotations
 
@@ -22,17 +19,15 @@ from detectron2.utils import comm
 
 from ..checkpoint import AtomicDetectionCheckpointer
 from ..data.datasets import ensure_dataset_files, register_coco_json_datasets
-from .defaults import loader_dataset_names
 from .evaluation import InferenceStats
 from .hooks import PredictionImageWriter
-from .preflight import check_batch_size, check_model_num_classes
+from .preflight import check_batch_size, check_model_num_classes, loader_dataset_names
 from .results import recording_results
 from .train_loop import checked_trainer
 
 __all__ = [
     "register_lazy_datasets",
     "build_lazy_model",
-    "build_lazy_test_loader",
     "build_lazy_trainer",
     "lazy_test",
     "lazy_train",
@@ -46,11 +41,6 @@ def register_lazy_datasets(cfg: Any) -> None:
     datasets = cfg.get("datasets", None)
     if datasets is not None:
         register_coco_json_datasets(datasets.get("coco_json", None) or [])
-
-
-def _test_dataset_name(cfg: Any) -> str:
-    names = cfg.dataloader.test.dataset.names
-    return names if isinstance(names, str) else names[0]
 
 
 def build_lazy_model(cfg: Any) -> torch.nn.Module:
@@ -72,7 +62,7 @@ def lazy_test(cfg: Any, model: torch.nn.Module, data_loader: Any = None) -> Orde
     ``cfg.dataloader.evaluator`` and :class:`InferenceStats`."""
     if data_loader is None:
         data_loader = build_lazy_test_loader(cfg)
-    ensure_dataset_files(_test_dataset_name(cfg))
+    ensure_dataset_files(loader_dataset_names(cfg.dataloader.test)[0])
     evaluator = instantiate(cfg.dataloader.evaluator)
     evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
     results = inference_on_dataset(
@@ -86,9 +76,9 @@ def lazy_test(cfg: Any, model: torch.nn.Module, data_loader: Any = None) -> Orde
 def build_lazy_trainer(
     cfg: Any, *, trust_weights_file: bool = False
 ) -> Tuple[SimpleTrainer, AtomicDetectionCheckpointer]:
-    """Build the model, optimizer, loaders, checked trainer, checkpointer and hooks of ``cfg``
-    (:func:`lazy_train` then loads and trains). The last evaluation's results are kept in
-    ``trainer.last_eval_results`` (None before any)."""
+    """Check the batch size and both loaders' classes, then build the model, optimizer, loaders,
+    checked trainer, checkpointer and hooks of ``cfg`` (:func:`lazy_train` loads and trains).
+    ``trainer.last_eval_results`` keeps the last evaluation's results (None before any)."""
     check_batch_size(cfg.dataloader.train.total_batch_size, "dataloader.train.total_batch_size")
     model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
@@ -119,7 +109,7 @@ def build_lazy_trainer(
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
             hooks.EvalHook(cfg.train.eval_period, test_and_keep),
             PredictionImageWriter(
-                dataset_name=_test_dataset_name(cfg),
+                dataset_name=loader_dataset_names(cfg.dataloader.test)[0],
                 mapper=instantiate(cfg.dataloader.test.mapper),
                 output_path=os.path.join(cfg.train.output_dir, "predictions.png"),
             ),

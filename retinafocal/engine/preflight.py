@@ -4,22 +4,17 @@ size, and the model's number of classes against its datasets' (or taken from the
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
 from ..data.classes import check_num_classes, num_classes_from_datasets
 
-__all__ = ["NUM_CLASSES_KEYS", "check_batch_size", "check_model_num_classes", "resolve_num_classes"]
+__all__ = ["check_batch_size", "check_model_num_classes", "resolve_num_classes"]
 
 logger = logging.getLogger(__name__)
 
-#: (number of classes, opt-in that takes it from the training datasets), per config form.
-NUM_CLASSES_KEYS = {
-    "yacs": ("MODEL.RETINANET.NUM_CLASSES", "MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET"),
-    "lazy": ("model.num_classes", "datasets.num_classes_from_dataset"),
-}
 _RETINANETS = ("FocalRetinaNet", "RetinaNet")
 
 
@@ -28,38 +23,47 @@ def check_batch_size(total: Any, key: str, world_size: Optional[int] = None) -> 
     processes (default: detectron2's ``comm``). detectron2 only asserts divisibility, also for
     0 or negatives; this error says what the number means."""
     world = comm.get_world_size() if world_size is None else world_size
-    if isinstance(total, int) and not isinstance(total, bool) and total > 0 and total % world == 0:
-        return
     what = (
         f"{key} is {total!r}: it is the number of images per training iteration, summed over "
         f"all {world} process(es)"
     )
     if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
         raise ValueError(f"{what}, so it must be a positive integer (e.g. {2 * world}).")
-    nearest = max(world, round(total / world) * world)
-    raise ValueError(f"{what}, so it must be a multiple of {world} (e.g. {nearest}).")
+    if total % world:
+        nearest = max(world, round(total / world) * world)
+        raise ValueError(f"{what}, so it must be a multiple of {world} (e.g. {nearest}).")
+
+
+def loader_dataset_names(loader: Any) -> List[str]:
+    """The ``dataset.names`` of a LazyConfig data loader, as a list ([] when it has none)."""
+    dataset = loader.get("dataset", None) if loader is not None else None
+    names = dataset.get("names", None) if dataset is not None else None
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def dataset_names(cfg: Any, parts: Sequence[str] = ("train", "test")) -> List[str]:
+    """The names of the ``parts`` datasets of a yacs config or a LazyConfig."""
+    if isinstance(cfg, CfgNode):
+        return [n for part in parts for n in cfg.DATASETS[part.upper()]]
+    return [n for part in parts for n in loader_dataset_names(cfg.dataloader.get(part))]
 
 
 def _setting(cfg: Any) -> Optional[Tuple[int, str, str, bool]]:
-    """(K, its key, the opt-in key, the opt-in's value) for a RetinaNet config, else None."""
+    """(K, its key, the opt-in key that takes K from the training datasets, the opt-in's value)
+    for a RetinaNet config, else None."""
     if isinstance(cfg, CfgNode):
         if cfg.MODEL.META_ARCHITECTURE not in _RETINANETS:
             return None
-        key, opt_in = NUM_CLASSES_KEYS["yacs"]
-        flag = bool(cfg.MODEL.get("RETINAFOCAL", {}).get("NUM_CLASSES_FROM_DATASET", False))
-        return cfg.MODEL.RETINANET.NUM_CLASSES, key, opt_in, flag
+        flag = cfg.MODEL.get("RETINAFOCAL", {}).get("NUM_CLASSES_FROM_DATASET", False)
+        opt_in = "MODEL.RETINAFOCAL.NUM_CLASSES_FROM_DATASET"
+        return cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES", opt_in, bool(flag)
     if "num_classes" not in cfg.model:
         return None
-    key, opt_in = NUM_CLASSES_KEYS["lazy"]
-    datasets = cfg.get("datasets", None) or {}
-    return cfg.model.num_classes, key, opt_in, bool(datasets.get("num_classes_from_dataset"))
-
-
-def _train_names(cfg: Any) -> Sequence[str]:
-    if isinstance(cfg, CfgNode):
-        return list(cfg.DATASETS.TRAIN)
-    names = cfg.dataloader.train.dataset.names
-    return [names] if isinstance(names, str) else list(names)
+    flag = (cfg.get("datasets", None) or {}).get("num_classes_from_dataset")
+    opt_in = "datasets.num_classes_from_dataset"
+    return cfg.model.num_classes, "model.num_classes", opt_in, bool(flag)
 
 
 def check_model_num_classes(cfg: Any, names: Sequence[str]) -> None:
@@ -71,13 +75,12 @@ def check_model_num_classes(cfg: Any, names: Sequence[str]) -> None:
 
 
 def resolve_num_classes(cfg: Any) -> None:
-    """When the config opts in (:data:`NUM_CLASSES_KEYS`), set its number of classes in place
-    to the training datasets'."""
+    """When the config opts in, set its number of classes in place to the training datasets'."""
     setting = _setting(cfg)
     if setting is None or not setting[3]:
         return
     _, key, opt_in, _ = setting
-    names = _train_names(cfg)
+    names = dataset_names(cfg, ("train",))
     num_classes = num_classes_from_datasets(names, key=opt_in)
     if isinstance(cfg, CfgNode):
         frozen = cfg.is_frozen()

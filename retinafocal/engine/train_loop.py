@@ -1,12 +1,9 @@
-"""detectron2's training loops with the one loss check, which says what went wrong and where to
-restart.
+"""detectron2's training loops with one loss check that says what went wrong and where to restart.
 
-detectron2's ``SimpleTrainer`` stops with a bare ``FloatingPointError`` when the summed loss,
-gathered over the workers, is not finite. The checked trainers here test every loss term of each
-worker first, in the same place (after backward, before ``optimizer.step()`` can write NaN into
-the weights), with one device-to-host copy, and raise :class:`NonFiniteLossError`, which names the
-iteration, the non-finite terms and the last checkpoint that still holds finite weights. The
-model does not check its losses itself: this is the only check of ours.
+detectron2's ``SimpleTrainer`` stops with a bare ``FloatingPointError`` when the summed loss is
+not finite. The checked trainers test every loss term of each worker first, at the same point
+(after backward, before ``optimizer.step()`` could write NaN into the weights), and raise
+:class:`NonFiniteLossError`. This is retinafocal's only loss check: the model does none.
 """
 from __future__ import annotations
 
@@ -19,13 +16,7 @@ from fvcore.common.checkpoint import Checkpointer
 
 from ..modeling.precision import check_precision_and_amp
 
-__all__ = [
-    "NonFiniteLossError",
-    "FiniteLossCheckMixin",
-    "CheckedSimpleTrainer",
-    "CheckedAMPTrainer",
-    "checked_trainer",
-]
+__all__ = ["NonFiniteLossError", "CheckedSimpleTrainer", "CheckedAMPTrainer", "checked_trainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,9 +25,8 @@ class NonFiniteLossError(FloatingPointError):
     Attributes:
         iteration: the training iteration (0-based) whose losses were not finite.
         terms: names of the non-finite loss terms, e.g. ``["loss_cls"]``.
-        checkpoint: path of the last checkpoint written, "" when there is none. Its tensors
-            are finite: :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` refuses to
-            save others.
+        checkpoint: the last checkpoint written, "" when there is none. Its tensors are finite:
+            :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` saves no others.
     """
 
     def __init__(self, iteration: int, terms: List[str], checkpoint: str, detail: str) -> None:
@@ -57,42 +47,31 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class FiniteLossCheckMixin:
-    """Mix into a detectron2 ``SimpleTrainer`` subclass to check every loss term before the
-    optimizer step; raises :class:`NonFiniteLossError`.
+    """Mixed into a ``SimpleTrainer`` subclass: check every loss term before the optimizer step.
 
-    The check runs at the start of ``_write_metrics``, which both detectron2 versions call after
-    backward and before the step, and before detectron2's own check of the summed loss there.
-    (Current detectron2 can run ``_write_metrics`` in a thread, ``async_write_metrics=True``,
-    where an error would not stop training; :func:`checked_trainer` leaves that off.)
-
-    ``checkpointer`` (optional attribute, set by the owner of the trainer) names the last good
-    checkpoint in the message.
+    The check opens ``_write_metrics``, which both detectron2 versions call between backward and
+    the step, before their own check of the sum. (Current detectron2 can run it in a thread,
+    ``async_write_metrics=True``, where an error would not stop training: left off here.)
+    ``checkpointer``, set by the trainer's owner, names the last good checkpoint.
     """
 
     checkpointer: Optional[Checkpointer] = None
     iter: int
 
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any):
-        # Each worker checks its own losses, so the one that produced the NaN names it. One
-        # stacked copy to the host: a single sync, however many terms there are.
+        # Each worker checks its own losses, so the one that produced the NaN names it; one
+        # stacked copy to the host is a single sync however many terms there are.
         host: Dict[str, float] = {}
         if loss_dict:
             values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
             host = dict(zip(loss_dict, values.tolist()))
         bad = [k for k, v in host.items() if not math.isfinite(v)]
         if bad:
-            detail = (
-                f"losses {host}. Check the inputs for NaN/Inf (images, boxes) and the learning "
-                "rate"
-            )
-            raise NonFiniteLossError(self.iter, bad, self._last_checkpoint(), detail)
+            ckpt = self.checkpointer
+            last = ckpt.get_checkpoint_file() if ckpt is not None and ckpt.has_checkpoint() else ""
+            hint = "Check the inputs for NaN/Inf (images, boxes) and the learning rate"
+            raise NonFiniteLossError(self.iter, bad, last, f"losses {host}. {hint}")
         return super()._write_metrics(loss_dict, *args, **kwargs)  # type: ignore[misc]
-
-    def _last_checkpoint(self) -> str:
-        ckpt = self.checkpointer
-        if ckpt is None or not ckpt.has_checkpoint():
-            return ""
-        return ckpt.get_checkpoint_file()
 
 
 class CheckedSimpleTrainer(FiniteLossCheckMixin, SimpleTrainer):
@@ -111,12 +90,10 @@ def checked_trainer(
     amp: bool,
     checkpointer: Optional[Checkpointer] = None,
 ) -> SimpleTrainer:
-    """Build the checked ``SimpleTrainer`` (``amp=False``) or ``AMPTrainer`` (``amp=True``).
+    """The checked ``SimpleTrainer`` (``amp=False``) or ``AMPTrainer`` (``amp=True``).
 
-    A model with a ``precision`` (FocalRetinaNet) must agree with ``amp``: fp16 needs AMP's
-    gradient scaler, and AMP's fp16 autocast contradicts bf16
-    (:func:`~retinafocal.modeling.precision.check_precision_and_amp`, whose error names both
-    keys).
+    A model with a ``precision`` (FocalRetinaNet) must agree with ``amp``
+    (:func:`~retinafocal.modeling.precision.check_precision_and_amp` raises otherwise).
     """
     # DDP wraps the model; the precision is an attribute of the model inside.
     precision = getattr(getattr(model, "module", model), "precision", None)

@@ -26,8 +26,7 @@ __all__ = ["Trainer", "build_evaluator"]
 
 
 def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> CheckedCOCOEvaluator:
-    """:class:`~retinafocal.engine.evaluation.CheckedCOCOEvaluator` for bbox; C++ COCOeval when
-    detectron2's ``_C`` is built."""
+    """:class:`CheckedCOCOEvaluator` for bbox; C++ COCOeval when detectron2's ``_C`` is built."""
     # COCOEvaluator reads the json when built, maybe before any loader generated it.
     ensure_dataset_files(dataset_name)
     return CheckedCOCOEvaluator(
@@ -38,10 +37,8 @@ def build_evaluator(dataset_name: str, output_dir: Optional[str]) -> CheckedCOCO
 class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` with: the batch size, datasets and ``NUM_CLASSES``
     checked before work starts; :class:`RobustDatasetMapper`; COCO evaluation with
-    :class:`~retinafocal.engine.evaluation.InferenceStats`; the checked training loop
-    (:mod:`~retinafocal.engine.train_loop`); :class:`AtomicDetectionCheckpointer` (given
-    ``trust_weights_file``); a predictions PNG after training; and ``results.json``.
-    """
+    :class:`InferenceStats`; the checked training loop; :class:`AtomicDetectionCheckpointer`
+    (given ``trust_weights_file``); a predictions PNG after training; and ``results.json``."""
 
     def __init__(self, cfg: CfgNode, *, trust_weights_file: bool = False) -> None:
         check_batch_size(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
@@ -54,7 +51,7 @@ class Trainer(DefaultTrainer):
         super().__init__(cfg)
 
     def build_hooks(self) -> List[Optional[HookBase]]:
-        # Called by DefaultTrainer.__init__ before any hook captures the training loop and the
+        # DefaultTrainer.__init__ calls this before any hook captures the training loop and the
         # checkpointer: the place to swap in ours.
         self.checkpointer = AtomicDetectionCheckpointer(
             self.model,
