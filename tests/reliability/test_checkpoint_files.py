@@ -63,11 +63,17 @@ class TestCheckpointFiles(unittest.TestCase):
     def test_a_live_writer_is_left_alone(self):
         """Another job saving into the same folder: its temporary file stays, and the check
         that it is alive sends it no signal (signal 0 probes; 1, SIGHUP, would end it)."""
-        # SIGHUP back to its default action: a run under nohup would pass SIG_IGN down to it.
-        writer = subprocess.Popen([sys.executable, "-c", "import signal, time; "
-                                   "signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"])
+        # SIGHUP back to its default action (a run under nohup would pass SIG_IGN down to it),
+        # and only then "ready": a signal sent before that would be lost.
+        writer = subprocess.Popen(
+            [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
+             "signal.SIG_DFL); print('ready', flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(writer.stdout.close)
         self.addCleanup(writer.wait)
         self.addCleanup(writer.kill)
+        self.assertEqual(writer.stdout.readline().strip(), "ready")
         theirs = f".model_0000001.pth.{writer.pid}.0a1b2c3d.tmp"
         with open(os.path.join(self.dir, theirs), "wb") as f:
             f.write(b"x")
