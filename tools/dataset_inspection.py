@@ -34,7 +34,7 @@ from PIL import Image
 from retinafocal.data import images
 from retinafocal.data.checks import check_coco_json
 from retinafocal.data.images import ImageInfo
-from retinafocal.data.report import ProblemRecord, ValidationReport
+from retinafocal.data.report import FATAL, ProblemRecord, ValidationReport
 
 __all__ = [
     "inspect_image",
@@ -81,7 +81,8 @@ def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
     """The loader's check of one file (:func:`retinafocal.data.images.inspect_image`) and the
     ``converted_*`` kind of what the mapper does to it; with ``full_decode``, every pixel is
     decoded."""
-    info = images.inspect_image(path)
+    # A full decode below finds all that the loader's check decodes for: its header alone then.
+    info = images.read_image_header(path) if full_decode else images.inspect_image(path)
     if not info.readable:
         return info
     try:
@@ -134,7 +135,7 @@ _VALIDATE_SIGNATURE = inspect.signature(validate_coco_json)
 def verdict(report: ValidationReport) -> str:
     """One sentence saying what training does with the dataset of ``report``."""
     if report.has_fatal:
-        fatal = report.kinds("fatal")
+        fatal = report.kinds(FATAL)
         count = sum(report.count(kind) for kind in fatal)
         return (
             f"FATAL: {count} problem(s) ({', '.join(fatal)}) must be fixed in the json before it "
