@@ -30,6 +30,7 @@ from retinafocal.engine import (
     evaluation_results,
     lazy_test,
     lazy_train,
+    leave_process_group,
     log_bbox_ap,
     register_lazy_datasets,
     write_results,
@@ -100,6 +101,7 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
     log_bbox_ap(results)
+    leave_process_group()  # every rank exits after the others are done (several processes)
     return results
 
 

@@ -1,6 +1,6 @@
 """Training and evaluation: the yacs :class:`Trainer`, the LazyConfig loop, hooks, run set-up,
 and the ``results.json`` every run writes."""
-from .defaults import default_setup, log_bbox_ap, prepare_datasets
+from .defaults import default_setup, leave_process_group, log_bbox_ap, prepare_datasets
 from .evaluation import CheckedCOCOEvaluator, InferenceStats
 from .hooks import PredictionImageWriter
 from .lazy import (
@@ -32,6 +32,7 @@ __all__ = [
     "evaluation_results",
     "lazy_test",
     "lazy_train",
+    "leave_process_group",
     "log_bbox_ap",
     "prepare_datasets",
     "register_lazy_datasets",

@@ -12,6 +12,7 @@ import os
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+import torch.distributed as dist
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup as d2_default_setup
 from detectron2.utils import comm
@@ -20,7 +21,13 @@ from detectron2.utils.logger import setup_logger
 from ..data.datasets import ensure_dataset_files
 from .preflight import dataset_names, resolve_num_classes
 
-__all__ = ["default_setup", "prepare_datasets", "log_bbox_ap", "plain_logs_off_terminal"]
+__all__ = [
+    "default_setup",
+    "leave_process_group",
+    "log_bbox_ap",
+    "plain_logs_off_terminal",
+    "prepare_datasets",
+]
 
 # ANSI escape sequences (colours, bold, blink): CSI ... final byte.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -88,3 +95,18 @@ def log_bbox_ap(results: Optional[Mapping]) -> None:
         if "bbox" in res:
             where = f" on {name}" if name else ""
             logging.getLogger("detectron2").info(f"bbox AP{where} = {res['bbox']['AP']:.2f}")
+
+
+def leave_process_group() -> None:
+    """End a multi-process run together: wait for every rank, then destroy the process group.
+    No-op in a single process.
+
+    detectron2's ``launch`` returns from its workers with the group alive. A rank that reaches
+    interpreter exit while another still works (rank 0 writing its results) can then abort in
+    the group's teardown at exit ("terminate called without an active exception", SIGABRT: seen
+    once in CI with torch 2.14 and gloo). Destroying the group while every rank is still there
+    takes that teardown out of the exit.
+    """
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()

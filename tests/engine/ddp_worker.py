@@ -26,7 +26,7 @@ from detectron2.utils.events import EventStorage
 from retinafocal import add_retinafocal_config
 from retinafocal.config_overrides import merge_yacs_file, merge_yacs_overrides
 from retinafocal.data import RobustDatasetMapper, register_shapes, shapes
-from retinafocal.engine.defaults import prepare_datasets
+from retinafocal.engine.defaults import leave_process_group, prepare_datasets
 from tests.engine.common import CONFIG_DIR, TINY_SIZE, TINY_SPEC
 
 DATASET_PREFIX = "ddp_shapes"
@@ -94,6 +94,7 @@ def step(out_dir: str) -> None:
         },
         os.path.join(out_dir, f"rank{rank}.pth"),
     )
+    leave_process_group()
 
 
 if __name__ == "__main__":

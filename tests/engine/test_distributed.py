@@ -194,3 +194,22 @@ class TestDDPGradients(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestLeaveProcessGroup(unittest.TestCase):
+    """``leave_process_group`` (the end of ``train_net.py``'s main): the group is destroyed
+    after a barrier, so no rank meets the group's teardown at interpreter exit."""
+
+    def test_destroys_the_group(self):
+        import torch.distributed as dist
+
+        from retinafocal.engine import leave_process_group
+
+        tmp = tempfile.mkdtemp(prefix="rf_pg_")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", world_size=1, rank=0)
+        self.addCleanup(lambda: dist.is_initialized() and dist.destroy_process_group())
+        leave_process_group()
+        self.assertFalse(dist.is_initialized())
+        leave_process_group()  # a single process, or a second call: nothing to do
+        self.assertFalse(dist.is_initialized())
