@@ -310,3 +310,39 @@ class TestBenchmarkRun(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestHeadFusionBenchmark(unittest.TestCase):
+    """tools/benchmark_head_fusion.py: its fused heads give the per-level head's outputs, so its
+    table compares equal work. (Weights of N(0, 0.3): every conv changes the outputs.
+    Differences are relative to the largest output.)"""
+
+    def setUp(self):
+        import benchmark_head_fusion as fusion
+
+        self.fusion = fusion
+        self.variants, self.features = fusion.build(1, 70, 100, channels=8, num_classes=3,
+                                                    num_anchors=2, weight_std=0.3)  # fmt: skip
+        with torch.no_grad():
+            logits, deltas = self.variants[fusion.VARIANTS[0]](self.features)
+        self.scale = max(o.abs().max().item() for o in logits + deltas)
+
+    def test_fused_forms_match_the_per_level_head(self):
+        self.assertEqual([tuple(f.shape[-2:]) for f in self.features],
+                         [(9, 13), (5, 7), (3, 4), (2, 2), (1, 1)])
+        for name, difference in self.fusion.max_difference(self.variants, self.features).items():
+            self.assertLess(difference / self.scale, 1e-5, name)
+
+    def test_canvas_levels_do_not_leak_into_each_other(self):
+        canvas = self.fusion.Canvas(self.fusion.level_sizes(70, 100))
+        # P3 9x13 at the left, one zero column, then P4..P7 stacked with one zero row between.
+        self.assertEqual(canvas.places, [(0, 0), (0, 14), (6, 14), (10, 14), (13, 14)])
+        self.assertEqual((canvas.height, canvas.width), (14, 21))
+        self.assertEqual(int(canvas.mask.sum()), sum(h * w for h, w in canvas.sizes))
+        # Without the mask after each ReLU, a level's border sees its neighbours' activations.
+        canvas.mask = torch.ones_like(canvas.mask)
+        head = self.variants[self.fusion.VARIANTS[0]]
+        with torch.no_grad():
+            got, want = self.fusion.canvas_head(head, canvas)(self.features)[0], head(self.features)[0]
+        leak = max((a - b).abs().max().item() for a, b in zip(got, want))
+        self.assertGreater(leak / self.scale, 1e-2)
