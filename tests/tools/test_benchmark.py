@@ -346,3 +346,28 @@ class TestHeadFusionBenchmark(unittest.TestCase):
             got, want = self.fusion.canvas_head(head, canvas)(self.features)[0], head(self.features)[0]
         leak = max((a - b).abs().max().item() for a, b in zip(got, want))
         self.assertGreater(leak / self.scale, 1e-2)
+
+
+class TestCompiledParts(unittest.TestCase):
+    """tools/benchmark_compile.py swaps compiled backbone and head in and always back."""
+
+    def test_swaps_in_and_restores(self):
+        from benchmark_compile import CompiledParts
+
+        class Det:
+            model = nn.Module()
+
+        det = Det()
+        det.model.backbone, det.model.head = nn.Identity(), nn.ReLU()
+        eager = (det.model.backbone, det.model.head)
+        parts = CompiledParts(det)
+        with parts.active(True):
+            self.assertIs(det.model.backbone, parts.compiled["backbone"])
+            self.assertIs(det.model.head, parts.compiled["head"])
+            self.assertIsNot(det.model.head, eager[1])
+        self.assertEqual((det.model.backbone, det.model.head), eager)
+        with self.assertRaises(RuntimeError), parts.active(True):
+            raise RuntimeError("a failing compiled call")
+        self.assertEqual((det.model.backbone, det.model.head), eager)
+        with parts.active(False):
+            self.assertEqual((det.model.backbone, det.model.head), eager)
