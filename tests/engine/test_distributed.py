@@ -17,10 +17,12 @@ import tempfile
 import unittest
 
 import torch
+import torch.distributed as dist
 
 import retinafocal  # noqa: F401  (compat first)
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from retinafocal.engine import leave_process_group
 
 from .common import CONFIG_DIR, REPO_ROOT, lazy_tiny_overrides, tiny_shapes, yacs_tiny_overrides
 from .ddp_worker import tiny_cfg
@@ -192,19 +194,11 @@ class TestDDPGradients(unittest.TestCase):
         self.assertGreater(diff, 1e-2 * rank0["grads"][name].abs().max().item())
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class TestLeaveProcessGroup(unittest.TestCase):
     """``leave_process_group`` (the end of ``train_net.py``'s main): the group is destroyed
     after a barrier, so no rank meets the group's teardown at interpreter exit."""
 
     def test_destroys_the_group(self):
-        import torch.distributed as dist
-
-        from retinafocal.engine import leave_process_group
-
         tmp = tempfile.mkdtemp(prefix="rf_pg_")
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
         dist.init_process_group("gloo", init_method=f"file://{tmp}/store", world_size=1, rank=0)
@@ -213,3 +207,7 @@ class TestLeaveProcessGroup(unittest.TestCase):
         self.assertFalse(dist.is_initialized())
         leave_process_group()  # a single process, or a second call: nothing to do
         self.assertFalse(dist.is_initialized())
+
+
+if __name__ == "__main__":
+    unittest.main()

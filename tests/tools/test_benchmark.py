@@ -308,10 +308,6 @@ class TestBenchmarkRun(unittest.TestCase):
         # The subprocess's peak holds at least the model, on top of what it held before.
         self.assertGreater(mem["peak_rss_mib"] - mem["start_rss_mib"], weights / 2**20)
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class TestHeadFusionBenchmark(unittest.TestCase):
     """tools/benchmark_head_fusion.py: its fused heads give the per-level head's outputs, so its
     table compares equal work. (Weights of N(0, 0.3): every conv changes the outputs.
@@ -343,7 +339,8 @@ class TestHeadFusionBenchmark(unittest.TestCase):
         canvas.mask = torch.ones_like(canvas.mask)
         head = self.variants[self.fusion.VARIANTS[0]]
         with torch.no_grad():
-            got, want = self.fusion.canvas_head(head, canvas)(self.features)[0], head(self.features)[0]
+            got = self.fusion.canvas_head(head, canvas)(self.features)[0]
+            want = head(self.features)[0]
         leak = max((a - b).abs().max().item() for a, b in zip(got, want))
         self.assertGreater(leak / self.scale, 1e-2)
 
@@ -371,3 +368,7 @@ class TestCompiledParts(unittest.TestCase):
         self.assertEqual((det.model.backbone, det.model.head), eager)
         with parts.active(False):
             self.assertEqual((det.model.backbone, det.model.head), eager)
+
+
+if __name__ == "__main__":
+    unittest.main()
