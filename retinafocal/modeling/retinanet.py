@@ -1,7 +1,6 @@
 """The FocalRetinaNet meta-architecture."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Dict, List, Tuple
 
@@ -23,8 +22,6 @@ from .matcher import build_anchor_matcher
 from .precision import PrecisionDenseDetector
 
 __all__ = ["FocalRetinaNet"]
-
-logger = logging.getLogger(__name__)
 
 _BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
 _NORMALIZERS = ("num_pos", "ema")
@@ -239,12 +236,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
             if len(gt_per_image) > 0:
                 labels = gt_per_image.gt_classes[matched_idxs]
                 labels[match_labels == 0] = self.num_classes
-                labels[match_labels == -1] = -1
                 boxes = gt_box_tensor[matched_idxs]
             else:
                 labels = torch.full_like(matched_idxs, self.num_classes)
-                labels[match_labels == -1] = -1
                 boxes = torch.zeros_like(all_anchors)
+            labels[match_labels == -1] = -1
             gt_labels.append(labels)
             matched_gt_boxes.append(boxes)
         return gt_labels, matched_gt_boxes
