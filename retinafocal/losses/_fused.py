@@ -19,7 +19,7 @@ from ._terms import Terms, compute_dtype
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelLossRunner", "fused_label_loss", "check_labels", "REDUCTIONS"]
+__all__ = ["LabelLossRunner", "check_labels", "REDUCTIONS"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -268,11 +268,3 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
             f"{where}: labels must lie in [-1, K={num_classes}] (-1 ignored, K background), "
             f"got values in [{lo}, {hi}]{more}"
         )
-
-
-def fused_label_loss(
-    logits: Tensor, labels: Tensor, terms: Terms, reduction: str, compile: bool, where: str
-) -> Tensor:
-    """:meth:`LabelLossRunner.loss` with a fresh runner (so a failed compilation is retried on
-    the next call). No defaults: each label_* function passes its own."""
-    return LabelLossRunner(terms, compile).loss(logits, labels, reduction, where)
