@@ -205,13 +205,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _check_gt_classes(self, gt_instances: List[Instances]) -> None:
         """Refuse class indices >= K: K would train silently as background. (One host sync per
         batch, like the loss's positive-anchor count.)"""
-        classes = [x.gt_classes for x in gt_instances]
-        if not any(c.numel() for c in classes):
-            return
-        top = int(torch.cat(classes).max())
+        classes = torch.cat([x.gt_classes for x in gt_instances])
+        top = int(classes.max()) if classes.numel() else -1
         if top < self.num_classes:
             return
-        i = next(i for i, c in enumerate(classes) if c.numel() and int(c.max()) == top)
+        i = next(i for i, x in enumerate(gt_instances) if bool((x.gt_classes == top).any()))
         raise ValueError(
             f"An object of class index {top} (image {i} of the batch) reached "
             f"a model of {self.num_classes} classes (indices 0..{self.num_classes - 1}; "
@@ -263,12 +261,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
         num_pos = int(pos_mask.sum().item())
         storage = get_event_storage()
         storage.put_scalar("num_pos_anchors", num_pos / num_images)
+        normalizer = max(num_pos, 1)
         if self.loss_normalizer_type == "ema":
             normalizer = self._ema_update(
-                "loss_normalizer", max(num_pos, 1), 100, self.loss_normalizer_momentum
+                "loss_normalizer", normalizer, 100, self.loss_normalizer_momentum
             )
-        else:
-            normalizer = max(num_pos, 1)
 
         logits = cat(pred_logits, dim=1)  # (N, R, K)
         anchor_boxes = Boxes.cat(anchors).tensor  # (R, 4)
