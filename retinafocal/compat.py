@@ -2,8 +2,7 @@
 from the pure-Python ``pb1-detectron2`` archive (no compiled ``_C``), some every version up to
 current main. Each checks the installed detectron2 (or torch) first and does nothing where not
 needed; :func:`describe` lists the active ones. :func:`apply` runs on ``import retinafocal``,
-before detectron2's ``layers``, ``modeling`` or ``evaluation`` are first imported.
-"""
+before detectron2's ``layers``, ``modeling`` or ``evaluation`` are first imported."""
 from __future__ import annotations
 
 import importlib
@@ -230,8 +229,7 @@ def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.nda
     (``DatasetMapper`` has no hook for that). Its code runs with copied globals whose ``utils``
     (a copy of ``detection_utils``) answers the first ``read_image``: nothing global changes.
     ``dataset_dict`` is not modified. Raises detectron2's ``SizeMismatchError`` when ``image``
-    is not of the size the dict says.
-    """
+    is not of the size the dict says."""
     from detectron2.data import DatasetMapper, detection_utils
 
     if not DATASET_MAPPER_TAKES_IMAGE:
