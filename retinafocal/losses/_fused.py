@@ -155,8 +155,7 @@ class LabelLossRunner:
 
     def _run_eager(self, name: str, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> None:
         run_pass = _PASSES[name]
-        on_cpu = x.device.type == "cpu"
-        chunk = _EAGER_CPU_CHUNK_ELEMENTS if on_cpu else _EAGER_GPU_CHUNK_ELEMENTS
+        chunk = _EAGER_CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else _EAGER_GPU_CHUNK_ELEMENTS
         step = max(1, chunk // max(1, x.shape[1]))
         with torch.no_grad():
             for start in range(0, x.shape[0], step):

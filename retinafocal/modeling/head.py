@@ -32,8 +32,7 @@ of ``cfg.MODEL.RETINANET.IN_FEATURES`` (high to low resolution). ``forward(featu
 
 def build_retinafocal_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     """Build the head named by ``cfg.MODEL.RETINAFOCAL.HEAD_NAME``."""
-    name = cfg.MODEL.RETINAFOCAL.HEAD_NAME
-    return RETINAFOCAL_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    return RETINAFOCAL_HEAD_REGISTRY.get(cfg.MODEL.RETINAFOCAL.HEAD_NAME)(cfg, input_shape)
 
 
 class LevelBatchNorm(CycleBatchNormList):

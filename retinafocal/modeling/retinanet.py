@@ -181,13 +181,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
-        if self.vis_period > 0:
-            storage = get_event_storage()
-            if storage.iter % self.vis_period == 0:
-                with torch.no_grad():
-                    results = self.forward_inference(images, features, predictions)
-                self.visualize_training(self._inputs_for_visualization(images, gt_instances),
-                                        results)  # fmt: skip
+        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
+            with torch.no_grad():
+                results = self.forward_inference(images, features, predictions)
+            self.visualize_training(self._inputs_for_visualization(images, gt_instances), results)
         return losses
 
     def _inputs_for_visualization(
@@ -255,12 +252,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
         image the (R,) labels and (R, 4) boxes of :meth:`label_anchors`. Returns the scalars
         ``loss_cls`` and ``loss_box_reg`` divided by the normaliser (``loss_cls`` not, when the
         loss is ``self_normalizing``)."""
-        num_images = len(gt_labels)
         labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (labels >= 0) & (labels != self.num_classes)
         num_pos = int(pos_mask.sum().item())
         storage = get_event_storage()
-        storage.put_scalar("num_pos_anchors", num_pos / num_images)
+        storage.put_scalar("num_pos_anchors", num_pos / len(gt_labels))
         normalizer = max(num_pos, 1)
         if self.loss_normalizer_type == "ema":
             normalizer = self._ema_update(
