@@ -1,11 +1,8 @@
-"""The one home of workarounds for older detectron2 builds on today's packages.
-
-Each checks the installed detectron2 (or torch) first and does nothing where it is not needed;
-:func:`describe` lists the active ones. Most serve detectron2 v0.6 from the ``pb1-detectron2``
-archive (pure Python, no compiled ``_C``); some serve every version up to current main.
-:func:`apply` runs on ``import retinafocal``, before ``detectron2.layers``, ``.modeling`` or
-``.evaluation`` are first imported.
-"""
+"""The one home of workarounds for older detectron2 builds on today's packages: most serve v0.6
+from the pure-Python ``pb1-detectron2`` archive (no compiled ``_C``), some every version up to
+current main. Each checks the installed detectron2 (or torch) first and does nothing where not
+needed; :func:`describe` lists the active ones. :func:`apply` runs on ``import retinafocal``,
+before detectron2's ``layers``, ``modeling`` or ``evaluation`` are first imported."""
 from __future__ import annotations
 
 import importlib
@@ -227,15 +224,12 @@ def _check_dataset_mapper_reads_through_utils() -> None:
 
 
 def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
-    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image`` as what it
-    would read from ``dataset_dict["file_name"]``, for a mapper that reads images its own way
-    (``DatasetMapper`` has no hook for that). Its code object runs with a copy of its globals in
-    which ``utils`` (a copy of ``detection_utils``) answers the first ``read_image``: nothing
-    global changes.
-
-    ``dataset_dict`` is not modified; ``image`` is (H, W, C) uint8 in ``mapper.image_format``.
-    Raises detectron2's ``SizeMismatchError`` when ``image`` is not of the size the dict says.
-    """
+    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image``, (H, W, C)
+    uint8 in ``mapper.image_format``, as what it would read from ``dataset_dict["file_name"]``
+    (``DatasetMapper`` has no hook for that). Its code runs with copied globals whose ``utils``
+    (a copy of ``detection_utils``) answers the first ``read_image``: nothing global changes.
+    ``dataset_dict`` is not modified. Raises detectron2's ``SizeMismatchError`` when ``image``
+    is not of the size the dict says."""
     from detectron2.data import DatasetMapper, detection_utils
 
     if not DATASET_MAPPER_TAKES_IMAGE:

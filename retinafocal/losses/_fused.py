@@ -19,7 +19,7 @@ from ._terms import Terms, compute_dtype
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelLossRunner", "fused_label_loss", "check_labels", "REDUCTIONS"]
+__all__ = ["LabelLossRunner", "check_labels", "REDUCTIONS"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -155,8 +155,7 @@ class LabelLossRunner:
 
     def _run_eager(self, name: str, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> None:
         run_pass = _PASSES[name]
-        on_cpu = x.device.type == "cpu"
-        chunk = _EAGER_CPU_CHUNK_ELEMENTS if on_cpu else _EAGER_GPU_CHUNK_ELEMENTS
+        chunk = _EAGER_CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else _EAGER_GPU_CHUNK_ELEMENTS
         step = max(1, chunk // max(1, x.shape[1]))
         with torch.no_grad():
             for start in range(0, x.shape[0], step):
@@ -268,11 +267,3 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
             f"{where}: labels must lie in [-1, K={num_classes}] (-1 ignored, K background), "
             f"got values in [{lo}, {hi}]{more}"
         )
-
-
-def fused_label_loss(
-    logits: Tensor, labels: Tensor, terms: Terms, reduction: str, compile: bool, where: str
-) -> Tensor:
-    """:meth:`LabelLossRunner.loss` with a fresh runner (so a failed compilation is retried on
-    the next call). No defaults: each label_* function passes its own."""
-    return LabelLossRunner(terms, compile).loss(logits, labels, reduction, where)

@@ -67,10 +67,7 @@ class FocalTerms:
         not_t = 1.0 - t
         # BCE(x, t) = (1 - t) x + softplus(-x), written so neither hard target cancels.
         ce = not_t * x + torch.clamp_min(-x, 0.0) + log1p_e
-        if self.alpha >= 0:
-            a_t = self.alpha * t + (1.0 - self.alpha) * not_t
-        else:
-            a_t = None
+        a_t = self.alpha * t + (1.0 - self.alpha) * not_t if self.alpha >= 0 else None
         # p - t, exact for hard targets (no 1 - p rounding at large logits).
         d_ce = not_t * p - t * p_neg
         if self.gamma == 0.0:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._fused import REDUCTIONS, fused_label_loss
+from ._fused import REDUCTIONS, LabelLossRunner
 from ._terms import FocalStarTerms, FocalTerms, HingeTerms, compute_dtype
 
 __all__ = [
@@ -22,6 +22,12 @@ __all__ = [
 ]
 
 
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
 class _SigmoidFocalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str):
@@ -29,10 +35,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         loss, grad = terms(inputs.to(dtype), targets.to(dtype), True)
         ctx.grad = grad.to(inputs.dtype)
         ctx.reduction = reduction
-        if reduction == "none":
-            return loss.to(inputs.dtype)
-        total = loss.sum() if reduction == "sum" else loss.mean()
-        return total.to(inputs.dtype)
+        return _reduce(loss, reduction).to(inputs.dtype)
 
     @staticmethod
     @once_differentiable
@@ -81,11 +84,7 @@ def sigmoid_focal_loss(
     with torch.no_grad():
         dtype = compute_dtype(inputs.dtype)
         loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
-        if reduction == "sum":
-            loss = loss.sum()
-        elif reduction == "mean":
-            loss = loss.mean()
-        return loss.to(inputs.dtype)
+        return _reduce(loss, reduction).to(inputs.dtype)
 
 
 def _autograd_focal_loss(
@@ -98,16 +97,7 @@ def _autograd_focal_loss(
     loss = ce * q**gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.mean() if reduction == "mean" else loss
-
-
-def _check_gamma_alpha(alpha: float, gamma: float, where: str) -> None:
-    if gamma < 0:
-        raise ValueError(f"{where}: gamma must be >= 0, got {gamma}")
-    if alpha > 1:
-        raise ValueError(f"{where}: alpha must be in [0, 1] (or < 0 to disable), got {alpha}")
+    return _reduce(loss, reduction)
 
 
 def label_focal_loss(
@@ -134,15 +124,16 @@ def label_focal_loss(
         targets of the non-ignored anchors. The first-order gradient (logits' dtype) is computed
         in the forward pass; backward only scales it.
     """
-    _check_gamma_alpha(alpha, gamma, "label_focal_loss")
-    return fused_label_loss(
-        logits,
-        labels,
+    if gamma < 0:
+        raise ValueError(f"label_focal_loss: gamma must be >= 0, got {gamma}")
+    if alpha > 1:
+        raise ValueError(
+            f"label_focal_loss: alpha must be in [0, 1] (or < 0 to disable), got {alpha}"
+        )
+    return LabelLossRunner(
         FocalTerms(alpha, gamma, hard_targets=True),
-        reduction,
         compile,
-        "label_focal_loss",
-    )
+    ).loss(logits, labels, reduction, "label_focal_loss")
 
 
 def label_focal_loss_star(
@@ -157,8 +148,8 @@ def label_focal_loss_star(
     fused. Shapes, labels and reductions as in :func:`label_focal_loss`."""
     if gamma <= 0:
         raise ValueError(f"label_focal_loss_star: gamma must be > 0, got {gamma}")
-    return fused_label_loss(
-        logits, labels, FocalStarTerms(gamma, beta), reduction, compile, "label_focal_loss_star"
+    return LabelLossRunner(FocalStarTerms(gamma, beta), compile).loss(
+        logits, labels, reduction, "label_focal_loss_star"
     )
 
 
@@ -173,6 +164,6 @@ def label_hinge_loss(
     label-based and fused. Shapes, labels and reductions as in :func:`label_focal_loss`."""
     if not 0.0 < margin <= 1.0:
         raise ValueError(f"label_hinge_loss: margin must be in (0, 1], got {margin}")
-    return fused_label_loss(
-        logits, labels, HingeTerms(margin), reduction, compile, "label_hinge_loss"
+    return LabelLossRunner(HingeTerms(margin), compile).loss(
+        logits, labels, reduction, "label_hinge_loss"
     )

@@ -1,7 +1,6 @@
 """RetinaNet heads and their registry."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import Callable, List, Tuple, Union
 
@@ -20,8 +19,6 @@ __all__ = [
     "LevelBatchNorm",
 ]
 
-logger = logging.getLogger(__name__)
-
 RETINAFOCAL_HEAD_REGISTRY = Registry("RETINAFOCAL_HEAD")
 RETINAFOCAL_HEAD_REGISTRY.__doc__ = """
 Dense heads of :class:`retinafocal.modeling.FocalRetinaNet`, by ``cfg.MODEL.RETINAFOCAL.HEAD_NAME``.
@@ -35,8 +32,7 @@ of ``cfg.MODEL.RETINANET.IN_FEATURES`` (high to low resolution). ``forward(featu
 
 def build_retinafocal_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     """Build the head named by ``cfg.MODEL.RETINAFOCAL.HEAD_NAME``."""
-    name = cfg.MODEL.RETINAFOCAL.HEAD_NAME
-    return RETINAFOCAL_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    return RETINAFOCAL_HEAD_REGISTRY.get(cfg.MODEL.RETINAFOCAL.HEAD_NAME)(cfg, input_shape)
 
 
 class LevelBatchNorm(CycleBatchNormList):
@@ -59,15 +55,6 @@ class LevelBatchNorm(CycleBatchNormList):
             # (C, 1, 1) broadcasts over (N, C, H, W).
             return out * self.weight.reshape(-1, 1, 1) + self.bias.reshape(-1, 1, 1)
         return out
-
-
-def _norm_factory(norm: Union[str, Callable], num_levels: int) -> Callable[[int], nn.Module]:
-    """``channels -> norm module`` for the head's convs. BatchNorm keeps statistics per level
-    (:class:`LevelBatchNorm`): the convs are shared, the levels' activation statistics differ."""
-    if norm in ("BN", "SyncBN"):
-        bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
-        return lambda c: LevelBatchNorm(length=num_levels, bn_class=bn_class, num_features=c)
-    return lambda c: get_norm(norm, c)
 
 
 @RETINAFOCAL_HEAD_REGISTRY.register()
@@ -105,15 +92,20 @@ class RetinaFocalHead(nn.Module):
         self._num_levels = len(input_shape)
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-        make_norm = _norm_factory(norm, self._num_levels) if norm else None
 
         def subnet() -> nn.Sequential:
             layers: List[nn.Module] = []
             in_channels = input_shape[0].channels
             for out_channels in conv_dims:
                 layers.append(nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1))
-                if make_norm is not None:
-                    layers.append(make_norm(out_channels))
+                if norm in ("BN", "SyncBN"):
+                    # Statistics per level: the convs are shared, the levels' activations differ.
+                    bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
+                    layers.append(
+                        LevelBatchNorm(self._num_levels, bn_class, num_features=out_channels)
+                    )
+                elif norm:
+                    layers.append(get_norm(norm, out_channels))
                 layers.append(nn.ReLU())
                 in_channels = out_channels
             return nn.Sequential(*layers)

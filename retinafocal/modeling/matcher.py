@@ -124,7 +124,11 @@ class ChunkedIoUMatcher(nn.Module):
 
         match_labels = self._label_of_iou(best_iou)
         if self.allow_low_quality_matches:
-            self._set_low_quality_matches(match_labels, gt, anchors, best_iou_per_gt)
+            # Each ground truth's highest-IoU anchors (ties included) become foreground, keeping
+            # their own best match in matched_idxs, as detectron2 does.
+            for start, end in self._chunks(num_gt, num_anchors):
+                is_best = self._reaches_best_in_chunk(gt, anchors[start:end], best_iou_per_gt)
+                match_labels[start:end][is_best] = 1
         return matched_idxs, match_labels
 
     def _best_in_chunk(self, gt: Boxes, anchors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -141,15 +145,6 @@ class ChunkedIoUMatcher(nn.Module):
         for label, low in zip(self.labels[1:], self.thresholds):
             match_labels[best_iou >= low] = label
         return match_labels
-
-    def _set_low_quality_matches(
-        self, match_labels: Tensor, gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor
-    ) -> None:
-        """Make foreground each ground truth's highest-IoU anchors (ties included), keeping each
-        anchor's own best match in ``matched_idxs``, as detectron2 does."""
-        for start, end in self._chunks(gt.tensor.shape[0], anchors.shape[0]):
-            is_best = self._reaches_best_in_chunk(gt, anchors[start:end], best_iou_per_gt)
-            match_labels[start:end][is_best] = 1
 
     @staticmethod
     def _reaches_best_in_chunk(gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor) -> Tensor:

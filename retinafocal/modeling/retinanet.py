@@ -1,7 +1,6 @@
 """The FocalRetinaNet meta-architecture."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Dict, List, Tuple
 
@@ -23,8 +22,6 @@ from .matcher import build_anchor_matcher
 from .precision import PrecisionDenseDetector
 
 __all__ = ["FocalRetinaNet"]
-
-logger = logging.getLogger(__name__)
 
 _BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
 _NORMALIZERS = ("num_pos", "ema")
@@ -184,13 +181,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
-        if self.vis_period > 0:
-            storage = get_event_storage()
-            if storage.iter % self.vis_period == 0:
-                with torch.no_grad():
-                    results = self.forward_inference(images, features, predictions)
-                self.visualize_training(self._inputs_for_visualization(images, gt_instances),
-                                        results)  # fmt: skip
+        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
+            with torch.no_grad():
+                results = self.forward_inference(images, features, predictions)
+            self.visualize_training(self._inputs_for_visualization(images, gt_instances), results)
         return losses
 
     def _inputs_for_visualization(
@@ -208,13 +202,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _check_gt_classes(self, gt_instances: List[Instances]) -> None:
         """Refuse class indices >= K: K would train silently as background. (One host sync per
         batch, like the loss's positive-anchor count.)"""
-        classes = [x.gt_classes for x in gt_instances]
-        if not any(c.numel() for c in classes):
-            return
-        top = int(torch.cat(classes).max())
+        classes = torch.cat([x.gt_classes for x in gt_instances])
+        top = int(classes.max()) if classes.numel() else -1
         if top < self.num_classes:
             return
-        i = next(i for i, c in enumerate(classes) if c.numel() and int(c.max()) == top)
+        i = next(i for i, x in enumerate(gt_instances) if bool((x.gt_classes == top).any()))
         raise ValueError(
             f"An object of class index {top} (image {i} of the batch) reached "
             f"a model of {self.num_classes} classes (indices 0..{self.num_classes - 1}; "
@@ -239,12 +231,11 @@ class FocalRetinaNet(PrecisionDenseDetector):
             if len(gt_per_image) > 0:
                 labels = gt_per_image.gt_classes[matched_idxs]
                 labels[match_labels == 0] = self.num_classes
-                labels[match_labels == -1] = -1
                 boxes = gt_box_tensor[matched_idxs]
             else:
                 labels = torch.full_like(matched_idxs, self.num_classes)
-                labels[match_labels == -1] = -1
                 boxes = torch.zeros_like(all_anchors)
+            labels[match_labels == -1] = -1
             gt_labels.append(labels)
             matched_gt_boxes.append(boxes)
         return gt_labels, matched_gt_boxes
@@ -261,18 +252,16 @@ class FocalRetinaNet(PrecisionDenseDetector):
         image the (R,) labels and (R, 4) boxes of :meth:`label_anchors`. Returns the scalars
         ``loss_cls`` and ``loss_box_reg`` divided by the normaliser (``loss_cls`` not, when the
         loss is ``self_normalizing``)."""
-        num_images = len(gt_labels)
         labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (labels >= 0) & (labels != self.num_classes)
         num_pos = int(pos_mask.sum().item())
         storage = get_event_storage()
-        storage.put_scalar("num_pos_anchors", num_pos / num_images)
+        storage.put_scalar("num_pos_anchors", num_pos / len(gt_labels))
+        normalizer = max(num_pos, 1)
         if self.loss_normalizer_type == "ema":
             normalizer = self._ema_update(
-                "loss_normalizer", max(num_pos, 1), 100, self.loss_normalizer_momentum
+                "loss_normalizer", normalizer, 100, self.loss_normalizer_momentum
             )
-        else:
-            normalizer = max(num_pos, 1)
 
         logits = cat(pred_logits, dim=1)  # (N, R, K)
         anchor_boxes = Boxes.cat(anchors).tensor  # (R, 4)
