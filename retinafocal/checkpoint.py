@@ -87,12 +87,10 @@ def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, torch.T
     if isinstance(obj, torch.Tensor):
         if obj.is_floating_point() or obj.is_complex():
             yield prefix, obj
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
+    elif isinstance(obj, (Mapping, list, tuple)):
+        items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+        for key, value in items:
             yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _floating_tensors(value, f"{prefix}.{i}" if prefix else str(i))
 
 
 def non_finite_tensors(state: Any) -> List[str]:
