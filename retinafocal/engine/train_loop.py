@@ -61,10 +61,8 @@ class FiniteLossCheckMixin:
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any):
         # Each worker checks its own losses, so the one that produced the NaN names it; one
         # stacked copy to the host is a single sync however many terms there are.
-        host: Dict[str, float] = {}
-        if loss_dict:
-            values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
-            host = dict(zip(loss_dict, values.tolist()))
+        values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
+        host: Dict[str, float] = dict(zip(loss_dict, values.tolist()))
         bad = [k for k, v in host.items() if not math.isfinite(v)]
         if bad:
             ckpt = self.checkpointer
