@@ -3,8 +3,7 @@
 fvcore's ``save`` streams into the final files, so a kill leaves a truncated checkpoint or an
 empty ``last_checkpoint``; here each is written by :func:`atomic_write`. NaN/Inf states are not
 saved, a full disk is named as such, and a resume falls back from an unreadable last checkpoint
-to the newest readable one. Loads read files without running their code
-(:mod:`retinafocal.weights_file`) and check that they fit the model (:mod:`.weights_fit`).
+to the newest readable one.
 """
 from __future__ import annotations
 

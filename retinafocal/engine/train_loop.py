@@ -20,14 +20,10 @@ __all__ = ["NonFiniteLossError", "CheckedSimpleTrainer", "CheckedAMPTrainer", "c
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite.
-
-    Attributes:
-        iteration: the training iteration (0-based) whose losses were not finite.
-        terms: names of the non-finite loss terms, e.g. ``["loss_cls"]``.
-        checkpoint: the last checkpoint written, "" when there is none. Its tensors are finite:
-            :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` saves no others.
-    """
+    """Loss terms ``terms`` (e.g. ``["loss_cls"]``) became NaN or infinite at training
+    ``iteration`` (0-based); ``checkpoint`` is the last checkpoint written ("" when none), whose
+    tensors are finite: :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` saves no
+    others."""
 
     def __init__(self, iteration: int, terms: List[str], checkpoint: str, detail: str) -> None:
         self.iteration = iteration
