@@ -3,8 +3,7 @@
 fvcore's ``save`` streams into the final files, so a kill leaves a truncated checkpoint or an
 empty ``last_checkpoint``; here each is written by :func:`atomic_write`. NaN/Inf states are not
 saved, a full disk is named as such, and a resume falls back from an unreadable last checkpoint
-to the newest readable one. Loads read files without running their code
-(:mod:`retinafocal.weights_file`) and check that they fit the model (:mod:`.weights_fit`).
+to the newest readable one.
 """
 from __future__ import annotations
 
@@ -87,12 +86,10 @@ def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, torch.T
     if isinstance(obj, torch.Tensor):
         if obj.is_floating_point() or obj.is_complex():
             yield prefix, obj
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
+    elif isinstance(obj, (Mapping, list, tuple)):
+        items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+        for key, value in items:
             yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _floating_tensors(value, f"{prefix}.{i}" if prefix else str(i))
 
 
 def non_finite_tensors(state: Any) -> List[str]:
@@ -131,16 +128,12 @@ def _free_space(directory: str) -> str:
 
 def _fsync_directory(directory: str) -> None:
     """Make a rename in ``directory`` durable (POSIX); nothing where it cannot be opened."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "") -> None:
@@ -195,12 +188,9 @@ def _pid_alive(pid: int) -> bool:
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves (the parent's for a non-local ``save_dir``)
     and safe loads: ``read_weights_file``, then ``check_fit``, exact when the load restores the
-    whole state (``load(path)``, as when resuming) or ``exact_fit`` is set, else as initial
-    weights (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
-
-    Args:
-        trust_weights_file: read files with full unpickling (may run code), with a warning.
-        exact_fit: every load must fit the model exactly (evaluation, inference).
+    whole state (``load(path)``, as when resuming or evaluating), else as initial weights
+    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
+    ``trust_weights_file=True`` reads files with full unpickling (may run code), with a warning.
     """
 
     # The load in progress, for _load_model (fvcore passes it only the file's contents).
@@ -212,14 +202,11 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         model: nn.Module,
         save_dir: str = "",
         *,
-        save_to_disk: Any = None,
         trust_weights_file: bool = False,
-        exact_fit: bool = False,
         **checkpointables: Any,
     ):
-        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        super().__init__(model, save_dir, **checkpointables)
         self.trust_weights_file = trust_weights_file
-        self.exact_fit = exact_fit
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model, checkpointables and ``kwargs`` as ``<save_dir>/<name>.pth`` and tag
@@ -228,9 +215,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         data: Dict[str, Any] = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()}, **kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         if os.path.basename(save_file) != basename:
@@ -285,7 +270,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         """fvcore's ``load(path, checkpointables=None)``; see the class for the fit rules."""
         checkpointables = args[0] if args else kwargs.get("checkpointables")
-        self._exact_load = self.exact_fit or checkpointables is None
+        self._exact_load = checkpointables is None
         self._loading_path = path
         try:
             return super().load(path, *args, **kwargs)
@@ -315,14 +300,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
         model_keys = list(self.model.state_dict())
         incompatible = super()._load_model(checkpoint)
-        check_fit(
-            self._loading_path,
-            model_keys,
-            incompatible.missing_keys,
-            incompatible.unexpected_keys,
-            incompatible.incorrect_shapes,
-            exact=self._exact_load,
-        )
+        # fvcore's _IncompatibleKeys: (missing_keys, unexpected_keys, incorrect_shapes).
+        check_fit(self._loading_path, model_keys, *incompatible, exact=self._exact_load)
         return incompatible
 
     def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
@@ -387,7 +366,7 @@ def load_inference_weights(
     """
     if resume and not save_dir:
         raise ValueError("load_inference_weights: resume needs the save_dir to resume from")
-    # No exact_fit needed: every load below restores the whole state, so is checked exactly.
+    # Every load below restores the whole state, so is checked exactly.
     checkpointer = AtomicDetectionCheckpointer(
         model, save_dir, trust_weights_file=trust_weights_file
     )

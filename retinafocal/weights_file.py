@@ -132,11 +132,9 @@ def _refused_global(message: str, path: str) -> Optional[str]:
 
 
 def _torch_load(path: str, trusted: bool) -> Any:
-    if trusted:
-        return torch.load(path, map_location="cpu", weights_only=False)
     try:
         # Explicit: torch < 2.6 defaults to weights_only=False, which unpickles anything.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
         text = str(e)
         name = _refused_global(text, path) if "weights only" in text.lower() else None

@@ -8,7 +8,7 @@ count) and are only logged, but a file of which no tensor fits is an error.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 from .weights_file import WeightsFileError
 
@@ -65,27 +65,23 @@ def check_fit(
         return
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     unexpected = [k for k in unexpected_keys if not k.endswith("num_batches_tracked")]
-    if not (missing or unexpected or incorrect_shapes):
-        return
-    problems: List[str] = []
-    if incorrect_shapes:
-        shapes = [
-            f"{key} {_shape(file_shape)} in the file, {_shape(model_shape)} in the model"
-            for key, file_shape, model_shape in sorted(incorrect_shapes)
-        ]
-        problems.append(f"{len(shapes)} with another shape: {_listed(shapes)}")
-    if missing:
-        problems.append(
-            f"{len(missing)} of the model's missing from the file: {_listed(sorted(missing))}"
+    shapes = [
+        f"{key} {_shape(file_shape)} in the file, {_shape(model_shape)} in the model"
+        for key, file_shape, model_shape in sorted(incorrect_shapes)
+    ]
+    problems = [
+        f"{len(names)} {what}: {_listed(names)}"
+        for what, names in (
+            ("with another shape", shapes),
+            ("of the model's missing from the file", sorted(missing)),
+            ("in the file that the model does not have", sorted(unexpected)),
         )
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} in the file that the model does not have: "
-            f"{_listed(sorted(unexpected))}"
+        if names
+    ]
+    if problems:
+        raise WeightsMismatchError(
+            f"{path} does not fit the model: parameters and buffers "
+            + "; ".join(problems)
+            + ". Use the config of the run that wrote the file (same backbone depth, "
+            "MODEL.RETINANET.NUM_CLASSES, head and FPN sizes), or weights trained for this config."
         )
-    raise WeightsMismatchError(
-        f"{path} does not fit the model: parameters and buffers "
-        + "; ".join(problems)
-        + ". Use the config of the run that wrote the file (same backbone depth, "
-        "MODEL.RETINANET.NUM_CLASSES, head and FPN sizes), or weights trained for this config."
-    )

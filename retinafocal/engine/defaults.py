@@ -1,16 +1,11 @@
-"""Run set-up and reporting shared by the yacs and LazyConfig paths of ``train_net.py``.
-
-detectron2's set-up colours console lines and the printed config whatever the output is, so
-``log.txt`` and a redirected console would hold escape sequences: :func:`default_setup` strips
-them from every handler not writing to a terminal (or when ``NO_COLOR`` is set).
-"""
+"""Run set-up and reporting shared by the yacs and LazyConfig paths of ``train_net.py``."""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch.distributed as dist
 from detectron2.config import CfgNode
@@ -31,7 +26,6 @@ __all__ = [
 
 # ANSI escape sequences (colours, bold, blink): CSI ... final byte.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-_RUN_LOGGERS = ("detectron2", "fvcore", "retinafocal")
 
 
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
@@ -62,10 +56,12 @@ class _PlainFormatter(logging.Formatter):
         return _ANSI.sub("", self.inner.format(record))
 
 
-def plain_logs_off_terminal(names: Sequence[str] = _RUN_LOGGERS) -> None:
-    """Make the handlers of loggers ``names`` write plain text unless they write to a terminal
-    that may show colours (``NO_COLOR`` unset). Idempotent."""
-    for name in names:
+def plain_logs_off_terminal() -> None:
+    """Make the handlers of the run's loggers write plain text unless they write to a terminal
+    that may show colours (``NO_COLOR`` unset). Idempotent. detectron2 colours console lines and
+    the printed config whatever the output is, which would put escape sequences in ``log.txt``
+    and a redirected console."""
+    for name in ("detectron2", "fvcore", "retinafocal"):
         for handler in logging.getLogger(name).handlers:
             stream = getattr(handler, "stream", None)
             isatty = getattr(stream, "isatty", None)
@@ -101,11 +97,9 @@ def leave_process_group() -> None:
     """End a multi-process run together: wait for every rank, then destroy the process group.
     No-op in a single process.
 
-    detectron2's ``launch`` returns from its workers with the group alive. A rank that reaches
-    interpreter exit while another still works (rank 0 writing its results) can then abort in
-    the group's teardown at exit ("terminate called without an active exception", SIGABRT: seen
-    once in CI with torch 2.14 and gloo). Destroying the group while every rank is still there
-    takes that teardown out of the exit.
+    detectron2's ``launch`` returns from its workers with the group alive, and a rank that exits
+    while another still works (rank 0 writing its results) can abort in the group's teardown
+    ("terminate called without an active exception", SIGABRT).
     """
     if dist.is_available() and dist.is_initialized():
         comm.synchronize()

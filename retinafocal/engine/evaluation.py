@@ -36,10 +36,9 @@ class CheckedCOCOEvaluator(COCOEvaluator):
 
     def evaluate(self, img_ids: Optional[Sequence[Any]] = None) -> Optional[OrderedDict]:
         # Gathered to the main process, as the parent gathers its predictions.
-        distributed = getattr(self, "_distributed", True)
         local = (self._image_ids, self._num_detections)
-        gathered = comm.gather(local, dst=0) if distributed else [local]
-        if distributed and not comm.is_main_process():
+        gathered = comm.gather(local, dst=0) if self._distributed else [local]
+        if self._distributed and not comm.is_main_process():
             return super().evaluate(img_ids)
         evaluated = set(itertools.chain.from_iterable(ids for ids, _ in gathered))
         num_detections = sum(n for _, n in gathered)

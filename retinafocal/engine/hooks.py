@@ -63,8 +63,8 @@ def draw_predictions(
 
 
 class PredictionImageWriter(HookBase):
-    """After training, write :func:`draw_predictions` of the first ``num_images`` images of
-    ``dataset_name`` to the PNG ``output_path``."""
+    """After a completed training, write :func:`draw_predictions` of the first ``num_images``
+    readable images of ``dataset_name`` to the PNG ``output_path`` (main process only)."""
 
     def __init__(
         self,
@@ -81,8 +81,12 @@ class PredictionImageWriter(HookBase):
         self._num_images = num_images
         self._score_thresh = score_thresh
 
-    def write(self, model: torch.nn.Module) -> str:
-        """Draw and save the figure, passing over unreadable images; returns its path."""
+    def after_train(self) -> None:
+        # Like detectron2's EvalHook: nothing to show after a run that stopped early.
+        if self.trainer.iter + 1 < self.trainer.max_iter or not comm.is_main_process():
+            return
+        # DistributedDataParallel wraps the detector; draw with the detector itself.
+        model = getattr(self.trainer.model, "module", self.trainer.model)
         name, thresh = self._dataset_name, self._score_thresh
         unreadable = {f for r in check_datasets(name).values() for f in r.unreadable_files}
         readable = (d for d in DatasetCatalog.get(name) if d["file_name"] not in unreadable)
@@ -95,12 +99,3 @@ class PredictionImageWriter(HookBase):
             f"Wrote predictions on {len(dicts)} images of {name} (top: ground truth, bottom: "
             f"score >= {thresh}) to {self._output_path}"
         )
-        return self._output_path
-
-    def after_train(self) -> None:
-        # Like detectron2's EvalHook: nothing to show after a run that stopped early.
-        if self.trainer.iter + 1 < self.trainer.max_iter or not comm.is_main_process():
-            return
-        model = self.trainer.model
-        # DistributedDataParallel wraps the detector; draw with the detector itself.
-        self.write(getattr(model, "module", model))

@@ -38,16 +38,12 @@ logger = logging.getLogger(__name__)
 
 def register_lazy_datasets(cfg: Any) -> None:
     """Register the datasets listed in ``cfg.datasets.coco_json`` (if any)."""
-    datasets = cfg.get("datasets", None)
-    if datasets is not None:
-        register_coco_json_datasets(datasets.get("coco_json", None) or [])
+    register_coco_json_datasets((cfg.get("datasets", None) or {}).get("coco_json", None) or [])
 
 
 def build_lazy_model(cfg: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``cfg.train.device``."""
-    model = instantiate(cfg.model)
-    model.to(cfg.train.device)
-    return model
+    return instantiate(cfg.model).to(cfg.train.device)
 
 
 def build_lazy_test_loader(cfg: Any) -> Any:

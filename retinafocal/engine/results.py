@@ -60,15 +60,15 @@ def _finite_or_none(value: Any) -> Optional[float]:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _results(evaluation: Optional[Mapping], **fields: Any) -> Dict[str, Any]:
-    """An evaluation-only run's results, with ``fields`` replacing its training fields."""
+def evaluation_results(evaluation: Optional[Mapping], **fields: Any) -> Dict[str, Any]:
+    """The results of an evaluation-only run, with ``fields`` replacing its training fields."""
     # detectron2 returns {task: metrics} for one test set, {dataset: {task: metrics}} for more.
     tasks = evaluation or {}
     first = next(iter(tasks.values()), None)
     if isinstance(first, Mapping) and any(isinstance(v, Mapping) for v in first.values()):
         tasks = first
     bbox, inference = tasks.get("bbox"), tasks.get("inference", {})
-    results = {
+    return {
         "schema": SCHEMA_VERSION,
         "status": "completed",
         "eval_only": True,
@@ -83,9 +83,8 @@ def _results(evaluation: Optional[Mapping], **fields: Any) -> Dict[str, Any]:
         "loss_extremes": {},
         "evaluations": {},
         "non_finite": None,
+        **fields,
     }
-    results.update(fields)
-    return results
 
 
 def _losses(storage: Any) -> Losses:
@@ -169,7 +168,7 @@ def training_results(
     if error is not None and non_finite is not None:
         non_finite["checkpoint"] = error.checkpoint or None
     losses, max_iter = _losses(trainer.storage), int(trainer.max_iter)
-    return _results(
+    return evaluation_results(
         evaluation,
         status=status,
         eval_only=False,
@@ -182,11 +181,6 @@ def training_results(
         evaluations=_evaluation_history(trainer.storage, max_iter),
         non_finite=non_finite,
     )
-
-
-def evaluation_results(evaluation: Optional[Mapping]) -> Dict[str, Any]:
-    """The results of an evaluation-only run."""
-    return _results(evaluation)
 
 
 def write_results(output_dir: str, results: Mapping[str, Any]) -> Optional[str]:

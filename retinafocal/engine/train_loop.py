@@ -20,14 +20,10 @@ __all__ = ["NonFiniteLossError", "CheckedSimpleTrainer", "CheckedAMPTrainer", "c
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite.
-
-    Attributes:
-        iteration: the training iteration (0-based) whose losses were not finite.
-        terms: names of the non-finite loss terms, e.g. ``["loss_cls"]``.
-        checkpoint: the last checkpoint written, "" when there is none. Its tensors are finite:
-            :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` saves no others.
-    """
+    """Loss terms ``terms`` (e.g. ``["loss_cls"]``) became NaN or infinite at training
+    ``iteration`` (0-based); ``checkpoint`` is the last checkpoint written ("" when none), whose
+    tensors are finite: :class:`~retinafocal.checkpoint.AtomicDetectionCheckpointer` saves no
+    others."""
 
     def __init__(self, iteration: int, terms: List[str], checkpoint: str, detail: str) -> None:
         self.iteration = iteration
@@ -61,10 +57,8 @@ class FiniteLossCheckMixin:
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any):
         # Each worker checks its own losses, so the one that produced the NaN names it; one
         # stacked copy to the host is a single sync however many terms there are.
-        host: Dict[str, float] = {}
-        if loss_dict:
-            values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
-            host = dict(zip(loss_dict, values.tolist()))
+        values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
+        host: Dict[str, float] = dict(zip(loss_dict, values.tolist()))
         bad = [k for k, v in host.items() if not math.isfinite(v)]
         if bad:
             ckpt = self.checkpointer

@@ -59,11 +59,10 @@ class Trainer(DefaultTrainer):
             trust_weights_file=self._trust_weights_file,
             trainer=weakref.proxy(self),
         )
-        plain = self._trainer
         self._trainer = checked_trainer(
-            plain.model,
-            plain.data_loader,
-            plain.optimizer,
+            self._trainer.model,
+            self._trainer.data_loader,
+            self._trainer.optimizer,
             amp=self.cfg.SOLVER.AMP.ENABLED,
             checkpointer=self.checkpointer,
         )

@@ -113,15 +113,6 @@ class TestCheckpointerFit(unittest.TestCase):
         with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
             AtomicDetectionCheckpointer(Net(num_classes=2)).load(path)
 
-    def test_exact_fit_applies_to_initial_weights_too(self):
-        """exact_fit=True: even a load of initial weights (checkpointables=[]) must fit, where
-        the same load without it accepts a partial fit."""
-        with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
-            AtomicDetectionCheckpointer(Net(num_classes=2), exact_fit=True).load(
-                self.path, checkpointables=[]
-            )
-        AtomicDetectionCheckpointer(Net(num_classes=2)).load(self.path, checkpointables=[])
-
     def test_resume_needs_the_same_model(self):
         with self.assertRaisesRegex(WeightsMismatchError, r"head.weight \(3, 4\) in the file"):
             AtomicDetectionCheckpointer(Net(num_classes=2), self.dir).resume_or_load(
