@@ -15,14 +15,6 @@ from .report import ValidationReport
 
 __all__ = ["fix_coco_box", "segmentation_is_valid", "check_coco_json"]
 
-# Outcomes of fix_coco_box; the non-"ok" ones are also problem kinds.
-BOX_OK = "ok"
-BOX_CLIPPED = "box_clipped"
-BOX_EMPTY = "box_empty"
-BOX_OUTSIDE = "box_outside"
-BOX_INVALID = "box_invalid"
-_BOX_DROPPED = (BOX_EMPTY, BOX_OUTSIDE, BOX_INVALID)
-
 
 def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
     """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image.
@@ -33,24 +25,24 @@ def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[
         E.g. ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
     """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return BOX_INVALID, None
+        return "box_invalid", None
     try:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
-        return BOX_INVALID, None
+        return "box_invalid", None
     if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return BOX_INVALID, None
+        return "box_invalid", None
     if w <= 0 or h <= 0:
-        return BOX_EMPTY, None
+        return "box_empty", None
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
-        return BOX_OUTSIDE, None
+        return "box_outside", None
     clipped = [x0, y0, x1 - x0, y1 - y0]
     # A tolerance, so that float round-off in x + w does not count as "outside".
     if max(abs(a - b) for a, b in zip(clipped, (x, y, w, h))) > 1e-6:
-        return BOX_CLIPPED, clipped
-    return BOX_OK, [x, y, w, h]
+        return "box_clipped", clipped
+    return "ok", [x, y, w, h]
 
 
 def segmentation_is_valid(segmentation: Any) -> bool:
@@ -198,7 +190,7 @@ def _check_annotations(
             report.add("orphan_annotation", ann_id, example)
             continue
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
-        if outcome != BOX_OK:
+        if outcome != "ok":
             size = f"{img['width']}x{img['height']}"
             example = f"annotation {ann_id} of image {img['id']} ({size}): bbox {ann.get('bbox')!r}"
             report.add(outcome, ann_id, example)
@@ -206,7 +198,7 @@ def _check_annotations(
             example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
             report.add("segmentation_invalid", ann_id, example)
         # Crowd regions are not trained on (detectron2's mapper drops them).
-        if outcome not in _BOX_DROPPED and not ann.get("iscrowd", 0):
+        if outcome in ("ok", "box_clipped") and not ann.get("iscrowd", 0):
             images_with_boxes.add(img["id"])
     for img_id, img in images.items():
         if img_id not in images_with_boxes:
