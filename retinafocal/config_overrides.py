@@ -135,7 +135,6 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
         )
     if cfg.is_frozen():
         raise AttributeError("The config is frozen; apply overrides before cfg.freeze().")
-    valid_keys: Optional[List[str]] = None
     key_errors: List[str] = []
     type_errors: List[str] = []
     updates = []
@@ -147,9 +146,7 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
             cfg.raise_key_rename_error(full_key)
         found = _find_yacs_leaf(cfg, full_key)
         if found is None:
-            if valid_keys is None:
-                valid_keys = list(_key_paths(cfg))
-            key_errors.append(_unknown_key_message(full_key, valid_keys, origin))
+            key_errors.append(_unknown_key_message(full_key, list(_key_paths(cfg)), origin))
             continue
         node, leaf = found
         value = type(cfg)._decode_cfg_value(raw)
@@ -216,15 +213,14 @@ def _parse_lazy_overrides(opts: List[str]) -> List[Tuple[str, Any, bool, str]]:
         from hydra.core.override_parser.overrides_parser import OverridesParser
     except ImportError:
         OverridesParser = None
+    parsed = []
     if OverridesParser is not None:
-        parsed = []
         for o in OverridesParser.create().parse_overrides(opts):
             if o.is_delete():
                 raise ValueError(f"Deleting config keys is not supported ('{o.input_line}').")
             explicit_add = o.is_add() or o.is_force_add()
             parsed.append((o.key_or_group, o.value(), explicit_add, o.input_line))
         return parsed
-    parsed = []
     for text in opts:
         if "=" not in text:
             raise ValueError(f"Config override '{text}' is not of the form key=value.")
@@ -248,7 +244,6 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
 
     opts = list(opts or [])
     container = OmegaConf.to_container(cfg, resolve=False)
-    valid_keys: Optional[List[str]] = None
     key_errors: List[str] = []
     type_errors: List[str] = []
     updates = []
@@ -257,8 +252,7 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         current = _lazy_lookup(container, key)
         parent = _lazy_lookup(container, key.rsplit(".", 1)[0]) if "." in key else container
         if current is _ABSENT and not explicit_add:
-            if valid_keys is None:
-                valid_keys = list(_key_paths(container, lists=True))
+            valid_keys = list(_key_paths(container, lists=True))
             hint = f" To add a new key, write '+{text}'."
             key_errors.append(_unknown_key_message(key, valid_keys, origin, hint))
             continue
