@@ -15,7 +15,7 @@ from .datasets import (
 from .loading import checked_report, load_coco_json_checked
 from .mapper import RobustDatasetMapper, UnreadableImageError
 from .report import DatasetValidationError, ValidationReport
-from .shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes_split, generate_shapes_split
+from .shapes import SHAPE_CLASSES, ShapesSpec
 
 register_shapes()
 
@@ -31,9 +31,7 @@ __all__ = [
     "check_datasets",
     "checked_dataset_dicts",
     "checked_report",
-    "ensure_shapes_split",
     "fix_coco_box",
-    "generate_shapes_split",
     "load_coco_json_checked",
     "register_coco_dataset",
     "register_coco_json_datasets",

@@ -87,18 +87,15 @@ def _check_structure(data: Any, report: ValidationReport) -> bool:
     if not isinstance(data, dict):
         report.add("bad_structure", example=f"top level is a {type(data).__name__}, not an object")
         return False
-    ok = True
     for key in ("images", "annotations", "categories"):
         if key == "annotations" and key not in data:
             continue  # an image-only json: every image is background
         if not isinstance(data.get(key), list):
             found = type(data[key]).__name__ if key in data else "missing"
             report.add("bad_structure", example=f"'{key}' must be a list, found {found}")
-            ok = False
     if isinstance(data.get("categories"), list) and not data["categories"]:
         report.add("bad_structure", example="'categories' is empty")
-        ok = False
-    return ok
+    return not report.count("bad_structure")
 
 
 def _check_id_types(ids: Iterable[Any], what: str, report: ValidationReport) -> None:
