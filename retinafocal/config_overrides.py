@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
-import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -24,9 +23,6 @@ __all__ = [
     "merge_yacs_file",
     "apply_lazy_overrides",
 ]
-
-logger = logging.getLogger(__name__)
-
 
 class ConfigKeyError(KeyError):
     """An unknown config key; the message suggests the nearest valid keys."""
@@ -60,12 +56,8 @@ def suggest_keys(key: str, valid_keys: Sequence[str], n: int = 3) -> List[str]:
 
 def _unknown_key_message(key: str, valid_keys: Sequence[str], origin: str, hint: str = "") -> str:
     suggestions = suggest_keys(key, valid_keys)
-    msg = f"Unknown config key '{key}' ({origin})."
-    if suggestions:
-        msg += " Did you mean: " + ", ".join(suggestions) + "?"
-    else:
-        msg += " No similar key exists."
-    return msg + hint
+    advice = f"Did you mean: {', '.join(suggestions)}?" if suggestions else "No similar key exists."
+    return f"Unknown config key '{key}' ({origin}). {advice}{hint}"
 
 
 def _group_message(key: str, members: List[str], origin: str) -> str:
@@ -242,12 +234,11 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
     override is rejected, ``cfg`` is unchanged."""
     from omegaconf import OmegaConf
 
-    opts = list(opts or [])
     container = OmegaConf.to_container(cfg, resolve=False)
     key_errors: List[str] = []
     type_errors: List[str] = []
     updates = []
-    for key, value, explicit_add, text in _parse_lazy_overrides(opts):
+    for key, value, explicit_add, text in _parse_lazy_overrides(list(opts or [])):
         origin = f"override '{text}'"
         current = _lazy_lookup(container, key)
         parent = _lazy_lookup(container, key.rsplit(".", 1)[0]) if "." in key else container
