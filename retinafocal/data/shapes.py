@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
+from ..checkpoint import atomic_write
+
 __all__ = [
     "SHAPE_CLASSES",
     "ShapesSpec",
@@ -228,10 +230,7 @@ def generate_shapes_split(
         ],
     }
     json_path = shapes_json_path(root, split)
-    tmp_path = f"{json_path}.tmp.{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        json.dump(coco, f)
-    os.replace(tmp_path, json_path)
+    atomic_write(json_path, lambda f: f.write(json.dumps(coco).encode()))
     return json_path
 
 
