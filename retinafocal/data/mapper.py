@@ -81,12 +81,12 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
 
 class RobustDatasetMapper(DatasetMapper):
     """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`, with a
-    policy for bad files; built like its parent (``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` /
-    ``LOG_SKIPPED_PERIOD`` too).
+    policy for bad files; built like its parent (plus ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` and
+    ``LOG_SKIPPED_PERIOD``).
 
-    Skipping (returning None) applies to training only: ``MapDataset`` then draws another image,
-    so at inference the replacement would be evaluated twice. Counts are per data-loader worker; the first skipped image is logged by
-    name, later ones summed up at most every ``log_skipped_period`` images mapped.
+    Skipping (returning None: ``MapDataset`` draws another image) applies to training only, so
+    that no image is evaluated twice. Counts are per data-loader worker; the first skipped image
+    is logged by name, later ones summed up at most every ``log_skipped_period`` images mapped.
     """
 
     @configurable
