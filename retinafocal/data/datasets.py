@@ -132,12 +132,11 @@ def check_datasets(
 ) -> Dict[str, ValidationReport]:
     """Check the named datasets as training does, whoever registered them, if registered as a
     COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"); returns name
-    -> report for those. ``on_unreadable``, ``purpose``: as for
-    :func:`~retinafocal.data.loading.checked_report`. Loaders are not changed, so malformed
-    boxes are an error in a dataset registered elsewhere.
+    -> report for those. ``on_unreadable``, ``purpose``: as for :func:`.checked_report`.
 
     Raises:
-        DatasetValidationError: naming the dataset, with its report, when it cannot be used.
+        DatasetValidationError: naming the dataset, with its report, when it cannot be used
+            (malformed boxes included where another loader, which is kept, would read them).
     """
     reports = {}
     for name in [names] if isinstance(names, str) else names:
