@@ -105,14 +105,11 @@ def _find_yacs_leaf(cfg, full_key: str) -> Optional[Tuple[Any, str]]:
     *groups, leaf = full_key.split(".")
     node = cfg
     for part in groups:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
+        node = node.get(part) if isinstance(node, dict) else None
     if not isinstance(node, dict):
         return None
-    if leaf not in node and not (hasattr(node, "is_new_allowed") and node.is_new_allowed()):
-        return None
-    return node, leaf
+    new_allowed = hasattr(node, "is_new_allowed") and node.is_new_allowed()
+    return (node, leaf) if leaf in node or new_allowed else None
 
 
 def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
