@@ -116,8 +116,7 @@ def _check_categories(categories: List[Any], report: ValidationReport) -> set:
             report.add("bad_structure", example=f"categories[{i}] lacks an integer 'id' or 'name'")
             continue
         if cat["id"] in seen:
-            example = f"categories[{i}] repeats id {cat['id']}"
-            report.add("duplicate_category_id", cat["id"], example)
+            report.add("duplicate_category_id", cat["id"], f"categories[{i}] repeats id {cat['id']}")
         seen.add(cat["id"])
     _check_id_types(seen, "category", report)
     return seen
@@ -143,15 +142,13 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
             report.add("duplicate_image_id", img["id"], example)
             continue
         by_id[img["id"]] = img
-        file_key = os.path.normpath(img["file_name"])
-        if file_key in by_file:
+        first_id = by_file.setdefault(os.path.normpath(img["file_name"]), img["id"])
+        if first_id != img["id"]:
             example = (
                 f"images[{i}] (id {img['id']!r}) names {img['file_name']}, the file of image "
-                f"{by_file[file_key]!r}"
+                f"{first_id!r}"
             )
             report.add("duplicate_file_name", img["id"], example)
-        else:
-            by_file[file_key] = img["id"]
     _check_id_types(by_id, "image", report)
     return by_id
 
