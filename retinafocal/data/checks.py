@@ -116,7 +116,8 @@ def _check_categories(categories: List[Any], report: ValidationReport) -> set:
             report.add("bad_structure", example=f"categories[{i}] lacks an integer 'id' or 'name'")
             continue
         if cat["id"] in seen:
-            report.add("duplicate_category_id", cat["id"], f"categories[{i}] repeats id {cat['id']}")
+            example = f"categories[{i}] repeats id {cat['id']}"
+            report.add("duplicate_category_id", cat["id"], example)
         seen.add(cat["id"])
     _check_id_types(seen, "category", report)
     return seen
