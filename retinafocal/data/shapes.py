@@ -147,7 +147,7 @@ def draw_shapes_image(
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     wanted = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-    placed = torch.zeros((0, 4))  # XYXY boxes of the objects drawn so far
+    placed = torch.zeros((0, 4), dtype=torch.float32)  # XYXY boxes of the objects drawn so far
     objects: List[Tuple[int, List[float]]] = []
     # Rejection sampling: crowded images may end with fewer objects than wanted.
     for _ in range(wanted * 20):
