@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
-import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -24,9 +23,6 @@ __all__ = [
     "merge_yacs_file",
     "apply_lazy_overrides",
 ]
-
-logger = logging.getLogger(__name__)
-
 
 class ConfigKeyError(KeyError):
     """An unknown config key; the message suggests the nearest valid keys."""
@@ -60,12 +56,8 @@ def suggest_keys(key: str, valid_keys: Sequence[str], n: int = 3) -> List[str]:
 
 def _unknown_key_message(key: str, valid_keys: Sequence[str], origin: str, hint: str = "") -> str:
     suggestions = suggest_keys(key, valid_keys)
-    msg = f"Unknown config key '{key}' ({origin})."
-    if suggestions:
-        msg += " Did you mean: " + ", ".join(suggestions) + "?"
-    else:
-        msg += " No similar key exists."
-    return msg + hint
+    advice = f"Did you mean: {', '.join(suggestions)}?" if suggestions else "No similar key exists."
+    return f"Unknown config key '{key}' ({origin}). {advice}{hint}"
 
 
 def _group_message(key: str, members: List[str], origin: str) -> str:
@@ -113,14 +105,11 @@ def _find_yacs_leaf(cfg, full_key: str) -> Optional[Tuple[Any, str]]:
     *groups, leaf = full_key.split(".")
     node = cfg
     for part in groups:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
+        node = node.get(part) if isinstance(node, dict) else None
     if not isinstance(node, dict):
         return None
-    if leaf not in node and not (hasattr(node, "is_new_allowed") and node.is_new_allowed()):
-        return None
-    return node, leaf
+    new_allowed = hasattr(node, "is_new_allowed") and node.is_new_allowed()
+    return (node, leaf) if leaf in node or new_allowed else None
 
 
 def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
@@ -135,7 +124,6 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
         )
     if cfg.is_frozen():
         raise AttributeError("The config is frozen; apply overrides before cfg.freeze().")
-    valid_keys: Optional[List[str]] = None
     key_errors: List[str] = []
     type_errors: List[str] = []
     updates = []
@@ -147,9 +135,7 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
             cfg.raise_key_rename_error(full_key)
         found = _find_yacs_leaf(cfg, full_key)
         if found is None:
-            if valid_keys is None:
-                valid_keys = list(_key_paths(cfg))
-            key_errors.append(_unknown_key_message(full_key, valid_keys, origin))
+            key_errors.append(_unknown_key_message(full_key, list(_key_paths(cfg)), origin))
             continue
         node, leaf = found
         value = type(cfg)._decode_cfg_value(raw)
@@ -216,15 +202,14 @@ def _parse_lazy_overrides(opts: List[str]) -> List[Tuple[str, Any, bool, str]]:
         from hydra.core.override_parser.overrides_parser import OverridesParser
     except ImportError:
         OverridesParser = None
+    parsed = []
     if OverridesParser is not None:
-        parsed = []
         for o in OverridesParser.create().parse_overrides(opts):
             if o.is_delete():
                 raise ValueError(f"Deleting config keys is not supported ('{o.input_line}').")
             explicit_add = o.is_add() or o.is_force_add()
             parsed.append((o.key_or_group, o.value(), explicit_add, o.input_line))
         return parsed
-    parsed = []
     for text in opts:
         if "=" not in text:
             raise ValueError(f"Config override '{text}' is not of the form key=value.")
@@ -246,19 +231,16 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
     override is rejected, ``cfg`` is unchanged."""
     from omegaconf import OmegaConf
 
-    opts = list(opts or [])
     container = OmegaConf.to_container(cfg, resolve=False)
-    valid_keys: Optional[List[str]] = None
     key_errors: List[str] = []
     type_errors: List[str] = []
     updates = []
-    for key, value, explicit_add, text in _parse_lazy_overrides(opts):
+    for key, value, explicit_add, text in _parse_lazy_overrides(list(opts or [])):
         origin = f"override '{text}'"
         current = _lazy_lookup(container, key)
         parent = _lazy_lookup(container, key.rsplit(".", 1)[0]) if "." in key else container
         if current is _ABSENT and not explicit_add:
-            if valid_keys is None:
-                valid_keys = list(_key_paths(container, lists=True))
+            valid_keys = list(_key_paths(container, lists=True))
             hint = f" To add a new key, write '+{text}'."
             key_errors.append(_unknown_key_message(key, valid_keys, origin, hint))
             continue

@@ -4,7 +4,7 @@ Importing this registers ``shapes_train`` and ``shapes_val`` (generated on first
 nothing else; training checks its datasets first (:func:`checked_dataset_dicts`).
 """
 from .checks import check_coco_json, fix_coco_box
-from .classes import NumClassesError, check_num_classes, dataset_num_classes
+from .classes import NumClassesError
 from .datasets import (
     check_datasets,
     checked_dataset_dicts,
@@ -15,7 +15,7 @@ from .datasets import (
 from .loading import checked_report, load_coco_json_checked
 from .mapper import RobustDatasetMapper, UnreadableImageError
 from .report import DatasetValidationError, ValidationReport
-from .shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes_split, generate_shapes_split
+from .shapes import SHAPE_CLASSES, ShapesSpec
 
 register_shapes()
 
@@ -29,13 +29,9 @@ __all__ = [
     "ValidationReport",
     "check_coco_json",
     "check_datasets",
-    "check_num_classes",
     "checked_dataset_dicts",
     "checked_report",
-    "dataset_num_classes",
-    "ensure_shapes_split",
     "fix_coco_box",
-    "generate_shapes_split",
     "load_coco_json_checked",
     "register_coco_dataset",
     "register_coco_json_datasets",

@@ -15,14 +15,6 @@ from .report import ValidationReport
 
 __all__ = ["fix_coco_box", "segmentation_is_valid", "check_coco_json"]
 
-# Outcomes of fix_coco_box; the non-"ok" ones are also problem kinds.
-BOX_OK = "ok"
-BOX_CLIPPED = "box_clipped"
-BOX_EMPTY = "box_empty"
-BOX_OUTSIDE = "box_outside"
-BOX_INVALID = "box_invalid"
-_BOX_DROPPED = (BOX_EMPTY, BOX_OUTSIDE, BOX_INVALID)
-
 
 def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
     """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image.
@@ -33,24 +25,24 @@ def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[
         E.g. ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
     """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return BOX_INVALID, None
+        return "box_invalid", None
     try:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
-        return BOX_INVALID, None
+        return "box_invalid", None
     if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return BOX_INVALID, None
+        return "box_invalid", None
     if w <= 0 or h <= 0:
-        return BOX_EMPTY, None
+        return "box_empty", None
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
-        return BOX_OUTSIDE, None
+        return "box_outside", None
     clipped = [x0, y0, x1 - x0, y1 - y0]
     # A tolerance, so that float round-off in x + w does not count as "outside".
     if max(abs(a - b) for a, b in zip(clipped, (x, y, w, h))) > 1e-6:
-        return BOX_CLIPPED, clipped
-    return BOX_OK, [x, y, w, h]
+        return "box_clipped", clipped
+    return "ok", [x, y, w, h]
 
 
 def segmentation_is_valid(segmentation: Any) -> bool:
@@ -95,18 +87,15 @@ def _check_structure(data: Any, report: ValidationReport) -> bool:
     if not isinstance(data, dict):
         report.add("bad_structure", example=f"top level is a {type(data).__name__}, not an object")
         return False
-    ok = True
     for key in ("images", "annotations", "categories"):
         if key == "annotations" and key not in data:
             continue  # an image-only json: every image is background
         if not isinstance(data.get(key), list):
             found = type(data[key]).__name__ if key in data else "missing"
             report.add("bad_structure", example=f"'{key}' must be a list, found {found}")
-            ok = False
     if isinstance(data.get("categories"), list) and not data["categories"]:
         report.add("bad_structure", example="'categories' is empty")
-        ok = False
-    return ok
+    return not report.count("bad_structure")
 
 
 def _check_id_types(ids: Iterable[Any], what: str, report: ValidationReport) -> None:
@@ -154,15 +143,13 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
             report.add("duplicate_image_id", img["id"], example)
             continue
         by_id[img["id"]] = img
-        file_key = os.path.normpath(img["file_name"])
-        if file_key in by_file:
+        first_id = by_file.setdefault(os.path.normpath(img["file_name"]), img["id"])
+        if first_id != img["id"]:
             example = (
                 f"images[{i}] (id {img['id']!r}) names {img['file_name']}, the file of image "
-                f"{by_file[file_key]!r}"
+                f"{first_id!r}"
             )
             report.add("duplicate_file_name", img["id"], example)
-        else:
-            by_file[file_key] = img["id"]
     _check_id_types(by_id, "image", report)
     return by_id
 
@@ -198,7 +185,7 @@ def _check_annotations(
             report.add("orphan_annotation", ann_id, example)
             continue
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
-        if outcome != BOX_OK:
+        if outcome != "ok":
             size = f"{img['width']}x{img['height']}"
             example = f"annotation {ann_id} of image {img['id']} ({size}): bbox {ann.get('bbox')!r}"
             report.add(outcome, ann_id, example)
@@ -206,7 +193,7 @@ def _check_annotations(
             example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
             report.add("segmentation_invalid", ann_id, example)
         # Crowd regions are not trained on (detectron2's mapper drops them).
-        if outcome not in _BOX_DROPPED and not ann.get("iscrowd", 0):
+        if outcome in ("ok", "box_clipped") and not ann.get("iscrowd", 0):
             images_with_boxes.add(img["id"])
     for img_id, img in images.items():
         if img_id not in images_with_boxes:

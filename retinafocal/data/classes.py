@@ -6,13 +6,11 @@ with K > C COCO evaluation fails after training.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-__all__ = [
-    "NumClassesError", "dataset_num_classes", "check_num_classes", "num_classes_from_datasets"
-]
+__all__ = ["NumClassesError", "check_num_classes", "num_classes_from_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,22 +19,19 @@ class NumClassesError(ValueError):
     """The model's number of classes does not fit the datasets (message: numbers, key, fix)."""
 
 
-def dataset_num_classes(name: str) -> Optional[int]:
-    """``len(thing_classes)`` of a registered dataset (loaded if its loader sets them), or None."""
-    metadata = MetadataCatalog.get(name)
-    classes = metadata.get("thing_classes", None)
-    if classes is None and name in DatasetCatalog.list():
-        DatasetCatalog.get(name)  # detectron2's load_coco_json sets thing_classes
-        classes = metadata.get("thing_classes", None)
-    return None if classes is None else len(classes)
-
-
 def _counts(names: Sequence[str]) -> Dict[str, int]:
-    counts = {name: dataset_num_classes(name) for name in names}
-    for name, count in counts.items():
-        if count is None:
+    """Dataset name -> ``len(thing_classes)``, for the datasets whose metadata lists them."""
+    counts: Dict[str, int] = {}
+    for name in names:
+        metadata = MetadataCatalog.get(name)
+        if metadata.get("thing_classes", None) is None and name in DatasetCatalog.list():
+            DatasetCatalog.get(name)  # detectron2's load_coco_json sets thing_classes
+        classes = metadata.get("thing_classes", None)
+        if classes is None:
             logger.info(f"Dataset '{name}' does not list its classes: NUM_CLASSES not checked.")
-    return {name: count for name, count in counts.items() if count is not None}
+        else:
+            counts[name] = len(classes)
+    return counts
 
 
 def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:

@@ -132,12 +132,11 @@ def check_datasets(
 ) -> Dict[str, ValidationReport]:
     """Check the named datasets as training does, whoever registered them, if registered as a
     COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"); returns name
-    -> report for those. ``on_unreadable``, ``purpose``: as for
-    :func:`~retinafocal.data.loading.checked_report`. Loaders are not changed, so malformed
-    boxes are an error in a dataset registered elsewhere.
+    -> report for those. ``on_unreadable``, ``purpose``: as for :func:`.checked_report`.
 
     Raises:
-        DatasetValidationError: naming the dataset, with its report, when it cannot be used.
+        DatasetValidationError: naming the dataset, with its report, when it cannot be used
+            (malformed boxes included where another loader, which is kept, would read them).
     """
     reports = {}
     for name in [names] if isinstance(names, str) else names:
@@ -179,21 +178,16 @@ def _refuse_what_detectron2_mishandles(name: str, report: ValidationReport) -> N
 
 def checked_dataset_dicts(
     names: Union[str, Sequence[str]],
-    filter_empty: bool = True,
-    min_keypoints: int = 0,
-    proposal_files: Optional[Sequence[str]] = None,
-    check_consistency: bool = True,
     *,
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
+    **kwargs: Any,
 ) -> List[Dict[str, Any]]:
-    """detectron2's ``get_detection_dataset_dicts`` (same arguments) after :func:`check_datasets`
+    """detectron2's ``get_detection_dataset_dicts(names, **kwargs)`` once :func:`check_datasets`
     passed ``names``; with ``on_unreadable="skip"`` the unreadable images are left out here, in
     a warning. LazyConfig: ``dataset=L(checked_dataset_dicts)(names=...)``."""
     reports = check_datasets(names, on_unreadable=on_unreadable, purpose=purpose)
-    dataset_dicts = get_detection_dataset_dicts(
-        names, filter_empty, min_keypoints, proposal_files, check_consistency
-    )
+    dataset_dicts = get_detection_dataset_dicts(names, **kwargs)
     if on_unreadable != "skip":
         return dataset_dicts
     unreadable = {path for report in reports.values() for path in report.unreadable_files}

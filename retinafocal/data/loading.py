@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.data.datasets import load_coco_json
 
-from .checks import BOX_INVALID, check_coco_json, fix_coco_box, segmentation_is_valid
+from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
 from .images import inspect_image
 from .report import DatasetValidationError, ValidationReport
 
@@ -27,8 +27,7 @@ _REPORTS: Dict[Tuple, ValidationReport] = {}
 _FIXES_LOGGED: set = set()
 #: What a dataset is checked for; it words the messages.
 PURPOSES = ("training", "evaluation")
-_SEGMENTATION_INVALID = "segmentation_invalid"
-_BOX_FIXES = ("box_clipped", "box_empty", BOX_INVALID, "box_outside")
+_BOX_FIXES = ("box_clipped", "box_empty", "box_invalid", "box_outside")
 
 
 def _stamp(path: str) -> Tuple:
@@ -146,7 +145,7 @@ def load_coco_json_checked(
     rejected segmentations dropped with their boxes kept. Images without annotations and
     unreadable images are kept (see ``checked_dataset_dicts``)."""
     report = checked_report(json_file, image_root, dataset_name, **checks)
-    if any(report.count(k) for k in (BOX_INVALID, _SEGMENTATION_INVALID, "orphan_annotation")):
+    if any(report.count(k) for k in ("box_invalid", "segmentation_invalid", "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
@@ -161,8 +160,8 @@ def load_coco_json_checked(
     # The check counted every box these dicts hold, and the malformed ones that never reach them.
     counted = ", ".join(f"{report.count(k)} {k[4:]}" for k in _BOX_FIXES if report.count(k))
     fixes = [f"{counted} box(es): clipped ones are kept, the others dropped"] if counted else []
-    if report.count(_SEGMENTATION_INVALID):
-        n = report.count(_SEGMENTATION_INVALID)
+    n = report.count("segmentation_invalid")
+    if n:
         fixes.append(f"{n} invalid segmentation(s) dropped, their boxes kept")
     key = _key(json_file, image_root, report.image_check != "none")
     if fixes and key not in _FIXES_LOGGED:

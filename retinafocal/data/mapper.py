@@ -1,10 +1,7 @@
 """A dataset mapper that survives bad images: unreadable files and unusual pixel formats.
 
 detectron2's ``DatasetMapper`` raises deep inside a data-loader worker on a corrupt file, and
-turns a 16-bit PNG white (Pillow clips it to 8 bits). :class:`RobustDatasetMapper` reads images
-with :func:`read_image_converted` (any mode to the input format), then lets detectron2's own
-``__call__`` do the rest; an unreadable image raises :class:`UnreadableImageError` naming the
-file, or is skipped (None: ``MapDataset`` draws another). The start-up check
+turns a 16-bit PNG white (Pillow clips it to 8 bits). The start-up check
 (:func:`~retinafocal.data.checked_dataset_dicts`) handles the unreadable files it can see first.
 """
 from __future__ import annotations
@@ -83,12 +80,13 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
 
 
 class RobustDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` with tolerant image reading and a policy for bad files,
-    built like its parent (``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` / ``LOG_SKIPPED_PERIOD`` too).
+    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`, with a
+    policy for bad files; built like its parent (plus ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` and
+    ``LOG_SKIPPED_PERIOD``).
 
-    Skipping applies to training only: at inference a skipped image would be replaced by another
-    and evaluated twice. Counts are per data-loader worker; the first skipped image is logged by
-    name, later ones summed up at most every ``log_skipped_period`` images mapped.
+    Skipping (returning None: ``MapDataset`` draws another image) applies to training only, so
+    that no image is evaluated twice. Counts are per data-loader worker; the first skipped image
+    is logged by name, later ones summed up at most every ``log_skipped_period`` images mapped.
     """
 
     @configurable

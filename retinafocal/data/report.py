@@ -59,8 +59,6 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
 #: How many offending ids / examples a report keeps per kind.
 MAX_EXAMPLES = 5
 
-_ON_UNREADABLE_CHOICES = ("error", "skip")
-
 
 def _known(kind: str) -> str:
     if kind not in PROBLEM_KINDS:
@@ -143,7 +141,7 @@ class ValidationReport:
         """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``: no
         fatal problem, and no unreadable image ("error") or a readable image with a box
         ("skip")."""
-        if on_unreadable not in _ON_UNREADABLE_CHOICES:
+        if on_unreadable not in ("error", "skip"):
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
         if self.has_fatal:
             return False

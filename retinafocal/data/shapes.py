@@ -14,7 +14,11 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+from torchvision.ops import box_iou
+
+from ..checkpoint import atomic_write
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -129,16 +133,6 @@ def shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, f
     raise ValueError(f"no polygon outline for shape {kind!r}")
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one XYXY box (4,) with (N, 4) XYXY boxes -> (N,)."""
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / (area + areas - inter)
-
-
 def draw_shapes_image(
     spec: ShapesSpec, rng: np.random.Generator
 ) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
@@ -153,7 +147,7 @@ def draw_shapes_image(
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     wanted = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-    placed = np.zeros((0, 4), dtype=np.float32)
+    placed = torch.zeros((0, 4), dtype=torch.float32)  # XYXY boxes of the objects drawn so far
     objects: List[Tuple[int, List[float]]] = []
     # Rejection sampling: crowded images may end with fewer objects than wanted.
     for _ in range(wanted * 20):
@@ -162,8 +156,8 @@ def draw_shapes_image(
         side = int(rng.integers(spec.min_object_size, spec.max_object_size + 1))
         x0 = int(rng.integers(0, size - side + 1))
         y0 = int(rng.integers(0, size - side + 1))
-        box = np.array([x0, y0, x0 + side, y0 + side], dtype=np.float32)
-        if len(placed) and _iou(box, placed).max() > spec.max_overlap:
+        box = torch.tensor([[x0, y0, x0 + side, y0 + side]], dtype=torch.float32)
+        if len(placed) and box_iou(box, placed).max() > spec.max_overlap:
             continue
         cls = int(rng.integers(len(SHAPE_CLASSES)))
         # Jitter the palette colour so that no class or colour is a single RGB value.
@@ -174,7 +168,7 @@ def draw_shapes_image(
             draw.ellipse([x0, y0, x0 + side - 1, y0 + side - 1], fill=fill)
         else:
             draw.polygon(shape_outline(kind, x0, y0, side), fill=fill)
-        placed = np.concatenate([placed, box[None]])
+        placed = torch.cat([placed, box])
         objects.append((cls, [float(x0), float(y0), float(side), float(side)]))
     return np.asarray(canvas), objects
 
@@ -182,10 +176,6 @@ def draw_shapes_image(
 def shapes_json_path(root: str, split: str) -> str:
     """Path of the COCO json of ``split`` under ``root``."""
     return os.path.join(root, "annotations", f"instances_{split}.json")
-
-
-def _split_seed(spec: ShapesSpec, split: str, index: int) -> List[int]:
-    return [spec.seed, _SPLIT_STREAM.get(split, 3), index]
 
 
 def generate_shapes_split(
@@ -207,7 +197,7 @@ def generate_shapes_split(
 
         indices = tqdm(indices, desc=f"generating shapes/{split}", unit="img")
     for i in indices:
-        rng = np.random.default_rng(_split_seed(spec, split, i))
+        rng = np.random.default_rng([spec.seed, _SPLIT_STREAM.get(split, 3), i])
         pixels, objects = draw_shapes_image(spec, rng)
         file_name = f"{i:06d}.png"
         # compress_level=1: these textures compress poorly anyway; speed matters more.
@@ -240,19 +230,8 @@ def generate_shapes_split(
         ],
     }
     json_path = shapes_json_path(root, split)
-    tmp_path = f"{json_path}.tmp.{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        json.dump(coco, f)
-    os.replace(tmp_path, json_path)
+    atomic_write(json_path, lambda f: f.write(json.dumps(coco).encode()))
     return json_path
-
-
-def _existing_split_matches(json_path: str, num_images: int, spec: ShapesSpec) -> bool:
-    if not os.path.isfile(json_path):
-        return False
-    with open(json_path) as f:
-        info = json.load(f).get("info", {})
-    return info.get("num_images") == num_images and info.get("spec") == asdict(spec)
 
 
 def ensure_shapes_split(
@@ -261,7 +240,10 @@ def ensure_shapes_split(
     """The json path of ``split`` under ``root``, generating the split first when it is missing
     or of another size or spec."""
     json_path = shapes_json_path(root, split)
-    if not _existing_split_matches(json_path, num_images, spec):
-        generate_shapes_split(root, split, num_images, spec, progress=progress)
-    return json_path
+    if os.path.isfile(json_path):
+        with open(json_path) as f:
+            info = json.load(f).get("info", {})
+        if info.get("num_images") == num_images and info.get("spec") == asdict(spec):
+            return json_path
+    return generate_shapes_split(root, split, num_images, spec, progress=progress)
 
