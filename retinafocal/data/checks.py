@@ -85,7 +85,8 @@ def _read_json(json_file: str, report: ValidationReport) -> Optional[Any]:
 def _check_structure(data: Any, report: ValidationReport) -> bool:
     """A dict with 'images', 'categories' and (optionally) 'annotations' lists."""
     if not isinstance(data, dict):
-        report.add("bad_structure", example=f"top level is a {type(data).__name__}, not an object")
+        found = "null" if data is None else f"a {type(data).__name__}"
+        report.add("bad_structure", example=f"top level is {found}, not an object")
         return False
     for key in ("images", "annotations", "categories"):
         if key == "annotations" and key not in data:
@@ -255,7 +256,8 @@ def check_coco_json(
     applies it to all files (``map``, or a thread pool's)."""
     report = ValidationReport(json_file=json_file, image_root=image_root)
     data = _read_json(json_file, report)
-    if data is None or not _check_structure(data, report):
+    # A json of just `null` also reads as None: the structure check reports it.
+    if report.count("malformed_json") or not _check_structure(data, report):
         return report
     annotations = data.get("annotations", [])
     report.num_images = len(data["images"])

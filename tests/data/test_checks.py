@@ -106,6 +106,11 @@ class TestCheckCocoJson(_TempDirTest):
         self.assertTrue(report.has_fatal)
         self.assertIn(path, report.format())
 
+    def test_json_null_is_fatal(self):
+        report = check_coco_json(self.write_json(None), self.root, inspect=None)
+        self.assertEqual(report.kinds("fatal"), ["bad_structure"])
+        self.assertIn("top level is null, not an object", report.format())
+
     def test_bad_structure_and_malformed_entries(self):
         path = self.write_json({"images": {}, "categories": []})
         report = check_coco_json(path, self.root, inspect=None)
