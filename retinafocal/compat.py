@@ -5,6 +5,7 @@ needed; :func:`describe` lists the active ones. :func:`apply` runs on ``import r
 before detectron2's ``layers``, ``modeling`` or ``evaluation`` are first imported."""
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -45,6 +46,7 @@ CHECKPOINT_LOAD_STATE_RESET: bool = False
 JIT_SCRIPT_WARNING_SILENCED: bool = False
 LAUNCH_GLOO_WITHOUT_CUDA: bool = False
 DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
+JIT_BUILTINS_KEPT_ALIVE: bool = False
 
 # What describe() says of each active workaround, by the name of its flag.
 _DESCRIBED = (
@@ -61,6 +63,7 @@ _DESCRIBED = (
     ("JIT_SCRIPT_WARNING_SILENCED", "import-time torch.jit.script deprecation warnings silenced"),
     ("LAUNCH_GLOO_WITHOUT_CUDA", "launch uses gloo without CUDA"),
     ("DDP_CPU_WITHOUT_DEVICE_IDS", "create_ddp_model gives CPU models no device_ids"),
+    ("JIT_BUILTINS_KEPT_ALIVE", "TorchScript's registered builtin ops kept alive"),
 )
 
 _NO_OPS = "none (detectron2 built without its C++ ops)"
@@ -324,6 +327,34 @@ def _import_scripting_modules_quietly() -> None:
     JIT_SCRIPT_WARNING_SILENCED = True
 
 
+def _keep_registered_builtins_alive() -> None:
+    """torch (2.14 and before): TorchScript's builtin table is keyed by ``id()``, and
+    ``torch._ops`` registers op objects there that it may drop later (``_refresh_packet`` when a
+    ``torch.library`` adds an overload, as inductor's freezing does). An unrelated object born at
+    a dropped op's address is then taken for that op: scripting a module whose attribute it is
+    fails at random with "builtin cannot be used as a value". Registered objects are kept alive
+    here, in the list that already keeps torch's own builtins alive."""
+    global JIT_BUILTINS_KEPT_ALIVE
+    import torch.jit._builtins as builtins
+
+    register = builtins._register_builtin
+    if JIT_BUILTINS_KEPT_ALIVE:
+        return
+    try:
+        if "_builtin_ops" in inspect.getsource(register):
+            return  # this torch keeps them alive itself
+    except (OSError, TypeError):
+        return
+
+    @functools.wraps(register)
+    def register_and_keep(fn: Any, op: str) -> None:
+        builtins._builtin_ops.append((fn, op))
+        register(fn, op)
+
+    builtins._register_builtin = register_and_keep
+    JIT_BUILTINS_KEPT_ALIVE = True
+
+
 def _distributed_worker(
     local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout=None
 ) -> None:
@@ -406,6 +437,7 @@ def apply() -> None:
     _stub_missing_d2_c()
     _alias_pil_linear()
     _import_scripting_modules_quietly()  # needs the _C stub; before anything imports them
+    _keep_registered_builtins_alive()
     _fix_map_dataset_retry()  # imports detectron2.data: needs the two above first
     _fix_default_trainer_state()  # imports detectron2.engine: likewise
     _export_without_caffe2()

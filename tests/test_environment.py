@@ -73,6 +73,29 @@ class TestEnvironment(unittest.TestCase):
                 torch.jit.script(_plus_one)
             self.assertTrue(any("torch.jit.script" in str(w.message) for w in caught))
 
+    def test_registered_jit_builtins_outlive_their_other_references(self):
+        """A dropped op's id() must not be reused while TorchScript's table still names it
+        (retinafocal.compat._keep_registered_builtins_alive)."""
+        import gc
+        import inspect
+        import weakref
+
+        import torch.jit._builtins as builtins
+
+        register = builtins._register_builtin
+        needed = "_builtin_ops" not in inspect.getsource(getattr(register, "__wrapped__", register))
+        self.assertEqual(compat.JIT_BUILTINS_KEPT_ALIVE, needed)
+        self.assertEqual("builtin ops kept alive" in compat.describe(), needed)
+
+        def dropped_op():
+            pass
+
+        alive = weakref.ref(dropped_op)
+        builtins._register_builtin(dropped_op, "aten::retinafocal_dropped_op")
+        del dropped_op
+        gc.collect()
+        self.assertIsNotNone(alive())
+
     def test_launch_and_ddp_fixes_only_where_needed(self):
         import detectron2.engine
         from detectron2.engine import defaults
