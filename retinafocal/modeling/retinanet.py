@@ -203,9 +203,9 @@ class FocalRetinaNet(PrecisionDenseDetector):
         """Refuse class indices >= K: K would train silently as background. (One host sync per
         batch, like the loss's positive-anchor count.)"""
         classes = torch.cat([x.gt_classes for x in gt_instances])
-        top = int(classes.max()) if classes.numel() else -1
-        if top < self.num_classes:
+        if not classes.numel() or int(classes.max()) < self.num_classes:
             return
+        top = int(classes.max())
         i = next(i for i, x in enumerate(gt_instances) if bool((x.gt_classes == top).any()))
         raise ValueError(
             f"An object of class index {top} (image {i} of the batch) reached "

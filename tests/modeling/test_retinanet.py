@@ -103,6 +103,8 @@ class TestFocalRetinaNet(unittest.TestCase):
 
         model._check_gt_classes([instances(), instances()])
         model._check_gt_classes([instances(), instances(2, 0), instances(1)])
+        # A one-class model and a batch without objects: nothing to check, whatever K is.
+        build(small_retinanet_cfg(num_classes=1))._check_gt_classes([instances(), instances()])
         with self.assertRaises(ValueError) as ctx:
             model._check_gt_classes([instances(), instances(3, 0), instances(1, 5), instances(5)])
         self.assertEqual(str(ctx.exception), (

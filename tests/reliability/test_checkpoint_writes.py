@@ -87,6 +87,16 @@ class _InTempDir(CheckpointTestCase):
 
 
 class TestAtomicWrite(_InTempDir):
+    def test_folder_sync_is_skipped_where_the_folder_cannot_be_opened_or_synced(self):
+        """Making a rename durable is best effort: a folder that cannot be opened (gone) or
+        synced (some file systems refuse) does not fail the write, and the descriptor is closed."""
+        rf_checkpoint._fsync_directory(self.path("missing"))
+        refused = OSError(errno.EINVAL, "Invalid argument")
+        with mock.patch.object(os, "fsync", side_effect=refused), \
+                mock.patch.object(os, "close", wraps=os.close) as close:
+            rf_checkpoint._fsync_directory(self.dir)
+        close.assert_called_once()
+
     def test_temporary_file_is_hidden_beside_the_target(self):
         seen = []
 
