@@ -302,10 +302,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(skeleton(m))
         return 0
     rows = score_rows(mutants, equivalent)
+    # Rendered before the file is opened: truncating a tracked report would make the work tree
+    # look changed to the commit line.
+    report = render(mutants, equivalent, equivalents, rows, args.wall_seconds,
+                    unmutated_functions(files))  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        f.write(render(mutants, equivalent, equivalents, rows, args.wall_seconds,
-                       unmutated_functions(files)))  # fmt: skip
+        f.write(report)
     for name, counts, score in rows:
         print(f"{name:45s} {sum(counts.values()):5d} mutants  {100 * score:5.1f}%")
     total_score = rows[-1][2]
