@@ -337,9 +337,9 @@ def _keep_registered_builtins_alive() -> None:
     global JIT_BUILTINS_KEPT_ALIVE
     import torch.jit._builtins as builtins
 
-    register = builtins._register_builtin
     if JIT_BUILTINS_KEPT_ALIVE:
         return
+    register = builtins._register_builtin
     try:
         if "_builtin_ops" in inspect.getsource(register):
             return  # this torch keeps them alive itself
