@@ -109,10 +109,12 @@ class OHEMLoss(nn.Module):
                 "OHEMLoss: batch_size_per_image (cfg.MODEL.RETINAFOCAL.LOSS."
                 f"OHEM_BATCH_SIZE_PER_IMAGE) must be > 0, got {batch_size_per_image}"
             )
-        if neg_pos_ratio < 0:
+        # B < 1 + r leaves room for no positive, hence no negative: a loss of 0 on every step.
+        if neg_pos_ratio < 0 or _floor_as_written(batch_size_per_image / (1 + neg_pos_ratio)) < 1:
             raise ValueError(
                 "OHEMLoss: neg_pos_ratio (cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO) must be "
-                f">= 0, got {neg_pos_ratio}"
+                f">= 0, and OHEM_BATCH_SIZE_PER_IMAGE >= 1 + ratio; got {neg_pos_ratio} and "
+                f"{batch_size_per_image}"
             )
         if not 0.0 < nms_thresh <= 1.0:
             raise ValueError(

@@ -141,11 +141,20 @@ class TestRegistry(unittest.TestCase):
             ("FocalLossStar", "MODEL.RETINAFOCAL.LOSS.FL_STAR_GAMMA", 0.0),
             ("HingeLoss", "MODEL.RETINAFOCAL.LOSS.HINGE_MARGIN", 0.0),
             ("OHEMLoss", "MODEL.RETINAFOCAL.LOSS.OHEM_NMS_THRESH", 0.0),
+            ("OHEMLoss", "MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO", -1.0),
         ):
             cfg = _cfg(name)
             cfg.merge_from_list([key, bad])
             with self.subTest(key), self.assertRaisesRegex(ValueError, key.rpartition(".")[2]):
                 build_classification_loss(cfg)
+        # B = 3 at 1:3 leaves floor(3 / 4) = 0 positives, so no anchor would ever be picked.
+        cfg = _cfg("OHEMLoss")
+        cfg.merge_from_list(["MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE", 3,
+                             "MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO", 3.0])  # fmt: skip
+        with self.assertRaisesRegex(ValueError, r"SIZE_PER_IMAGE >= 1 \+ ratio; got 3.0 and 3"):
+            build_classification_loss(cfg)
+        cfg.merge_from_list(["MODEL.RETINAFOCAL.LOSS.OHEM_BATCH_SIZE_PER_IMAGE", 4])
+        self.assertEqual(build_classification_loss(cfg).batch_size_per_image, 4)
 
 
 class TestPrintedSettings(unittest.TestCase):
