@@ -37,9 +37,10 @@ class ChunkedIoUMatcher(nn.Module):
     foreground even below 0.5. Results equal detectron2's ``Matcher`` on ``pairwise_iou``, except
     that a ground truth overlapping no anchor gets none (detectron2 makes every anchor foreground).
 
-    The IoU matrix is never built whole: anchors go in chunks of ``chunk_elements // M``, so peak
-    memory is about ``32 * chunk_elements`` bytes (``pairwise_iou`` keeps ~8 float32 temporaries
-    per value; 128 MiB by default) whatever R and M. Low-quality matching recomputes the blocks.
+    The IoU matrix is never built whole: anchors go in chunks of ``max(1, chunk_elements // M)``,
+    so peak memory is about ``32 * max(chunk_elements, M)`` bytes (``pairwise_iou`` keeps ~8
+    float32 temporaries per value; 128 MiB by default) whatever R. Low-quality matching
+    recomputes the blocks.
 
     Example (thresholds [0.4, 0.5], labels [0, -1, 1], low-quality matches on)::
 
