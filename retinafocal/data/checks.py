@@ -185,6 +185,9 @@ def _check_annotations(
             example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
             report.add("orphan_annotation", ann_id, example)
             continue
+        if ann.get("ignore", 0):  # detectron2's load_coco_json asserts, naming nothing
+            example = f"annotation {ann_id} of image {img['id']}: 'ignore': {ann['ignore']!r}"
+            report.add("ignore_flag", ann_id, example + " (mark ignored regions 'iscrowd': 1)")
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
         if outcome != "ok":
             size = f"{img['width']}x{img['height']}"

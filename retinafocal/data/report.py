@@ -39,6 +39,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "mixed_id_types": (FATAL, "image or category ids mixing integers and strings"),
     "unknown_category_id": (FATAL, "annotations whose category_id is not among the categories"),
     "duplicate_file_name": (FATAL, "image entries naming a file that another image id names"),
+    "ignore_flag": (FATAL, "annotations with a true 'ignore' (detectron2's loader refuses them)"),
     "no_usable_box": (FATAL, "no image has a box to train on (all dropped, crowd, or none)"),
     "missing_file": (UNREADABLE, "image files that do not exist"),
     "unreadable_image": (UNREADABLE, "files that are not a decodable image (corrupt/truncated)"),

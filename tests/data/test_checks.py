@@ -216,6 +216,21 @@ class TestRulesOfOneVerdict(_TempDirTest):
         self.assertEqual(report.first_ids("duplicate_file_name"), [2])
         self.assertIn("names ./a.jpg, the file of image 1", report.format())
 
+    def test_ignore_flag_is_fatal(self):
+        from detectron2.data.datasets import load_coco_json
+
+        annotations = [_ann(1, 1, ignore=0), _ann(2, 1, ignore=1), _ann(3, 1, ignore=True)]
+        data = _json([_img(1, "a.jpg")], annotations)
+        report = self.check(data)
+        self.assertEqual(report.kinds("fatal"), ["ignore_flag"])
+        self.assertEqual(report.first_ids("ignore_flag"), [2, 3])
+        self.assertIn("annotation 2 of image 1: 'ignore': 1", report.format())
+        # detectron2's loader stops at them with an assert that names no file or annotation.
+        with self.assertRaisesRegex(AssertionError, '"ignore" in COCO json file'):
+            load_coco_json(self.write_json(data), self.root, None)
+        data["annotations"] = annotations[:1]
+        self.assertFalse(self.check(data).has_fatal)
+
     def test_invalid_segmentation_is_counted_and_its_box_kept(self):
         annotations = [
             _ann(1, 1, segmentation=[[1, 2, 3, 4]]),  # 2 points: detectron2 drops the box
