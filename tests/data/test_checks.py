@@ -10,7 +10,12 @@ from PIL import Image
 
 import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
 from detectron2.data import detection_utils
-from retinafocal.data import ValidationReport, check_coco_json, fix_coco_box
+from retinafocal.data import (
+    ValidationReport,
+    check_coco_json,
+    fix_coco_box,
+    load_coco_json_checked,
+)
 from retinafocal.data.images import inspect_image, read_image_header
 
 from ..reliability.broken_coco import write_broken_coco, write_malformed_json
@@ -230,6 +235,23 @@ class TestRulesOfOneVerdict(_TempDirTest):
             load_coco_json(self.write_json(data), self.root, None)
         data["annotations"] = annotations[:1]
         self.assertFalse(self.check(data).has_fatal)
+
+    def test_duplicate_annotation_ids_of_minival_are_accepted_as_by_detectron2(self):
+        from detectron2.data.datasets import load_coco_json
+
+        images = [_img(1, "a.jpg"), _img(2, "b.jpg")]
+        data = _json(images, [_ann(7, 1), _ann(7, 2, (1, 1, 5, 5))])
+        fatal = self.check(data)
+        self.assertEqual(fatal.kinds("fatal"), ["duplicate_annotation_id"])
+        # COCO 2014's minival json (the paper's ablation test set) repeats annotation ids, and
+        # detectron2's loader accepts any json whose name says minival.
+        json_file = os.path.join(self.root, "instances_minival2014.json")
+        os.rename(self.write_json(data), json_file)
+        report = check_coco_json(json_file, self.root, inspect=None)
+        self.assertEqual((report.kinds("fatal"), report.num_images_with_boxes), ([], 2))
+        expected = [[a["bbox"] for a in d["annotations"]] for d in load_coco_json(json_file, "")]
+        dicts = load_coco_json_checked(json_file, self.root, check_images=False)
+        self.assertEqual([[a["bbox"] for a in d["annotations"]] for d in dicts], expected)
 
     def test_invalid_segmentation_is_counted_and_its_box_kept(self):
         annotations = [
