@@ -189,6 +189,9 @@ def _check_annotations(
         if ann.get("ignore", 0):  # detectron2's load_coco_json asserts, naming nothing
             example = f"annotation {ann_id} of image {img['id']}: 'ignore': {ann['ignore']!r}"
             report.add("ignore_flag", ann_id, example + " (mark ignored regions 'iscrowd': 1)")
+        if not all(isinstance(ann.get(k), (int, float)) for k in ("area", "iscrowd")):
+            example = f"annotation {ann_id} of image {img['id']}: area {ann.get('area')!r}"
+            report.add("eval_field_missing", ann_id, f"{example}, iscrowd {ann.get('iscrowd')!r}")
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
         if outcome != "ok":
             size = f"{img['width']}x{img['height']}"

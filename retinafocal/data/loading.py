@@ -80,8 +80,9 @@ def checked_report(
         purpose: "training" or "evaluation", for the messages.
 
     Raises:
-        DatasetValidationError: with the report, for fatal problems or unreadable images that
-            ``on_unreadable`` says stop ``purpose``.
+        DatasetValidationError: with the report, for fatal problems, unreadable images that
+            ``on_unreadable`` says stop ``purpose``, or, for evaluation, annotations that
+            pycocotools cannot evaluate (``box_invalid``, ``eval_field_missing``).
     """
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
@@ -98,6 +99,13 @@ def checked_report(
         logger.log(logging.INFO if quiet else logging.WARNING, f"{name}:\n{report.format()}")
     if report.has_fatal:
         raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
+    unreadable_by_cocoeval = [k for k in ("box_invalid", "eval_field_missing") if report.count(k)]
+    if purpose == "evaluation" and unreadable_by_cocoeval:  # it would raise after training
+        raise DatasetValidationError(
+            f"{name} cannot be evaluated: COCO evaluation (pycocotools) reads the bbox, area and "
+            f"iscrowd of each annotation in the json, unfixed, and cannot use the "
+            f"{' and '.join(unreadable_by_cocoeval)} ones. Fix the json.\n{report.format()}"
+        )
     if on_unreadable is not None and not report.usable(on_unreadable):
         message = _unusable_message(name, report, on_unreadable, purpose)
         raise DatasetValidationError(f"{message}\n{report.format()}")

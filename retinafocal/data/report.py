@@ -54,6 +54,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "box_invalid": (FIXED, "bbox missing or not 4 finite numbers (annotation dropped)"),
     "orphan_annotation": (FIXED, "annotations whose image_id matches no image (dropped)"),
     "segmentation_invalid": (FIXED, "segmentations detectron2 rejects (dropped, box kept)"),
+    "eval_field_missing": (INFO, "annotations without a numeric area or iscrowd (test sets stop)"),
     "background_image": (INFO, "images with no usable annotation (kept, trained as background)"),
 }
 
