@@ -200,8 +200,8 @@ def _check_annotations(
         if not segmentation_is_valid(ann.get("segmentation")):
             example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
             report.add("segmentation_invalid", ann_id, example)
-        # Crowd regions are not trained on (detectron2's mapper drops them).
-        if outcome in ("ok", "box_clipped") and not ann.get("iscrowd", 0):
+        # Crowd regions are not trained on: detectron2's mapper keeps only iscrowd == 0.
+        if outcome in ("ok", "box_clipped") and ann.get("iscrowd", 0) == 0:
             images_with_boxes.add(img["id"])
     for img_id, img in images.items():
         if img_id not in images_with_boxes:

@@ -200,6 +200,23 @@ class TestRulesOfOneVerdict(_TempDirTest):
         report = self.check(_json(images, [_ann(1, 1, iscrowd=1), _ann(2, 2)]))
         self.assertEqual((report.kinds("fatal"), report.num_images_with_boxes), ([], 1))
 
+    def test_crowd_is_what_detectron2_drops(self):
+        """detectron2's mapper and empty-image filter train an annotation only when
+        ``iscrowd == 0`` (absent counts as 0): a null iscrowd is a crowd region there."""
+        from detectron2.data.build import filter_images_with_only_crowd_annotations
+        from detectron2.data.datasets import load_coco_json
+
+        images = [_img(i, f"{i}.jpg") for i in (1, 2, 3, 4)]
+        flags = [{"iscrowd": None}, {"iscrowd": 0}, {}, {"iscrowd": False}]
+        data = _json(images, [_ann(i, i, **flag) for i, flag in enumerate(flags, start=1)])
+        dicts = load_coco_json(self.write_json(data), self.root, None)
+        trained = filter_images_with_only_crowd_annotations(dicts)
+        self.assertEqual([d["image_id"] for d in trained], [2, 3, 4])
+        self.assertEqual(self.check(data).num_images_with_boxes, 3)
+        self.assertEqual(self.check(data).first_ids("background_image"), [1])
+        data["annotations"] = data["annotations"][:1]
+        self.assertEqual(self.check(data).kinds("fatal"), ["no_usable_box"])
+
     def test_mixed_id_types_are_fatal(self):
         images = [_img(1, "a.jpg"), _img("b", "b.jpg"), _img(3, "c.jpg")]
         report = self.check(_json(images, [_ann(1, 1), _ann(2, "b")]))
