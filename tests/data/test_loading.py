@@ -167,6 +167,23 @@ class TestCheckedReport(_LoadingTest):
         with self.assertRaisesRegex(DatasetValidationError, "box_invalid"):
             checked_report(json_file, image_root, "t", purpose="evaluation")
 
+    def test_image_list_without_annotations_is_a_test_set_only(self):
+        """COCO test-dev's json lists images only: COCOEvaluator writes the predictions for the
+        evaluation server. Training on it has nothing to learn."""
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with open(json_file) as f:
+            data = json.load(f)
+        del data["annotations"]
+        data["images"] = [img for img in data["images"] if img["id"] in (1, 10)]
+        with open(json_file, "w") as f:
+            json.dump(data, f)
+        with self.assertRaisesRegex(DatasetValidationError, "no_usable_box"):
+            checked_report(json_file, image_root, "dev", purpose="training")
+        report = checked_report(json_file, image_root, "dev", purpose="evaluation")
+        self.assertEqual((report.num_images, report.num_images_with_boxes), (2, 0))
+        dicts = load_coco_json_checked(json_file, image_root, "dev_test")  # the loader's call
+        self.assertEqual([(d["image_id"], d["annotations"]) for d in dicts], [(1, []), (10, [])])
+
 
 if __name__ == "__main__":
     unittest.main()

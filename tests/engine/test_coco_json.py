@@ -1,4 +1,5 @@
 """A COCO-format json written here is registered and trained on from the command line alone."""
+import json
 import os
 import shutil
 import tempfile
@@ -61,6 +62,32 @@ class TestCocoJsonFromCommandLine(unittest.TestCase):
             f"train.output_dir='{output_dir}'",
         ])  # fmt: skip
         self._check(output_dir, results)
+
+    def test_eval_only_on_an_image_list_writes_predictions(self):
+        """A test set whose json has no annotations (COCO test-dev's image info): detectron2's
+        COCOEvaluator writes the predictions for an evaluation server, with no AP."""
+        with open(self.entry[1]) as f:
+            data = json.load(f)
+        del data["annotations"]
+        image_list = os.path.join(self._tmp, "image_info_test.json")
+        with open(image_list, "w") as f:
+            json.dump(data, f)
+        test = [f"{self.name}_dev", image_list, self.entry[2]]
+        output_dir = os.path.join(self._tmp, "dev")
+        results = run_train_net([
+            "--config-file", os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.yaml"),
+            "--eval-only", "--random-weights",
+            "DATASETS.COCO_JSON", repr([self.entry, test]),
+            "DATASETS.TRAIN", repr((self.name,)), "DATASETS.TEST", repr((test[0],)),
+            "MODEL.RETINANET.NUM_CLASSES", "2", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+            "INPUT.MIN_SIZE_TEST", str(TINY_SIZE), "INPUT.MAX_SIZE_TEST", str(TINY_SIZE),
+            "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", output_dir,
+        ])  # fmt: skip
+        self.assertNotIn("bbox", results)
+        self.assertEqual(results["inference"]["images"], 3.0)
+        predictions = os.path.join(output_dir, "inference", test[0], "coco_instances_results.json")
+        with open(predictions) as f:
+            self.assertEqual({p["image_id"] for p in json.load(f)}, {1, 2, 3})
 
 
 if __name__ == "__main__":
