@@ -186,7 +186,7 @@ def _check_annotations(
             example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
             report.add("orphan_annotation", ann_id, example)
             continue
-        if ann.get("ignore", 0):  # detectron2's load_coco_json asserts, naming nothing
+        if ann.get("ignore", 0) != 0:  # detectron2's load_coco_json asserts, naming nothing
             example = f"annotation {ann_id} of image {img['id']}: 'ignore': {ann['ignore']!r}"
             report.add("ignore_flag", ann_id, example + " (mark ignored regions 'iscrowd': 1)")
         if not all(isinstance(ann.get(k), (int, float)) for k in ("area", "iscrowd")):

@@ -241,17 +241,20 @@ class TestRulesOfOneVerdict(_TempDirTest):
     def test_ignore_flag_is_fatal(self):
         from detectron2.data.datasets import load_coco_json
 
-        annotations = [_ann(1, 1, ignore=0), _ann(2, 1, ignore=1), _ann(3, 1, ignore=True)]
+        flags = [0, 1, True, None, False]  # detectron2 asserts ignore == 0 (absent: 0)
+        annotations = [_ann(i, 1, ignore=flag) for i, flag in enumerate(flags, start=1)]
         data = _json([_img(1, "a.jpg")], annotations)
         report = self.check(data)
         self.assertEqual(report.kinds("fatal"), ["ignore_flag"])
-        self.assertEqual(report.first_ids("ignore_flag"), [2, 3])
+        self.assertEqual(report.first_ids("ignore_flag"), [2, 3, 4])
         self.assertIn("annotation 2 of image 1: 'ignore': 1", report.format())
         # detectron2's loader stops at them with an assert that names no file or annotation.
         with self.assertRaisesRegex(AssertionError, '"ignore" in COCO json file'):
             load_coco_json(self.write_json(data), self.root, None)
-        data["annotations"] = annotations[:1]
-        self.assertFalse(self.check(data).has_fatal)
+        for kept in (annotations[:1], annotations[4:]):
+            data["annotations"] = kept
+            self.assertFalse(self.check(data).has_fatal)
+            load_coco_json(self.write_json(data), self.root, None)
 
     def test_duplicate_annotation_ids_of_minival_are_accepted_as_by_detectron2(self):
         from detectron2.data.datasets import load_coco_json
