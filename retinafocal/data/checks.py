@@ -172,7 +172,8 @@ def _check_annotations(
             report.add("malformed_annotation", ann_id, example)
             continue
         ann_id = ann["id"]
-        if ann_id in seen:
+        # detectron2 lets COCO 2014's minival jsons repeat ids; the loader's copy keeps the name.
+        if ann_id in seen and "minival" not in os.path.basename(report.json_file):
             report.add("duplicate_annotation_id", ann_id, f"annotations[{i}] repeats id {ann_id}")
             continue
         seen.add(ann_id)
@@ -185,6 +186,12 @@ def _check_annotations(
             example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
             report.add("orphan_annotation", ann_id, example)
             continue
+        if ann.get("ignore", 0) != 0:  # detectron2's load_coco_json asserts, naming nothing
+            example = f"annotation {ann_id} of image {img['id']}: 'ignore': {ann['ignore']!r}"
+            report.add("ignore_flag", ann_id, example + " (mark ignored regions 'iscrowd': 1)")
+        if not all(isinstance(ann.get(k), (int, float)) for k in ("area", "iscrowd")):
+            example = f"annotation {ann_id} of image {img['id']}: area {ann.get('area')!r}"
+            report.add("eval_field_missing", ann_id, f"{example}, iscrowd {ann.get('iscrowd')!r}")
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
         if outcome != "ok":
             size = f"{img['width']}x{img['height']}"
@@ -193,8 +200,8 @@ def _check_annotations(
         if not segmentation_is_valid(ann.get("segmentation")):
             example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
             report.add("segmentation_invalid", ann_id, example)
-        # Crowd regions are not trained on (detectron2's mapper drops them).
-        if outcome in ("ok", "box_clipped") and not ann.get("iscrowd", 0):
+        # Crowd regions are not trained on: detectron2's mapper keeps only iscrowd == 0.
+        if outcome in ("ok", "box_clipped") and ann.get("iscrowd", 0) == 0:
             images_with_boxes.add(img["id"])
     for img_id, img in images.items():
         if img_id not in images_with_boxes:

@@ -16,7 +16,7 @@ from detectron2.data.datasets import load_coco_json
 
 from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
 from .images import inspect_image
-from .report import DatasetValidationError, ValidationReport
+from .report import FATAL, DatasetValidationError, ValidationReport
 
 __all__ = ["PURPOSES", "checked_report", "load_coco_json_checked"]
 
@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 _REPORTS: Dict[Tuple, ValidationReport] = {}
 # Keys of _REPORTS whose box fixes have been logged.
 _FIXES_LOGGED: set = set()
-#: What a dataset is checked for; it words the messages.
-PURPOSES = ("training", "evaluation")
+#: What a dataset is checked for; it words the messages ("loading": by the registered loader).
+PURPOSES = ("training", "evaluation", "loading")
 _BOX_FIXES = ("box_clipped", "box_empty", "box_invalid", "box_outside")
 
 
@@ -46,7 +46,7 @@ def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, p
     """Why ``report``'s unreadable images stop ``purpose``, and a fix not already set."""
     summary = report.unreadable_summary()
     if on_unreadable == "error":
-        if purpose == "training":
+        if purpose != "evaluation":
             rest = "train without them"
         else:
             rest = "evaluate on the other images (AP then covers those only)"
@@ -77,11 +77,13 @@ def checked_report(
         on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``: "error" raises on any unreadable
             image; "skip" (the caller leaves them out) raises when no image with a box is left;
             None lets them through to the mapper.
-        purpose: "training" or "evaluation", for the messages.
+        purpose: "training", "evaluation" or "loading", for the messages; a json without
+            annotations (an image list, as COCO test-dev's) needs no box but for training.
 
     Raises:
-        DatasetValidationError: with the report, for fatal problems or unreadable images that
-            ``on_unreadable`` says stop ``purpose``.
+        DatasetValidationError: with the report, for fatal problems, unreadable images that
+            ``on_unreadable`` says stop ``purpose``, or, for evaluation, annotations that
+            pycocotools cannot evaluate (``box_invalid``, ``eval_field_missing``).
     """
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
@@ -96,9 +98,22 @@ def checked_report(
         report = _REPORTS[key] = check_coco_json(json_file, image_root, inspect=inspect)
         quiet = not report.problems.keys() - {"background_image"}
         logger.log(logging.INFO if quiet else logging.WARNING, f"{name}:\n{report.format()}")
-    if report.has_fatal:
+    # A test set without annotations (COCO test-dev's image info): COCOEvaluator writes the
+    # predictions (for an evaluation server) and computes no AP, so it needs no box.
+    predict_only = purpose != "training" and report.num_annotations == 0
+    if [k for k in report.kinds(FATAL) if not (predict_only and k == "no_usable_box")]:
         raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
-    if on_unreadable is not None and not report.usable(on_unreadable):
+    unreadable_by_cocoeval = [k for k in ("box_invalid", "eval_field_missing") if report.count(k)]
+    if purpose == "evaluation" and unreadable_by_cocoeval:  # it would raise after training
+        raise DatasetValidationError(
+            f"{name} cannot be evaluated: COCO evaluation (pycocotools) reads the bbox, area and "
+            f"iscrowd of each annotation in the json, unfixed, and cannot use the "
+            f"{' and '.join(unreadable_by_cocoeval)} ones. Fix the json.\n{report.format()}"
+        )
+    unusable = on_unreadable is not None and not report.usable(on_unreadable)
+    if predict_only:
+        unusable = on_unreadable == "error" and report.num_unreadable_images > 0
+    if unusable:
         message = _unusable_message(name, report, on_unreadable, purpose)
         raise DatasetValidationError(f"{message}\n{report.format()}")
     return copy.deepcopy(report)  # the callers' to change; the memo keeps its own
@@ -144,7 +159,7 @@ def load_coco_json_checked(
     process): boxes clipped or dropped (:func:`fix_coco_box`), orphan annotations dropped,
     rejected segmentations dropped with their boxes kept. Images without annotations and
     unreadable images are kept (see ``checked_dataset_dicts``)."""
-    report = checked_report(json_file, image_root, dataset_name, **checks)
+    report = checked_report(json_file, image_root, dataset_name, **{"purpose": "loading", **checks})
     if any(report.count(k) for k in ("box_invalid", "segmentation_invalid", "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice

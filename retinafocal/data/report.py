@@ -39,6 +39,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "mixed_id_types": (FATAL, "image or category ids mixing integers and strings"),
     "unknown_category_id": (FATAL, "annotations whose category_id is not among the categories"),
     "duplicate_file_name": (FATAL, "image entries naming a file that another image id names"),
+    "ignore_flag": (FATAL, "annotations with a true 'ignore' (detectron2's loader refuses them)"),
     "no_usable_box": (FATAL, "no image has a box to train on (all dropped, crowd, or none)"),
     "missing_file": (UNREADABLE, "image files that do not exist"),
     "unreadable_image": (UNREADABLE, "files that are not a decodable image (corrupt/truncated)"),
@@ -53,6 +54,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "box_invalid": (FIXED, "bbox missing or not 4 finite numbers (annotation dropped)"),
     "orphan_annotation": (FIXED, "annotations whose image_id matches no image (dropped)"),
     "segmentation_invalid": (FIXED, "segmentations detectron2 rejects (dropped, box kept)"),
+    "eval_field_missing": (INFO, "annotations without a numeric area or iscrowd (test sets stop)"),
     "background_image": (INFO, "images with no usable annotation (kept, trained as background)"),
 }
 

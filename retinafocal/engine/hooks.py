@@ -88,7 +88,8 @@ class PredictionImageWriter(HookBase):
         # DistributedDataParallel wraps the detector; draw with the detector itself.
         model = getattr(self.trainer.model, "module", self.trainer.model)
         name, thresh = self._dataset_name, self._score_thresh
-        unreadable = {f for r in check_datasets(name).values() for f in r.unreadable_files}
+        reports = check_datasets(name, purpose="evaluation").values()  # a test set
+        unreadable = {f for r in reports for f in r.unreadable_files}
         readable = (d for d in DatasetCatalog.get(name) if d["file_name"] not in unreadable)
         dicts: List[Dict[str, Any]] = list(itertools.islice(readable, self._num_images))
         metadata = MetadataCatalog.get(name)

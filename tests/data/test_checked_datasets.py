@@ -137,11 +137,12 @@ class TestTrainingLoaders(_BrokenDatasetTest):
         with self.assertRaisesRegex(DatasetValidationError, "does_not_exist.jpg"):
             Trainer.build_train_loader(self.cfg("error"))
         self.assertIsNotNone(Trainer.build_train_loader(self.cfg("skip")))
-        # The test set follows the same policy, with its own message.
+        # The test set follows the same policy, with its own message (a test set without
+        # malformed boxes, which COCO evaluation cannot read).
         with self.assertRaisesRegex(DatasetValidationError, "so evaluation stops") as ctx:
-            Trainer.build_test_loader(self.cfg("error"), self.ours)
+            Trainer.build_test_loader(self.cfg("error"), self.theirs)
         self.assertIn("does_not_exist.jpg", str(ctx.exception))
-        loader = Trainer.build_test_loader(self.cfg("skip"), self.ours)
+        loader = Trainer.build_test_loader(self.cfg("skip"), self.theirs)
         self.assertEqual(len(loader.dataset), 6)  # all but the 4 unreadable images
 
     def test_lazy_loaders_pass_the_policy(self):

@@ -10,7 +10,12 @@ from PIL import Image
 
 import retinafocal  # noqa: F401  (applies retinafocal.compat before detectron2 is imported)
 from detectron2.data import detection_utils
-from retinafocal.data import ValidationReport, check_coco_json, fix_coco_box
+from retinafocal.data import (
+    ValidationReport,
+    check_coco_json,
+    fix_coco_box,
+    load_coco_json_checked,
+)
 from retinafocal.data.images import inspect_image, read_image_header
 
 from ..reliability.broken_coco import write_broken_coco, write_malformed_json
@@ -195,6 +200,23 @@ class TestRulesOfOneVerdict(_TempDirTest):
         report = self.check(_json(images, [_ann(1, 1, iscrowd=1), _ann(2, 2)]))
         self.assertEqual((report.kinds("fatal"), report.num_images_with_boxes), ([], 1))
 
+    def test_crowd_is_what_detectron2_drops(self):
+        """detectron2's mapper and empty-image filter train an annotation only when
+        ``iscrowd == 0`` (absent counts as 0): a null iscrowd is a crowd region there."""
+        from detectron2.data.build import filter_images_with_only_crowd_annotations
+        from detectron2.data.datasets import load_coco_json
+
+        images = [_img(i, f"{i}.jpg") for i in (1, 2, 3, 4)]
+        flags = [{"iscrowd": None}, {"iscrowd": 0}, {}, {"iscrowd": False}]
+        data = _json(images, [_ann(i, i, **flag) for i, flag in enumerate(flags, start=1)])
+        dicts = load_coco_json(self.write_json(data), self.root, None)
+        trained = filter_images_with_only_crowd_annotations(dicts)
+        self.assertEqual([d["image_id"] for d in trained], [2, 3, 4])
+        self.assertEqual(self.check(data).num_images_with_boxes, 3)
+        self.assertEqual(self.check(data).first_ids("background_image"), [1])
+        data["annotations"] = data["annotations"][:1]
+        self.assertEqual(self.check(data).kinds("fatal"), ["no_usable_box"])
+
     def test_mixed_id_types_are_fatal(self):
         images = [_img(1, "a.jpg"), _img("b", "b.jpg"), _img(3, "c.jpg")]
         report = self.check(_json(images, [_ann(1, 1), _ann(2, "b")]))
@@ -215,6 +237,41 @@ class TestRulesOfOneVerdict(_TempDirTest):
         self.assertEqual(report.kinds("fatal"), ["duplicate_file_name"])
         self.assertEqual(report.first_ids("duplicate_file_name"), [2])
         self.assertIn("names ./a.jpg, the file of image 1", report.format())
+
+    def test_ignore_flag_is_fatal(self):
+        from detectron2.data.datasets import load_coco_json
+
+        flags = [0, 1, True, None, False]  # detectron2 asserts ignore == 0 (absent: 0)
+        annotations = [_ann(i, 1, ignore=flag) for i, flag in enumerate(flags, start=1)]
+        data = _json([_img(1, "a.jpg")], annotations)
+        report = self.check(data)
+        self.assertEqual(report.kinds("fatal"), ["ignore_flag"])
+        self.assertEqual(report.first_ids("ignore_flag"), [2, 3, 4])
+        self.assertIn("annotation 2 of image 1: 'ignore': 1", report.format())
+        # detectron2's loader stops at them with an assert that names no file or annotation.
+        with self.assertRaisesRegex(AssertionError, '"ignore" in COCO json file'):
+            load_coco_json(self.write_json(data), self.root, None)
+        for kept in (annotations[:1], annotations[4:]):
+            data["annotations"] = kept
+            self.assertFalse(self.check(data).has_fatal)
+            load_coco_json(self.write_json(data), self.root, None)
+
+    def test_duplicate_annotation_ids_of_minival_are_accepted_as_by_detectron2(self):
+        from detectron2.data.datasets import load_coco_json
+
+        images = [_img(1, "a.jpg"), _img(2, "b.jpg")]
+        data = _json(images, [_ann(7, 1), _ann(7, 2, (1, 1, 5, 5))])
+        fatal = self.check(data)
+        self.assertEqual(fatal.kinds("fatal"), ["duplicate_annotation_id"])
+        # COCO 2014's minival json (the paper's ablation test set) repeats annotation ids, and
+        # detectron2's loader accepts any json whose name says minival.
+        json_file = os.path.join(self.root, "instances_minival2014.json")
+        os.rename(self.write_json(data), json_file)
+        report = check_coco_json(json_file, self.root, inspect=None)
+        self.assertEqual((report.kinds("fatal"), report.num_images_with_boxes), ([], 2))
+        expected = [[a["bbox"] for a in d["annotations"]] for d in load_coco_json(json_file, "")]
+        dicts = load_coco_json_checked(json_file, self.root, check_images=False)
+        self.assertEqual([[a["bbox"] for a in d["annotations"]] for d in dicts], expected)
 
     def test_invalid_segmentation_is_counted_and_its_box_kept(self):
         annotations = [

@@ -139,6 +139,51 @@ class TestCheckedReport(_LoadingTest):
         self.assertFalse(report.problems)
         self.assertTrue(all(line.startswith("INFO") for line in logs.output))
 
+    def test_test_set_that_coco_evaluation_cannot_read_stops_before_work(self):
+        """pycocotools' COCOeval reads every annotation's 'area', 'iscrowd' and 'bbox' of the
+        json itself (the loader's box fixes do not reach it): it raises after training."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with open(json_file) as f:
+            data = json.load(f)
+        data["annotations"] = [a for a in data["annotations"] if a["id"] not in (106, 107)]
+        del data["annotations"][0]["area"]  # annotation 101
+        with open(json_file, "w") as f:
+            json.dump(data, f)
+        gt = COCO(json_file)
+        found = gt.loadRes([{"image_id": 1, "category_id": 1, "bbox": [9, 9, 20, 20], "score": 1}])
+        with self.assertRaisesRegex(KeyError, "area"):
+            COCOeval(gt, found, "bbox").evaluate()
+        self.assertEqual(checked_report(json_file, image_root, "t").count("eval_field_missing"), 1)
+        with self.assertRaises(DatasetValidationError) as ctx:
+            checked_report(json_file, image_root, "t", purpose="evaluation")
+        message = str(ctx.exception)
+        self.assertIn("Test dataset 't' cannot be evaluated", message)
+        self.assertIn("annotation 101 of image 1: area None, iscrowd 0", message)
+        # A malformed box, dropped from the dataset dicts, also stays in COCOeval's json.
+        json_file, image_root, _ = write_broken_coco(os.path.join(self.root, "boxes"))
+        with self.assertRaisesRegex(DatasetValidationError, "box_invalid"):
+            checked_report(json_file, image_root, "t", purpose="evaluation")
+
+    def test_image_list_without_annotations_is_a_test_set_only(self):
+        """COCO test-dev's json lists images only: COCOEvaluator writes the predictions for the
+        evaluation server. Training on it has nothing to learn."""
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with open(json_file) as f:
+            data = json.load(f)
+        del data["annotations"]
+        data["images"] = [img for img in data["images"] if img["id"] in (1, 10)]
+        with open(json_file, "w") as f:
+            json.dump(data, f)
+        with self.assertRaisesRegex(DatasetValidationError, "no_usable_box"):
+            checked_report(json_file, image_root, "dev", purpose="training")
+        report = checked_report(json_file, image_root, "dev", purpose="evaluation")
+        self.assertEqual((report.num_images, report.num_images_with_boxes), (2, 0))
+        dicts = load_coco_json_checked(json_file, image_root, "dev_test")  # the loader's call
+        self.assertEqual([(d["image_id"], d["annotations"]) for d in dicts], [(1, []), (10, [])])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -128,6 +128,13 @@ def invalid_segmentation(root: str) -> List[str]:
     return write_dataset(root, images, annotations)
 
 
+def ignore_flag(root: str) -> List[str]:
+    """One annotation carries "ignore": 1, which detectron2's loader stops at (an assert)."""
+    images = [image(i, f"img{i}.jpg") for i in range(1, 5)]
+    annotations = [annotation(i, i, category_id=1 + i % 2, ignore=int(i == 3)) for i in range(1, 5)]
+    return write_dataset(root, images, annotations)
+
+
 def broken_coco(root: str) -> List[str]:
     """tests/reliability/broken_coco.py's dataset: every fixable defect, 4 unreadable images."""
     json_file, image_root, _ = write_broken_coco(root)
@@ -144,6 +151,7 @@ SCENARIOS: Dict[str, Tuple[Callable[[str], List[str]], Optional[str], bool, bool
     "mixed_image_ids": (mixed_image_ids, "mixed_id_types", False, False),
     "same_file_two_ids": (same_file_two_ids, "duplicate_file_name", False, False),
     "invalid_segmentation": (invalid_segmentation, "segmentation_invalid", True, True),
+    "ignore_flag": (ignore_flag, "ignore_flag", False, False),
     "string_image_ids": (string_image_ids, None, True, True),
 }
 

@@ -63,9 +63,18 @@ class TestTrainOnBrokenDataset(_TrainNetTest):
         Its output, redirected here as a user's log would be, has no colour codes, no
         torch.jit warnings, and each box-fix warning once."""
         json_file, image_root, _ = write_broken_coco(self.root)
+        # The test set without the malformed boxes, which COCO evaluation cannot read.
+        with open(json_file) as f:
+            data = json.load(f)
+        data["annotations"] = [a for a in data["annotations"] if a["id"] not in (106, 107)]
+        test_json = os.path.join(self.root, "broken_test.json")
+        with open(test_json, "w") as f:
+            json.dump(data, f)
+        datasets = [["broken_train", json_file, image_root], ["broken_test", test_json, image_root]]
         opts = tiny_overrides(
             json_file, image_root, self.output_dir,
-            **{"DATALOADER.ON_UNREADABLE_IMAGE": "skip", "DATASETS.TEST": "('broken_train',)",
+            **{"DATALOADER.ON_UNREADABLE_IMAGE": "skip", "DATASETS.TEST": "('broken_test',)",
+               "DATASETS.COCO_JSON": repr(datasets),
                "INPUT.MIN_SIZE_TEST": str(HEIGHT), "INPUT.MAX_SIZE_TEST": str(WIDTH),
                "SOLVER.MAX_ITER": "2", "SOLVER.IMS_PER_BATCH": "4"},
         )
@@ -89,7 +98,7 @@ class TestTrainOnBrokenDataset(_TrainNetTest):
         for text in (proc.stdout, proc.stderr, log_file):
             self.assertNotIn("\x1b[", text)
         self.assertNotIn("torch.jit", proc.stderr)
-        self.assertEqual(log_file.count("box(es): clipped ones are kept"), 1)
+        self.assertEqual(log_file.count("box(es): clipped ones are kept"), 2)  # once per dataset
         self.assertNotIn("match to images in the file", log_file)  # detectron2's, per load
 
     def test_fatal_dataset_stops_with_its_report(self):
