@@ -70,8 +70,10 @@ class TestLazyOverrides(unittest.TestCase):
         self.assertEqual(OmegaConf.to_container(ours), OmegaConf.to_container(reference))
         self.assertEqual(ours.datasets.coco_json, [["a", "b.json", "c"]])
         self.assertEqual(ours.train.sched.warmup.iters, 5)
-        with self.assertRaisesRegex(ConfigTypeError, "'train.max_iter.a.b': its parent is not"):
-            apply_lazy_overrides(ours, ["+train.max_iter.a.b=3"])
+        apply_lazy_overrides(ours, ["+seed=3"])
+        for key in ("train.max_iter.a.b", "seed.a.b"):  # a value on the way, deep or on top
+            with self.assertRaisesRegex(ConfigTypeError, f"'{key}': its parent is not a config"):
+                apply_lazy_overrides(ours, [f"+{key}=3"])
 
     def test_wrong_types(self):
         cfg = lazy_cfg()
