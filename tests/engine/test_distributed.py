@@ -211,8 +211,8 @@ class TestNonFiniteLossInOneProcess(unittest.TestCase):
             self.assertAlmostEqual(record["weight"], 1 - 0.1 * (2 + 1), places=6)
         results = json.loads(_read(os.path.join(tmp, "results.json")))
         self.assertEqual(results["status"], "non_finite_loss")
-        self.assertEqual(results["non_finite"],
-                         {"iteration": 1, "terms": ["loss_scaled"], "checkpoint": None})  # fmt: skip
+        expected = {"iteration": 1, "terms": ["loss_scaled"], "checkpoint": None}
+        self.assertEqual(results["non_finite"], expected)
 
 
 class TestLeaveProcessGroup(unittest.TestCase):
