@@ -31,6 +31,7 @@ class NonFiniteLossError(FloatingPointError):
         self.iteration = iteration
         self.terms = terms
         self.checkpoint = checkpoint
+        self.detail = detail
         where = (
             f"The last checkpoint is {checkpoint}, whose tensors are all finite (resume from it "
             "with --resume, perhaps with a lower learning rate or a longer warm-up)."
@@ -42,6 +43,9 @@ class NonFiniteLossError(FloatingPointError):
             f"Loss became NaN or infinite at iteration {iteration}: {named}{detail}. The "
             f"optimizer step of this iteration was not taken. {where}"
         )
+
+    def __reduce__(self) -> Any:  # pickle (process pools): rebuild from the arguments
+        return type(self), (self.iteration, self.terms, self.checkpoint, self.detail)
 
 
 class FiniteLossCheckMixin:
