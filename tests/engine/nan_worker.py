@@ -11,6 +11,7 @@ iteration, terms and message, and its weight after the stop.
 import json
 import os
 import sys
+from datetime import timedelta
 
 import retinafocal  # noqa: F401  (compat first: the gloo launch on detectron2 v0.6)
 import torch
@@ -55,4 +56,6 @@ def train(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    launch(train, 2, dist_url="auto", args=(sys.argv[1],))
+    # A short collective timeout: should a process wait for the other in vain, it fails (and
+    # exits) instead of hanging the test.
+    launch(train, 2, dist_url="auto", args=(sys.argv[1],), timeout=timedelta(seconds=60))
