@@ -76,6 +76,9 @@ class NonFiniteWeightsError(FloatingPointError):
             "rate (SOLVER.BASE_LR) or a longer warm-up (SOLVER.WARMUP_ITERS)."
         )
 
+    def __reduce__(self) -> Any:  # pickle (process pools): rebuild from the arguments
+        return type(self), (self.file, self.iteration, self.tensors, self.checkpoint)
+
 
 #: Most non-finite tensor names kept in a :class:`NonFiniteWeightsError`.
 MAX_NAMED = 5

@@ -238,14 +238,17 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
     for key, value, explicit_add, text in _parse_lazy_overrides(list(opts or [])):
         origin = f"override '{text}'"
         current = _lazy_lookup(container, key)
-        parent = _lazy_lookup(container, key.rsplit(".", 1)[0]) if "." in key else container
+        # The deepest existing group on the way to the key: detectron2 creates missing ones.
+        ancestors = (key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1))
+        found = (_lazy_lookup(container, a) for a in ancestors)
+        parent = next((p for p in found if p is not _ABSENT), container)
         if current is _ABSENT and not explicit_add:
             valid_keys = list(_key_paths(container, lists=True))
             hint = f" To add a new key, write '+{text}'."
             key_errors.append(_unknown_key_message(key, valid_keys, origin, hint))
             continue
         if current is _ABSENT and not isinstance(parent, dict):
-            # detectron2's check: adding a.b.c needs a.b to be a config, not a value.
+            # detectron2's check: adding a.b.c needs a.b, if it exists, to be a config.
             type_errors.append(f"Cannot add '{key}': its parent is not a config ({origin}).")
             continue
         if isinstance(current, str) and (current == "???" or "${" in current):

@@ -38,6 +38,11 @@ def _shape(shape: Iterable[int]) -> str:
     return repr(tuple(int(s) for s in shape))
 
 
+def _excused(key: str) -> bool:
+    # Older detectron2 versions saved pixel_mean/pixel_std as buffers: unused, not a misfit.
+    return key.endswith("num_batches_tracked") or key in _FROM_CONFIG
+
+
 def check_fit(
     path: str,
     model_keys: Iterable[str],
@@ -63,8 +68,8 @@ def check_fit(
                 + ". Check the initial weights (MODEL.WEIGHTS / train.init_checkpoint)."
             )
         return
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in unexpected_keys if not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not _excused(k)]
+    unexpected = [k for k in unexpected_keys if not _excused(k)]
     shapes = [
         f"{key} {_shape(file_shape)} in the file, {_shape(model_shape)} in the model"
         for key, file_shape, model_shape in sorted(incorrect_shapes)

@@ -30,7 +30,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 def default_setup(cfg: Any, args: argparse.Namespace) -> None:
     """detectron2's ``default_setup`` plus retinafocal's logger in the same ``log.txt``, with
-    plain logs off terminals; then :func:`prepare_datasets` and
+    plain logs off terminals, after :func:`prepare_datasets` and
     :func:`~retinafocal.engine.preflight.resolve_num_classes`."""
     output_dir = cfg.OUTPUT_DIR if isinstance(cfg, CfgNode) else cfg.train.output_dir
     rank = comm.get_rank()
@@ -40,9 +40,11 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> None:
     setup_logger(output_dir, distributed_rank=rank)
     setup_logger(output_dir, distributed_rank=rank, name="retinafocal", abbrev_name="rf")
     plain_logs_off_terminal()
-    d2_default_setup(cfg, args)
+    # Before detectron2's, which logs the config and saves it (config.yaml): both must show the
+    # number of classes the model is built with.
     prepare_datasets(cfg)
     resolve_num_classes(cfg)
+    d2_default_setup(cfg, args)
 
 
 class _PlainFormatter(logging.Formatter):

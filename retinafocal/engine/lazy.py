@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
+from collections import OrderedDict, abc
 from typing import Any, Optional, Tuple
 
 import torch
@@ -60,7 +60,9 @@ def lazy_test(cfg: Any, model: torch.nn.Module, data_loader: Any = None) -> Orde
         data_loader = build_lazy_test_loader(cfg)
     ensure_dataset_files(loader_dataset_names(cfg.dataloader.test)[0])
     evaluator = instantiate(cfg.dataloader.evaluator)
-    evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+    # A list of evaluators instantiates as a ListConfig (detectron2 takes any MutableSequence).
+    sequence = isinstance(evaluator, (abc.MutableSequence, tuple))
+    evaluators = list(evaluator) if sequence else [evaluator]
     results = inference_on_dataset(
         model, data_loader, DatasetEvaluators(evaluators + [InferenceStats(model)])
     )

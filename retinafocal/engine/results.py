@@ -168,11 +168,13 @@ def training_results(
     if error is not None and non_finite is not None:
         non_finite["checkpoint"] = error.checkpoint or None
     losses, max_iter = _losses(trainer.storage), int(trainer.max_iter)
+    # A checkpoint is saved after its iteration's step: that iteration was done.
+    done = int(trainer.iter) + isinstance(error, NonFiniteWeightsError)
     return evaluation_results(
         evaluation,
         status=status,
         eval_only=False,
-        iterations=min(int(trainer.iter), max_iter),
+        iterations=min(done, max_iter),
         max_iter=max_iter,
         train_seconds=_finite_or_none(sum(times)) if times else None,
         s_per_iter=_finite_or_none(sum(times) / len(times)) if times else None,

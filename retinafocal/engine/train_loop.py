@@ -2,8 +2,9 @@
 
 detectron2's ``SimpleTrainer`` stops with a bare ``FloatingPointError`` when the summed loss is
 not finite. The checked trainers test every loss term of each worker first, at the same point
-(after backward, before ``optimizer.step()`` could write NaN into the weights), and raise
-:class:`NonFiniteLossError`. This is retinafocal's only loss check: the model does none.
+(after backward, before ``optimizer.step()`` could write NaN into the weights), and every worker
+raises :class:`NonFiniteLossError` when one finds a NaN. This is retinafocal's only loss check:
+the model does none.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils import comm
 from fvcore.common.checkpoint import Checkpointer
 
 from ..modeling.precision import check_precision_and_amp
@@ -29,6 +31,7 @@ class NonFiniteLossError(FloatingPointError):
         self.iteration = iteration
         self.terms = terms
         self.checkpoint = checkpoint
+        self.detail = detail
         where = (
             f"The last checkpoint is {checkpoint}, whose tensors are all finite (resume from it "
             "with --resume, perhaps with a lower learning rate or a longer warm-up)."
@@ -40,6 +43,9 @@ class NonFiniteLossError(FloatingPointError):
             f"Loss became NaN or infinite at iteration {iteration}: {named}{detail}. The "
             f"optimizer step of this iteration was not taken. {where}"
         )
+
+    def __reduce__(self) -> Any:  # pickle (process pools): rebuild from the arguments
+        return type(self), (self.iteration, self.terms, self.checkpoint, self.detail)
 
 
 class FiniteLossCheckMixin:
@@ -60,11 +66,16 @@ class FiniteLossCheckMixin:
         values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
         host: Dict[str, float] = dict(zip(loss_dict, values.tolist()))
         bad = [k for k, v in host.items() if not math.isfinite(v)]
-        if bad:
+        # All workers stop together, the main one (which writes results.json) included: one
+        # that went on would wait for the stopped one in detectron2's gather of the metrics.
+        failed = [r for r in comm.all_gather((comm.get_rank(), bad, host)) if r[1]]
+        if failed:
+            rank, bad, host = failed[0]
             ckpt = self.checkpointer
             last = ckpt.get_checkpoint_file() if ckpt is not None and ckpt.has_checkpoint() else ""
             hint = "Check the inputs for NaN/Inf (images, boxes) and the learning rate"
-            raise NonFiniteLossError(self.iter, bad, last, f"losses {host}. {hint}")
+            where = f"process {rank}'s " if comm.get_world_size() > 1 else ""
+            raise NonFiniteLossError(self.iter, bad, last, f"{where}losses {host}. {hint}")
         return super()._write_metrics(loss_dict, *args, **kwargs)  # type: ignore[misc]
 
 

@@ -50,6 +50,12 @@ class TestCheckFit(unittest.TestCase):
         with self.assertRaises(WeightsMismatchError):
             check_fit("w.pth", self.MODEL, ["norm.running_var"], [], [], exact=True)
 
+    def test_exact_excuses_pixel_statistics_in_the_file(self):
+        # Files of detectron2 versions that saved them as buffers; the config sets them now.
+        check_fit("w.pth", self.MODEL, [], ["pixel_mean", "pixel_std"], [], exact=True)
+        with self.assertRaisesRegex(WeightsMismatchError, "does not have: head.pixel_std"):
+            check_fit("w.pth", self.MODEL, [], ["pixel_std", "head.pixel_std"], [], exact=True)
+
     def test_long_lists_are_cut(self):
         missing = [f"layer{i:02d}.weight" for i in range(MAX_LISTED + 3)]
         with self.assertRaisesRegex(WeightsMismatchError, r"layer09\.weight \(and 3 more\)"):
@@ -79,6 +85,16 @@ class TestCheckpointerFit(unittest.TestCase):
         self.assertIn(self.path, message)
         self.assertIn("head.weight (3, 4) in the file, (2, 4) in the model", message)
         self.assertIn("head.bias (3,) in the file, (2,) in the model", message)
+
+    def test_an_evaluation_loads_a_file_with_pixel_statistics(self):
+        # Net has no pixel_std buffer; checkpoints of older detectron2 versions hold it.
+        state = {**self.trained.state_dict(), "pixel_std": torch.ones(3)}
+        path = os.path.join(self.dir, "old_detectron2.pth")
+        torch.save({"model": state, "iteration": 9}, path)
+        model = Net()
+        extra = load_inference_weights(model, path, weights_key="MODEL.WEIGHTS")
+        self.assertEqual(extra, {"iteration": 9})
+        self.assertTrue(torch.equal(model.head.weight, self.trained.head.weight))
 
     def test_depth_mismatch_fails_an_evaluation(self):
         with self.assertRaisesRegex(WeightsMismatchError, "missing from the file: backbone.2.bias"):

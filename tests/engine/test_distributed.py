@@ -194,6 +194,27 @@ class TestDDPGradients(unittest.TestCase):
         self.assertGreater(diff, 1e-2 * rank0["grads"][name].abs().max().item())
 
 
+class TestNonFiniteLossInOneProcess(unittest.TestCase):
+    """Process 1's loss becomes NaN (``nan_worker.py``): both processes stop at that iteration
+    with the error, before the step, and process 0 writes results.json."""
+
+    def test_every_process_stops_and_results_are_written(self):
+        tmp = tempfile.mkdtemp(prefix="rf_ddp_nan_")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        _run([os.path.join("tests", "engine", "nan_worker.py"), tmp], timeout=120)
+        for rank in (0, 1):
+            record = json.loads(_read(os.path.join(tmp, f"rank{rank}.json")))
+            self.assertEqual((record["iteration"], record["terms"]), (1, ["loss_scaled"]))
+            self.assertIn("process 1's losses", record["message"])
+            # One step of SGD (lr 0.1) on loss_plain + loss_scaled at batch 1: the NaN
+            # gradients DDP averaged into every process were not applied.
+            self.assertAlmostEqual(record["weight"], 1 - 0.1 * (2 + 1), places=6)
+        results = json.loads(_read(os.path.join(tmp, "results.json")))
+        self.assertEqual(results["status"], "non_finite_loss")
+        expected = {"iteration": 1, "terms": ["loss_scaled"], "checkpoint": None}
+        self.assertEqual(results["non_finite"], expected)
+
+
 class TestLeaveProcessGroup(unittest.TestCase):
     """``leave_process_group`` (the end of ``train_net.py``'s main): the group is destroyed
     after a barrier, so no rank meets the group's teardown at interpreter exit."""

@@ -3,6 +3,7 @@ the non-finite loss terms and the last good checkpoint, before the weights are t
 run's results.json says the same."""
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import unittest
@@ -94,6 +95,16 @@ class TestNonFiniteLoss(unittest.TestCase):
             self.assertTrue(torch.isfinite(v.float()).all(), k)
             torch.testing.assert_close(v, weights.weights[k], msg=k)
             torch.testing.assert_close(v, torch.as_tensor(saved[k]), msg=k)
+
+
+class TestNonFiniteLossErrorPickles(unittest.TestCase):
+    def test_round_trip(self):
+        # A training run in a process pool (a sweep) hands its error back pickled.
+        err = NonFiniteLossError(7, ["loss_cls"], "out/model_0000004.pth", "losses {...}")
+        copy = pickle.loads(pickle.dumps(err))
+        self.assertEqual((type(copy), str(copy)), (NonFiniteLossError, str(err)))
+        self.assertEqual((copy.iteration, copy.terms, copy.checkpoint, copy.detail),
+                         (7, ["loss_cls"], "out/model_0000004.pth", "losses {...}"))  # fmt: skip
 
 
 class _Toy(torch.nn.Module):

@@ -1,5 +1,6 @@
 """Checks before work: the batch size, and the model's number of classes against its datasets'
 (with the opt-in that takes it from them), for yacs configs and LazyConfigs."""
+import logging
 import os
 import shutil
 import tempfile
@@ -9,10 +10,15 @@ import retinafocal  # noqa: F401  (compat first, before detectron2)
 from detectron2.config import LazyConfig, get_cfg
 from retinafocal import add_retinafocal_config
 from retinafocal.data import NumClassesError, register_coco_dataset
-from retinafocal.engine import check_batch_size, check_model_num_classes, resolve_num_classes
+from retinafocal.engine import (
+    check_batch_size,
+    check_model_num_classes,
+    default_setup,
+    resolve_num_classes,
+)
 
 from ..reliability import scenarios
-from .common import CONFIG_DIR
+from .common import CONFIG_DIR, train_net
 
 
 class TestBatchSize(unittest.TestCase):
@@ -95,6 +101,28 @@ class TestNumClasses(unittest.TestCase):
             check_model_num_classes(cfg, [self.two[0]])
         self.assertIn("model.num_classes is 5", str(ctx.exception))
         self.assertIn("or set datasets.num_classes_from_dataset True", str(ctx.exception))
+
+    def test_the_saved_config_has_the_resolved_number(self):
+        # detectron2's default_setup logs the config and saves it as <output dir>/config.yaml.
+        cfg = self.yacs(80, True)
+        cfg.defrost()
+        cfg.OUTPUT_DIR = os.path.join(self.root, "out")
+        cfg.freeze()
+        args = train_net().argument_parser().parse_args([])  # no config file to log
+        loggers = [logging.getLogger(n) for n in ("detectron2", "fvcore", "retinafocal")]
+        before = {logger: list(logger.handlers) for logger in loggers}
+        try:
+            default_setup(cfg, args)
+        finally:  # the handlers default_setup adds for this output directory
+            for logger in loggers:
+                for handler in [h for h in logger.handlers if h not in before[logger]]:
+                    logger.removeHandler(handler)
+                    handler.close()
+        self.assertEqual(cfg.MODEL.RETINANET.NUM_CLASSES, 3)
+        saved = get_cfg()
+        add_retinafocal_config(saved)
+        saved.merge_from_file(os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+        self.assertEqual(saved.MODEL.RETINANET.NUM_CLASSES, 3)
 
     def test_other_models_are_not_checked(self):
         cfg = self.yacs(5, True)

@@ -163,6 +163,21 @@ class TestTrainingResults(unittest.TestCase):
         self.assertEqual(history["loss_cls"][:2], [19.0, 59.0])
         self.assertIsNone(history["loss_cls"][2])
 
+    def test_non_finite_weights_stop(self):
+        from retinafocal.checkpoint import NonFiniteWeightsError
+
+        # The checkpoint after iteration 39 (the 40th) was refused: 40 iterations were done.
+        trainer = mock.Mock(iter=39, max_iter=100)
+        trainer.storage = _Storage({"total_loss": _History([(1.0, i) for i in range(40)])})
+        last = "/out/model_0000019.pth"
+        error = NonFiniteWeightsError("/out/model_0000039.pth", 39, ["model.w"], last)
+        out = results.training_results(trainer, None, error=error)
+        self.assertEqual(out["status"], "non_finite_weights")
+        self.assertEqual(out["non_finite"], {"iteration": 39, "terms": ["model.w"],
+                                             "checkpoint": last})  # fmt: skip
+        self.assertEqual((out["iterations"], out["max_iter"]), (40, 100))
+        self.assertEqual(out["loss_history"]["iteration"], [19, 39])
+
     def test_loss_extremes_and_evaluations(self):
         # total_loss peaks at iteration 3 (an inf at 4 is not finite, so not the largest);
         # evaluations after iteration 5 (periodic) and after training (storage iteration 10).

@@ -1,5 +1,6 @@
 """AtomicDetectionCheckpointer: an interrupted save never damages the last good checkpoint."""
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -238,6 +239,14 @@ class TestCheckpointMessages(unittest.TestCase):
             "rate (SOLVER.BASE_LR) or a longer warm-up (SOLVER.WARMUP_ITERS)."
         ))  # fmt: skip
         self.assertIsInstance(first, FloatingPointError)  # what detectron2's check raises
+
+    def test_non_finite_weights_error_survives_pickling(self):
+        # A training run in a process pool (a sweep) hands its error back pickled.
+        err = NonFiniteWeightsError("out/model_0000009.pth", 9, ["model.a"], "out/m.pth")
+        copy = pickle.loads(pickle.dumps(err))
+        self.assertEqual((type(copy), str(copy)), (NonFiniteWeightsError, str(err)))
+        self.assertEqual((copy.file, copy.iteration, copy.tensors, copy.checkpoint),
+                         ("out/model_0000009.pth", 9, ["model.a"], "out/m.pth"))  # fmt: skip
 
     def test_out_of_space_follows_causes_and_contexts(self):
         out_of_space = rf_checkpoint._out_of_space

@@ -61,6 +61,20 @@ class TestLazyOverrides(unittest.TestCase):
         with self.assertRaisesRegex(ConfigTypeError, "parent is not a config"):
             apply_lazy_overrides(cfg, ["+train.max_iter.sub=3"])
 
+    def test_explicit_add_creates_missing_groups_as_detectron2_does(self):
+        # e.g. datasets.coco_json for a config that has no datasets group (detectron2's own).
+        opts = ["+datasets.coco_json=[[a,b.json,c]]", "+train.sched.warmup.iters=5"]
+        ours, reference = lazy_cfg(), lazy_cfg()
+        apply_lazy_overrides(ours, opts)
+        LazyConfig.apply_overrides(reference, opts)
+        self.assertEqual(OmegaConf.to_container(ours), OmegaConf.to_container(reference))
+        self.assertEqual(ours.datasets.coco_json, [["a", "b.json", "c"]])
+        self.assertEqual(ours.train.sched.warmup.iters, 5)
+        apply_lazy_overrides(ours, ["+seed=3"])
+        for key in ("train.max_iter.a.b", "seed.a.b"):  # a value on the way, deep or on top
+            with self.assertRaisesRegex(ConfigTypeError, f"'{key}': its parent is not a config"):
+                apply_lazy_overrides(ours, [f"+{key}=3"])
+
     def test_wrong_types(self):
         cfg = lazy_cfg()
         with self.assertRaises(ConfigTypeError) as ctx:
