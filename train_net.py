@@ -27,6 +27,7 @@ from retinafocal.engine import (
     Trainer,
     build_lazy_model,
     default_setup,
+    discard_results,
     evaluation_results,
     lazy_test,
     lazy_train,
@@ -81,6 +82,7 @@ def main(args):
     if args.eval_only:
         model = build_lazy_model(cfg) if lazy else Trainer.build_model(cfg)
         output_dir = cfg.train.output_dir if lazy else cfg.OUTPUT_DIR
+        discard_results(output_dir)  # an evaluation that crashes leaves no earlier results
         # With --resume: the last checkpoint of the output directory, else the given weights.
         load_inference_weights(
             model,

@@ -11,7 +11,7 @@ from .lazy import (
     register_lazy_datasets,
 )
 from .preflight import check_batch_size, check_model_num_classes, resolve_num_classes
-from .results import RESULTS_FILE, evaluation_results, write_results
+from .results import RESULTS_FILE, discard_results, evaluation_results, write_results
 from .train_loop import NonFiniteLossError, checked_trainer
 from .trainer import Trainer, build_evaluator
 
@@ -29,6 +29,7 @@ __all__ = [
     "check_model_num_classes",
     "checked_trainer",
     "default_setup",
+    "discard_results",
     "evaluation_results",
     "lazy_test",
     "lazy_train",

@@ -45,6 +45,7 @@ __all__ = [
     "training_results",
     "evaluation_results",
     "write_results",
+    "discard_results",
     "recording_results",
 ]
 
@@ -196,12 +197,22 @@ def write_results(output_dir: str, results: Mapping[str, Any]) -> Optional[str]:
     return path
 
 
+def discard_results(output_dir: str) -> None:
+    """Remove an earlier run's ``results.json`` (main process): a run that then crashes leaves
+    none, rather than one that other programs would take for its own."""
+    if comm.is_main_process():
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output_dir, RESULTS_FILE))
+
+
 @contextlib.contextmanager
 def recording_results(
     output_dir: str, trainer: Any, evaluation: Callable[[], Optional[Mapping]]
 ) -> Iterator[None]:
     """Around ``trainer.train()``: write ``results.json`` when it returns or raises a non-finite
-    error (re-raised). ``evaluation()`` gives the final evaluation's results."""
+    error (re-raised), and none, not even an earlier run's, when it raises anything else.
+    ``evaluation()`` gives the final evaluation's results."""
+    discard_results(output_dir)
     try:
         yield
     except (NonFiniteLossError, NonFiniteWeightsError) as e:

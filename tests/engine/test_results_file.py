@@ -109,6 +109,13 @@ class TestTrainNetWritesResults(TinyShapesFixture, unittest.TestCase):
         self.assertTrue(written["no_detections"])
         self.assertEqual((written["bbox"]["AP"], written["bbox"]["AP50"]), (0.0, 0.0))
 
+        # An evaluation that fails (here: no such weights file) leaves no results.json, not
+        # the one of the run before it in the same directory.
+        missing = ["MODEL.WEIGHTS", os.path.join(out, "no_such_model.pth")]
+        with self.assertRaisesRegex(AssertionError, "no_such_model.pth not found"):  # fvcore's
+            run_train_net(["--config-file", config, "--eval-only", *opts_nothing, *missing])
+        self.assertFalse(os.path.exists(os.path.join(nothing_dir, "results.json")))
+
     def test_lazy_training(self):
         config = os.path.join(CONFIG_DIR, "Embedded", "retinanet_R18_FPN_shapes.py")
         out = os.path.join(self._tmp, "lazy")
@@ -209,6 +216,18 @@ class TestTrainingResults(unittest.TestCase):
         self.assertEqual(out["bbox"], {"AP": 12.5, "APs": None})
         self.assertEqual(out["inference_s_per_image"], 0.25)
         self.assertFalse(out["no_detections"])
+
+    def test_a_crash_leaves_no_earlier_results(self):
+        """Only a completed or non-finite stop writes results.json; any other error leaves none,
+        and other processes leave the main process's file alone."""
+        with tempfile.TemporaryDirectory() as tmp:
+            write_results(tmp, evaluation_results({}))
+            for main_process, left in ((False, ["results.json"]), (True, [])):
+                with mock.patch.object(results.comm, "is_main_process", return_value=main_process):
+                    with self.assertRaisesRegex(MemoryError, "out of memory"):
+                        with results.recording_results(tmp, mock.Mock(), lambda: None):
+                            raise MemoryError("out of memory")
+                self.assertEqual(os.listdir(tmp), left)
 
     def test_only_the_main_process_writes(self):
         with tempfile.TemporaryDirectory() as tmp:
