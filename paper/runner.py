@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
-from retinafocal.engine.results import RESULTS_FILE
+from retinafocal.engine.results import discard_results
 
 from .grid import Grid, RunSpec
 from .results import RUN_RESULT_FILE, RunResult, result_from_outputs, stored_result
@@ -145,10 +145,9 @@ class GridRunner:
         os.makedirs(run_dir, exist_ok=True)
         with open(spec_path, "w") as f:
             json.dump({"fingerprint": spec.fingerprint(), **asdict(spec)}, f, indent=1)
-        # A results file left by an earlier attempt must not pass for this one's.
-        stale = os.path.join(run_dir, RESULTS_FILE)
-        if os.path.exists(stale):
-            os.remove(stale)
+        # A results file left by an earlier attempt must not pass for this one's, even if this
+        # one fails before train_net.py removes it itself.
+        discard_results(run_dir)
         return run_dir
 
     def _estimate(self, spec: RunSpec) -> float:

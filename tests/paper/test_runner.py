@@ -123,6 +123,17 @@ class TestRunner(unittest.TestCase):
         self.assertFalse(os.path.exists(stale))
         self.assertEqual(len(self.calls()), 2)
 
+    def test_a_run_is_not_read_from_an_earlier_attempts_results(self):
+        runner, _ = self.run_grid([_spec("f", mode="silent")])
+        self.assertIn("without a usable results file", runner.failures["f"])
+        # A results.json that says "completed" is left from an earlier attempt; the retry exits
+        # without writing its own (the stand-in train_net.py does not remove it).
+        with open(os.path.join(self.runs, "f", "results.json"), "w") as f:
+            json.dump(fake_results(bbox={"AP": 50.0, "AP50": 70.0, "AP75": 55.0}), f)
+        runner, results = self.run_grid([_spec("f", mode="silent")])
+        self.assertNotIn("f", results)
+        self.assertIn("without a usable results file", runner.failures["f"])
+
     def test_parallel_jobs_and_only(self):
         runs = [_spec(n, ap=i) for i, n in enumerate(("a", "b", "c"))]
         _, results = self.run_grid(runs, jobs=2, only=["a", "c"])
