@@ -101,7 +101,7 @@ def checked_report(
     # A test set without annotations (COCO test-dev's image info): COCOEvaluator writes the
     # predictions (for an evaluation server) and computes no AP, so it needs no box.
     predict_only = purpose != "training" and report.num_annotations == 0
-    if [k for k in report.kinds(FATAL) if not (predict_only and k == "no_usable_box")]:
+    if any(not (predict_only and k == "no_usable_box") for k in report.kinds(FATAL)):
         raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
     unreadable_by_cocoeval = [k for k in ("box_invalid", "eval_field_missing") if report.count(k)]
     if purpose == "evaluation" and unreadable_by_cocoeval:  # it would raise after training
@@ -110,9 +110,10 @@ def checked_report(
             f"iscrowd of each annotation in the json, unfixed, and cannot use the "
             f"{' and '.join(unreadable_by_cocoeval)} ones. Fix the json.\n{report.format()}"
         )
-    unusable = on_unreadable is not None and not report.usable(on_unreadable)
-    if predict_only:
+    if predict_only:  # no box needed: only "error" stops it, on any unreadable image
         unusable = on_unreadable == "error" and report.num_unreadable_images > 0
+    else:
+        unusable = on_unreadable is not None and not report.usable(on_unreadable)
     if unusable:
         message = _unusable_message(name, report, on_unreadable, purpose)
         raise DatasetValidationError(f"{message}\n{report.format()}")
@@ -159,7 +160,8 @@ def load_coco_json_checked(
     process): boxes clipped or dropped (:func:`fix_coco_box`), orphan annotations dropped,
     rejected segmentations dropped with their boxes kept. Images without annotations and
     unreadable images are kept (see ``checked_dataset_dicts``)."""
-    report = checked_report(json_file, image_root, dataset_name, **{"purpose": "loading", **checks})
+    checks.setdefault("purpose", "loading")
+    report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in ("box_invalid", "segmentation_invalid", "orphan_annotation")):
         dataset_dicts = _load_coco_json(json_file, image_root, dataset_name)
     else:  # the usual case: no need to read the json twice
