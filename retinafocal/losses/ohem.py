@@ -143,9 +143,23 @@ class OHEMLoss(nn.Module):
         """(N, R) fp32 CE of each anchor summed over classes (0 if ignored), no gradient."""
         return self._scorer.anchor_losses(pred_logits, gt_labels)
 
-    def select(self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Tensor) -> Tensor:
-        """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient."""
+    def select(
+        self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor]
+    ) -> Tensor:
+        """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient.
+        ``anchor_boxes`` (R, 4) is required."""
+        check_labels(pred_logits, gt_labels, "OHEMLoss")
+        if pred_logits.dim() != 3:
+            raise ValueError(
+                f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
+            )
         n, r, k = pred_logits.shape
+        if anchor_boxes is None:
+            raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
+        if anchor_boxes.shape != (r, 4):
+            raise ValueError(
+                f"OHEMLoss: anchor_boxes must be (R={r}, 4), got {tuple(anchor_boxes.shape)}"
+            )
         scores = self.anchor_losses(pred_logits, gt_labels)
         picked = [
             ohem_select(
@@ -162,32 +176,14 @@ class OHEMLoss(nn.Module):
         ]
         return torch.cat(picked) if picked else gt_labels.new_empty(0)
 
-    def _check_inputs(
-        self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor]
-    ) -> Tensor:
-        check_labels(pred_logits, gt_labels, "OHEMLoss")
-        if pred_logits.dim() != 3:
-            raise ValueError(
-                f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
-            )
-        if anchor_boxes is None:
-            raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
-        if anchor_boxes.shape != (pred_logits.shape[1], 4):
-            raise ValueError(
-                f"OHEMLoss: anchor_boxes must be (R={pred_logits.shape[1]}, 4), "
-                f"got {tuple(anchor_boxes.shape)}"
-            )
-        return anchor_boxes
-
     @torch.jit.unused  # training only: a scripted detector keeps it as a stub
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
         """fp32 scalar, the mean over picked anchors of their CE summed over classes (0, still in
-        the graph, when none is picked). ``anchor_boxes`` (R, 4) is required."""
-        boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
+        the graph, when none is picked)."""
+        idx = self.select(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.reshape(-1, pred_logits.shape[-1])
-        idx = self.select(pred_logits, gt_labels, boxes)
         if idx.numel() == 0:
             return flat[:0].float().sum()
         total = self._kept.loss(flat[idx], gt_labels.reshape(-1)[idx], "sum", "OHEMLoss")
@@ -198,9 +194,8 @@ class OHEMLoss(nn.Module):
     ) -> Tensor:
         """(N, R, K) fp32, no gradient: CE / (kept anchors) for kept anchors' elements, else 0
         (the selection is deterministic, so the same anchors as :meth:`forward`)."""
-        boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
+        idx = self.select(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.detach().reshape(-1, pred_logits.shape[-1])
-        idx = self.select(pred_logits, gt_labels, boxes)
         kept = self._kept.elementwise_losses(flat[idx], gt_labels.reshape(-1)[idx])
         out = kept.new_zeros(flat.shape)
         out[idx] = kept / idx.numel()  # with nothing kept, an empty division that writes nothing
