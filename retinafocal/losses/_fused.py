@@ -1,10 +1,7 @@
-"""The single-pass engine behind the label-based classification losses.
-
-Instead of a one-hot (anchors x K) target and autograd's temporaries, a :class:`LabelLossRunner`
-applies a "terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) and labels
-(M,) in one pass, eagerly over row chunks or as one ``torch.compile`` kernel: element (i, c) has
-target ``c == labels[i]``, ignored rows are masked, the gradient goes straight to its buffer.
-"""
+"""The single-pass engine behind the label-based losses: a :class:`LabelLossRunner` applies a
+"terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) against labels (M,)
+in one pass, eagerly over row chunks or as one ``torch.compile`` kernel, with no one-hot target
+and none of autograd's temporaries."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Functional forms of the focal-loss family.
-
-:func:`sigmoid_focal_loss` is a drop-in for ``torchvision.ops.sigmoid_focal_loss``. The
-``label_*`` losses take logits (..., K) and one integer label per anchor (a class in [0, K), K =
-background, -1 = ignored), build no one-hot matrix, and keep one gradient-sized buffer.
-"""
+"""Functional forms of the focal-loss family: :func:`sigmoid_focal_loss`, a drop-in for
+``torchvision.ops.sigmoid_focal_loss``, and the fused ``label_*`` losses, which take one integer
+label per anchor instead of one-hot targets and keep one gradient-sized buffer."""
 
 from __future__ import annotations
 
