@@ -6,7 +6,7 @@ and none of autograd's temporaries."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -104,13 +104,32 @@ class LabelLossRunner:
         self, x: Tensor, labels: Tensor, per_row: bool, grad: Optional[Tensor] = None
     ) -> Tensor:
         """The loss of x (M, K) against labels (M,), (M,) if ``per_row`` else (M, K), from one
-        :func:`_pass`, which also writes d loss / d x into ``grad`` (M, K) when given."""
+        :func:`_pass`, which also writes d loss / d x into ``grad`` (M, K) when given. Compiled
+        (``compile``, two rows or more) if that works, else eagerly over chunks of rows."""
         shape = x.shape[:1] if per_row else x.shape
         loss = torch.empty(shape, dtype=compute_dtype(x.dtype), device=x.device)
         outs = (loss,) if grad is None else (loss, grad)
         if self.compile and x.shape[0] >= 2 and not self._compile_failed:
-            if self._run_compiled(x, labels, outs):
+            if self._compiled is None:
+                # With mark_dynamic below: one kernel for any anchor count, K and constants baked
+                # in. torch.compile caches by code object: a new runner reuses earlier kernels.
+                self._compiled = torch.compile(_pass)
+            for tensor in (x, labels) + outs:
+                torch._dynamo.mark_dynamic(tensor, 0)
+            try:
+                self._compiled(self.terms, x, labels, *outs)
                 return loss
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
+                self._compile_failed = True
+                logger.warning(
+                    "retinafocal.losses: torch.compile of the fused loss (%s%s) failed on %s; "
+                    "this loss runs eagerly from now on. Reason: %s: %s",
+                    "rows" if per_row else "elementwise",
+                    "" if grad is None else "_and_grad",
+                    x.device.type,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
         chunk = _EAGER_CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else _EAGER_GPU_CHUNK_ELEMENTS
         step = max(1, chunk // max(1, x.shape[1]))
         with torch.no_grad():
@@ -118,30 +137,6 @@ class LabelLossRunner:
                 rows = slice(start, start + step)
                 _pass(self.terms, x[rows], labels[rows], *(out[rows] for out in outs))
         return loss
-
-    def _run_compiled(self, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> bool:
-        """Run the pass compiled; False (after one warning per runner) if that fails."""
-        if self._compiled is None:
-            # With mark_dynamic below: one kernel for any anchor count, K and constants baked in.
-            # torch.compile caches by code object: a new runner reuses earlier kernels.
-            self._compiled = torch.compile(_pass)
-        for tensor in (x, labels) + tuple(outs):
-            torch._dynamo.mark_dynamic(tensor, 0)
-        try:
-            self._compiled(self.terms, x, labels, *outs)
-            return True
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
-            self._compile_failed = True
-            logger.warning(
-                "retinafocal.losses: torch.compile of the fused loss (%s%s) failed on %s; this "
-                "loss runs eagerly from now on. Reason: %s: %s",
-                "rows" if outs[0].dim() == 1 else "elementwise",
-                "_and_grad" if len(outs) == 2 else "",
-                x.device.type,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
-            )
-            return False
 
 
 class _FusedLabelLoss(torch.autograd.Function):
