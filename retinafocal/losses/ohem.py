@@ -161,17 +161,9 @@ class OHEMLoss(nn.Module):
                 f"OHEMLoss: anchor_boxes must be (R={r}, 4), got {tuple(anchor_boxes.shape)}"
             )
         scores = self.anchor_losses(pred_logits, gt_labels)
+        settings = (self.batch_size_per_image, self.neg_pos_ratio, self.nms_thresh)
         picked = [
-            ohem_select(
-                scores[i],
-                gt_labels[i],
-                anchor_boxes,
-                k,
-                self.batch_size_per_image,
-                self.neg_pos_ratio,
-                self.nms_thresh,
-            )
-            + i * r
+            ohem_select(scores[i], gt_labels[i], anchor_boxes, k, *settings) + i * r
             for i in range(n)
         ]
         return torch.cat(picked) if picked else gt_labels.new_empty(0)
