@@ -49,7 +49,7 @@ def ohem_select(
     neg_pos_ratio: float = 0.0,
     nms_thresh: float = 0.5,
 ) -> Tensor:
-    """Pick one image's OHEM minibatch.
+    """Pick one image's OHEM minibatch: (S,) int64 indices into the R anchors, S <= B.
 
     Args:
         losses: (R,) per-anchor loss used as the hardness score.
@@ -62,9 +62,6 @@ def ohem_select(
             floor(B / (1 + r)) highest-loss surviving positives, then floor(r * P) negatives for
             the P positives taken (so an image without positives gives nothing).
         nms_thresh: IoU above which a lower-loss anchor is suppressed.
-
-    Returns:
-        (S,) int64 indices into the R anchors, S <= B.
     """
     valid = labels >= 0
     if neg_pos_ratio <= 0:
@@ -82,13 +79,10 @@ def ohem_select(
 
 @CLASSIFICATION_LOSS_REGISTRY.register()
 class OHEMLoss(nn.Module):
-    """Sigmoid CE over a per-image minibatch of the hardest anchors (the paper's OHEM baseline).
-
-    Per image, anchors are scored by their CE summed over classes and picked by
-    :func:`ohem_select`; the loss is the kept anchors' CE averaged over all kept anchors of the
-    batch, as the paper averages over the minibatch (hence ``self_normalizing``). Plain CE: the
-    sampling does the balancing.
-    """
+    """Sigmoid CE over a per-image minibatch of the hardest anchors (the paper's OHEM baseline):
+    anchors scored by their CE summed over classes, picked by :func:`ohem_select`, their CE
+    averaged over all kept anchors of the batch as the paper averages over the minibatch (hence
+    ``self_normalizing``). Plain CE: the sampling does the balancing."""
 
     self_normalizing = True
 
