@@ -17,8 +17,7 @@ __all__ = ["FocalLoss", "BalancedCELoss", "FocalLossStar", "HingeLoss"]
 
 
 class _FusedSumLoss(nn.Module):
-    """The fused pass of one terms object, reduced by "sum". ``compile`` runs it through
-    torch.compile."""
+    """The fused pass of one terms object, reduced by "sum" (``compile``: through torch.compile)."""
 
     self_normalizing = False
 
@@ -31,8 +30,7 @@ class _FusedSumLoss(nn.Module):
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
-        """fp32 scalar, the sum over non-ignored anchors and all K classes (``anchor_boxes``
-        unused)."""
+        """fp32 scalar: the sum over non-ignored anchors and all K classes (anchor_boxes unused)."""
         return self.runner.loss(pred_logits, gt_labels, "sum", type(self).__name__)
 
     def elementwise_losses(

@@ -78,10 +78,9 @@ def sigmoid_focal_loss(
         return _autograd_focal_loss(inputs, targets, alpha, gamma, reduction)
     if torch.is_grad_enabled() and inputs.requires_grad:
         return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
-    with torch.no_grad():
-        dtype = compute_dtype(inputs.dtype)
-        loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
-        return _reduce(loss, reduction).to(inputs.dtype)
+    dtype = compute_dtype(inputs.dtype)
+    loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
+    return _reduce(loss, reduction).to(inputs.dtype)
 
 
 def _autograd_focal_loss(
@@ -105,7 +104,8 @@ def label_focal_loss(
     reduction: str = "sum",
     compile: bool = False,
 ) -> Tensor:
-    """Sigmoid focal loss of logits against one integer label per anchor, fused.
+    """Sigmoid focal loss of logits against one integer label per anchor, fused: equal to
+    :func:`sigmoid_focal_loss` on the one-hot targets of the non-ignored anchors.
 
     Args:
         logits: (..., K), typically (N, R, K); any floating dtype.
@@ -117,9 +117,8 @@ def label_focal_loss(
             on each call; a :class:`~retinafocal.losses.FocalLoss` remembers the failure).
 
     Returns:
-        fp32 loss (float64 for float64 logits), equal to ``sigmoid_focal_loss`` on the one-hot
-        targets of the non-ignored anchors. The first-order gradient (logits' dtype) is computed
-        in the forward pass; backward only scales it.
+        fp32 loss (float64 for float64 logits), with its first-order gradient (logits' dtype)
+        computed in the forward pass; backward only scales it.
     """
     if gamma < 0:
         raise ValueError(f"label_focal_loss: gamma must be >= 0, got {gamma}")

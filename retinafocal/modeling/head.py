@@ -52,7 +52,6 @@ class LevelBatchNorm(CycleBatchNormList):
             length += 1
         self._pos = (self._pos + 1) % length
         if self._affine:
-            # (C, 1, 1) broadcasts over (N, C, H, W).
             return out * self.weight.reshape(-1, 1, 1) + self.bias.reshape(-1, 1, 1)
         return out
 

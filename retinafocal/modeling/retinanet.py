@@ -32,9 +32,8 @@ _MEMORY_FORMATS = ("NCHW", "NHWC")
 class FocalRetinaNet(PrecisionDenseDetector):
     """RetinaNet (:paper:`RetinaNet`, Lin et al., ICCV 2017) with swappable head, anchor matcher
     and classification loss. It reads ``cfg.MODEL.RETINANET.*`` with detectron2's meaning plus
-    ``cfg.MODEL.RETINAFOCAL.*``, and has detectron2 ``RetinaNet``'s parameters: its checkpoints
-    load with ``strict=True``.
-    """
+    ``cfg.MODEL.RETINAFOCAL.*``; its parameters are detectron2 ``RetinaNet``'s (checkpoints load
+    with ``strict=True``)."""
 
     @configurable
     def __init__(
