@@ -5,6 +5,7 @@ label per anchor instead of one-hot targets and keep one gradient-sized buffer."
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -62,7 +63,7 @@ def sigmoid_focal_loss(
     Returns:
         The loss in the dtype of ``inputs`` (computed in fp32, or float64), with its first-order
         gradient from the same stable pass: finite for large logits, where torchvision's turns
-        NaN for gamma < 1. Targets that require grad fall back to autograd.
+        NaN for gamma < 1. Targets that require grad get torchvision's own loss.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(
@@ -75,25 +76,12 @@ def sigmoid_focal_loss(
         )
     terms = FocalTerms(alpha, gamma)
     if targets.requires_grad and torch.is_grad_enabled():
-        return _autograd_focal_loss(inputs, targets, alpha, gamma, reduction)
+        return torchvision.ops.sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction)
     if torch.is_grad_enabled() and inputs.requires_grad:
         return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
     dtype = compute_dtype(inputs.dtype)
     loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
     return _reduce(loss, reduction).to(inputs.dtype)
-
-
-def _autograd_focal_loss(
-    inputs: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str
-) -> Tensor:
-    """Plain autograd version, for differentiable targets."""
-    p = torch.sigmoid(inputs)
-    ce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    q = p * (1 - targets) + (1 - p) * targets
-    loss = ce * q**gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return _reduce(loss, reduction)
 
 
 def label_focal_loss(
