@@ -85,10 +85,10 @@ class LabelLossRunner:
             total = total / _num_valid_elements(labels, logits.shape[-1])
         return total
 
-    def anchor_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """(...) loss of each anchor summed over its K classes, 0 for ignored anchors; no
-        gradient and no (..., K) temporary (OHEM ranks anchors by it)."""
-        check_labels(logits, labels, "anchor_losses")
+    def anchor_losses(self, logits: Tensor, labels: Tensor, where: str = "anchor_losses") -> Tensor:
+        """(...) loss of each anchor summed over its K classes, 0 for ignored anchors, with no
+        gradient or (..., K) temporary (OHEM ranks anchors by it); ``where`` as in :meth:`loss`."""
+        check_labels(logits, labels, where)
         return self._detached(logits, labels, per_row=True).view(labels.shape)
 
     def elementwise_losses(self, logits: Tensor, labels: Tensor) -> Tensor:

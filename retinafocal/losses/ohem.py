@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from ._fused import LabelLossRunner, check_labels
+from ._fused import LabelLossRunner
 from ._terms import FocalTerms
 from .build import CLASSIFICATION_LOSS_REGISTRY
 
@@ -142,7 +142,6 @@ class OHEMLoss(nn.Module):
     ) -> Tensor:
         """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient.
         ``anchor_boxes`` (R, 4) is required."""
-        check_labels(pred_logits, gt_labels, "OHEMLoss")
         if pred_logits.dim() != 3:
             raise ValueError(
                 f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
@@ -154,7 +153,7 @@ class OHEMLoss(nn.Module):
             raise ValueError(
                 f"OHEMLoss: anchor_boxes must be (R={r}, 4), got {tuple(anchor_boxes.shape)}"
             )
-        scores = self.anchor_losses(pred_logits, gt_labels)
+        scores = self._scorer.anchor_losses(pred_logits, gt_labels, "OHEMLoss")
         settings = (self.batch_size_per_image, self.neg_pos_ratio, self.nms_thresh)
         picked = [
             ohem_select(scores[i], gt_labels[i], anchor_boxes, k, *settings) + i * r
