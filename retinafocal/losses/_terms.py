@@ -40,11 +40,10 @@ def _sigmoid_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 class FocalTerms:
-    """Sigmoid focal loss ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` (paper, Eq. 5).
-
-    p = sigmoid(x); soft targets as in torchvision: ``ce = BCE(x, t)``,
-    ``q = 1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when
-    alpha < 0). ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
+    """Sigmoid focal loss ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` (paper, Eq. 5), p = sigmoid(x),
+    soft targets as in torchvision: ``ce = BCE(x, t)``, ``q = 1 - p_t = t (1 - p) + (1 - t) p``,
+    ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when alpha < 0).
+    ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
     p (1 - p) / q is p or 1 - p for ``hard_targets`` (saving a division). gamma = 0 gives
     exactly the (alpha-balanced) CE.
     """

@@ -81,8 +81,7 @@ def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
                 "would be emulated, slower than float32. Running in float32."
             )
             return None
-        return dtype
-    if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    elif device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         logger.warning(f"{_PRECISION_KEY} = 'bf16', but this GPU lacks bf16: running in float32.")
         return None
     return dtype
