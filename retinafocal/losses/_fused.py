@@ -104,8 +104,7 @@ class LabelLossRunner:
         self, x: Tensor, labels: Tensor, per_row: bool, grad: Optional[Tensor] = None
     ) -> Tensor:
         """The loss of x (M, K) against labels (M,), (M,) if ``per_row`` else (M, K), from one
-        :func:`_pass`, which also writes d loss / d x into ``grad`` (M, K) when given. Compiled
-        (``compile``, two rows or more) if that works, else eagerly over chunks of rows."""
+        :func:`_pass` (compiled if ``compile`` and M >= 2; d loss / d x into ``grad`` if given)."""
         shape = x.shape[:1] if per_row else x.shape
         loss = torch.empty(shape, dtype=compute_dtype(x.dtype), device=x.device)
         outs = (loss,) if grad is None else (loss, grad)

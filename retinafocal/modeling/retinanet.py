@@ -304,11 +304,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         deltas: List[Tensor],
         image_size: Tuple[int, int],
     ) -> Instances:
-        """Per level, the top ``test_topk_candidates`` (anchor, class) pairs above
-        ``test_score_thresh``; then class-wise NMS over all levels. Takes per level Ri anchors,
-        this image's (Ri, K) logits and (Ri, 4) deltas, and its unpadded (height, width); returns
-        Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,), sorted by
-        score, D <= max_detections_per_image."""
+        """:meth:`_decode_level` on each level, then class-wise NMS over all levels. Takes per level
+        Ri anchors, this image's (Ri, K) logits and (Ri, 4) deltas, and its unpadded (height,
+        width); returns Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes``
+        (D,), sorted by score, D <= max_detections_per_image."""
         per_level = [
             self._decode_level(anchors_i.tensor, logits_i, deltas_i)
             for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas)
@@ -327,9 +326,9 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _decode_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Anchors (Ri, 4), logits (Ri, K), deltas (Ri, 4) -> the top-k candidates above the
-        score threshold: boxes (C, 4), scores (C,), classes (C,) int64. The threshold is applied
-        to the logits first (sigmoid is monotonic), so only those that pass go through sigmoid."""
+        """Anchors (Ri, 4), logits (Ri, K), deltas (Ri, 4) -> boxes (C, 4), scores (C,), classes
+        (C,) int64 of the ``test_topk_candidates`` best pairs above ``test_score_thresh``, which
+        is applied to the logits first (sigmoid is monotonic): only those pass through sigmoid."""
         flat = logits.reshape(-1)
         thresh = self.test_score_thresh
         if thresh <= 0:
