@@ -11,7 +11,15 @@ from unittest import mock
 import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
-from retinafocal.losses import FocalLoss, FocalLossStar, HingeLoss, OHEMLoss, _fused, _terms
+from retinafocal.losses import (
+    BalancedCELoss,
+    FocalLoss,
+    FocalLossStar,
+    HingeLoss,
+    OHEMLoss,
+    _fused,
+    _terms,
+)
 
 TERMS = {
     "focal": _terms.FocalTerms(0.25, 2.0, hard_targets=True),
@@ -221,6 +229,8 @@ class TestCompileState(unittest.TestCase):
     def test_every_fused_loss_owns_a_runner(self):
         for loss in (FocalLoss(), FocalLossStar(), HingeLoss()):
             self.assertIsInstance(loss.runner, _fused.LabelLossRunner)
+        for cls in (FocalLoss, BalancedCELoss, FocalLossStar, HingeLoss):
+            self.assertTrue(cls(compile=True).runner.compile, cls.__name__)
         ohem = OHEMLoss(compile=True)
         self.assertTrue(ohem._scorer.compile)
         self.assertFalse(ohem._kept.compile)
