@@ -1,15 +1,12 @@
-"""The single-pass engine behind the label-based classification losses.
-
-Instead of a one-hot (anchors x K) target and autograd's temporaries, a :class:`LabelLossRunner`
-applies a "terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) and labels
-(M,) in one pass, eagerly over row chunks or as one ``torch.compile`` kernel: element (i, c) has
-target ``c == labels[i]``, ignored rows are masked, the gradient goes straight to its buffer.
-"""
+"""The single-pass engine behind the label-based losses: a :class:`LabelLossRunner` applies a
+"terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) against labels (M,)
+in one pass, eagerly over row chunks or as one ``torch.compile`` kernel, with no one-hot target
+and none of autograd's temporaries."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -32,52 +29,19 @@ _EAGER_CPU_CHUNK_ELEMENTS = 1 << 15
 _EAGER_GPU_CHUNK_ELEMENTS = 1 << 23
 
 
-# Passes over logits (M, K) and labels (M,): per chunk of rows eagerly, whole under torch.compile.
-
-
-def _targets_and_valid(x: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
+def _pass(terms, x: Tensor, labels: Tensor, loss_out: Tensor, grad_out: Optional[Tensor] = None):
+    """Loss of logits x (M, K) against labels (M,) into ``loss_out``, (M, K) or summed over the
+    classes (M,), and d loss / d x into ``grad_out`` (M, K) when given; 0 on ignored rows.
+    torch.compile specialises on both choices: each combination is its own kernel."""
     classes = torch.arange(x.shape[1], device=x.device)
     t = (classes[None, :] == labels[:, None]).to(compute_dtype(x.dtype))
-    return t, (labels >= 0)[:, None]
-
-
-def _pass_rows_and_grad(terms, x: Tensor, labels: Tensor, rows_out: Tensor, grad_out: Tensor):
-    """Per-anchor loss (summed over classes, 0 if ignored) into rows_out (M,), and d loss / d x
-    (0 on ignored rows) into grad_out (M, K)."""
-    t, valid = _targets_and_valid(x, labels)
-    loss, grad = terms(x.to(t.dtype), t, True)
-    grad_out.copy_(torch.where(valid, grad, 0.0))
+    valid = (labels >= 0)[:, None]
+    loss, grad = terms(x.to(t.dtype), t, grad_out is not None)
+    if grad_out is not None:
+        grad_out.copy_(torch.where(valid, grad, 0.0))
+    loss = torch.where(valid, loss, 0.0)
     # Row sums, not a grand total: a total inside the compiled kernel loses fp32 accuracy.
-    rows_out.copy_(torch.where(valid, loss, 0.0).sum(dim=1))
-
-
-def _pass_rows(terms, x: Tensor, labels: Tensor, rows_out: Tensor) -> None:
-    t, valid = _targets_and_valid(x, labels)
-    loss, _ = terms(x.to(t.dtype), t, False)
-    rows_out.copy_(torch.where(valid, loss, 0.0).sum(dim=1))
-
-
-def _pass_elementwise(terms, x: Tensor, labels: Tensor, loss_out: Tensor) -> None:
-    t, valid = _targets_and_valid(x, labels)
-    loss, _ = terms(x.to(t.dtype), t, False)
-    loss_out.copy_(torch.where(valid, loss, 0.0))
-
-
-def _pass_elementwise_and_grad(
-    terms, x: Tensor, labels: Tensor, loss_out: Tensor, grad_out: Tensor
-) -> None:
-    t, valid = _targets_and_valid(x, labels)
-    loss, grad = terms(x.to(t.dtype), t, True)
-    loss_out.copy_(torch.where(valid, loss, 0.0))
-    grad_out.copy_(torch.where(valid, grad, 0.0))
-
-
-_PASSES: Dict[str, Callable[..., None]] = {
-    "rows_and_grad": _pass_rows_and_grad,
-    "rows": _pass_rows,
-    "elementwise": _pass_elementwise,
-    "elementwise_and_grad": _pass_elementwise_and_grad,
-}
+    loss_out.copy_(loss.sum(dim=1) if loss_out.dim() == 1 else loss)
 
 
 def _num_valid_elements(labels: Tensor, num_classes: int) -> Tensor:
@@ -88,19 +52,19 @@ def _num_valid_elements(labels: Tensor, num_classes: int) -> Tensor:
 class LabelLossRunner:
     """Applies one ``terms`` object to logits (..., K) against labels (...) (class in [0, K),
     K = background, -1 = ignored). Results are fp32 (float64 for float64 logits), gradients in
-    the logits' dtype. With ``compile``, each pass is compiled on first use, dynamic in the
-    number of anchors; after a failed compilation the runner warns once and stays eager. Compiled
-    functions are left out of pickled and deep-copied state."""
+    the logits' dtype. With ``compile``, the pass is compiled on first use, dynamic in the
+    number of anchors; after a failed compilation the runner warns once and stays eager. The
+    compiled function is left out of pickled and deep-copied state."""
 
     def __init__(self, terms: Terms, compile: bool = False) -> None:
         self.terms = terms
         self.compile = bool(compile)
-        self._compiled: Dict[str, Callable[..., None]] = {}
+        self._compiled: Optional[Callable[..., None]] = None
         self._compile_failed = False
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
-        state["_compiled"] = {}
+        state["_compiled"] = None
         return state
 
     def loss(
@@ -114,79 +78,64 @@ class LabelLossRunner:
         check_labels(logits, labels, where)
         if torch.is_grad_enabled() and logits.requires_grad:
             return _FusedLabelLoss.apply(logits, labels, self, reduction)
-        x = logits.detach().reshape(-1, logits.shape[-1])
-        lab = labels.reshape(-1)
         if reduction == "none":
-            return self._elementwise(x, lab).view(logits.shape)
-        total = self._rows(x, lab).sum()
+            return self._detached(logits, labels, per_row=False).view(logits.shape)
+        total = self._detached(logits, labels, per_row=True).sum()
         if reduction == "mean":
-            total = total / _num_valid_elements(lab, x.shape[1])
+            total = total / _num_valid_elements(labels, logits.shape[-1])
         return total
 
-    def anchor_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """(...) loss of each anchor summed over its K classes, 0 for ignored anchors; no
-        gradient and no (..., K) temporary (OHEM ranks anchors by it)."""
-        check_labels(logits, labels, "anchor_losses")
-        x = logits.detach().reshape(-1, logits.shape[-1])
-        return self._rows(x, labels.reshape(-1)).view(labels.shape)
+    def anchor_losses(self, logits: Tensor, labels: Tensor, where: str = "anchor_losses") -> Tensor:
+        """(...) loss of each anchor summed over its K classes, 0 for ignored anchors, with no
+        gradient or (..., K) temporary (OHEM ranks anchors by it); ``where`` as in :meth:`loss`."""
+        check_labels(logits, labels, where)
+        return self._detached(logits, labels, per_row=True).view(labels.shape)
 
     def elementwise_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(..., K) loss of each (anchor, class) element, 0 for ignored anchors; no gradient."""
         check_labels(logits, labels, "elementwise_losses")
+        return self._detached(logits, labels, per_row=False).view(logits.shape)
+
+    def _detached(self, logits: Tensor, labels: Tensor, per_row: bool) -> Tensor:
         x = logits.detach().reshape(-1, logits.shape[-1])
-        return self._elementwise(x, labels.reshape(-1)).view(logits.shape)
+        return self.run(x, labels.reshape(-1), per_row)
 
-    def run(self, name: str, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> None:
-        """Run pass ``name`` on x (M, K) and labels (M,) into ``outs`` (M rows each)."""
+    def run(
+        self, x: Tensor, labels: Tensor, per_row: bool, grad: Optional[Tensor] = None
+    ) -> Tensor:
+        """The loss of x (M, K) against labels (M,), (M,) if ``per_row`` else (M, K), from one
+        :func:`_pass` (compiled if ``compile`` and M >= 2; d loss / d x into ``grad`` if given)."""
+        shape = x.shape[:1] if per_row else x.shape
+        loss = torch.empty(shape, dtype=compute_dtype(x.dtype), device=x.device)
+        outs = (loss,) if grad is None else (loss, grad)
         if self.compile and x.shape[0] >= 2 and not self._compile_failed:
-            if self._run_compiled(name, x, labels, outs):
-                return
-        self._run_eager(name, x, labels, outs)
-
-    def _rows(self, x: Tensor, labels: Tensor) -> Tensor:
-        rows = torch.empty(x.shape[0], dtype=compute_dtype(x.dtype), device=x.device)
-        self.run("rows", x, labels, (rows,))
-        return rows
-
-    def _elementwise(self, x: Tensor, labels: Tensor) -> Tensor:
-        loss = torch.empty(x.shape, dtype=compute_dtype(x.dtype), device=x.device)
-        self.run("elementwise", x, labels, (loss,))
-        return loss
-
-    def _run_eager(self, name: str, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]) -> None:
-        run_pass = _PASSES[name]
+            if self._compiled is None:
+                # With mark_dynamic below: one kernel for any anchor count, K and constants baked
+                # in. torch.compile caches by code object: a new runner reuses earlier kernels.
+                self._compiled = torch.compile(_pass)
+            for tensor in (x, labels) + outs:
+                torch._dynamo.mark_dynamic(tensor, 0)
+            try:
+                self._compiled(self.terms, x, labels, *outs)
+                return loss
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
+                self._compile_failed = True
+                logger.warning(
+                    "retinafocal.losses: torch.compile of the fused loss (%s%s) failed on %s; "
+                    "this loss runs eagerly from now on. Reason: %s: %s",
+                    "rows" if per_row else "elementwise",
+                    "" if grad is None else "_and_grad",
+                    x.device.type,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
         chunk = _EAGER_CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else _EAGER_GPU_CHUNK_ELEMENTS
         step = max(1, chunk // max(1, x.shape[1]))
         with torch.no_grad():
             for start in range(0, x.shape[0], step):
                 rows = slice(start, start + step)
-                run_pass(self.terms, x[rows], labels[rows], *(out[rows] for out in outs))
-
-    def _run_compiled(
-        self, name: str, x: Tensor, labels: Tensor, outs: Tuple[Tensor, ...]
-    ) -> bool:
-        """Run pass ``name`` compiled; False (after one warning per runner) if that fails."""
-        fn = self._compiled.get(name)
-        if fn is None:
-            # With mark_dynamic below: one kernel for any anchor count, K and constants baked in.
-            # torch.compile caches by code object: a new runner reuses earlier kernels.
-            fn = self._compiled[name] = torch.compile(_PASSES[name])
-        for tensor in (x, labels) + tuple(outs):
-            torch._dynamo.mark_dynamic(tensor, 0)
-        try:
-            fn(self.terms, x, labels, *outs)
-            return True
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
-            self._compile_failed = True
-            logger.warning(
-                "retinafocal.losses: torch.compile of the fused loss (%s) failed on %s; this loss "
-                "runs eagerly from now on. Reason: %s: %s",
-                name,
-                x.device.type,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
-            )
-            return False
+                _pass(self.terms, x[rows], labels[rows], *(out[rows] for out in outs))
+        return loss
 
 
 class _FusedLabelLoss(torch.autograd.Function):
@@ -196,22 +145,18 @@ class _FusedLabelLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, runner: LabelLossRunner, reduction: str):
         x = logits.reshape(-1, logits.shape[-1])
-        lab = labels.reshape(-1)
         grad = torch.empty(x.shape, dtype=logits.dtype, device=logits.device)
         ctx.logits_shape = logits.shape
         ctx.reduction = reduction
         ctx.scale = None
         ctx.grad = grad
+        loss = runner.run(x, labels.reshape(-1), reduction != "none", grad)
         if reduction == "none":
-            loss = torch.empty(x.shape, dtype=compute_dtype(logits.dtype), device=x.device)
-            runner.run("elementwise_and_grad", x, lab, (loss, grad))
             return loss.view(logits.shape)
-        rows = torch.empty(x.shape[0], dtype=compute_dtype(logits.dtype), device=x.device)
-        runner.run("rows_and_grad", x, lab, (rows, grad))
-        total = rows.sum()
+        total = loss.sum()
         if reduction == "mean":
             # In the loss's own dtype: an fp32 scale would round float64 means at 1e-8.
-            ctx.scale = 1.0 / _num_valid_elements(lab, x.shape[1]).to(rows.dtype)
+            ctx.scale = 1.0 / _num_valid_elements(labels, x.shape[1]).to(loss.dtype)
             total = total * ctx.scale
         return total
 

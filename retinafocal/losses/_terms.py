@@ -7,31 +7,21 @@ sigmoid, log and modulating factor, and lets the fused losses skip autograd's te
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = ["Terms", "FocalTerms", "FocalStarTerms", "HingeTerms", "compute_dtype"]
 
-
-class Terms(Protocol):
-    """The type of a terms object (see the module docstring)."""
-
-    def __call__(self, x: Tensor, t: Tensor, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        ...
+#: The type of a terms object (see the module docstring).
+Terms = Callable[[Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the terms are evaluated in for logits of ``dtype``: fp16/bf16 accumulate in
     fp32, float64 stays float64 (gradcheck)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _log1p_of_unit(e: Tensor, u: Tensor) -> Tensor:
-    """log1p(e) for e in [0, 1], given u = 1 + e, to within a few ulp. ``torch.log1p`` is not
-    vectorised on CPU; ``log(u) * e / (u - 1)`` cancels the rounding of u (Goldberg's identity)."""
-    return torch.where(u == 1.0, e, torch.log(u) * (e / (u - 1.0)))
 
 
 def _sigmoid_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -44,15 +34,16 @@ def _sigmoid_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     nonneg = x >= 0
     p = torch.where(nonneg, inv, small)
     p_neg = torch.where(nonneg, small, inv)
-    return p, p_neg, _log1p_of_unit(e, u)
+    # log1p(e) to within a few ulp: torch.log1p is not vectorised on CPU, and
+    # log(u) * e / (u - 1) cancels the rounding of u = 1 + e (Goldberg's identity).
+    return p, p_neg, torch.where(u == 1.0, e, torch.log(u) * (e / (u - 1.0)))
 
 
 class FocalTerms:
-    """Sigmoid focal loss ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` (paper, Eq. 5).
-
-    p = sigmoid(x); soft targets as in torchvision: ``ce = BCE(x, t)``,
-    ``q = 1 - p_t = t (1 - p) + (1 - t) p``, ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when
-    alpha < 0). ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
+    """Sigmoid focal loss ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` (paper, Eq. 5), p = sigmoid(x),
+    soft targets as in torchvision: ``ce = BCE(x, t)``, ``q = 1 - p_t = t (1 - p) + (1 - t) p``,
+    ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when alpha < 0).
+    ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
     p (1 - p) / q is p or 1 - p for ``hard_targets`` (saving a division). gamma = 0 gives
     exactly the (alpha-balanced) CE.
     """

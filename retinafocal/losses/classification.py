@@ -17,8 +17,7 @@ __all__ = ["FocalLoss", "BalancedCELoss", "FocalLossStar", "HingeLoss"]
 
 
 class _FusedSumLoss(nn.Module):
-    """The fused pass of one terms object, reduced by "sum". ``compile`` runs it through
-    torch.compile."""
+    """The fused pass of one terms object, reduced by "sum" (``compile``: through torch.compile)."""
 
     self_normalizing = False
 
@@ -31,8 +30,7 @@ class _FusedSumLoss(nn.Module):
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
-        """fp32 scalar, the sum over non-ignored anchors and all K classes (``anchor_boxes``
-        unused)."""
+        """fp32 scalar: the sum over non-ignored anchors and all K classes (anchor_boxes unused)."""
         return self.runner.loss(pred_logits, gt_labels, "sum", type(self).__name__)
 
     def elementwise_losses(
@@ -52,14 +50,6 @@ class _FusedSumLoss(nn.Module):
         return f"{params}, compile={self.runner.compile}"
 
 
-def _check_alpha(alpha: float, owner: str) -> None:
-    if alpha > 1:
-        raise ValueError(
-            f"{owner}: alpha (cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in [0, 1], or < 0 to "
-            f"disable the weighting; got {alpha}"
-        )
-
-
 @CLASSIFICATION_LOSS_REGISTRY.register()
 class FocalLoss(_FusedSumLoss):
     """Sigmoid focal loss ``-alpha_t (1 - p_t)^gamma log(p_t)`` (paper, Eq. 5), the default:
@@ -67,7 +57,11 @@ class FocalLoss(_FusedSumLoss):
 
     @configurable
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, compile: bool = False):
-        _check_alpha(alpha, "FocalLoss")
+        if alpha > 1:
+            raise ValueError(
+                f"{type(self).__name__}: alpha (cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in "
+                f"[0, 1], or < 0 to disable the weighting; got {alpha}"
+            )
         if gamma < 0:
             raise ValueError(
                 f"FocalLoss: gamma (cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA) must be >= 0, got {gamma}"
@@ -84,14 +78,13 @@ class FocalLoss(_FusedSumLoss):
 
 
 @CLASSIFICATION_LOSS_REGISTRY.register()
-class BalancedCELoss(_FusedSumLoss):
+class BalancedCELoss(FocalLoss):
     """Alpha-balanced CE ``-alpha_t log(p_t)`` (paper, Eq. 3, the baseline of Table 1a): the
     focal loss with gamma = 0; ``alpha`` < 0 gives plain CE."""
 
     @configurable
     def __init__(self, *, alpha: float = 0.25, compile: bool = False):
-        _check_alpha(alpha, "BalancedCELoss")
-        super().__init__(FocalTerms(alpha, 0.0, hard_targets=True), compile)
+        super().__init__(alpha=alpha, gamma=0.0, compile=compile)
 
     @classmethod
     def from_config(cls, cfg):

@@ -1,13 +1,11 @@
-"""Functional forms of the focal-loss family.
-
-:func:`sigmoid_focal_loss` is a drop-in for ``torchvision.ops.sigmoid_focal_loss``. The
-``label_*`` losses take logits (..., K) and one integer label per anchor (a class in [0, K), K =
-background, -1 = ignored), build no one-hot matrix, and keep one gradient-sized buffer.
-"""
+"""Functional forms of the focal-loss family: :func:`sigmoid_focal_loss`, a drop-in for
+``torchvision.ops.sigmoid_focal_loss``, and the fused ``label_*`` losses, which take one integer
+label per anchor instead of one-hot targets and keep one gradient-sized buffer."""
 
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -65,7 +63,7 @@ def sigmoid_focal_loss(
     Returns:
         The loss in the dtype of ``inputs`` (computed in fp32, or float64), with its first-order
         gradient from the same stable pass: finite for large logits, where torchvision's turns
-        NaN for gamma < 1. Targets that require grad fall back to autograd.
+        NaN for gamma < 1. Targets that require grad get torchvision's own loss.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(
@@ -78,26 +76,12 @@ def sigmoid_focal_loss(
         )
     terms = FocalTerms(alpha, gamma)
     if targets.requires_grad and torch.is_grad_enabled():
-        return _autograd_focal_loss(inputs, targets, alpha, gamma, reduction)
+        return torchvision.ops.sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction)
     if torch.is_grad_enabled() and inputs.requires_grad:
         return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
-    with torch.no_grad():
-        dtype = compute_dtype(inputs.dtype)
-        loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
-        return _reduce(loss, reduction).to(inputs.dtype)
-
-
-def _autograd_focal_loss(
-    inputs: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str
-) -> Tensor:
-    """Plain autograd version, for differentiable targets."""
-    p = torch.sigmoid(inputs)
-    ce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    q = p * (1 - targets) + (1 - p) * targets
-    loss = ce * q**gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return _reduce(loss, reduction)
+    dtype = compute_dtype(inputs.dtype)
+    loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
+    return _reduce(loss, reduction).to(inputs.dtype)
 
 
 def label_focal_loss(
@@ -108,7 +92,8 @@ def label_focal_loss(
     reduction: str = "sum",
     compile: bool = False,
 ) -> Tensor:
-    """Sigmoid focal loss of logits against one integer label per anchor, fused.
+    """Sigmoid focal loss of logits against one integer label per anchor, fused: equal to
+    :func:`sigmoid_focal_loss` on the one-hot targets of the non-ignored anchors.
 
     Args:
         logits: (..., K), typically (N, R, K); any floating dtype.
@@ -120,9 +105,8 @@ def label_focal_loss(
             on each call; a :class:`~retinafocal.losses.FocalLoss` remembers the failure).
 
     Returns:
-        fp32 loss (float64 for float64 logits), equal to ``sigmoid_focal_loss`` on the one-hot
-        targets of the non-ignored anchors. The first-order gradient (logits' dtype) is computed
-        in the forward pass; backward only scales it.
+        fp32 loss (float64 for float64 logits), with its first-order gradient (logits' dtype)
+        computed in the forward pass; backward only scales it.
     """
     if gamma < 0:
         raise ValueError(f"label_focal_loss: gamma must be >= 0, got {gamma}")

@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from ._fused import LabelLossRunner, check_labels
+from ._fused import LabelLossRunner
 from ._terms import FocalTerms
 from .build import CLASSIFICATION_LOSS_REGISTRY
 
@@ -49,7 +49,7 @@ def ohem_select(
     neg_pos_ratio: float = 0.0,
     nms_thresh: float = 0.5,
 ) -> Tensor:
-    """Pick one image's OHEM minibatch.
+    """Pick one image's OHEM minibatch: (S,) int64 indices into the R anchors, S <= B.
 
     Args:
         losses: (R,) per-anchor loss used as the hardness score.
@@ -62,9 +62,6 @@ def ohem_select(
             floor(B / (1 + r)) highest-loss surviving positives, then floor(r * P) negatives for
             the P positives taken (so an image without positives gives nothing).
         nms_thresh: IoU above which a lower-loss anchor is suppressed.
-
-    Returns:
-        (S,) int64 indices into the R anchors, S <= B.
     """
     valid = labels >= 0
     if neg_pos_ratio <= 0:
@@ -82,13 +79,10 @@ def ohem_select(
 
 @CLASSIFICATION_LOSS_REGISTRY.register()
 class OHEMLoss(nn.Module):
-    """Sigmoid CE over a per-image minibatch of the hardest anchors (the paper's OHEM baseline).
-
-    Per image, anchors are scored by their CE summed over classes and picked by
-    :func:`ohem_select`; the loss is the kept anchors' CE averaged over all kept anchors of the
-    batch, as the paper averages over the minibatch (hence ``self_normalizing``). Plain CE: the
-    sampling does the balancing.
-    """
+    """Sigmoid CE over a per-image minibatch of the hardest anchors (the paper's OHEM baseline):
+    anchors scored by their CE summed over classes, picked by :func:`ohem_select`, their CE
+    averaged over all kept anchors of the batch as the paper averages over the minibatch (hence
+    ``self_normalizing``). Plain CE: the sampling does the balancing."""
 
     self_normalizing = True
 
@@ -143,51 +137,38 @@ class OHEMLoss(nn.Module):
         """(N, R) fp32 CE of each anchor summed over classes (0 if ignored), no gradient."""
         return self._scorer.anchor_losses(pred_logits, gt_labels)
 
-    def select(self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Tensor) -> Tensor:
-        """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient."""
-        n, r, k = pred_logits.shape
-        scores = self.anchor_losses(pred_logits, gt_labels)
-        picked = [
-            ohem_select(
-                scores[i],
-                gt_labels[i],
-                anchor_boxes,
-                k,
-                self.batch_size_per_image,
-                self.neg_pos_ratio,
-                self.nms_thresh,
-            )
-            + i * r
-            for i in range(n)
-        ]
-        return torch.cat(picked) if picked else gt_labels.new_empty(0)
-
-    def _check_inputs(
+    def select(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor]
     ) -> Tensor:
-        check_labels(pred_logits, gt_labels, "OHEMLoss")
+        """Flat indices into the N * R anchors of the batch's OHEM minibatch; no gradient.
+        ``anchor_boxes`` (R, 4) is required."""
         if pred_logits.dim() != 3:
             raise ValueError(
                 f"OHEMLoss: pred_logits must be (N, R, K), got {tuple(pred_logits.shape)}"
             )
+        n, r, k = pred_logits.shape
         if anchor_boxes is None:
             raise ValueError("OHEMLoss needs anchor_boxes (R, 4) for its NMS; got None")
-        if anchor_boxes.shape != (pred_logits.shape[1], 4):
+        if anchor_boxes.shape != (r, 4):
             raise ValueError(
-                f"OHEMLoss: anchor_boxes must be (R={pred_logits.shape[1]}, 4), "
-                f"got {tuple(anchor_boxes.shape)}"
+                f"OHEMLoss: anchor_boxes must be (R={r}, 4), got {tuple(anchor_boxes.shape)}"
             )
-        return anchor_boxes
+        scores = self._scorer.anchor_losses(pred_logits, gt_labels, "OHEMLoss")
+        settings = (self.batch_size_per_image, self.neg_pos_ratio, self.nms_thresh)
+        picked = [
+            ohem_select(scores[i], gt_labels[i], anchor_boxes, k, *settings) + i * r
+            for i in range(n)
+        ]
+        return torch.cat(picked) if picked else gt_labels.new_empty(0)
 
     @torch.jit.unused  # training only: a scripted detector keeps it as a stub
     def forward(
         self, pred_logits: Tensor, gt_labels: Tensor, anchor_boxes: Optional[Tensor] = None
     ) -> Tensor:
         """fp32 scalar, the mean over picked anchors of their CE summed over classes (0, still in
-        the graph, when none is picked). ``anchor_boxes`` (R, 4) is required."""
-        boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
+        the graph, when none is picked)."""
+        idx = self.select(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.reshape(-1, pred_logits.shape[-1])
-        idx = self.select(pred_logits, gt_labels, boxes)
         if idx.numel() == 0:
             return flat[:0].float().sum()
         total = self._kept.loss(flat[idx], gt_labels.reshape(-1)[idx], "sum", "OHEMLoss")
@@ -198,9 +179,8 @@ class OHEMLoss(nn.Module):
     ) -> Tensor:
         """(N, R, K) fp32, no gradient: CE / (kept anchors) for kept anchors' elements, else 0
         (the selection is deterministic, so the same anchors as :meth:`forward`)."""
-        boxes = self._check_inputs(pred_logits, gt_labels, anchor_boxes)
+        idx = self.select(pred_logits, gt_labels, anchor_boxes)
         flat = pred_logits.detach().reshape(-1, pred_logits.shape[-1])
-        idx = self.select(pred_logits, gt_labels, boxes)
         kept = self._kept.elementwise_losses(flat[idx], gt_labels.reshape(-1)[idx])
         out = kept.new_zeros(flat.shape)
         out[idx] = kept / idx.numel()  # with nothing kept, an empty division that writes nothing

@@ -13,11 +13,9 @@ __all__ = ["imbalance_statistics"]
 def imbalance_statistics(
     element_losses: Tensor, pred_logits: Tensor, gt_labels: Tensor, *, hard_fraction: float = 0.1
 ) -> Dict[str, float]:
-    """How the classification loss splits between easy and hard negatives.
-
-    Each (anchor, class) pair of a non-ignored anchor is one binary example; a *negative* is a
-    pair with target 0. The losses are the training loss's ``elementwise_losses``, so the shares
-    describe what the optimiser sees.
+    """How the classification loss splits between easy and hard negatives: each (anchor, class)
+    pair of a non-ignored anchor is one binary example, a *negative* one with target 0. The losses
+    are the training loss's ``elementwise_losses``: the shares are what the optimiser sees.
 
     Args:
         element_losses: (N, R, K) loss of each pair, 0 for ignored anchors.

@@ -52,7 +52,6 @@ class LevelBatchNorm(CycleBatchNormList):
             length += 1
         self._pos = (self._pos + 1) % length
         if self._affine:
-            # (C, 1, 1) broadcasts over (N, C, H, W).
             return out * self.weight.reshape(-1, 1, 1) + self.bias.reshape(-1, 1, 1)
         return out
 
@@ -61,12 +60,10 @@ class LevelBatchNorm(CycleBatchNormList):
 class RetinaFocalHead(nn.Module):
     """The paper's head (Sec. 4, Fig. 3): a class subnet and a box subnet, each a stack of
     (3x3 conv, [norm], ReLU) then a 3x3 conv to A*K logits or A*4 class-agnostic deltas, shared
-    across levels but not with each other.
-
-    Convs start from N(0, 0.01) weights and zero bias; the last class conv's bias is
-    ``-log((1 - pi) / pi)`` so every anchor starts at foreground probability ``pi`` (Sec. 4's
-    prior init, which keeps the many background anchors from swamping the first iterations).
-    Parameter names are those of detectron2's ``RetinaNetHead``, so its checkpoints load.
+    across levels but not with each other. Convs start from N(0, 0.01) weights and zero bias; the
+    last class conv's bias is ``-log((1 - pi) / pi)``, so that every anchor starts at foreground
+    probability pi (Sec. 4's prior, which keeps the many background anchors from swamping the
+    first iterations). Parameter names are detectron2 ``RetinaNetHead``'s: its checkpoints load.
     """
 
     @configurable

@@ -29,18 +29,16 @@ def build_anchor_matcher(cfg) -> nn.Module:
 
 @ANCHOR_MATCHER_REGISTRY.register()
 class ChunkedIoUMatcher(nn.Module):
-    """The paper's IoU matcher (Sec. 4), with bounded memory.
+    """The paper's IoU matcher (Sec. 4), with bounded memory: each anchor takes the ground truth
+    it overlaps most; with thresholds ``[0.4, 0.5]`` and labels ``[0, -1, 1]``, IoU >= 0.5 is
+    foreground, < 0.4 background, in between ignored. With ``allow_low_quality_matches``, each
+    ground truth's highest-IoU anchors (ties included) become foreground even below 0.5. Results
+    equal detectron2's ``Matcher`` on ``pairwise_iou``, except that a ground truth overlapping no
+    anchor gets none (detectron2 makes every anchor foreground).
 
-    Each anchor takes the ground truth it overlaps most; with thresholds ``[0.4, 0.5]`` and labels
-    ``[0, -1, 1]``, IoU >= 0.5 is foreground, < 0.4 background, in between ignored. With
-    ``allow_low_quality_matches``, each ground truth's highest-IoU anchors (ties included) become
-    foreground even below 0.5. Results equal detectron2's ``Matcher`` on ``pairwise_iou``, except
-    that a ground truth overlapping no anchor gets none (detectron2 makes every anchor foreground).
-
-    The IoU matrix is never built whole: anchors go in chunks of ``max(1, chunk_elements // M)``,
-    so peak memory is about ``32 * max(chunk_elements, M)`` bytes (``pairwise_iou`` keeps ~8
-    float32 temporaries per value; 128 MiB by default) whatever R. Low-quality matching
-    recomputes the blocks.
+    The IoU matrix is built in blocks of ``max(1, chunk_elements // M)`` anchors (recomputed for
+    low-quality matches): about ``32 * max(chunk_elements, M)`` bytes at peak (``pairwise_iou``
+    keeps ~8 float32 temporaries per value; 128 MiB by default), whatever R.
 
     Example (thresholds [0.4, 0.5], labels [0, -1, 1], low-quality matches on)::
 
@@ -89,15 +87,13 @@ class ChunkedIoUMatcher(nn.Module):
         }
 
     def _chunks(self, num_gt: int, num_anchors: int) -> List[Tuple[int, int]]:
-        """(start, end) of the anchor chunks: a list, not a generator, so that TorchScript
-        compiles it."""
+        """(start, end) of the anchor chunks (a list: TorchScript compiles no generator)."""
         step = max(1, self.chunk_elements // max(num_gt, 1))
         return [(start, min(start + step, num_anchors)) for start in range(0, num_anchors, step)]
 
     def forward(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
-        """``gt_boxes`` (M, 4) and ``anchors`` (R, 4), XYXY, M and R >= 0 -> (R,) int64
-        ``matched_idxs`` (0 when M == 0) and (R,) int8 ``match_labels`` (1 = foreground,
-        0 = background, -1 = ignored)."""
+        """``gt_boxes`` (M, 4), ``anchors`` (R, 4) -> (R,) int64 ``matched_idxs`` (0 when M == 0)
+        and (R,) int8 ``match_labels``, as :data:`ANCHOR_MATCHER_REGISTRY` describes."""
         # A ``with`` block: TorchScript cannot compile the @torch.no_grad() decorator.
         with torch.no_grad():
             matched_idxs, match_labels = self._match(gt_boxes, anchors)
@@ -149,8 +145,7 @@ class ChunkedIoUMatcher(nn.Module):
 
     @staticmethod
     def _reaches_best_in_chunk(gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor) -> Tensor:
-        """(C,) bool: which of C anchors reach the highest IoU of some ground truth that
-        overlaps any anchor."""
+        """(C,) bool: which of C anchors reach some ground truth's highest IoU, where it is > 0."""
         target = best_iou_per_gt[:, None]
         iou = pairwise_iou(gt, Boxes(anchors))
         return ((iou == target) & (target > 0)).any(dim=0)

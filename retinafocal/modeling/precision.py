@@ -1,11 +1,8 @@
-"""The compute precision of the backbone and head (``MODEL.RETINAFOCAL.PRECISION``).
-
-``bf16`` and ``fp16`` run the backbone and head under ``torch.autocast`` in training and
-inference and hand float32 predictions to the loss, anchor labelling and box decoding. ``bf16``
-(CPU and GPU) needs no gradient scaling; where it would be emulated (a CPU without AVX512-BF16 or
-AMX, a GPU without bf16) the model runs in float32 with a warning. ``fp16`` (GPU only) trains
-with detectron2's ``AMPTrainer`` for its gradient scaler (``SOLVER.AMP.ENABLED``).
-"""
+"""The compute precision of the backbone and head (``MODEL.RETINAFOCAL.PRECISION``): ``bf16``
+and ``fp16`` run them under ``torch.autocast`` and hand float32 predictions to the loss, anchor
+labelling and box decoding. ``bf16`` (CPU and GPU) needs no gradient scaling; where it would be
+emulated (a CPU without AVX512-BF16 or AMX, a GPU without bf16) the model runs in float32 with a
+warning. ``fp16`` (GPU only) trains with detectron2's ``AMPTrainer`` (``SOLVER.AMP.ENABLED``)."""
 from __future__ import annotations
 
 import functools
@@ -84,8 +81,7 @@ def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
                 "would be emulated, slower than float32. Running in float32."
             )
             return None
-        return dtype
-    if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    elif device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         logger.warning(f"{_PRECISION_KEY} = 'bf16', but this GPU lacks bf16: running in float32.")
         return None
     return dtype
@@ -111,9 +107,8 @@ def check_precision_and_amp(precision: str, amp_enabled: bool) -> None:
 
 class PrecisionDenseDetector(DenseDetector):
     """detectron2's ``DenseDetector`` whose backbone and head compute at ``precision`` (one of
-    :data:`PRECISIONS`). ``forward`` is detectron2's flow written out, because TorchScript
-    compiles no ``super()`` call. A scripted model runs in float32, whatever its ``precision``.
-    """
+    :data:`PRECISIONS`; a scripted model runs in float32). ``forward`` is detectron2's flow
+    written out, because TorchScript compiles no ``super()`` call."""
 
     def __init__(self, *args, precision: str = "fp32", **kwargs):
         super().__init__(*args, **kwargs)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -25,16 +25,15 @@ __all__ = ["FocalRetinaNet"]
 
 _BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
 _NORMALIZERS = ("num_pos", "ema")
-_MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+_MEMORY_FORMATS = ("NCHW", "NHWC")
 
 
 @META_ARCH_REGISTRY.register()
 class FocalRetinaNet(PrecisionDenseDetector):
     """RetinaNet (:paper:`RetinaNet`, Lin et al., ICCV 2017) with swappable head, anchor matcher
     and classification loss. It reads ``cfg.MODEL.RETINANET.*`` with detectron2's meaning plus
-    ``cfg.MODEL.RETINAFOCAL.*``, and has detectron2 ``RetinaNet``'s parameters: its checkpoints
-    load with ``strict=True``.
-    """
+    ``cfg.MODEL.RETINAFOCAL.*``; its parameters are detectron2 ``RetinaNet``'s (checkpoints load
+    with ``strict=True``)."""
 
     @configurable
     def __init__(
@@ -69,21 +68,17 @@ class FocalRetinaNet(PrecisionDenseDetector):
         defaults are the paper's); ``box_reg_loss_type`` also takes "l1" (smooth L1, beta 0).
 
         Args:
-            head: a ``RETINAFOCAL_HEAD_REGISTRY`` member.
-            anchor_matcher: a member of ``ANCHOR_MATCHER_REGISTRY``.
-            classification_loss: a member of ``CLASSIFICATION_LOSS_REGISTRY``.
+            head, anchor_matcher, classification_loss: members of ``RETINAFOCAL_HEAD_REGISTRY``,
+                ``ANCHOR_MATCHER_REGISTRY`` and ``CLASSIFICATION_LOSS_REGISTRY``.
             num_classes: K, the number of foreground classes.
             loss_normalizer: divide both losses by "num_pos" (foreground anchors in the batch,
                 the paper) or "ema" (detectron2's moving average of it, starting at 100, with
                 ``loss_normalizer_momentum``).
             diagnostics_period: log imbalance diagnostics every this many iterations (0: off).
-            memory_format: layout of the 4-d weights: "NCHW" (results identical to detectron2's
-                RetinaNet) or "NHWC" (channels-last, which oneDNN and cuDNN convolve without
-                reordering; activations follow from the first conv on; equal up to rounding).
-            precision: "fp32", "bf16" or "fp16" for the backbone and head (see
-                :mod:`retinafocal.modeling.precision`).
-            fold_frozen_bn: fold each frozen BatchNorm of the backbone into the conv before it
-                (see :mod:`retinafocal.modeling.frozen_bn`).
+            memory_format: layout of the 4-d weights: "NCHW" (detectron2's results exactly) or
+                "NHWC" (channels-last, which oneDNN and cuDNN convolve without reordering; equal
+                up to rounding).
+            precision, fold_frozen_bn: see :mod:`.precision` and :mod:`.frozen_bn`.
         """
         super().__init__(
             backbone,
@@ -93,12 +88,13 @@ class FocalRetinaNet(PrecisionDenseDetector):
             pixel_std=pixel_std,
             precision=precision,
         )
-        if box_reg_loss_type not in _BOX_LOSSES:
-            raise ValueError(f"box_reg_loss_type must be one of {_BOX_LOSSES}, got "
-                             f"{box_reg_loss_type!r}")
-        if loss_normalizer not in _NORMALIZERS:
-            raise ValueError(f"loss_normalizer must be one of {_NORMALIZERS}, got "
-                             f"{loss_normalizer!r}")
+        for name, value, choices in (
+            ("box_reg_loss_type", box_reg_loss_type, _BOX_LOSSES),
+            ("loss_normalizer", loss_normalizer, _NORMALIZERS),
+            ("memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT)", memory_format, _MEMORY_FORMATS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
@@ -116,9 +112,6 @@ class FocalRetinaNet(PrecisionDenseDetector):
         self.diagnostics_period = diagnostics_period
         self.vis_period = vis_period
         self.input_format = input_format
-        if memory_format not in _MEMORY_FORMATS:
-            raise ValueError(f"memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT) must be one of "
-                             f"{sorted(_MEMORY_FORMATS)}, got {memory_format!r}")
         self.memory_format = memory_format
         self.fold_frozen_bn = fold_frozen_bn
         if fold_frozen_bn:
@@ -311,11 +304,10 @@ class FocalRetinaNet(PrecisionDenseDetector):
         deltas: List[Tensor],
         image_size: Tuple[int, int],
     ) -> Instances:
-        """Per level, the top ``test_topk_candidates`` (anchor, class) pairs above
-        ``test_score_thresh``; then class-wise NMS over all levels. Takes per level Ri anchors,
-        this image's (Ri, K) logits and (Ri, 4) deltas, and its unpadded (height, width); returns
-        Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes`` (D,), sorted by
-        score, D <= max_detections_per_image."""
+        """:meth:`_decode_level` on each level, then class-wise NMS over all levels. Takes per level
+        Ri anchors, this image's (Ri, K) logits and (Ri, 4) deltas, and its unpadded (height,
+        width); returns Instances with ``pred_boxes`` (D, 4), ``scores`` (D,), ``pred_classes``
+        (D,), sorted by score, D <= max_detections_per_image."""
         per_level = [
             self._decode_level(anchors_i.tensor, logits_i, deltas_i)
             for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas)
@@ -334,9 +326,9 @@ class FocalRetinaNet(PrecisionDenseDetector):
     def _decode_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Anchors (Ri, 4), logits (Ri, K), deltas (Ri, 4) -> the top-k candidates above the
-        score threshold: boxes (C, 4), scores (C,), classes (C,) int64. The threshold is applied
-        to the logits first (sigmoid is monotonic), so only those that pass go through sigmoid."""
+        """Anchors (Ri, 4), logits (Ri, K), deltas (Ri, 4) -> boxes (C, 4), scores (C,), classes
+        (C,) int64 of the ``test_topk_candidates`` best pairs above ``test_score_thresh``, which
+        is applied to the logits first (sigmoid is monotonic): only those pass through sigmoid."""
         flat = logits.reshape(-1)
         thresh = self.test_score_thresh
         if thresh <= 0:

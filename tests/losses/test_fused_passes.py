@@ -89,8 +89,7 @@ class TestEagerChunks(unittest.TestCase):
         self.assertGreater(per_chunk, _fused._EAGER_CPU_CHUNK_ELEMENTS)
         logits, labels = _batch(per_chunk + 1, k, device="meta")
         recorder = _Recording(FOCAL)
-        rows = torch.empty(per_chunk + 1, device="meta")
-        _fused.LabelLossRunner(recorder).run("rows", logits, labels, (rows,))
+        _fused.LabelLossRunner(recorder).run(logits, labels, per_row=True)
         self.assertEqual(recorder.rows(), [per_chunk, 1])
 
 

@@ -11,7 +11,15 @@ from unittest import mock
 import torch
 
 import retinafocal  # noqa: F401  (compat before detectron2)
-from retinafocal.losses import FocalLoss, FocalLossStar, HingeLoss, OHEMLoss, _fused, _terms
+from retinafocal.losses import (
+    BalancedCELoss,
+    FocalLoss,
+    FocalLossStar,
+    HingeLoss,
+    OHEMLoss,
+    _fused,
+    _terms,
+)
 
 TERMS = {
     "focal": _terms.FocalTerms(0.25, 2.0, hard_targets=True),
@@ -134,12 +142,12 @@ class TestCompileState(unittest.TestCase):
             loss(logits, labels)
             self.assertEqual(len(calls), 1)  # compiled once, then reused
             clone = copy.deepcopy(loss)
-            self.assertEqual(clone.runner._compiled, {})
+            self.assertIsNone(clone.runner._compiled)
             self.assertTrue(clone.runner.compile)
             torch.testing.assert_close(clone(logits, labels), value)
             self.assertEqual(len(calls), 2)
         restored = pickle.loads(pickle.dumps(loss))
-        self.assertEqual(restored.runner._compiled, {})
+        self.assertIsNone(restored.runner._compiled)
         self.assertEqual(vars(restored.runner.terms), vars(loss.runner.terms))
 
     def test_compiled_only_when_asked_and_for_two_rows_or_more(self):
@@ -182,6 +190,18 @@ class TestCompileState(unittest.TestCase):
                     "retinafocal.losses: torch.compile of the fused loss (rows_and_grad) failed "
                     f"on cpu; this loss runs eagerly from now on. Reason: {reason}"
                 ))  # fmt: skip
+        # Each kind of pass names itself.
+        x = logits.clone().requires_grad_()
+        calls = {
+            "rows": lambda loss: loss.anchor_losses(logits, labels),
+            "elementwise": lambda loss: loss.elementwise_losses(logits, labels),
+            "elementwise_and_grad": lambda loss: loss.runner.loss(x, labels, "none"),
+        }
+        with mock.patch.object(torch, "compile", broken):
+            for name, call in calls.items():
+                with self.subTest(name), self.assertLogs(_fused.logger, logging.WARNING) as logs:
+                    call(FocalLoss(compile=True))
+                self.assertIn(f"fused loss ({name}) failed", logs.output[0])
 
     def test_compiled_results_are_used_and_every_size_shares_a_kernel(self):
         """What the compiled pass writes is the result (no second, eager pass), and the anchor
@@ -209,6 +229,8 @@ class TestCompileState(unittest.TestCase):
     def test_every_fused_loss_owns_a_runner(self):
         for loss in (FocalLoss(), FocalLossStar(), HingeLoss()):
             self.assertIsInstance(loss.runner, _fused.LabelLossRunner)
+        for cls in (FocalLoss, BalancedCELoss, FocalLossStar, HingeLoss):
+            self.assertTrue(cls(compile=True).runner.compile, cls.__name__)
         ohem = OHEMLoss(compile=True)
         self.assertTrue(ohem._scorer.compile)
         self.assertFalse(ohem._kept.compile)

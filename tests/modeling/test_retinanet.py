@@ -312,8 +312,13 @@ class TestMemoryFormat(unittest.TestCase):
     def test_unknown_format_names_the_key(self):
         cfg = small_retinanet_cfg()
         cfg.MODEL.RETINAFOCAL.MEMORY_FORMAT = "NWHC"
-        with self.assertRaisesRegex(ValueError, "MODEL.RETINAFOCAL.MEMORY_FORMAT.*'NWHC'"):
+        with self.assertRaises(ValueError) as ctx:
             build(cfg)
+        self.assertEqual(
+            str(ctx.exception),
+            "memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT) must be one of ('NCHW', 'NHWC'), "
+            "got 'NWHC'",
+        )
 
 
 class TestLazyConfigModel(unittest.TestCase):
