@@ -34,7 +34,7 @@ from PIL import Image
 from retinafocal.data import images
 from retinafocal.data.checks import check_coco_json
 from retinafocal.data.images import ImageInfo
-from retinafocal.data.report import FATAL, ProblemRecord, ValidationReport
+from retinafocal.data.report import ProblemRecord, ValidationReport
 
 __all__ = [
     "inspect_image",
@@ -135,7 +135,7 @@ _VALIDATE_SIGNATURE = inspect.signature(validate_coco_json)
 def verdict(report: ValidationReport) -> str:
     """One sentence saying what training does with the dataset of ``report``."""
     if report.has_fatal:
-        fatal = report.kinds(FATAL)
+        fatal = report.kinds("fatal")
         count = sum(report.count(kind) for kind in fatal)
         return (
             f"FATAL: {count} problem(s) ({', '.join(fatal)}) must be fixed in the json before it "

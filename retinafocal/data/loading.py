@@ -1,8 +1,5 @@
-"""Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check.
-
-A check is remembered for the process, keyed by the json's path, size and mtime and the image
-folder's path and mtime, so that the train, test and registered loaders do not repeat it.
-"""
+"""Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check,
+made once per process for a json (path, size, mtime) and image folder (path, mtime)."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +13,7 @@ from detectron2.data.datasets import load_coco_json
 
 from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
 from .images import inspect_image
-from .report import FATAL, DatasetValidationError, ValidationReport
+from .report import DatasetValidationError, ValidationReport
 
 __all__ = ["PURPOSES", "checked_report", "load_coco_json_checked"]
 
@@ -42,25 +39,6 @@ def _key(json_file: str, image_root: str, check_images: bool) -> Tuple:
     return (_stamp(json_file), _stamp(image_root), check_images)
 
 
-def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, purpose: str) -> str:
-    """Why ``report``'s unreadable images stop ``purpose``, and a fix not already set."""
-    summary = report.unreadable_summary()
-    if on_unreadable == "error":
-        if purpose != "evaluation":
-            rest = "train without them"
-        else:
-            rest = "evaluate on the other images (AP then covers those only)"
-        return (
-            f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'error', so {purpose} stops "
-            f"before it starts. Fix or remove them, or set DATALOADER.ON_UNREADABLE_IMAGE to "
-            f"'skip' to {rest}."
-        )
-    return (
-        f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out, "
-        f"but then no image with a box is left for {purpose}. Fix or replace the image files."
-    )
-
-
 def checked_report(
     json_file: str,
     image_root: str,
@@ -71,19 +49,19 @@ def checked_report(
     purpose: str = "training",
 ) -> ValidationReport:
     """Check a COCO json (arguments as for ``load_coco_json``) and, with ``check_images``, its
-    image files, once per process, logging the report; refuse what cannot be used.
+    image files, logging the report; refuse what cannot be used.
 
     Args:
-        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``: "error" raises on any unreadable
-            image; "skip" (the caller leaves them out) raises when no image with a box is left;
-            None lets them through to the mapper.
-        purpose: "training", "evaluation" or "loading", for the messages; a json without
-            annotations (an image list, as COCO test-dev's) needs no box but for training.
+        on_unreadable: ``DATALOADER.ON_UNREADABLE_IMAGE``: "error" refuses any unreadable image;
+            "skip" (the caller leaves them out) refuses when no image with a box is left; None
+            lets them through to the mapper.
+        purpose: one of :data:`PURPOSES`, for the messages; a json without annotations (an
+            image list, as COCO test-dev's) needs no box but for training.
 
     Raises:
-        DatasetValidationError: with the report, for fatal problems, unreadable images that
-            ``on_unreadable`` says stop ``purpose``, or, for evaluation, annotations that
-            pycocotools cannot evaluate (``box_invalid``, ``eval_field_missing``).
+        DatasetValidationError: with the report, for fatal problems, unreadable images as
+            ``on_unreadable`` says, or, for evaluation, annotations that pycocotools cannot
+            evaluate (``box_invalid``, ``eval_field_missing``).
     """
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
@@ -101,7 +79,7 @@ def checked_report(
     # A test set without annotations (COCO test-dev's image info): COCOEvaluator writes the
     # predictions (for an evaluation server) and computes no AP, so it needs no box.
     predict_only = purpose != "training" and report.num_annotations == 0
-    if any(not (predict_only and k == "no_usable_box") for k in report.kinds(FATAL)):
+    if any(not (predict_only and k == "no_usable_box") for k in report.kinds("fatal")):
         raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
     unreadable_by_cocoeval = [k for k in ("box_invalid", "eval_field_missing") if report.count(k)]
     if purpose == "evaluation" and unreadable_by_cocoeval:  # it would raise after training
@@ -110,13 +88,23 @@ def checked_report(
             f"iscrowd of each annotation in the json, unfixed, and cannot use the "
             f"{' and '.join(unreadable_by_cocoeval)} ones. Fix the json.\n{report.format()}"
         )
-    if predict_only:  # no box needed: only "error" stops it, on any unreadable image
-        unusable = on_unreadable == "error" and report.num_unreadable_images > 0
-    else:
-        unusable = on_unreadable is not None and not report.usable(on_unreadable)
-    if unusable:
-        message = _unusable_message(name, report, on_unreadable, purpose)
-        raise DatasetValidationError(f"{message}\n{report.format()}")
+    if on_unreadable == "error" and report.num_unreadable_images:
+        if purpose == "evaluation":
+            rest = "evaluate on the other images (AP then covers those only)"
+        else:
+            rest = "train without them"
+        raise DatasetValidationError(
+            f"{name}: {report.unreadable_summary()}. DATALOADER.ON_UNREADABLE_IMAGE is 'error', "
+            f"so {purpose} stops before it starts. Fix or remove them, or set "
+            f"DATALOADER.ON_UNREADABLE_IMAGE to 'skip' to {rest}.\n{report.format()}"
+        )
+    # "skip" leaves them out; what is left must have a box, but for a test set that needs none.
+    if on_unreadable == "skip" and not predict_only and not report.usable("skip"):
+        raise DatasetValidationError(
+            f"{name}: {report.unreadable_summary()}. DATALOADER.ON_UNREADABLE_IMAGE is 'skip', "
+            f"which leaves them out, but then no image with a box is left for {purpose}. Fix or "
+            f"replace the image files.\n{report.format()}"
+        )
     return copy.deepcopy(report)  # the callers' to change; the memo keeps its own
 
 
