@@ -35,12 +35,9 @@ def _counts(names: Sequence[str]) -> Dict[str, int]:
 
 
 def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:
-    """Check that every dataset of ``names`` has the model's ``num_classes`` classes.
-
-    Raises:
-        NumClassesError: naming each dataset that differs, both numbers, the config ``key``
-            and the fix (``opt_in`` takes the number from the datasets).
-    """
+    """Check that every dataset of ``names`` has the model's ``num_classes`` classes; else raise
+    :class:`NumClassesError` naming each dataset that differs, both numbers, the config ``key``
+    and the fix (``opt_in`` takes the number from the datasets)."""
     wrong = {name: n for name, n in _counts(names).items() if n != num_classes}
     if not wrong:
         return
@@ -61,11 +58,8 @@ def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_i
 
 
 def num_classes_from_datasets(names: Sequence[str], *, key: str) -> int:
-    """The class count shared by the datasets ``names``, for the opt-in ``key``.
-
-    Raises:
-        NumClassesError: when the datasets disagree or none lists its classes.
-    """
+    """The class count shared by the datasets ``names``, for the opt-in ``key``; raises
+    :class:`NumClassesError` when they disagree or none lists its classes."""
     counts = _counts(names)
     if not counts:
         raise NumClassesError(

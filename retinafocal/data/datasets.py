@@ -1,10 +1,6 @@
-"""Datasets by name: registration of retinafocal's own, and checked loading of any.
-
-``import retinafocal`` registers the embedded shapes splits, ``DATASETS.COCO_JSON`` more; both
-load through :func:`~retinafocal.data.loading.load_coco_json_checked`. Datasets registered by
-others (detectron2's ``coco_2017_*``) keep their loaders; training checks them with
-:func:`check_datasets` / :func:`checked_dataset_dicts`.
-"""
+"""Datasets by name: registration of retinafocal's own (the shapes splits, ``DATASETS.COCO_JSON``),
+loaded by :func:`~.loading.load_coco_json_checked`, and the check training runs on any (others'
+keep their loaders, as detectron2's ``coco_2017_*``): :func:`checked_dataset_dicts`."""
 from __future__ import annotations
 
 import logging
@@ -54,8 +50,8 @@ def register_coco_dataset(
     name: str, json_file: str, image_root: str, metadata: Dict[str, Any] | None = None
 ) -> bool:
     """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP and loaded
-    by :func:`~retinafocal.data.loading.load_coco_json_checked`. The same name again with the
-    same files does nothing (returns False); with other files it is an error."""
+    by :func:`~.loading.load_coco_json_checked`. The same name again with the same files does
+    nothing (returns False); with other files it is an error."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         if _registered_files(name) == (json_file, image_root):
@@ -130,14 +126,10 @@ def check_datasets(
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
-    """Check the named datasets as training does, whoever registered them, if registered as a
-    COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"); returns name
-    -> report for those. ``on_unreadable``, ``purpose``: as for :func:`.checked_report`.
-
-    Raises:
-        DatasetValidationError: naming the dataset, with its report, when it cannot be used
-            (malformed boxes included where another loader, which is kept, would read them).
-    """
+    """:func:`~.loading.checked_report` (with ``on_unreadable``, ``purpose``) of the named
+    datasets registered as a COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type``
+    "coco"), whoever registered them; returns name -> report. Raises its
+    :class:`DatasetValidationError`, and one for malformed boxes that another loader would read."""
     reports = {}
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():

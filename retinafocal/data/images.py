@@ -1,10 +1,4 @@
-"""Whether an image file can be read, judged without decoding it when that is safe.
-
-:func:`inspect_image` is the check training runs on every image before it starts: the header
-opens, its size is read after the EXIF orientation that detectron2's ``read_image`` applies, and
-a JPEG / PNG file must end with its end marker (found truncated without decoding); a file without
-one, or of another format, is decoded.
-"""
+"""Whether an image file can be read, judged without decoding it when that is safe."""
 from __future__ import annotations
 
 import os
@@ -74,8 +68,10 @@ def _has_end_marker(path: str, image_format: str) -> bool:
 
 
 def inspect_image(path: str) -> ImageInfo:
-    """Whether and how the training data loader can read the local file ``path`` (see the
-    module docstring)."""
+    """Whether the training data loader can read the local file ``path``, as checked on every
+    image before training starts: the header opens, its size is read after the EXIF orientation
+    that detectron2's ``read_image`` applies, and a JPEG / PNG file must end with its end marker
+    (found truncated without decoding); a file without one, or of another format, is decoded."""
     info = read_image_header(path)
     if not info.readable:
         return info

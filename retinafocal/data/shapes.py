@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from ..checkpoint import atomic_write
 
@@ -71,18 +72,16 @@ class ShapesSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.image_size < 16:
-            raise ValueError(f"ShapesSpec.image_size must be >= 16, got {self.image_size}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f"ShapesSpec needs 1 <= min_objects <= max_objects, got "
-                f"{self.min_objects}, {self.max_objects}"
-            )
-        if not 4 <= self.min_object_size <= self.max_object_size <= self.image_size:
-            raise ValueError(
-                "ShapesSpec needs 4 <= min_object_size <= max_object_size <= image_size, got "
-                f"{self.min_object_size}, {self.max_object_size}, {self.image_size}"
-            )
+        for ok, rule in [
+            (self.image_size >= 16, "image_size >= 16"),
+            (1 <= self.min_objects <= self.max_objects, "1 <= min_objects <= max_objects"),
+            (
+                4 <= self.min_object_size <= self.max_object_size <= self.image_size,
+                "4 <= min_object_size <= max_object_size <= image_size",
+            ),
+        ]:
+            if not ok:
+                raise ValueError(f"ShapesSpec needs {rule}, got {self}")
 
 
 #: The registered splits: name suffix -> (number of images, spec).
@@ -191,12 +190,8 @@ def generate_shapes_split(
 
     images: List[dict] = []
     annotations: List[dict] = []
-    indices: Sequence[int] = range(num_images)
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=f"generating shapes/{split}", unit="img")
-    for i in indices:
+    desc = f"generating shapes/{split}"
+    for i in tqdm(range(num_images), desc, unit="img", disable=not progress):
         rng = np.random.default_rng([spec.seed, _SPLIT_STREAM.get(split, 3), i])
         pixels, objects = draw_shapes_image(spec, rng)
         file_name = f"{i:06d}.png"
