@@ -1,8 +1,5 @@
-"""Checks of a COCO-format detection dataset: its json, its boxes and its image files.
-
-:func:`check_coco_json` collects every problem in a :class:`~.report.ValidationReport`; the
-checked loader and ``tools/validate_dataset.py`` both run it: one set of rules.
-"""
+"""Checks of a COCO-format detection dataset: its json, its boxes and its image files; the
+checked loader and ``tools/validate_dataset.py`` both run :func:`check_coco_json`."""
 from __future__ import annotations
 
 import json
@@ -186,20 +183,19 @@ def _check_annotations(
             example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
             report.add("orphan_annotation", ann_id, example)
             continue
+        where = f"annotation {ann_id} of image {img['id']}"
         if ann.get("ignore", 0) != 0:  # detectron2's load_coco_json asserts, naming nothing
-            example = f"annotation {ann_id} of image {img['id']}: 'ignore': {ann['ignore']!r}"
-            report.add("ignore_flag", ann_id, example + " (mark ignored regions 'iscrowd': 1)")
+            example = f"{where}: 'ignore': {ann['ignore']!r} (mark ignored regions 'iscrowd': 1)"
+            report.add("ignore_flag", ann_id, example)
         if not all(isinstance(ann.get(k), (int, float)) for k in ("area", "iscrowd")):
-            example = f"annotation {ann_id} of image {img['id']}: area {ann.get('area')!r}"
-            report.add("eval_field_missing", ann_id, f"{example}, iscrowd {ann.get('iscrowd')!r}")
+            example = f"{where}: area {ann.get('area')!r}, iscrowd {ann.get('iscrowd')!r}"
+            report.add("eval_field_missing", ann_id, example)
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
         if outcome != "ok":
             size = f"{img['width']}x{img['height']}"
-            example = f"annotation {ann_id} of image {img['id']} ({size}): bbox {ann.get('bbox')!r}"
-            report.add(outcome, ann_id, example)
+            report.add(outcome, ann_id, f"{where} ({size}): bbox {ann.get('bbox')!r}")
         if not segmentation_is_valid(ann.get("segmentation")):
-            example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
-            report.add("segmentation_invalid", ann_id, example)
+            report.add("segmentation_invalid", ann_id, f"{where}: {ann['segmentation']!r}"[:200])
         # Crowd regions are not trained on: detectron2's mapper keeps only iscrowd == 0.
         if outcome in ("ok", "box_clipped") and ann.get("iscrowd", 0) == 0:
             images_with_boxes.add(img["id"])
