@@ -15,15 +15,13 @@ from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
 from .images import inspect_image
 from .report import DatasetValidationError, ValidationReport
 
-__all__ = ["PURPOSES", "checked_report", "load_coco_json_checked"]
+__all__ = ["checked_report", "load_coco_json_checked"]
 
 logger = logging.getLogger(__name__)
 
 _REPORTS: Dict[Tuple, ValidationReport] = {}
 # Keys of _REPORTS whose box fixes have been logged.
 _FIXES_LOGGED: set = set()
-#: What a dataset is checked for; it words the messages ("loading": by the registered loader).
-PURPOSES = ("training", "evaluation", "loading")
 _BOX_FIXES = ("box_clipped", "box_empty", "box_invalid", "box_outside")
 
 
@@ -55,8 +53,9 @@ def checked_report(
         on_unreadable: ``DATALOADER.ON_UNREADABLE_IMAGE``: "error" refuses any unreadable image;
             "skip" (the caller leaves them out) refuses when no image with a box is left; None
             lets them through to the mapper.
-        purpose: one of :data:`PURPOSES`, for the messages; a json without annotations (an
-            image list, as COCO test-dev's) needs no box but for training.
+        purpose: "training", "evaluation" or "loading" (by the registered loader), for the
+            messages; a json without annotations (an image list, as COCO test-dev's) needs no
+            box but for training.
 
     Raises:
         DatasetValidationError: with the report, for fatal problems, unreadable images as
@@ -65,8 +64,8 @@ def checked_report(
     """
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
-    if purpose not in PURPOSES:
-        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    if purpose not in ("training", "evaluation", "loading"):
+        raise ValueError(f"purpose must be 'training', 'evaluation' or 'loading', got {purpose!r}")
     role = "Test dataset" if purpose == "evaluation" else "Dataset"
     name = f"{role} '{dataset_name}'" if dataset_name else role
     key = _key(json_file, image_root, check_images)
@@ -130,24 +129,20 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
     for annotation in invalid:
         del annotation["segmentation"]
     data["annotations"] = kept
-    # The file name keeps the original's, which load_coco_json looks at ("minival").
-    fd, tmp = tempfile.mkstemp(prefix="retinafocal_", suffix="_" + os.path.basename(json_file))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with tempfile.TemporaryDirectory(prefix="retinafocal_") as tmp_dir:
+        # The original's file name, which load_coco_json looks at ("minival").
+        tmp = os.path.join(tmp_dir, os.path.basename(json_file))
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
         return load_coco_json(tmp, image_root, dataset_name)
-    finally:
-        os.remove(tmp)
 
 
 def load_coco_json_checked(
     json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
     """detectron2's dataset dicts (``bbox_mode`` XYWH_ABS) of a COCO json that
-    :func:`checked_report` (given ``checks``) passed, with the fixes it counted (logged once per
-    process): boxes clipped or dropped (:func:`fix_coco_box`), orphan annotations dropped,
-    rejected segmentations dropped with their boxes kept. Images without annotations and
-    unreadable images are kept (see ``checked_dataset_dicts``)."""
+    :func:`checked_report` (given ``checks``) passed, with the problems of severity "fixed" it
+    counted fixed (logged once per process); images without annotations or unreadable are kept."""
     checks.setdefault("purpose", "loading")
     report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in ("box_invalid", "segmentation_invalid", "orphan_annotation")):
