@@ -78,18 +78,15 @@ def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optio
 
 
 def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
-    """The loader's check of one file (:func:`retinafocal.data.images.inspect_image`) and the
-    ``converted_*`` kind of what the mapper does to it; with ``full_decode``, every pixel is
-    decoded."""
-    # A full decode below finds all that the loader's check decodes for: its header alone then.
-    info = images.read_image_header(path) if full_decode else images.inspect_image(path)
+    """The loader's check of one file (:func:`retinafocal.data.images.inspect_image`, which with
+    ``full_decode`` decodes every pixel) and the ``converted_*`` kind of what the mapper does to
+    it."""
+    info = images.inspect_image(path, full_decode=full_decode)
     if not info.readable:
         return info
     try:
         with Image.open(path) as im:
             mode, has_transparency = im.mode, "transparency" in im.info
-            if full_decode:
-                im.load()
         bit_depth = _png_bit_depth(path) if info.format == "PNG" else 8
     except Exception as e:  # noqa: BLE001 -- any failure to decode makes the file unreadable
         return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")

@@ -161,14 +161,11 @@ def _check_annotations(
     images_with_boxes: set = set()
     known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
     for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or not all(
-            _is_id(ann.get(k)) for k in ("id", "image_id", "category_id")
-        ):
-            ann_id = ann.get("id") if isinstance(ann, dict) else None
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        if not (_is_id(ann_id) and _is_id(ann.get("image_id")) and _is_id(ann.get("category_id"))):
             example = f"annotations[{i}] lacks an integer id, image_id or category_id"
             report.add("malformed_annotation", ann_id, example)
             continue
-        ann_id = ann["id"]
         # detectron2 lets COCO 2014's minival jsons repeat ids; the loader's copy keeps the name.
         if ann_id in seen and "minival" not in os.path.basename(report.json_file):
             report.add("duplicate_annotation_id", ann_id, f"annotations[{i}] repeats id {ann_id}")

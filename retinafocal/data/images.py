@@ -7,7 +7,7 @@ from typing import Optional
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageInfo", "read_image_header", "inspect_image"]
+__all__ = ["ImageInfo", "inspect_image"]
 
 
 @dataclass
@@ -39,22 +39,6 @@ def _exif_orientation(im: Image.Image) -> Optional[int]:
         return None
 
 
-def read_image_header(path: str) -> ImageInfo:
-    """Open one image file's header only (no pixels; truncation is not seen)."""
-    try:
-        with Image.open(path) as im:
-            info = ImageInfo(readable=True, format=im.format or "")
-            info.width, info.height = im.size
-            orientation = _exif_orientation(im)
-    except UnidentifiedImageError:
-        return ImageInfo(readable=False, reason="not an image in any format Pillow knows")
-    except Exception as e:  # noqa: BLE001 -- any failure to open makes the file unreadable
-        return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
-    if orientation in (5, 6, 7, 8):  # transposed / rotated by 90 degrees: width and height swap
-        info.width, info.height = info.height, info.width
-    return info
-
-
 def _has_end_marker(path: str, image_format: str) -> bool:
     """Whether a JPEG / PNG file ends with its end marker."""
     with open(path, "rb") as f:
@@ -67,18 +51,24 @@ def _has_end_marker(path: str, image_format: str) -> bool:
     return tail.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-def inspect_image(path: str) -> ImageInfo:
+def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
     """Whether the training data loader can read the local file ``path``, as checked on every
     image before training starts: the header opens, its size is read after the EXIF orientation
     that detectron2's ``read_image`` applies, and a JPEG / PNG file must end with its end marker
-    (found truncated without decoding); a file without one, or of another format, is decoded."""
-    info = read_image_header(path)
-    if not info.readable:
-        return info
+    (found truncated without decoding); a file without one, or of another format, is decoded, as
+    is every file with ``full_decode`` (which also finds corrupt data inside a file)."""
     try:
-        if info.format not in ("JPEG", "PNG") or not _has_end_marker(path, info.format):
+        with Image.open(path) as im:
+            width, height = im.size
+            if _exif_orientation(im) in (5, 6, 7, 8):  # transposed / rotated by 90 degrees
+                width, height = height, width
+            info = ImageInfo(readable=True, width=width, height=height, format=im.format or "")
+        ends = info.format in ("JPEG", "PNG") and _has_end_marker(path, info.format)
+        if full_decode or not ends:
             with Image.open(path) as im:  # maybe truncated, maybe trailing bytes: decoding tells
                 im.load()
-    except Exception as e:  # noqa: BLE001 -- any failure to decode makes the file unreadable
+    except UnidentifiedImageError:
+        return ImageInfo(readable=False, reason="not an image in any format Pillow knows")
+    except Exception as e:  # noqa: BLE001 -- any failure to open or decode: the file is unreadable
         return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
     return info
