@@ -49,7 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when a report's content or meaning changes, so that old cache entries are ignored.
-_REPORT_VERSION = 4
+_REPORT_VERSION = 5
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MODES_16BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")

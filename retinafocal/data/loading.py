@@ -10,6 +10,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.data.datasets import load_coco_json
+from detectron2.utils.logger import log_first_n
 
 from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
 from .images import inspect_image
@@ -20,8 +21,6 @@ __all__ = ["checked_report", "load_coco_json_checked"]
 logger = logging.getLogger(__name__)
 
 _REPORTS: Dict[Tuple, ValidationReport] = {}
-# Keys of _REPORTS whose box fixes have been logged.
-_FIXES_LOGGED: set = set()
 _BOX_FIXES = ("box_clipped", "box_empty", "box_invalid", "box_outside")
 
 
@@ -31,10 +30,6 @@ def _stamp(path: str) -> Tuple:
     except OSError:
         return (os.path.abspath(path), None)
     return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-def _key(json_file: str, image_root: str, check_images: bool) -> Tuple:
-    return (_stamp(json_file), _stamp(image_root), check_images)
 
 
 def checked_report(
@@ -68,7 +63,7 @@ def checked_report(
         raise ValueError(f"purpose must be 'training', 'evaluation' or 'loading', got {purpose!r}")
     role = "Test dataset" if purpose == "evaluation" else "Dataset"
     name = f"{role} '{dataset_name}'" if dataset_name else role
-    key = _key(json_file, image_root, check_images)
+    key = (_stamp(json_file), _stamp(image_root), check_images)
     report = _REPORTS.get(key)
     if report is None:
         inspect = inspect_image if check_images else None
@@ -163,9 +158,7 @@ def load_coco_json_checked(
     n = report.count("segmentation_invalid")
     if n:
         fixes.append(f"{n} invalid segmentation(s) dropped, their boxes kept")
-    key = _key(json_file, image_root, report.image_check != "none")
-    if fixes and key not in _FIXES_LOGGED:
-        _FIXES_LOGGED.add(key)
+    if fixes:  # once: every loader, evaluation and figure loads the dataset again
         name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
-        logger.warning(f"{name}: " + "; ".join(fixes) + ".")
+        log_first_n(logging.WARNING, f"{name}: " + "; ".join(fixes) + ".", key="message")
     return dataset_dicts

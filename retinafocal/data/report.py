@@ -58,10 +58,9 @@ class DatasetValidationError(ValueError):
 
 @dataclass
 class ProblemRecord:
-    """How often one kind (a key of :data:`PROBLEM_KINDS`) occurs, with the first offending
-    ids (image / annotation / category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
+    """How often one kind of problem occurs, with the first offending ids (image / annotation /
+    category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
 
-    kind: str
     count: int = 0
     first_ids: List[Any] = field(default_factory=list)
     examples: List[str] = field(default_factory=list)
@@ -87,7 +86,7 @@ class ValidationReport:
 
     def add(self, kind: str, offending_id: Any = None, example: Optional[str] = None) -> None:
         """Count one occurrence of ``kind``, keeping its id and example if among the first."""
-        record = self.problems.setdefault(_known(kind), ProblemRecord(kind))
+        record = self.problems.setdefault(_known(kind), ProblemRecord())
         record.count += 1
         if offending_id is not None and len(record.first_ids) < MAX_EXAMPLES:
             record.first_ids.append(offending_id)
