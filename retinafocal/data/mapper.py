@@ -1,7 +1,6 @@
 """A dataset mapper that survives bad images. detectron2's ``DatasetMapper`` raises deep inside
 a data-loader worker on a corrupt file and turns a 16-bit PNG white (Pillow clips it to 8 bits).
-The start-up check (:func:`~retinafocal.data.checked_dataset_dicts`) finds most bad files first.
-"""
+The start-up check (:func:`~retinafocal.data.checked_dataset_dicts`) finds most bad files first."""
 from __future__ import annotations
 
 import logging
@@ -47,14 +46,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
     """detectron2's ``read_image(file_name, format)`` (any path ``PathManager`` opens; EXIF
     orientation applied; ``format`` None keeps the file's mode) for any Pillow mode: 16-bit /
-    float images are rescaled (:func:`_to_8bit`), alpha is dropped.
-
-    Returns:
-        (H, W, C) uint8 array in ``format`` ((H, W) for single-channel images with format None).
-
-    Raises:
-        UnreadableImageError: naming the file, when it is missing or cannot be decoded.
-    """
+    float images are rescaled (:func:`_to_8bit`), alpha is dropped. Returns an (H, W, C) uint8
+    array in ``format`` ((H, W) for single-channel images with format None); raises
+    :class:`UnreadableImageError`, naming the file, when it is missing or cannot be decoded."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)

@@ -2,8 +2,7 @@
 verdict. The severity of a kind of problem (:data:`PROBLEM_KINDS`) says what happens to the run:
 "fatal": loading raises :class:`DatasetValidationError`; "unreadable" image files: it stops or
 leaves them out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says (:meth:`ValidationReport.usable`);
-"fixed" on loading or by the mapper; "info".
-"""
+"fixed" on loading or by the mapper; "info"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
