@@ -31,9 +31,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from PIL import Image
 
-from retinafocal.data import images
-from retinafocal.data.checks import check_coco_json
-from retinafocal.data.images import ImageInfo
+from retinafocal.data import checks
+from retinafocal.data.checks import ImageInfo, check_coco_json
 from retinafocal.data.report import ProblemRecord, ValidationReport
 
 __all__ = [
@@ -78,10 +77,10 @@ def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optio
 
 
 def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
-    """The loader's check of one file (:func:`retinafocal.data.images.inspect_image`, which with
+    """The loader's check of one file (:func:`retinafocal.data.checks.inspect_image`, which with
     ``full_decode`` decodes every pixel) and the ``converted_*`` kind of what the mapper does to
     it."""
-    info = images.inspect_image(path, full_decode=full_decode)
+    info = checks.inspect_image(path, full_decode=full_decode)
     if not info.readable:
         return info
     try:

@@ -12,8 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from detectron2.data.datasets import load_coco_json
 from detectron2.utils.logger import log_first_n
 
-from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
-from .images import inspect_image
+from .checks import check_coco_json, fix_coco_box, inspect_image, segmentation_is_valid
 from .report import DatasetValidationError, ValidationReport
 
 __all__ = ["checked_report", "load_coco_json_checked"]

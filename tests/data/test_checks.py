@@ -16,7 +16,7 @@ from retinafocal.data import (
     fix_coco_box,
     load_coco_json_checked,
 )
-from retinafocal.data.images import inspect_image
+from retinafocal.data.checks import inspect_image
 
 from ..reliability.broken_coco import write_broken_coco, write_malformed_json
 from .common import report_with
