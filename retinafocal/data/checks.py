@@ -275,39 +275,6 @@ def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
     return info
 
 
-def _check_image_files(
-    images: Dict[Any, dict],
-    image_root: str,
-    images_with_boxes: set,
-    report: ValidationReport,
-    inspect: Callable[[str], ImageInfo],
-    map_images: Callable[..., Iterable[Optional[ImageInfo]]],
-) -> None:
-    def look(path: str) -> Optional[ImageInfo]:
-        return inspect(path) if os.path.isfile(path) else None
-
-    entries = list(images.values())
-    paths = [os.path.join(image_root, img["file_name"]) for img in entries]
-    for img, path, info in zip(entries, paths, map_images(look, paths)):
-        name = f"image {img['id']} ({img['file_name']})"
-        if info is None:
-            report.add("missing_file", img["id"], f"{name}: {path}")
-        elif not info.readable:
-            report.add("unreadable_image", img["id"], f"{name}: {info.reason}")
-        elif (info.width, info.height) != (img["width"], img["height"]):
-            example = (
-                f"{name}: file is {info.width}x{info.height}, json says "
-                f"{img['width']}x{img['height']}"
-            )
-            report.add("size_mismatch", img["id"], example)
-        else:
-            if info.conversion is not None:
-                report.add(info.conversion, img["id"], name)
-            continue
-        report.unreadable_files.append(path)
-        report.num_unreadable_with_boxes += img["id"] in images_with_boxes
-
-
 def check_coco_json(
     json_file: str,
     image_root: str,
@@ -334,7 +301,24 @@ def check_coco_json(
     images = _check_images(data["images"], report)
     images_with_boxes = _check_annotations(annotations, images, category_ids, report)
     report.num_images_with_boxes = len(images_with_boxes)
-    if inspect is not None:
-        report.image_check = image_check
-        _check_image_files(images, image_root, images_with_boxes, report, inspect, map_images)
+    if inspect is None:
+        return report
+    report.image_check = image_check
+    paths = [os.path.join(image_root, img["file_name"]) for img in images.values()]
+    infos = map_images(lambda path: inspect(path) if os.path.isfile(path) else None, paths)
+    for img, path, info in zip(images.values(), paths, infos):
+        name = f"image {img['id']} ({img['file_name']})"
+        if info is None:
+            report.add("missing_file", img["id"], f"{name}: {path}")
+        elif not info.readable:
+            report.add("unreadable_image", img["id"], f"{name}: {info.reason}")
+        elif (info.width, info.height) != (img["width"], img["height"]):
+            sizes = f"{info.width}x{info.height}, json says {img['width']}x{img['height']}"
+            report.add("size_mismatch", img["id"], f"{name}: file is {sizes}")
+        else:
+            if info.conversion is not None:
+                report.add(info.conversion, img["id"], name)
+            continue
+        report.unreadable_files.append(path)
+        report.num_unreadable_with_boxes += img["id"] in images_with_boxes
     return report
