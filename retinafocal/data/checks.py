@@ -16,13 +16,10 @@ __all__ = ["ImageInfo", "check_coco_json", "fix_coco_box", "inspect_image", "seg
 
 
 def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
-    """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image.
-
-    Returns:
-        (outcome, box): "ok" (box as floats), "box_clipped" (the part inside), or, with box
-        None, "box_empty" (w or h <= 0), "box_outside", "box_invalid" (not 4 finite numbers).
-        E.g. ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
-    """
+    """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image; returns
+    (outcome, box): "ok" (box as floats), "box_clipped" (the part inside), or, with box None,
+    "box_empty" (w or h <= 0), "box_outside", "box_invalid" (not 4 finite numbers). E.g.
+    ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return "box_invalid", None
     try:

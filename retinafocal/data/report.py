@@ -94,13 +94,11 @@ class ValidationReport:
 
     def count(self, kind: str) -> int:
         """Occurrences of ``kind`` (0 if none)."""
-        record = self.problems.get(_known(kind))
-        return record.count if record is not None else 0
+        return self.problems[kind].count if _known(kind) in self.problems else 0
 
     def first_ids(self, kind: str) -> List[Any]:
         """The first offending ids of ``kind`` (empty if none)."""
-        record = self.problems.get(kind)
-        return list(record.first_ids) if record is not None else []
+        return list(self.problems[kind].first_ids) if kind in self.problems else []
 
     def kinds(self, severity: str) -> List[str]:
         """Kinds of the given severity that occurred, in :data:`PROBLEM_KINDS` order."""

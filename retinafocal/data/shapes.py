@@ -4,8 +4,7 @@ Many small objects on a busy background make most anchors easy background (the i
 focal loss addresses), yet a small network learns it in minutes on a CPU. Image ``i`` of a split
 is drawn from its own generator seeded by ``(seed, split, i)``, so a split is the prefix of any
 larger one. Layout under ``root``: ``{split}/000000.png ...`` and
-``annotations/instances_{split}.json`` (written last: its presence means the split is complete).
-"""
+``annotations/instances_{split}.json``, written last: its presence means the split is complete."""
 from __future__ import annotations
 
 import json
@@ -135,13 +134,9 @@ def shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, f
 def draw_shapes_image(
     spec: ShapesSpec, rng: np.random.Generator
 ) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
-    """Draw one image.
-
-    Returns:
-        image: (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``.
-        objects: ``(index into SHAPE_CLASSES, [x, y, w, h])`` per object, the box (absolute
-            COCO XYWH) enclosing exactly its drawn pixels.
-    """
+    """Draw one image: an (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``, and per object
+    ``(index into SHAPE_CLASSES, [x, y, w, h])``, the box (absolute COCO XYWH) enclosing exactly
+    its drawn pixels."""
     size = spec.image_size
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -180,8 +175,8 @@ def shapes_json_path(root: str, split: str) -> str:
 def generate_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """Write ``num_images`` images of ``split`` and their COCO json under ``root``; returns the
-    json's path. The json is written last and atomically, so its presence means complete."""
+    """Write ``num_images`` images of ``split`` and their COCO json (atomically, last) under
+    ``root``; returns the json's path."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     image_dir = os.path.join(root, split)
