@@ -144,12 +144,11 @@ def check_datasets(
         if json_file is None or image_root is None or not coco:
             logger.info(f"Dataset '{name}' is not registered as a COCO json: not checked.")
             continue
-        report = checked_report(
+        reports[name] = checked_report(
             json_file, image_root, name, on_unreadable=on_unreadable, purpose=purpose
         )
         if name not in _REGISTERED_HERE:
-            _refuse_what_detectron2_mishandles(name, report)
-        reports[name] = report
+            _refuse_what_detectron2_mishandles(name, reports[name])
     return reports
 
 
