@@ -128,8 +128,8 @@ def load_coco_json_checked(
     json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
     """detectron2's dataset dicts (``bbox_mode`` XYWH_ABS) of a COCO json that
-    :func:`checked_report` (given ``checks``) passed, with the problems of severity "fixed" it
-    counted fixed (logged once per process); images without annotations or unreadable are kept."""
+    :func:`checked_report` (given ``checks``) passed, with the box, orphan and segmentation fixes
+    it counted (logged once per process); images without annotations or unreadable are kept."""
     checks.setdefault("purpose", "loading")
     report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in ("box_invalid", "segmentation_invalid", "orphan_annotation")):
