@@ -142,11 +142,8 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
         by_id[img["id"]] = img
         first_id = by_file.setdefault(os.path.normpath(img["file_name"]), img["id"])
         if first_id != img["id"]:
-            example = (
-                f"images[{i}] (id {img['id']!r}) names {img['file_name']}, the file of image "
-                f"{first_id!r}"
-            )
-            report.add("duplicate_file_name", img["id"], example)
+            named = f"names {img['file_name']}, the file of image {first_id!r}"
+            report.add("duplicate_file_name", img["id"], f"images[{i}] (id {img['id']!r}) {named}")
     _check_id_types(by_id, "image", report)
     return by_id
 
@@ -199,11 +196,8 @@ def _check_annotations(
         if img_id not in images_with_boxes:
             report.add("background_image", img_id, f"image {img_id} ({img['file_name']})")
     if not images_with_boxes:
-        why = (
-            f"its {len(annotations)} annotation(s) are all dropped or crowd regions"
-            if annotations
-            else "the json has no annotation"
-        )
+        dropped = f"its {len(annotations)} annotation(s) are all dropped or crowd regions"
+        why = dropped if annotations else "the json has no annotation"
         report.add("no_usable_box", example=f"{len(images)} image(s), none with a box: {why}")
     return images_with_boxes
 
