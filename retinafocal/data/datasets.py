@@ -227,11 +227,10 @@ def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_i
         return
     lines = []
     for name, n in wrong.items():
-        effect = (
-            f"its last {n - num_classes} class(es) would train as background"
-            if n > num_classes
-            else f"the model would predict {num_classes - n} class(es) it does not have"
-        )
+        if n > num_classes:
+            effect = f"its last {n - num_classes} class(es) would train as background"
+        else:
+            effect = f"the model would predict {num_classes - n} class(es) it does not have"
         lines.append(f"  dataset '{name}' has {n} classes (categories): {effect}")
     fix = ", ".join(sorted({str(n) for n in wrong.values()}))
     raise NumClassesError(
