@@ -31,10 +31,9 @@ from typing import Any, Dict, Optional, Tuple
 
 from PIL import Image
 
-from retinafocal.data import images
-from retinafocal.data.checks import check_coco_json
-from retinafocal.data.images import ImageInfo
-from retinafocal.data.report import FATAL, ProblemRecord, ValidationReport
+from retinafocal.data import checks
+from retinafocal.data.checks import ImageInfo, check_coco_json
+from retinafocal.data.report import ProblemRecord, ValidationReport
 
 __all__ = [
     "inspect_image",
@@ -49,7 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when a report's content or meaning changes, so that old cache entries are ignored.
-_REPORT_VERSION = 4
+_REPORT_VERSION = 5
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MODES_16BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -78,18 +77,15 @@ def _conversion_kind(mode: str, bit_depth: int, has_transparency: bool) -> Optio
 
 
 def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
-    """The loader's check of one file (:func:`retinafocal.data.images.inspect_image`) and the
-    ``converted_*`` kind of what the mapper does to it; with ``full_decode``, every pixel is
-    decoded."""
-    # A full decode below finds all that the loader's check decodes for: its header alone then.
-    info = images.read_image_header(path) if full_decode else images.inspect_image(path)
+    """The loader's check of one file (:func:`retinafocal.data.checks.inspect_image`, which with
+    ``full_decode`` decodes every pixel) and the ``converted_*`` kind of what the mapper does to
+    it."""
+    info = checks.inspect_image(path, full_decode=full_decode)
     if not info.readable:
         return info
     try:
         with Image.open(path) as im:
             mode, has_transparency = im.mode, "transparency" in im.info
-            if full_decode:
-                im.load()
         bit_depth = _png_bit_depth(path) if info.format == "PNG" else 8
     except Exception as e:  # noqa: BLE001 -- any failure to decode makes the file unreadable
         return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
@@ -135,7 +131,7 @@ _VALIDATE_SIGNATURE = inspect.signature(validate_coco_json)
 def verdict(report: ValidationReport) -> str:
     """One sentence saying what training does with the dataset of ``report``."""
     if report.has_fatal:
-        fatal = report.kinds(FATAL)
+        fatal = report.kinds("fatal")
         count = sum(report.count(kind) for kind in fatal)
         return (
             f"FATAL: {count} problem(s) ({', '.join(fatal)}) must be fixed in the json before it "

@@ -1,11 +1,8 @@
 """Data: the embedded shapes dataset, dataset registration and checks, a robust mapper.
-
-Importing this registers ``shapes_train`` and ``shapes_val`` (generated on first use) and
-nothing else; training checks its datasets first (:func:`checked_dataset_dicts`).
-"""
+Importing this registers ``shapes_train`` and ``shapes_val`` (generated on first use) only."""
 from .checks import check_coco_json, fix_coco_box
-from .classes import NumClassesError
 from .datasets import (
+    NumClassesError,
     check_datasets,
     checked_dataset_dicts,
     register_coco_dataset,

@@ -1,29 +1,25 @@
-"""Checks of a COCO-format detection dataset: its json, its boxes and its image files.
-
-:func:`check_coco_json` collects every problem in a :class:`~.report.ValidationReport`; the
-checked loader and ``tools/validate_dataset.py`` both run it: one set of rules.
-"""
+"""Checks of a COCO-format detection dataset: its json, its boxes and its image files; the
+checked loader and ``tools/validate_dataset.py`` both run :func:`check_coco_json`."""
 from __future__ import annotations
 
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .images import ImageInfo, inspect_image
+from PIL import Image, UnidentifiedImageError
+
 from .report import ValidationReport
 
-__all__ = ["fix_coco_box", "segmentation_is_valid", "check_coco_json"]
+__all__ = ["ImageInfo", "check_coco_json", "fix_coco_box", "inspect_image", "segmentation_is_valid"]
 
 
 def fix_coco_box(bbox: Any, width: float, height: float) -> Tuple[str, Optional[List[float]]]:
-    """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image.
-
-    Returns:
-        (outcome, box): "ok" (box as floats), "box_clipped" (the part inside), or, with box
-        None, "box_empty" (w or h <= 0), "box_outside", "box_invalid" (not 4 finite numbers).
-        E.g. ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``.
-    """
+    """Check one COCO ``[x, y, w, h]`` box against a ``width`` x ``height`` image; returns
+    (outcome, box): "ok" (box as floats), "box_clipped" (the part inside), or, with box None,
+    "box_empty" (w or h <= 0), "box_outside", "box_invalid" (not 4 finite numbers). E.g.
+    ``fix_coco_box([-5, 2, 10, 3], 8, 8) == ("box_clipped", [0.0, 2.0, 5.0, 3.0])``."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return "box_invalid", None
     try:
@@ -146,11 +142,8 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
         by_id[img["id"]] = img
         first_id = by_file.setdefault(os.path.normpath(img["file_name"]), img["id"])
         if first_id != img["id"]:
-            example = (
-                f"images[{i}] (id {img['id']!r}) names {img['file_name']}, the file of image "
-                f"{first_id!r}"
-            )
-            report.add("duplicate_file_name", img["id"], example)
+            named = f"names {img['file_name']}, the file of image {first_id!r}"
+            report.add("duplicate_file_name", img["id"], f"images[{i}] (id {img['id']!r}) {named}")
     _check_id_types(by_id, "image", report)
     return by_id
 
@@ -164,14 +157,11 @@ def _check_annotations(
     images_with_boxes: set = set()
     known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
     for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or not all(
-            _is_id(ann.get(k)) for k in ("id", "image_id", "category_id")
-        ):
-            ann_id = ann.get("id") if isinstance(ann, dict) else None
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        if not (_is_id(ann_id) and _is_id(ann.get("image_id")) and _is_id(ann.get("category_id"))):
             example = f"annotations[{i}] lacks an integer id, image_id or category_id"
             report.add("malformed_annotation", ann_id, example)
             continue
-        ann_id = ann["id"]
         # detectron2 lets COCO 2014's minival jsons repeat ids; the loader's copy keeps the name.
         if ann_id in seen and "minival" not in os.path.basename(report.json_file):
             report.add("duplicate_annotation_id", ann_id, f"annotations[{i}] repeats id {ann_id}")
@@ -186,20 +176,19 @@ def _check_annotations(
             example = f"annotation {ann_id}: image_id {ann['image_id']!r} matches no image"
             report.add("orphan_annotation", ann_id, example)
             continue
+        where = f"annotation {ann_id} of image {img['id']}"
         if ann.get("ignore", 0) != 0:  # detectron2's load_coco_json asserts, naming nothing
-            example = f"annotation {ann_id} of image {img['id']}: 'ignore': {ann['ignore']!r}"
-            report.add("ignore_flag", ann_id, example + " (mark ignored regions 'iscrowd': 1)")
+            example = f"{where}: 'ignore': {ann['ignore']!r} (mark ignored regions 'iscrowd': 1)"
+            report.add("ignore_flag", ann_id, example)
         if not all(isinstance(ann.get(k), (int, float)) for k in ("area", "iscrowd")):
-            example = f"annotation {ann_id} of image {img['id']}: area {ann.get('area')!r}"
-            report.add("eval_field_missing", ann_id, f"{example}, iscrowd {ann.get('iscrowd')!r}")
+            example = f"{where}: area {ann.get('area')!r}, iscrowd {ann.get('iscrowd')!r}"
+            report.add("eval_field_missing", ann_id, example)
         outcome, _ = fix_coco_box(ann.get("bbox"), img["width"], img["height"])
         if outcome != "ok":
             size = f"{img['width']}x{img['height']}"
-            example = f"annotation {ann_id} of image {img['id']} ({size}): bbox {ann.get('bbox')!r}"
-            report.add(outcome, ann_id, example)
+            report.add(outcome, ann_id, f"{where} ({size}): bbox {ann.get('bbox')!r}")
         if not segmentation_is_valid(ann.get("segmentation")):
-            example = f"annotation {ann_id} of image {img['id']}: {ann['segmentation']!r}"[:200]
-            report.add("segmentation_invalid", ann_id, example)
+            report.add("segmentation_invalid", ann_id, f"{where}: {ann['segmentation']!r}"[:200])
         # Crowd regions are not trained on: detectron2's mapper keeps only iscrowd == 0.
         if outcome in ("ok", "box_clipped") and ann.get("iscrowd", 0) == 0:
             images_with_boxes.add(img["id"])
@@ -207,46 +196,74 @@ def _check_annotations(
         if img_id not in images_with_boxes:
             report.add("background_image", img_id, f"image {img_id} ({img['file_name']})")
     if not images_with_boxes:
-        why = (
-            f"its {len(annotations)} annotation(s) are all dropped or crowd regions"
-            if annotations
-            else "the json has no annotation"
-        )
+        dropped = f"its {len(annotations)} annotation(s) are all dropped or crowd regions"
+        why = dropped if annotations else "the json has no annotation"
         report.add("no_usable_box", example=f"{len(images)} image(s), none with a box: {why}")
     return images_with_boxes
 
 
-def _check_image_files(
-    images: Dict[Any, dict],
-    image_root: str,
-    images_with_boxes: set,
-    report: ValidationReport,
-    inspect: Callable[[str], ImageInfo],
-    map_images: Callable[..., Iterable[Optional[ImageInfo]]],
-) -> None:
-    def look(path: str) -> Optional[ImageInfo]:
-        return inspect(path) if os.path.isfile(path) else None
+@dataclass
+class ImageInfo:
+    """One file: whether it opens (else ``reason``), its size as ``read_image`` returns it, its
+    Pillow format, and the ``converted_*`` kind of what the mapper does to it, where the caller
+    looked (``tools/dataset_inspection.py`` does; the loader's check does not)."""
 
-    entries = list(images.values())
-    paths = [os.path.join(image_root, img["file_name"]) for img in entries]
-    for img, path, info in zip(entries, paths, map_images(look, paths)):
-        name = f"image {img['id']} ({img['file_name']})"
-        if info is None:
-            report.add("missing_file", img["id"], f"{name}: {path}")
-        elif not info.readable:
-            report.add("unreadable_image", img["id"], f"{name}: {info.reason}")
-        elif (info.width, info.height) != (img["width"], img["height"]):
-            example = (
-                f"{name}: file is {info.width}x{info.height}, json says "
-                f"{img['width']}x{img['height']}"
-            )
-            report.add("size_mismatch", img["id"], example)
+    readable: bool
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    conversion: Optional[str] = None
+
+
+def _exif_orientation(im: Image.Image) -> Optional[int]:
+    """The EXIF orientation tag, read without decoding pixels."""
+    try:
+        if im.format == "PNG":
+            # PngImageFile.getexif() decodes the whole image: use only what the header held.
+            exif = Image.Exif()
+            if "exif" in im.info:
+                exif.load(im.info["exif"])
         else:
-            if info.conversion is not None:
-                report.add(info.conversion, img["id"], name)
-            continue
-        report.unreadable_files.append(path)
-        report.num_unreadable_with_boxes += img["id"] in images_with_boxes
+            exif = im.getexif()
+        return exif.get(0x0112)
+    except Exception:  # noqa: BLE001 -- broken EXIF blocks do not stop detectron2's read_image
+        return None
+
+
+def _has_end_marker(path: str, image_format: str) -> bool:
+    """Whether a JPEG / PNG file ends with its end marker."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1024))
+        tail = f.read()
+    if image_format == "PNG":
+        return b"IEND" in tail[-64:]
+    # Some writers pad JPEG files with zero bytes after the end-of-image marker.
+    return tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
+    """Whether the training data loader can read the local file ``path``, as checked on every
+    image before training starts: the header opens, its size is read after the EXIF orientation
+    that detectron2's ``read_image`` applies, and a JPEG / PNG file must end with its end marker
+    (found truncated without decoding); a file without one, or of another format, is decoded, as
+    is every file with ``full_decode`` (which also finds corrupt data inside a file)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if _exif_orientation(im) in (5, 6, 7, 8):  # transposed / rotated by 90 degrees
+                width, height = height, width
+            info = ImageInfo(readable=True, width=width, height=height, format=im.format or "")
+        ends = info.format in ("JPEG", "PNG") and _has_end_marker(path, info.format)
+        if full_decode or not ends:
+            with Image.open(path) as im:  # maybe truncated, maybe trailing bytes: decoding tells
+                im.load()
+    except UnidentifiedImageError:
+        return ImageInfo(readable=False, reason="not an image in any format Pillow knows")
+    except Exception as e:  # noqa: BLE001 -- any failure to open or decode: the file is unreadable
+        return ImageInfo(readable=False, reason=f"{type(e).__name__}: {e}")
+    return info
 
 
 def check_coco_json(
@@ -275,7 +292,24 @@ def check_coco_json(
     images = _check_images(data["images"], report)
     images_with_boxes = _check_annotations(annotations, images, category_ids, report)
     report.num_images_with_boxes = len(images_with_boxes)
-    if inspect is not None:
-        report.image_check = image_check
-        _check_image_files(images, image_root, images_with_boxes, report, inspect, map_images)
+    if inspect is None:
+        return report
+    report.image_check = image_check
+    paths = [os.path.join(image_root, img["file_name"]) for img in images.values()]
+    infos = map_images(lambda path: inspect(path) if os.path.isfile(path) else None, paths)
+    for img, path, info in zip(images.values(), paths, infos):
+        name = f"image {img['id']} ({img['file_name']})"
+        if info is None:
+            report.add("missing_file", img["id"], f"{name}: {path}")
+        elif not info.readable:
+            report.add("unreadable_image", img["id"], f"{name}: {info.reason}")
+        elif (info.width, info.height) != (img["width"], img["height"]):
+            sizes = f"{info.width}x{info.height}, json says {img['width']}x{img['height']}"
+            report.add("size_mismatch", img["id"], f"{name}: file is {sizes}")
+        else:
+            if info.conversion is not None:
+                report.add(info.conversion, img["id"], name)
+            continue
+        report.unreadable_files.append(path)
+        report.num_unreadable_with_boxes += img["id"] in images_with_boxes
     return report

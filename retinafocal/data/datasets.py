@@ -1,10 +1,7 @@
-"""Datasets by name: registration of retinafocal's own, and checked loading of any.
-
-``import retinafocal`` registers the embedded shapes splits, ``DATASETS.COCO_JSON`` more; both
-load through :func:`~retinafocal.data.loading.load_coco_json_checked`. Datasets registered by
-others (detectron2's ``coco_2017_*``) keep their loaders; training checks them with
-:func:`check_datasets` / :func:`checked_dataset_dicts`.
-"""
+"""Datasets by name: registration of retinafocal's own (the shapes splits, ``DATASETS.COCO_JSON``),
+loaded by :func:`~.loading.load_coco_json_checked`, and the checks training runs on any (others'
+keep their loaders, as detectron2's ``coco_2017_*``): :func:`checked_dataset_dicts`, and their
+number of classes against the model's (:func:`check_num_classes`)."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +15,9 @@ from .report import DatasetValidationError, ValidationReport
 from .shapes import DEFAULT_SPLITS, SHAPE_CLASSES, ShapesSpec, ensure_shapes_split, shapes_json_path
 
 __all__ = [
+    "NumClassesError",
+    "check_num_classes",
+    "num_classes_from_datasets",
     "datasets_root",
     "register_coco_dataset",
     "register_coco_json_datasets",
@@ -54,8 +54,8 @@ def register_coco_dataset(
     name: str, json_file: str, image_root: str, metadata: Dict[str, Any] | None = None
 ) -> bool:
     """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP and loaded
-    by :func:`~retinafocal.data.loading.load_coco_json_checked`. The same name again with the
-    same files does nothing (returns False); with other files it is an error."""
+    by :func:`~.loading.load_coco_json_checked`. The same name again with the same files does
+    nothing (returns False); with other files it is an error."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         if _registered_files(name) == (json_file, image_root):
@@ -130,14 +130,10 @@ def check_datasets(
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
-    """Check the named datasets as training does, whoever registered them, if registered as a
-    COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type`` "coco"); returns name
-    -> report for those. ``on_unreadable``, ``purpose``: as for :func:`.checked_report`.
-
-    Raises:
-        DatasetValidationError: naming the dataset, with its report, when it cannot be used
-            (malformed boxes included where another loader, which is kept, would read them).
-    """
+    """:func:`~.loading.checked_report` (with ``on_unreadable``, ``purpose``) of the named
+    datasets registered as a COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type``
+    "coco"), whoever registered them; returns name -> report. Raises its
+    :class:`DatasetValidationError`, and one for malformed boxes that another loader would read."""
     reports = {}
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():
@@ -148,12 +144,11 @@ def check_datasets(
         if json_file is None or image_root is None or not coco:
             logger.info(f"Dataset '{name}' is not registered as a COCO json: not checked.")
             continue
-        report = checked_report(
+        reports[name] = checked_report(
             json_file, image_root, name, on_unreadable=on_unreadable, purpose=purpose
         )
         if name not in _REGISTERED_HERE:
-            _refuse_what_detectron2_mishandles(name, report)
-        reports[name] = report
+            _refuse_what_detectron2_mishandles(name, reports[name])
     return reports
 
 
@@ -199,3 +194,65 @@ def checked_dataset_dicts(
                 f"is 'skip': they are left out of {purpose}."
             )
     return [d for d in dataset_dicts if d["file_name"] not in unreadable]
+
+
+class NumClassesError(ValueError):
+    """The model's number of classes K does not fit the C classes (``thing_classes``) of its
+    datasets: detectron2 maps a json's categories to classes 0 .. C-1 and RetinaNet takes K as
+    background, so with K < C the last categories train as background, and with K > C COCO
+    evaluation fails after training. The message names the numbers, the key and the fix."""
+
+
+def _counts(names: Sequence[str]) -> Dict[str, int]:
+    """Dataset name -> ``len(thing_classes)``, for the datasets whose metadata lists them."""
+    counts: Dict[str, int] = {}
+    for name in names:
+        metadata = MetadataCatalog.get(name)
+        if metadata.get("thing_classes", None) is None and name in DatasetCatalog.list():
+            DatasetCatalog.get(name)  # detectron2's load_coco_json sets thing_classes
+        classes = metadata.get("thing_classes", None)
+        if classes is None:
+            logger.info(f"Dataset '{name}' does not list its classes: NUM_CLASSES not checked.")
+        else:
+            counts[name] = len(classes)
+    return counts
+
+
+def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:
+    """Check that every dataset of ``names`` has the model's ``num_classes`` classes; else raise
+    :class:`NumClassesError` naming each dataset that differs, both numbers, the config ``key``
+    and the fix (``opt_in`` takes the number from the datasets)."""
+    wrong = {name: n for name, n in _counts(names).items() if n != num_classes}
+    if not wrong:
+        return
+    lines = []
+    for name, n in wrong.items():
+        if n > num_classes:
+            effect = f"its last {n - num_classes} class(es) would train as background"
+        else:
+            effect = f"the model would predict {num_classes - n} class(es) it does not have"
+        lines.append(f"  dataset '{name}' has {n} classes (categories): {effect}")
+    fix = ", ".join(sorted({str(n) for n in wrong.values()}))
+    raise NumClassesError(
+        f"{key} is {num_classes}, but the datasets do not have {num_classes} classes:\n"
+        + "\n".join(lines)
+        + f"\nSet {key} to {fix}, or set {opt_in} to take it from the training datasets."
+    )
+
+
+def num_classes_from_datasets(names: Sequence[str], *, key: str) -> int:
+    """The class count shared by the datasets ``names``, for the opt-in ``key``; raises
+    :class:`NumClassesError` when they disagree or none lists its classes."""
+    counts = _counts(names)
+    if not counts:
+        raise NumClassesError(
+            f"{key} asks for the number of classes of the training datasets {list(names)}, but "
+            "none lists its classes (metadata 'thing_classes'). Set the number yourself."
+        )
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"'{name}': {n}" for name, n in counts.items())
+        raise NumClassesError(
+            f"{key} asks for the number of classes of the training datasets, but they differ "
+            f"({listed}). Give them the same categories, or train on one."
+        )
+    return next(iter(counts.values()))

@@ -1,8 +1,5 @@
-"""Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check.
-
-A check is remembered for the process, keyed by the json's path, size and mtime and the image
-folder's path and mtime, so that the train, test and registered loaders do not repeat it.
-"""
+"""Checked loading of a COCO json: detectron2's ``load_coco_json`` behind the dataset check,
+made once per process for a json (path, size, mtime) and image folder (path, mtime)."""
 from __future__ import annotations
 
 import copy
@@ -13,20 +10,16 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.data.datasets import load_coco_json
+from detectron2.utils.logger import log_first_n
 
-from .checks import check_coco_json, fix_coco_box, segmentation_is_valid
-from .images import inspect_image
-from .report import FATAL, DatasetValidationError, ValidationReport
+from .checks import check_coco_json, fix_coco_box, inspect_image, segmentation_is_valid
+from .report import DatasetValidationError, ValidationReport
 
-__all__ = ["PURPOSES", "checked_report", "load_coco_json_checked"]
+__all__ = ["checked_report", "load_coco_json_checked"]
 
 logger = logging.getLogger(__name__)
 
 _REPORTS: Dict[Tuple, ValidationReport] = {}
-# Keys of _REPORTS whose box fixes have been logged.
-_FIXES_LOGGED: set = set()
-#: What a dataset is checked for; it words the messages ("loading": by the registered loader).
-PURPOSES = ("training", "evaluation", "loading")
 _BOX_FIXES = ("box_clipped", "box_empty", "box_invalid", "box_outside")
 
 
@@ -36,29 +29,6 @@ def _stamp(path: str) -> Tuple:
     except OSError:
         return (os.path.abspath(path), None)
     return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-def _key(json_file: str, image_root: str, check_images: bool) -> Tuple:
-    return (_stamp(json_file), _stamp(image_root), check_images)
-
-
-def _unusable_message(name: str, report: ValidationReport, on_unreadable: str, purpose: str) -> str:
-    """Why ``report``'s unreadable images stop ``purpose``, and a fix not already set."""
-    summary = report.unreadable_summary()
-    if on_unreadable == "error":
-        if purpose != "evaluation":
-            rest = "train without them"
-        else:
-            rest = "evaluate on the other images (AP then covers those only)"
-        return (
-            f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'error', so {purpose} stops "
-            f"before it starts. Fix or remove them, or set DATALOADER.ON_UNREADABLE_IMAGE to "
-            f"'skip' to {rest}."
-        )
-    return (
-        f"{name}: {summary}. DATALOADER.ON_UNREADABLE_IMAGE is 'skip', which leaves them out, "
-        f"but then no image with a box is left for {purpose}. Fix or replace the image files."
-    )
 
 
 def checked_report(
@@ -71,27 +41,21 @@ def checked_report(
     purpose: str = "training",
 ) -> ValidationReport:
     """Check a COCO json (arguments as for ``load_coco_json``) and, with ``check_images``, its
-    image files, once per process, logging the report; refuse what cannot be used.
-
-    Args:
-        on_unreadable: ``cfg.DATALOADER.ON_UNREADABLE_IMAGE``: "error" raises on any unreadable
-            image; "skip" (the caller leaves them out) raises when no image with a box is left;
-            None lets them through to the mapper.
-        purpose: "training", "evaluation" or "loading", for the messages; a json without
-            annotations (an image list, as COCO test-dev's) needs no box but for training.
-
-    Raises:
-        DatasetValidationError: with the report, for fatal problems, unreadable images that
-            ``on_unreadable`` says stop ``purpose``, or, for evaluation, annotations that
-            pycocotools cannot evaluate (``box_invalid``, ``eval_field_missing``).
-    """
+    image files, logging the report; raise :class:`DatasetValidationError` (with the report) for
+    what ``purpose`` ("training", "evaluation" or "loading": by the registered loader) cannot
+    use: fatal problems (but ``no_usable_box`` in a json without annotations, which only
+    training needs: an image list, as COCO test-dev's), for evaluation the annotations that
+    pycocotools cannot evaluate (``box_invalid``, ``eval_field_missing``), and unreadable images
+    as ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``) says: "error" refuses any, "skip"
+    (the caller leaves them out) refuses when no image with a box is left, None lets them
+    through to the mapper."""
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
-    if purpose not in PURPOSES:
-        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    if purpose not in ("training", "evaluation", "loading"):
+        raise ValueError(f"purpose must be 'training', 'evaluation' or 'loading', got {purpose!r}")
     role = "Test dataset" if purpose == "evaluation" else "Dataset"
     name = f"{role} '{dataset_name}'" if dataset_name else role
-    key = _key(json_file, image_root, check_images)
+    key = (_stamp(json_file), _stamp(image_root), check_images)
     report = _REPORTS.get(key)
     if report is None:
         inspect = inspect_image if check_images else None
@@ -101,7 +65,7 @@ def checked_report(
     # A test set without annotations (COCO test-dev's image info): COCOEvaluator writes the
     # predictions (for an evaluation server) and computes no AP, so it needs no box.
     predict_only = purpose != "training" and report.num_annotations == 0
-    if any(not (predict_only and k == "no_usable_box") for k in report.kinds(FATAL)):
+    if any(not (predict_only and k == "no_usable_box") for k in report.kinds("fatal")):
         raise DatasetValidationError(f"{name} cannot be loaded:\n{report.format()}")
     unreadable_by_cocoeval = [k for k in ("box_invalid", "eval_field_missing") if report.count(k)]
     if purpose == "evaluation" and unreadable_by_cocoeval:  # it would raise after training
@@ -110,13 +74,23 @@ def checked_report(
             f"iscrowd of each annotation in the json, unfixed, and cannot use the "
             f"{' and '.join(unreadable_by_cocoeval)} ones. Fix the json.\n{report.format()}"
         )
-    if predict_only:  # no box needed: only "error" stops it, on any unreadable image
-        unusable = on_unreadable == "error" and report.num_unreadable_images > 0
-    else:
-        unusable = on_unreadable is not None and not report.usable(on_unreadable)
-    if unusable:
-        message = _unusable_message(name, report, on_unreadable, purpose)
-        raise DatasetValidationError(f"{message}\n{report.format()}")
+    if on_unreadable == "error" and report.num_unreadable_images:
+        if purpose == "evaluation":
+            rest = "evaluate on the other images (AP then covers those only)"
+        else:
+            rest = "train without them"
+        raise DatasetValidationError(
+            f"{name}: {report.unreadable_summary()}. DATALOADER.ON_UNREADABLE_IMAGE is 'error', "
+            f"so {purpose} stops before it starts. Fix or remove them, or set "
+            f"DATALOADER.ON_UNREADABLE_IMAGE to 'skip' to {rest}.\n{report.format()}"
+        )
+    # "skip" leaves them out; what is left must have a box, but for a test set that needs none.
+    if on_unreadable == "skip" and not predict_only and not report.usable("skip"):
+        raise DatasetValidationError(
+            f"{name}: {report.unreadable_summary()}. DATALOADER.ON_UNREADABLE_IMAGE is 'skip', "
+            f"which leaves them out, but then no image with a box is left for {purpose}. Fix or "
+            f"replace the image files.\n{report.format()}"
+        )
     return copy.deepcopy(report)  # the callers' to change; the memo keeps its own
 
 
@@ -142,24 +116,20 @@ def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]
     for annotation in invalid:
         del annotation["segmentation"]
     data["annotations"] = kept
-    # The file name keeps the original's, which load_coco_json looks at ("minival").
-    fd, tmp = tempfile.mkstemp(prefix="retinafocal_", suffix="_" + os.path.basename(json_file))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with tempfile.TemporaryDirectory(prefix="retinafocal_") as tmp_dir:
+        # The original's file name, which load_coco_json looks at ("minival").
+        tmp = os.path.join(tmp_dir, os.path.basename(json_file))
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
         return load_coco_json(tmp, image_root, dataset_name)
-    finally:
-        os.remove(tmp)
 
 
 def load_coco_json_checked(
     json_file: str, image_root: str, dataset_name: Optional[str] = None, **checks: Any
 ) -> List[dict]:
     """detectron2's dataset dicts (``bbox_mode`` XYWH_ABS) of a COCO json that
-    :func:`checked_report` (given ``checks``) passed, with the fixes it counted (logged once per
-    process): boxes clipped or dropped (:func:`fix_coco_box`), orphan annotations dropped,
-    rejected segmentations dropped with their boxes kept. Images without annotations and
-    unreadable images are kept (see ``checked_dataset_dicts``)."""
+    :func:`checked_report` (given ``checks``) passed, with the box, orphan and segmentation fixes
+    it counted (logged once per process); images without annotations or unreadable are kept."""
     checks.setdefault("purpose", "loading")
     report = checked_report(json_file, image_root, dataset_name, **checks)
     if any(report.count(k) for k in ("box_invalid", "segmentation_invalid", "orphan_annotation")):
@@ -180,9 +150,7 @@ def load_coco_json_checked(
     n = report.count("segmentation_invalid")
     if n:
         fixes.append(f"{n} invalid segmentation(s) dropped, their boxes kept")
-    key = _key(json_file, image_root, report.image_check != "none")
-    if fixes and key not in _FIXES_LOGGED:
-        _FIXES_LOGGED.add(key)
+    if fixes:  # once: every loader, evaluation and figure loads the dataset again
         name = f"Dataset '{dataset_name}'" if dataset_name else "Dataset"
-        logger.warning(f"{name}: " + "; ".join(fixes) + ".")
+        log_first_n(logging.WARNING, f"{name}: " + "; ".join(fixes) + ".", key="message")
     return dataset_dicts

@@ -1,9 +1,6 @@
-"""A dataset mapper that survives bad images: unreadable files and unusual pixel formats.
-
-detectron2's ``DatasetMapper`` raises deep inside a data-loader worker on a corrupt file, and
-turns a 16-bit PNG white (Pillow clips it to 8 bits). The start-up check
-(:func:`~retinafocal.data.checked_dataset_dicts`) handles the unreadable files it can see first.
-"""
+"""A dataset mapper that survives bad images. detectron2's ``DatasetMapper`` raises deep inside
+a data-loader worker on a corrupt file and turns a 16-bit PNG white (Pillow clips it to 8 bits).
+The start-up check (:func:`~retinafocal.data.checked_dataset_dicts`) finds most bad files first."""
 from __future__ import annotations
 
 import logging
@@ -47,19 +44,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """Read an image as detectron2's ``read_image`` does (EXIF orientation applied), converting
-    any Pillow mode: 16-bit / float images are rescaled (:func:`_to_8bit`), alpha is dropped.
-
-    Args:
-        file_name: any path ``PathManager`` opens.
-        format: "BGR", "RGB", "L", ... as for ``read_image``; None keeps the file's mode.
-
-    Returns:
-        (H, W, C) uint8 array in ``format`` ((H, W) for single-channel images with format None).
-
-    Raises:
-        UnreadableImageError: naming the file, when it is missing or cannot be decoded.
-    """
+    """detectron2's ``read_image(file_name, format)`` (any path ``PathManager`` opens; EXIF
+    orientation applied; ``format`` None keeps the file's mode) for any Pillow mode: 16-bit /
+    float images are rescaled (:func:`_to_8bit`), alpha is dropped. Returns an (H, W, C) uint8
+    array in ``format`` ((H, W) for single-channel images with format None); raises
+    :class:`UnreadableImageError`, naming the file, when it is missing or cannot be decoded."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
@@ -80,13 +69,12 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
 
 
 class RobustDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`, with a
-    policy for bad files; built like its parent (plus ``cfg.DATALOADER.ON_UNREADABLE_IMAGE`` and
-    ``LOG_SKIPPED_PERIOD``).
-
-    Skipping (returning None: ``MapDataset`` draws another image) applies to training only, so
-    that no image is evaluated twice. Counts are per data-loader worker; the first skipped image
-    is logged by name, later ones summed up at most every ``log_skipped_period`` images mapped.
+    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`; built
+    like its parent, plus ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``): "error" raises
+    :class:`UnreadableImageError`, "skip" returns None (``MapDataset`` draws another image), in
+    training only, so that no image is evaluated twice. Counts are per data-loader worker: the
+    first skipped image is logged by name, later ones summed up at most every
+    ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images mapped.
     """
 
     @configurable
@@ -98,12 +86,6 @@ class RobustDatasetMapper(DatasetMapper):
         log_skipped_period: int = 20,
         **kwargs,
     ):
-        """
-        Args:
-            on_unreadable: "error" (raise :class:`UnreadableImageError`) or "skip" (return None).
-            log_skipped_period: the most images mapped between two summaries of skipped images.
-            kwargs: the arguments of ``DatasetMapper.__init__``.
-        """
         if on_unreadable not in _ON_UNREADABLE_CHOICES:
             raise ValueError(
                 f"on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of "
@@ -171,14 +153,9 @@ class RobustDatasetMapper(DatasetMapper):
         self._last_summary_at = self._num_mapped
 
     def __call__(self, dataset_dict: dict) -> Optional[dict]:
-        """
-        Args:
-            dataset_dict: one image's dict in detectron2's dataset format (not modified).
-
-        Returns:
-            The model's input dict (``image``: (C, H, W) uint8 tensor, ``instances`` when
-            training), or None when the image is unreadable and ``on_unreadable`` is "skip".
-        """
+        """One image's dict in detectron2's dataset format (not modified) -> the model's input
+        (``image``: (C, H, W) uint8 tensor, ``instances`` when training), or None when the image
+        is unreadable and ``on_unreadable`` is "skip"."""
         self._num_mapped += 1
         file_name = dataset_dict["file_name"]
         try:

@@ -1,61 +1,44 @@
-"""A dataset check's findings, and the rules that turn them into a verdict.
-
-:class:`ValidationReport` counts each kind of problem (:data:`PROBLEM_KINDS`) with its first
-offending ids. Severities: ``fatal``: loading raises :class:`DatasetValidationError`;
-``unreadable`` image files: the run stops, or leaves them out, as
-``DATALOADER.ON_UNREADABLE_IMAGE`` says (:meth:`ValidationReport.usable`); ``fixed`` on loading
-or by the mapper; ``info``.
-"""
+"""A dataset check's findings (:class:`ValidationReport`) and the rules that turn them into a
+verdict. The severity of a kind of problem (:data:`PROBLEM_KINDS`) says what happens to the run:
+"fatal": loading raises :class:`DatasetValidationError`; "unreadable" image files: it stops or
+leaves them out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says (:meth:`ValidationReport.usable`);
+"fixed" on loading or by the mapper; "info"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = [
-    "FATAL",
-    "UNREADABLE",
-    "FIXED",
-    "INFO",
-    "PROBLEM_KINDS",
-    "DatasetValidationError",
-    "ProblemRecord",
-    "ValidationReport",
-]
-
-FATAL = "fatal"
-UNREADABLE = "unreadable"
-FIXED = "fixed"
-INFO = "info"
+__all__ = ["PROBLEM_KINDS", "DatasetValidationError", "ProblemRecord", "ValidationReport"]
 
 #: Every kind of problem, worst first: kind -> (severity, what it means and what is done).
 PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
-    "malformed_json": (FATAL, "the json file cannot be read or parsed"),
-    "bad_structure": (FATAL, "not a COCO instances json (top-level lists or category entries)"),
-    "malformed_image": (FATAL, "image entries lacking a valid id, file_name, width or height"),
-    "malformed_annotation": (FATAL, "annotations lacking a valid id, image_id or category_id"),
-    "duplicate_category_id": (FATAL, "category ids used by more than one category"),
-    "duplicate_image_id": (FATAL, "image ids used by more than one image entry"),
-    "duplicate_annotation_id": (FATAL, "annotation ids used by more than one annotation"),
-    "mixed_id_types": (FATAL, "image or category ids mixing integers and strings"),
-    "unknown_category_id": (FATAL, "annotations whose category_id is not among the categories"),
-    "duplicate_file_name": (FATAL, "image entries naming a file that another image id names"),
-    "ignore_flag": (FATAL, "annotations with a true 'ignore' (detectron2's loader refuses them)"),
-    "no_usable_box": (FATAL, "no image has a box to train on (all dropped, crowd, or none)"),
-    "missing_file": (UNREADABLE, "image files that do not exist"),
-    "unreadable_image": (UNREADABLE, "files that are not a decodable image (corrupt/truncated)"),
-    "size_mismatch": (UNREADABLE, "images whose size differs from the json width/height"),
-    "converted_16bit": (FIXED, "16-bit or float images (rescaled to 8 bits when read)"),
-    "converted_alpha": (FIXED, "images with an alpha channel (alpha dropped when read)"),
-    "converted_grayscale": (FIXED, "grayscale images (converted to the input format)"),
-    "converted_other_mode": (FIXED, "palette, CMYK or other modes (converted when read)"),
-    "box_clipped": (FIXED, "boxes partly outside the image (clipped to it)"),
-    "box_empty": (FIXED, "boxes with zero or negative width or height (dropped)"),
-    "box_outside": (FIXED, "boxes entirely outside the image (dropped)"),
-    "box_invalid": (FIXED, "bbox missing or not 4 finite numbers (annotation dropped)"),
-    "orphan_annotation": (FIXED, "annotations whose image_id matches no image (dropped)"),
-    "segmentation_invalid": (FIXED, "segmentations detectron2 rejects (dropped, box kept)"),
-    "eval_field_missing": (INFO, "annotations without a numeric area or iscrowd (test sets stop)"),
-    "background_image": (INFO, "images with no usable annotation (kept, trained as background)"),
+    "malformed_json": ("fatal", "the json file cannot be read or parsed"),
+    "bad_structure": ("fatal", "not a COCO instances json (top-level lists or category entries)"),
+    "malformed_image": ("fatal", "image entries lacking a valid id, file_name, width or height"),
+    "malformed_annotation": ("fatal", "annotations lacking a valid id, image_id or category_id"),
+    "duplicate_category_id": ("fatal", "category ids used by more than one category"),
+    "duplicate_image_id": ("fatal", "image ids used by more than one image entry"),
+    "duplicate_annotation_id": ("fatal", "annotation ids used by more than one annotation"),
+    "mixed_id_types": ("fatal", "image or category ids mixing integers and strings"),
+    "unknown_category_id": ("fatal", "annotations whose category_id is not among the categories"),
+    "duplicate_file_name": ("fatal", "image entries naming a file that another image id names"),
+    "ignore_flag": ("fatal", "annotations with a true 'ignore' (detectron2's loader refuses them)"),
+    "no_usable_box": ("fatal", "no image has a box to train on (all dropped, crowd, or none)"),
+    "missing_file": ("unreadable", "image files that do not exist"),
+    "unreadable_image": ("unreadable", "files that are not a decodable image (corrupt/truncated)"),
+    "size_mismatch": ("unreadable", "images whose size differs from the json width/height"),
+    "converted_16bit": ("fixed", "16-bit or float images (rescaled to 8 bits when read)"),
+    "converted_alpha": ("fixed", "images with an alpha channel (alpha dropped when read)"),
+    "converted_grayscale": ("fixed", "grayscale images (converted to the input format)"),
+    "converted_other_mode": ("fixed", "palette, CMYK or other modes (converted when read)"),
+    "box_clipped": ("fixed", "boxes partly outside the image (clipped to it)"),
+    "box_empty": ("fixed", "boxes with zero or negative width or height (dropped)"),
+    "box_outside": ("fixed", "boxes entirely outside the image (dropped)"),
+    "box_invalid": ("fixed", "bbox missing or not 4 finite numbers (annotation dropped)"),
+    "orphan_annotation": ("fixed", "annotations whose image_id matches no image (dropped)"),
+    "segmentation_invalid": ("fixed", "segmentations detectron2 rejects (dropped, box kept)"),
+    "eval_field_missing": ("info", "annotations lacking numeric area or iscrowd (test sets stop)"),
+    "background_image": ("info", "images with no usable annotation (kept, trained as background)"),
 }
 
 #: How many offending ids / examples a report keeps per kind.
@@ -74,10 +57,9 @@ class DatasetValidationError(ValueError):
 
 @dataclass
 class ProblemRecord:
-    """How often one kind (a key of :data:`PROBLEM_KINDS`) occurs, with the first offending
-    ids (image / annotation / category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
+    """How often one kind of problem occurs, with the first offending ids (image / annotation /
+    category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
 
-    kind: str
     count: int = 0
     first_ids: List[Any] = field(default_factory=list)
     examples: List[str] = field(default_factory=list)
@@ -85,15 +67,10 @@ class ProblemRecord:
 
 @dataclass
 class ValidationReport:
-    """Everything :func:`check_coco_json` found in one COCO json.
-
-    Attributes:
-        image_check: "none", "quick" (header, size, end marker) or "full" (decode all).
-        problems: kind -> :class:`ProblemRecord`, for kinds that occurred.
-        num_images_with_boxes: images with a box that trains (kept, not crowd).
-        unreadable_files: the path (as in detectron2's dataset dicts) of **every** unreadable
-            image, so that they can be left out; ``num_unreadable_with_boxes`` of them have a box.
-    """
+    """Everything :func:`~.checks.check_coco_json` found in one COCO json. ``image_check``:
+    "none", "quick" (header, size, end marker) or "full" (decode all); ``problems``: kind ->
+    record, for the kinds that occurred; ``unreadable_files``: the path of **every** unreadable
+    image, as detectron2's dataset dicts name it, so that they can be left out."""
 
     json_file: str
     image_root: str
@@ -102,13 +79,13 @@ class ValidationReport:
     num_categories: int = 0
     image_check: str = "none"
     problems: Dict[str, ProblemRecord] = field(default_factory=dict)
-    num_images_with_boxes: int = 0
+    num_images_with_boxes: int = 0  # with a box that trains (kept, not crowd)
     unreadable_files: List[str] = field(default_factory=list)
     num_unreadable_with_boxes: int = 0
 
     def add(self, kind: str, offending_id: Any = None, example: Optional[str] = None) -> None:
         """Count one occurrence of ``kind``, keeping its id and example if among the first."""
-        record = self.problems.setdefault(_known(kind), ProblemRecord(kind))
+        record = self.problems.setdefault(_known(kind), ProblemRecord())
         record.count += 1
         if offending_id is not None and len(record.first_ids) < MAX_EXAMPLES:
             record.first_ids.append(offending_id)
@@ -117,13 +94,11 @@ class ValidationReport:
 
     def count(self, kind: str) -> int:
         """Occurrences of ``kind`` (0 if none)."""
-        record = self.problems.get(_known(kind))
-        return record.count if record is not None else 0
+        return self.problems[kind].count if _known(kind) in self.problems else 0
 
     def first_ids(self, kind: str) -> List[Any]:
         """The first offending ids of ``kind`` (empty if none)."""
-        record = self.problems.get(kind)
-        return list(record.first_ids) if record is not None else []
+        return list(self.problems[kind].first_ids) if kind in self.problems else []
 
     def kinds(self, severity: str) -> List[str]:
         """Kinds of the given severity that occurred, in :data:`PROBLEM_KINDS` order."""
@@ -132,12 +107,12 @@ class ValidationReport:
     @property
     def has_fatal(self) -> bool:
         """True when the dataset cannot be loaded."""
-        return bool(self.kinds(FATAL))
+        return bool(self.kinds("fatal"))
 
     @property
     def num_unreadable_images(self) -> int:
         """Images that training cannot read (missing, undecodable or of the wrong size)."""
-        return sum(self.problems[k].count for k in self.kinds(UNREADABLE))
+        return sum(self.problems[k].count for k in self.kinds("unreadable"))
 
     def usable(self, on_unreadable: str) -> bool:
         """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``: no
@@ -154,7 +129,7 @@ class ValidationReport:
     def unreadable_summary(self, max_files: int = 5) -> str:
         """One line: how many images cannot be read, of how many, why, and the first files."""
         n = len(self.unreadable_files)
-        why = ", ".join(f"{k} {self.count(k)}" for k in self.kinds(UNREADABLE))
+        why = ", ".join(f"{k} {self.count(k)}" for k in self.kinds("unreadable"))
         shown = ", ".join(self.unreadable_files[:max_files])
         more = f" and {n - max_files} more" if n > max_files else ""
         return f"{n} of {self.num_images} image(s) cannot be read ({why}): {shown}{more}"
@@ -168,10 +143,8 @@ class ValidationReport:
         ]
         if not self.problems:
             lines.append("  no problems found.")
-        for kind, (severity, description) in PROBLEM_KINDS.items():
-            record = self.problems.get(kind)
-            if record is None:
-                continue
+        for kind in (k for k in PROBLEM_KINDS if k in self.problems):
+            (severity, description), record = PROBLEM_KINDS[kind], self.problems[kind]
             lines.append(f"  [{severity.upper():<10}] {kind:<23} {record.count:>7}  {description}")
             if record.first_ids:
                 shown = ", ".join(repr(i) for i in record.first_ids)

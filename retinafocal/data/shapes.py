@@ -4,19 +4,19 @@ Many small objects on a busy background make most anchors easy background (the i
 focal loss addresses), yet a small network learns it in minutes on a CPU. Image ``i`` of a split
 is drawn from its own generator seeded by ``(seed, split, i)``, so a split is the prefix of any
 larger one. Layout under ``root``: ``{split}/000000.png ...`` and
-``annotations/instances_{split}.json`` (written last: its presence means the split is complete).
-"""
+``annotations/instances_{split}.json``, written last: its presence means the split is complete."""
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from ..checkpoint import atomic_write
 
@@ -71,18 +71,16 @@ class ShapesSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.image_size < 16:
-            raise ValueError(f"ShapesSpec.image_size must be >= 16, got {self.image_size}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f"ShapesSpec needs 1 <= min_objects <= max_objects, got "
-                f"{self.min_objects}, {self.max_objects}"
-            )
-        if not 4 <= self.min_object_size <= self.max_object_size <= self.image_size:
-            raise ValueError(
-                "ShapesSpec needs 4 <= min_object_size <= max_object_size <= image_size, got "
-                f"{self.min_object_size}, {self.max_object_size}, {self.image_size}"
-            )
+        for ok, rule in [
+            (self.image_size >= 16, "image_size >= 16"),
+            (1 <= self.min_objects <= self.max_objects, "1 <= min_objects <= max_objects"),
+            (
+                4 <= self.min_object_size <= self.max_object_size <= self.image_size,
+                "4 <= min_object_size <= max_object_size <= image_size",
+            ),
+        ]:
+            if not ok:
+                raise ValueError(f"ShapesSpec needs {rule}, got {self}")
 
 
 #: The registered splits: name suffix -> (number of images, spec).
@@ -136,13 +134,9 @@ def shape_outline(kind: str, x0: int, y0: int, side: int) -> List[Tuple[float, f
 def draw_shapes_image(
     spec: ShapesSpec, rng: np.random.Generator
 ) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
-    """Draw one image.
-
-    Returns:
-        image: (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``.
-        objects: ``(index into SHAPE_CLASSES, [x, y, w, h])`` per object, the box (absolute
-            COCO XYWH) enclosing exactly its drawn pixels.
-    """
+    """Draw one image: an (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``, and per object
+    ``(index into SHAPE_CLASSES, [x, y, w, h])``, the box (absolute COCO XYWH) enclosing exactly
+    its drawn pixels."""
     size = spec.image_size
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -181,8 +175,8 @@ def shapes_json_path(root: str, split: str) -> str:
 def generate_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """Write ``num_images`` images of ``split`` and their COCO json under ``root``; returns the
-    json's path. The json is written last and atomically, so its presence means complete."""
+    """Write ``num_images`` images of ``split`` and their COCO json (atomically, last) under
+    ``root``; returns the json's path."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     image_dir = os.path.join(root, split)
@@ -191,12 +185,8 @@ def generate_shapes_split(
 
     images: List[dict] = []
     annotations: List[dict] = []
-    indices: Sequence[int] = range(num_images)
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=f"generating shapes/{split}", unit="img")
-    for i in indices:
+    desc = f"generating shapes/{split}"
+    for i in tqdm(range(num_images), desc, unit="img", disable=not progress):
         rng = np.random.default_rng([spec.seed, _SPLIT_STREAM.get(split, 3), i])
         pixels, objects = draw_shapes_image(spec, rng)
         file_name = f"{i:06d}.png"

@@ -9,7 +9,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
-from ..data.classes import check_num_classes, num_classes_from_datasets
+from ..data.datasets import check_num_classes, num_classes_from_datasets
 
 __all__ = ["check_batch_size", "check_model_num_classes", "resolve_num_classes"]
 
@@ -67,7 +67,7 @@ def _setting(cfg: Any) -> Optional[Tuple[int, str, str, bool]]:
 
 
 def check_model_num_classes(cfg: Any, names: Sequence[str]) -> None:
-    """:func:`~retinafocal.data.classes.check_num_classes` for a RetinaNet config."""
+    """:func:`~retinafocal.data.datasets.check_num_classes` for a RetinaNet config."""
     setting = _setting(cfg)
     if setting is not None:
         num_classes, key, opt_in, _ = setting

@@ -16,7 +16,7 @@ from retinafocal.data import (
     fix_coco_box,
     load_coco_json_checked,
 )
-from retinafocal.data.images import inspect_image, read_image_header
+from retinafocal.data.checks import inspect_image
 
 from ..reliability.broken_coco import write_broken_coco, write_malformed_json
 from .common import report_with
@@ -287,13 +287,13 @@ class TestRulesOfOneVerdict(_TempDirTest):
         self.assertEqual(report.num_images_with_boxes, 1)
 
 
-class TestReadImageHeader(_TempDirTest):
+class TestInspectImage(_TempDirTest):
     def test_size_follows_exif_orientation_like_read_image(self):
         path = os.path.join(self.root, "rotated.jpg")
         exif = Image.Exif()
         exif[0x0112] = 6  # rotate by 90 degrees on display
         Image.new("RGB", (64, 48), (10, 20, 30)).save(path, exif=exif)
-        info = read_image_header(path)
+        info = inspect_image(path)
         read = detection_utils.read_image(path, format="BGR")
         self.assertEqual((info.height, info.width), read.shape[:2])
         self.assertEqual((info.width, info.height, info.format), (48, 64, "JPEG"))
@@ -302,7 +302,7 @@ class TestReadImageHeader(_TempDirTest):
         path = os.path.join(self.root, "text.png")
         with open(path, "w") as f:
             f.write("hello")
-        info = read_image_header(path)
+        info = inspect_image(path)
         self.assertFalse(info.readable)
         self.assertIn("not an image", info.reason)
 

@@ -1,7 +1,6 @@
 """load_coco_json_checked: detectron2's loader behind the check, with the box fixes applied."""
 import json
 import os
-import tempfile
 import unittest
 from unittest import mock
 
@@ -80,21 +79,27 @@ class TestMalformedBoxes(_LoadingTest):
         return json_file
 
     def load(self, json_file):
-        real = loading.tempfile.mkstemp
-        with mock.patch.object(loading.tempfile, "mkstemp", side_effect=real) as copy:
+        """The dicts, and the folders that held a copy of the json (each removed since)."""
+        copies, real = [], loading.tempfile.TemporaryDirectory
+
+        def tracked(*args, **kwargs):
+            copies.append(real(*args, **kwargs))
+            return copies[-1]
+
+        with mock.patch.object(loading.tempfile, "TemporaryDirectory", side_effect=tracked):
             dicts = load_coco_json_checked(json_file, self.root, check_images=False)
-        return dicts, copy.call_count
+        return dicts, [copy.name for copy in copies]
 
     def test_rejected_boxes_need_a_copy(self):
         dicts, copies = self.load(self.write([[1, 1, 2, 2], [], None, [0, 0, 3, 3]]))
-        self.assertEqual(copies, 1)
+        self.assertEqual(len(copies), 1)
+        self.assertFalse(os.path.exists(copies[0]))
         self.assertEqual([a["bbox"] for a in dicts[0]["annotations"]], [[1, 1, 2, 2], [0, 0, 3, 3]])
-        self.assertFalse([f for f in os.listdir(tempfile.gettempdir()) if "boxes.json" in f])
 
     def test_other_malformed_boxes_are_dropped_after_loading(self):
         json_file = self.write([[1, 1, 2, 2], [1, 2, 3], [1, "a", 3, 4], [0, float("nan"), 1, 1]])
         dicts, copies = self.load(json_file)
-        self.assertEqual(copies, 0)
+        self.assertEqual(copies, [])
         self.assertEqual([a["bbox"] for a in dicts[0]["annotations"]], [[1, 1, 2, 2]])
 
     def test_detectron2_alone_rejects_them(self):
