@@ -353,16 +353,16 @@ class TestFailedLoadState(unittest.TestCase):
     def test_guard_follows_the_installed_detectron2(self):
         plain = DetectionCheckpointer(torch.nn.Linear(2, 2))
         has_state = hasattr(plain, "_parsed_url_during_load")
-        self.assertEqual(compat.CHECKPOINT_LOAD_STATE_RESET, has_state)
+        self.assertEqual("checkpoint_load_state" in compat.ACTIVE, has_state)
         listed = "checkpointer load state" in compat.describe()
         self.assertEqual(listed, has_state)
 
     def test_clears_only_where_needed(self):
         stale = mock.Mock(_parsed_url_during_load="file:///damaged.pth")
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", False):
+        with mock.patch.dict(compat.ACTIVE, clear=True):
             compat.forget_failed_load(stale)
         self.assertEqual(stale._parsed_url_during_load, "file:///damaged.pth")
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True):
+        with mock.patch.dict(compat.ACTIVE, checkpoint_load_state="on"):
             compat.forget_failed_load(stale)
         self.assertIsNone(stale._parsed_url_during_load)
 
@@ -388,7 +388,7 @@ class TestFailedLoadState(unittest.TestCase):
             raise CorruptCheckpointError(f"{path} is damaged")
 
         checkpointer = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2))
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True), mock.patch.object(
+        with mock.patch.dict(compat.ACTIVE, checkpoint_load_state="on"), mock.patch.object(
             DetectionCheckpointer, "load", autospec=True, side_effect=fail
         ), self.assertRaisesRegex(CorruptCheckpointError, "damaged.pth is damaged"):
             checkpointer.load("damaged.pth")
