@@ -1,10 +1,8 @@
-"""A checkpointer whose files are always whole, finite and safe to load.
-
-fvcore's ``save`` streams into the final files, so a kill leaves a truncated checkpoint or an
-empty ``last_checkpoint``; here each is written by :func:`atomic_write`. NaN/Inf states are not
-saved, a full disk is named as such, and a resume falls back from an unreadable last checkpoint
-to the newest readable one.
-"""
+"""A checkpointer whose files are always whole, finite and safe to load. fvcore's ``save``
+streams into the final files (a kill leaves a truncated checkpoint or an empty
+``last_checkpoint``); here each is written by :func:`atomic_write`. NaN/Inf states are not saved,
+a full disk is named as such, and a resume falls back from an unreadable last checkpoint to the
+newest readable one."""
 from __future__ import annotations
 
 import contextlib
@@ -352,21 +350,12 @@ def load_inference_weights(
     trust_weights_file: bool = False,
 ) -> Dict[str, Any]:
     """Load the weights of a model run for its outputs (``--eval-only``, demo, export): the
-    file must fit exactly, and no weights is an error unless ``random_weights``.
-
-    Args:
-        weights: file or URL ("" for none), from config key ``weights_key`` (named in errors).
-        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir`` (if any) wins.
-        random_weights: keep the random initialisation when no weights are given.
-
-    Returns:
-        the checkpoint's data other than the weights (e.g. ``{"iteration": 89999}``).
-
-    Raises:
-        MissingWeightsError: no weights and not ``random_weights``.
-        ValueError: ``resume`` without a ``save_dir``.
-        WeightsFileError: both weights and ``random_weights``; and as the checkpointer's load.
-    """
+    file ``weights`` (or URL; "" for none), from config key ``weights_key`` (named in errors),
+    must fit exactly. With ``resume``, the last checkpoint in ``save_dir`` (if any) wins; no
+    weights is an error unless ``random_weights``, which keeps the random initialisation.
+    Returns the checkpoint's data other than the weights (e.g. ``{"iteration": 89999}``).
+    Raises MissingWeightsError (no weights, no ``random_weights``), ValueError (``resume``
+    without ``save_dir``), WeightsFileError (weights and ``random_weights``; as ``load``)."""
     if resume and not save_dir:
         raise ValueError("load_inference_weights: resume needs the save_dir to resume from")
     # Every load below restores the whole state, so is checked exactly.

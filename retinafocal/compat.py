@@ -417,9 +417,6 @@ def describe() -> str:
     """One line saying which detectron2 is installed and which workarounds are active."""
     import detectron2
 
-    parts = [
-        f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}",
-        f"_C={'compiled' if HAS_D2_C else 'absent'}",
-    ]
-    parts += [f"compat: {label}" for label in ACTIVE.values()]
-    return ", ".join(parts)
+    compiled = "compiled" if HAS_D2_C else "absent"
+    parts = [f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}", f"_C={compiled}"]
+    return ", ".join(parts + [f"compat: {label}" for label in ACTIVE.values()])
