@@ -169,11 +169,6 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "")
     _fsync_directory(directory)
 
 
-def _is_local(path: str) -> bool:
-    # URLs, file:// included, go to PathManager: os calls would read "file:///x" as "file:/x".
-    return "://" not in path
-
-
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -190,9 +185,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves (the parent's for a non-local ``save_dir``)
     and safe loads: ``read_weights_file``, then ``check_fit``, exact when the load restores the
     whole state (``load(path)``, as when resuming or evaluating), else as initial weights
-    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
-    ``trust_weights_file=True`` reads files with full unpickling (may run code), with a warning.
-    """
+    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``). ``trust_weights_file=True``
+    reads files with full unpickling (may run code), with a warning."""
 
     # The load in progress, for _load_model (fvcore passes it only the file's contents).
     _exact_load: bool
@@ -222,7 +216,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if os.path.basename(save_file) != basename:
             raise ValueError(f"Checkpoint name {name!r} must not contain a path separator")
         self._refuse_non_finite(save_file, data)
-        if not _is_local(self.save_dir):
+        # A URL (file:// too) goes to PathManager: os calls would read "file:///x" as "file:/x".
+        if "://" in self.save_dir:
             super().save(name, **kwargs)
             return
         self._remove_stale_temporaries()
@@ -246,7 +241,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Write ``last_checkpoint`` atomically (a kill never leaves it empty)."""
-        if not _is_local(self.save_dir):
+        if "://" in self.save_dir:  # a URL: as in save
             super().tag_last_checkpoint(last_filename_basename)
             return
         atomic_write(

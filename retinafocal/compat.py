@@ -76,10 +76,8 @@ def _stub_missing_d2_c() -> None:
     """v0.6 (pb1 archive): provide ``detectron2._C`` so that its packages import."""
     global HAS_D2_C
     existing = sys.modules.get("detectron2._C")
-    if isinstance(existing, _MissingCompiledOps):
-        return
     if existing is not None or importlib.util.find_spec("detectron2._C") is not None:
-        HAS_D2_C = True
+        HAS_D2_C = not isinstance(existing, _MissingCompiledOps)  # False: our stub, from before
         return
     sys.modules["detectron2._C"] = _MissingCompiledOps("detectron2._C")
     import detectron2
@@ -192,8 +190,6 @@ def _check_dataset_mapper_reads_through_utils() -> None:
     call = DatasetMapper.__call__
     if call.__globals__.get("utils") is detection_utils and "read_image" in call.__code__.co_names:
         ACTIVE["dataset_mapper_call"] = "DatasetMapper.__call__ given a read image"
-    else:
-        ACTIVE.pop("dataset_mapper_call", None)
 
 
 def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:

@@ -123,10 +123,10 @@ def _refused_global(message: str, path: str) -> Optional[str]:
         with open(path, "rb") as f:
             _WeightsUnpickler(f, path).load()  # builds nothing but allowed objects
     except UnsafeWeightsFileError as e:
-        return e.global_name or ""
+        return e.global_name
     except Exception:  # unpickling raises several types on bytes that are not a pickle
-        return None
-    return None  # a plain pickle of arrays: not a torch file, so damaged as a .pth
+        pass
+    return None  # damage, or a plain pickle of arrays: not a torch file, so damaged as a .pth
 
 
 def _torch_load(path: str, trusted: bool) -> Any:

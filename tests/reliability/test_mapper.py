@@ -234,7 +234,7 @@ class TestDatasetMapperCall(_BrokenDatasetTest):
 
         self.assertTrue(hasattr(DatasetMapper, "__call__"))
         with mock.patch.object(DatasetMapper, "__call__", reads_elsewhere):
-            with mock.patch.dict(compat.ACTIVE):
+            with mock.patch.dict(compat.ACTIVE, clear=True):
                 compat._check_dataset_mapper_reads_through_utils()
                 self.assertNotIn("dataset_mapper_call", compat.ACTIVE)
                 with self.assertRaisesRegex(RuntimeError, "dataset_mapper_call"):
