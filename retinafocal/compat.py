@@ -143,9 +143,7 @@ def _fix_default_trainer_state() -> None:
         return
 
     def state_dict(self):
-        ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
+        return {**TrainerBase.state_dict(self), "_trainer": self._trainer.state_dict()}
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
@@ -193,12 +191,11 @@ def _check_dataset_mapper_reads_through_utils() -> None:
 
 
 def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
-    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image``, (H, W, C)
-    uint8 in ``mapper.image_format``, as what it would read from ``dataset_dict["file_name"]``
-    (``DatasetMapper`` has no hook for that). Its code runs with copied globals whose ``utils``
-    (a copy of ``detection_utils``) answers the first ``read_image``: nothing global changes.
-    ``dataset_dict`` is not modified. Raises detectron2's ``SizeMismatchError`` when ``image``
-    is not of the size the dict says."""
+    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy; it has no hook for this)
+    with ``image``, (H, W, C) uint8 in ``mapper.image_format``, as what it reads from
+    ``dataset_dict["file_name"]``: the code runs with copied globals whose ``utils`` answers the
+    first ``read_image``, so nothing global changes, nor ``dataset_dict``. Raises detectron2's
+    ``SizeMismatchError`` when ``image`` is not of the size the dict says."""
     from detectron2.data import DatasetMapper, detection_utils
 
     if "dataset_mapper_call" not in ACTIVE:
@@ -255,15 +252,13 @@ def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
     if "checkpoint_load_state" not in ACTIVE or parsed is None:
         return {}
     queries = parse_qs(parsed.query)
-    options: Dict[str, Any] = {}
-    if queries.pop("matching_heuristics", None) == ["True"]:
-        options["matching_heuristics"] = True
+    heuristics = queries.pop("matching_heuristics", None) == ["True"]
     if queries:
         raise ValueError(
             f"Unsupported option(s) {sorted(queries)} in the query of {parsed.geturl()}; "
             "detectron2 knows only matching_heuristics=True"
         )
-    return options
+    return {"matching_heuristics": True} if heuristics else {}
 
 
 # Modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
@@ -279,11 +274,10 @@ def _import_scripting_modules_quietly() -> None:
     if "jit_script_warnings" in ACTIVE or all(m in sys.modules for m in _SCRIPTING_MODULES):
         return
     try:
-        source = inspect.getsource(torch.jit.script)
+        if _JIT_SCRIPT_DEPRECATION not in inspect.getsource(torch.jit.script):
+            return  # this torch does not deprecate it
     except (OSError, TypeError):
         return
-    if _JIT_SCRIPT_DEPRECATION not in source:
-        return  # this torch does not deprecate it
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=re.escape(_JIT_SCRIPT_DEPRECATION), category=FutureWarning
@@ -349,8 +343,7 @@ def _distributed_worker(
         raise
     # v0.6's comm has no create_local_process_group; every process must create every group.
     for machine in range(world_size // per_machine):
-        first = machine * per_machine
-        group = dist.new_group(list(range(first, first + per_machine)))
+        group = dist.new_group(list(range(machine * per_machine, (machine + 1) * per_machine)))
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     if use_cuda:
