@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.resources
 import importlib.util
 import inspect
 import logging
-import os
 import re
 import sys
 import types
@@ -63,13 +63,8 @@ class _MissingCompiledOps(types.ModuleType):
 
 def _detectron2_source(relpath: str) -> str:
     """Text of a file of the installed detectron2, read without importing it; "" if absent."""
-    import detectron2
-
-    path = os.path.join(detectron2.__path__[0], relpath)
-    if not os.path.isfile(path):
-        return ""
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    path = importlib.resources.files("detectron2") / relpath
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def _stub_missing_d2_c() -> None:
