@@ -300,11 +300,6 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         check_fit(self._loading_path, model_keys, *incompatible, exact=self._exact_load)
         return incompatible
 
-    def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
-        """The ``.pth`` files in ``save_dir`` other than ``exclude``, newest modification first."""
-        files = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
-        return sorted(files, key=os.path.getmtime, reverse=True)
-
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """As the parent's, but when ``last_checkpoint`` names a missing or unreadable file,
         resume from the newest readable ``.pth`` in ``save_dir`` (logging the error), or raise
@@ -320,7 +315,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         else:
             error = f"last_checkpoint names {tagged or 'nothing'}, which does not exist"
         self.logger.error(f"Cannot resume from the last checkpoint: {error}")
-        for candidate in self._complete_checkpoints_newest_first(os.path.abspath(tagged or "")):
+        exclude = os.path.abspath(tagged or "")
+        others = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
+        for candidate in sorted(others, key=os.path.getmtime, reverse=True):  # newest first
             try:
                 checkpoint = self.load(candidate)
             except CorruptCheckpointError as e:

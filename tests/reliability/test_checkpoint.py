@@ -284,18 +284,26 @@ class TestCheckpointMessages(unittest.TestCase):
         with mock.patch.object(rf_checkpoint.os, "kill", return_value=None):
             self.assertTrue(rf_checkpoint._pid_alive(child.pid))
 
-    def test_complete_checkpoints_newest_first(self):
+    def test_fallbacks_are_tried_newest_first(self):
         save_dir = tempfile.mkdtemp(prefix="retinafocal_order_")
         self.addCleanup(shutil.rmtree, save_dir, ignore_errors=True)
         ckpt = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), save_dir)
-        # Names in one order, modification times in another: the times decide.
+        # Names in one order, modification times in another: the times decide. All damaged.
         for name, mtime in (("model_a.pth", 300), ("model_b.pth", 100), ("model_c.pth", 200)):
             path = os.path.join(save_dir, name)
             with open(path, "wb") as f:
                 f.write(b"x")
             os.utime(path, (mtime, mtime))
-        paths = ckpt._complete_checkpoints_newest_first(os.path.join(save_dir, "model_c.pth"))
-        self.assertEqual([os.path.basename(p) for p in paths], ["model_a.pth", "model_b.pth"])
+        ckpt.tag_last_checkpoint("model_c.pth")
+        with self.assertLogs("fvcore.common.checkpoint", "INFO") as logs:
+            with self.assertRaises(CorruptCheckpointError):
+                ckpt.resume_or_load("", resume=True)
+        loads = [r.getMessage() for r in logs.records if r.levelname == "INFO"]
+        tried = ["model_c.pth", "model_a.pth", "model_b.pth"]  # the tagged one first, once
+        self.assertEqual(
+            loads,
+            [f"[Checkpointer] Loading from {os.path.join(save_dir, name)} ..." for name in tried],
+        )
 
 
 class TestKillDuringSave(unittest.TestCase):
