@@ -120,13 +120,6 @@ def _out_of_space(error: Optional[BaseException]) -> bool:
     return False
 
 
-def _free_space(directory: str) -> str:
-    try:
-        return f"{shutil.disk_usage(directory).free / 2**20:.0f} MB free there now"
-    except OSError:
-        return "free space unknown"
-
-
 def _fsync_directory(directory: str) -> None:
     """Make a rename in ``directory`` durable (POSIX); nothing where it cannot be opened."""
     with contextlib.suppress(OSError):
@@ -161,10 +154,14 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "")
     except Exception as e:
         if not _out_of_space(e):
             raise
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MB free there now"
+        except OSError:
+            free = "free space unknown"
         raise DiskFullError(
             errno.ENOSPC,
-            f"No space left on device while writing {path} ({_free_space(directory)}): it was "
-            f"not written, and an earlier version of it, if any, is whole. {advice}".rstrip(),
+            f"No space left on device while writing {path} ({free}): it was not written, and an "
+            f"earlier version of it, if any, is whole. {advice}".rstrip(),
         ) from e
     _fsync_directory(directory)
 

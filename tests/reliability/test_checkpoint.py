@@ -266,14 +266,6 @@ class TestCheckpointMessages(unittest.TestCase):
         a.__context__, b.__context__ = b, a
         self.assertFalse(out_of_space(a))
 
-    def test_free_space_in_megabytes(self):
-        usage = shutil._ntuple_diskusage(10 * 2**20, 7 * 2**20, 3 * 2**20 + 2**19 - 1)
-        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", return_value=usage) as du:
-            self.assertEqual(rf_checkpoint._free_space("/some/dir"), "3 MB free there now")
-        du.assert_called_once_with("/some/dir")
-        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", side_effect=OSError(5, "io")):
-            self.assertEqual(rf_checkpoint._free_space("/x"), "free space unknown")
-
     def test_pid_alive(self):
         self.assertTrue(rf_checkpoint._pid_alive(os.getpid()))
         child = subprocess.Popen([sys.executable, "-c", "pass"])
