@@ -1,8 +1,6 @@
 """retinafocal: RetinaNet and the focal loss (Lin et al., ICCV 2017) as a detectron2 plugin.
-
 ``import retinafocal`` (before ``detectron2.modeling`` on the pure-Python v0.6 build) applies
-:mod:`retinafocal.compat` and registers the meta-architecture, heads, matchers and losses.
-"""
+:mod:`retinafocal.compat` and registers the meta-architecture, heads, matchers and losses."""
 from . import compat
 
 compat.apply()

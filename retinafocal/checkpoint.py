@@ -1,10 +1,8 @@
-"""A checkpointer whose files are always whole, finite and safe to load.
-
-fvcore's ``save`` streams into the final files, so a kill leaves a truncated checkpoint or an
-empty ``last_checkpoint``; here each is written by :func:`atomic_write`. NaN/Inf states are not
-saved, a full disk is named as such, and a resume falls back from an unreadable last checkpoint
-to the newest readable one.
-"""
+"""A checkpointer whose files are always whole, finite and safe to load. fvcore's ``save``
+streams into the final files (a kill leaves a truncated checkpoint or an empty
+``last_checkpoint``); here each is written by :func:`atomic_write`. NaN/Inf states are not saved,
+a full disk is named as such, and a resume falls back from an unreadable last checkpoint to the
+newest readable one."""
 from __future__ import annotations
 
 import contextlib
@@ -122,13 +120,6 @@ def _out_of_space(error: Optional[BaseException]) -> bool:
     return False
 
 
-def _free_space(directory: str) -> str:
-    try:
-        return f"{shutil.disk_usage(directory).free / 2**20:.0f} MB free there now"
-    except OSError:
-        return "free space unknown"
-
-
 def _fsync_directory(directory: str) -> None:
     """Make a rename in ``directory`` durable (POSIX); nothing where it cannot be opened."""
     with contextlib.suppress(OSError):
@@ -163,17 +154,16 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any], advice: str = "")
     except Exception as e:
         if not _out_of_space(e):
             raise
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MB free there now"
+        except OSError:
+            free = "free space unknown"
         raise DiskFullError(
             errno.ENOSPC,
-            f"No space left on device while writing {path} ({_free_space(directory)}): it was "
-            f"not written, and an earlier version of it, if any, is whole. {advice}".rstrip(),
+            f"No space left on device while writing {path} ({free}): it was not written, and an "
+            f"earlier version of it, if any, is whole. {advice}".rstrip(),
         ) from e
     _fsync_directory(directory)
-
-
-def _is_local(path: str) -> bool:
-    # URLs, file:// included, go to PathManager: os calls would read "file:///x" as "file:/x".
-    return "://" not in path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -192,9 +182,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves (the parent's for a non-local ``save_dir``)
     and safe loads: ``read_weights_file``, then ``check_fit``, exact when the load restores the
     whole state (``load(path)``, as when resuming or evaluating), else as initial weights
-    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``).
-    ``trust_weights_file=True`` reads files with full unpickling (may run code), with a warning.
-    """
+    (``load(path, checkpointables=[])``, as for ``MODEL.WEIGHTS``). ``trust_weights_file=True``
+    reads files with full unpickling (may run code), with a warning."""
 
     # The load in progress, for _load_model (fvcore passes it only the file's contents).
     _exact_load: bool
@@ -224,7 +213,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if os.path.basename(save_file) != basename:
             raise ValueError(f"Checkpoint name {name!r} must not contain a path separator")
         self._refuse_non_finite(save_file, data)
-        if not _is_local(self.save_dir):
+        # A URL (file:// too) goes to PathManager: os calls would read "file:///x" as "file:/x".
+        if "://" in self.save_dir:
             super().save(name, **kwargs)
             return
         self._remove_stale_temporaries()
@@ -248,7 +238,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Write ``last_checkpoint`` atomically (a kill never leaves it empty)."""
-        if not _is_local(self.save_dir):
+        if "://" in self.save_dir:  # a URL: as in save
             super().tag_last_checkpoint(last_filename_basename)
             return
         atomic_write(
@@ -307,11 +297,6 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         check_fit(self._loading_path, model_keys, *incompatible, exact=self._exact_load)
         return incompatible
 
-    def _complete_checkpoints_newest_first(self, exclude: str) -> List[str]:
-        """The ``.pth`` files in ``save_dir`` other than ``exclude``, newest modification first."""
-        files = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
-        return sorted(files, key=os.path.getmtime, reverse=True)
-
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """As the parent's, but when ``last_checkpoint`` names a missing or unreadable file,
         resume from the newest readable ``.pth`` in ``save_dir`` (logging the error), or raise
@@ -327,7 +312,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         else:
             error = f"last_checkpoint names {tagged or 'nothing'}, which does not exist"
         self.logger.error(f"Cannot resume from the last checkpoint: {error}")
-        for candidate in self._complete_checkpoints_newest_first(os.path.abspath(tagged or "")):
+        exclude = os.path.abspath(tagged or "")
+        others = [f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != exclude]
+        for candidate in sorted(others, key=os.path.getmtime, reverse=True):  # newest first
             try:
                 checkpoint = self.load(candidate)
             except CorruptCheckpointError as e:
@@ -352,21 +339,12 @@ def load_inference_weights(
     trust_weights_file: bool = False,
 ) -> Dict[str, Any]:
     """Load the weights of a model run for its outputs (``--eval-only``, demo, export): the
-    file must fit exactly, and no weights is an error unless ``random_weights``.
-
-    Args:
-        weights: file or URL ("" for none), from config key ``weights_key`` (named in errors).
-        save_dir, resume: with ``resume``, the last checkpoint in ``save_dir`` (if any) wins.
-        random_weights: keep the random initialisation when no weights are given.
-
-    Returns:
-        the checkpoint's data other than the weights (e.g. ``{"iteration": 89999}``).
-
-    Raises:
-        MissingWeightsError: no weights and not ``random_weights``.
-        ValueError: ``resume`` without a ``save_dir``.
-        WeightsFileError: both weights and ``random_weights``; and as the checkpointer's load.
-    """
+    file ``weights`` (or URL; "" for none), from config key ``weights_key`` (named in errors),
+    must fit exactly. With ``resume``, the last checkpoint in ``save_dir`` (if any) wins; no
+    weights is an error unless ``random_weights``, which keeps the random initialisation.
+    Returns the checkpoint's data other than the weights (e.g. ``{"iteration": 89999}``).
+    Raises MissingWeightsError (no weights, no ``random_weights``), ValueError (``resume``
+    without ``save_dir``), WeightsFileError (weights and ``random_weights``; as ``load``)."""
     if resume and not save_dir:
         raise ValueError("load_inference_weights: resume needs the save_dir to resume from")
     # Every load below restores the whole state, so is checked exactly.

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.resources
 import importlib.util
 import inspect
 import logging
-import os
 import re
 import sys
 import types
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from detectron2.data import DatasetMapper
 
 __all__ = [
+    "ACTIVE",
     "HAS_D2_C",
     "apply",
     "describe",
@@ -35,36 +36,9 @@ logger = logging.getLogger(__name__)
 
 # True when a compiled ``detectron2._C`` is importable (official builds).
 HAS_D2_C: bool = False
-# Each is True while its workaround is active (set by the function that applies it).
-D2_C_STUBBED: bool = False
-PIL_LINEAR_ALIASED: bool = False
-MAP_DATASET_RETRY_FIXED: bool = False
-TRAINER_STATE_FIXED: bool = False
-EXPORT_WITHOUT_CAFFE2: bool = False
-DATASET_MAPPER_TAKES_IMAGE: bool = False
-CHECKPOINT_LOAD_STATE_RESET: bool = False
-JIT_SCRIPT_WARNING_SILENCED: bool = False
-LAUNCH_GLOO_WITHOUT_CUDA: bool = False
-DDP_CPU_WITHOUT_DEVICE_IDS: bool = False
-JIT_BUILTINS_KEPT_ALIVE: bool = False
-
-# What describe() says of each active workaround, by the name of its flag.
-_DESCRIBED = (
-    ("D2_C_STUBBED", "_C stub"),
-    ("PIL_LINEAR_ALIASED", "PIL Image.LINEAR alias"),
-    ("MAP_DATASET_RETRY_FIXED", "MapDataset retry on Python 3.11"),
-    ("TRAINER_STATE_FIXED", "DefaultTrainer checkpoints the optimizer"),
-    ("EXPORT_WITHOUT_CAFFE2", "detectron2.export without caffe2"),
-    ("DATASET_MAPPER_TAKES_IMAGE", "DatasetMapper.__call__ given a read image"),
-    (
-        "CHECKPOINT_LOAD_STATE_RESET",
-        "checkpointer load state cleared after a failed load, URL options read",
-    ),
-    ("JIT_SCRIPT_WARNING_SILENCED", "import-time torch.jit.script deprecation warnings silenced"),
-    ("LAUNCH_GLOO_WITHOUT_CUDA", "launch uses gloo without CUDA"),
-    ("DDP_CPU_WITHOUT_DEVICE_IDS", "create_ddp_model gives CPU models no device_ids"),
-    ("JIT_BUILTINS_KEPT_ALIVE", "TorchScript's registered builtin ops kept alive"),
-)
+# The active workarounds, name -> what describe() says of it: each function below adds its entry
+# when it applies its workaround (or finds its assumption about detectron2 holds).
+ACTIVE: Dict[str, str] = {}
 
 _NO_OPS = "none (detectron2 built without its C++ ops)"
 
@@ -89,36 +63,28 @@ class _MissingCompiledOps(types.ModuleType):
 
 def _detectron2_source(relpath: str) -> str:
     """Text of a file of the installed detectron2, read without importing it; "" if absent."""
-    import detectron2
-
-    path = os.path.join(detectron2.__path__[0], relpath)
-    if not os.path.isfile(path):
-        return ""
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    path = importlib.resources.files("detectron2") / relpath
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def _stub_missing_d2_c() -> None:
     """v0.6 (pb1 archive): provide ``detectron2._C`` so that its packages import."""
-    global HAS_D2_C, D2_C_STUBBED
+    global HAS_D2_C
     existing = sys.modules.get("detectron2._C")
-    if isinstance(existing, _MissingCompiledOps):
-        return
     if existing is not None or importlib.util.find_spec("detectron2._C") is not None:
-        HAS_D2_C = True
+        HAS_D2_C = not isinstance(existing, _MissingCompiledOps)  # False: our stub, from before
         return
     sys.modules["detectron2._C"] = _MissingCompiledOps("detectron2._C")
     import detectron2
 
     detectron2._C = sys.modules["detectron2._C"]  # type: ignore[attr-defined]
-    D2_C_STUBBED = True
+    ACTIVE["d2_c_stub"] = "_C stub"
     logger.info("detectron2._C is not built; using retinafocal.compat's stub (v0.6 archive)")
 
 
 def _alias_pil_linear() -> None:
     """v0.6 on Pillow >= 10: ``data/transforms/transform.py`` has the removed ``Image.LINEAR``
     (= BILINEAR) as a default argument, so ``import detectron2.data`` fails."""
-    global PIL_LINEAR_ALIASED
     from PIL import Image
 
     if hasattr(Image, "LINEAR"):
@@ -126,14 +92,13 @@ def _alias_pil_linear() -> None:
     if "Image.LINEAR" not in _detectron2_source("data/transforms/transform.py"):
         return
     Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
-    PIL_LINEAR_ALIASED = True
+    ACTIVE["pil_linear"] = "PIL Image.LINEAR alias"
 
 
 def _fix_map_dataset_retry() -> None:
     """v0.6 on Python >= 3.11: when the mapper returns None (a skipped image), ``MapDataset``
     calls ``random.sample`` on a set, which 3.11 rejects. Current detectron2's retry loop."""
-    global MAP_DATASET_RETRY_FIXED
-    if sys.version_info < (3, 11) or MAP_DATASET_RETRY_FIXED:
+    if sys.version_info < (3, 11) or "map_dataset_retry" in ACTIVE:
         return
     if "sample(self._fallback_candidates, k=1)" not in _detectron2_source("data/common.py"):
         return
@@ -161,22 +126,19 @@ def _fix_map_dataset_retry() -> None:
                 )
 
     MapDataset.__getitem__ = __getitem__
-    MAP_DATASET_RETRY_FIXED = True
+    ACTIVE["map_dataset_retry"] = "MapDataset retry on Python 3.11"
 
 
 def _fix_default_trainer_state() -> None:
     """v0.6: ``DefaultTrainer`` checkpoints lack the inner trainer's state (optimizer, AMP
     scaler), so ``--resume`` restarts with fresh momentum. Current detectron2's two methods."""
-    global TRAINER_STATE_FIXED
     from detectron2.engine import DefaultTrainer, TrainerBase
 
-    if TRAINER_STATE_FIXED or "state_dict" in DefaultTrainer.__dict__:
+    if "trainer_state" in ACTIVE or "state_dict" in DefaultTrainer.__dict__:
         return
 
     def state_dict(self):
-        ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
+        return {**TrainerBase.state_dict(self), "_trainer": self._trainer.state_dict()}
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
@@ -184,15 +146,14 @@ def _fix_default_trainer_state() -> None:
 
     DefaultTrainer.state_dict = state_dict
     DefaultTrainer.load_state_dict = load_state_dict
-    TRAINER_STATE_FIXED = True
+    ACTIVE["trainer_state"] = "DefaultTrainer checkpoints the optimizer"
 
 
 def _export_without_caffe2() -> None:
     """v0.6: ``export/__init__.py`` star-imports ``api.py``, which needs ``caffe2`` (gone from
     PyTorch), so ``TracingAdapter`` cannot be imported. Register the package without running its
     ``__init__``, with the caffe2-free names current detectron2 exports."""
-    global EXPORT_WITHOUT_CAFFE2
-    if EXPORT_WITHOUT_CAFFE2 or "detectron2.export" in sys.modules:
+    if "export" in ACTIVE or "detectron2.export" in sys.modules:
         return
     init = _detectron2_source("export/__init__.py")
     if "from .api import *" not in init or "except ImportError" in init:
@@ -211,31 +172,28 @@ def _export_without_caffe2() -> None:
     package.dump_torchscript_IR = torchscript.dump_torchscript_IR  # type: ignore[attr-defined]
     package.scripting_with_instances = torchscript.scripting_with_instances  # type: ignore
     package.__all__ = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
-    EXPORT_WITHOUT_CAFFE2 = True
+    ACTIVE["export"] = "detectron2.export without caffe2"
 
 
 def _check_dataset_mapper_reads_through_utils() -> None:
     """v0.6 to current main: :func:`dataset_mapper_call` relies on ``DatasetMapper.__call__``
     reading its image with the module global ``utils.read_image``."""
-    global DATASET_MAPPER_TAKES_IMAGE
     from detectron2.data import DatasetMapper, detection_utils
 
     call = DatasetMapper.__call__
-    DATASET_MAPPER_TAKES_IMAGE = (
-        call.__globals__.get("utils") is detection_utils and "read_image" in call.__code__.co_names
-    )
+    if call.__globals__.get("utils") is detection_utils and "read_image" in call.__code__.co_names:
+        ACTIVE["dataset_mapper_call"] = "DatasetMapper.__call__ given a read image"
 
 
 def dataset_mapper_call(mapper: DatasetMapper, dataset_dict: dict, image: np.ndarray) -> dict:
-    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy) with ``image``, (H, W, C)
-    uint8 in ``mapper.image_format``, as what it would read from ``dataset_dict["file_name"]``
-    (``DatasetMapper`` has no hook for that). Its code runs with copied globals whose ``utils``
-    (a copy of ``detection_utils``) answers the first ``read_image``: nothing global changes.
-    ``dataset_dict`` is not modified. Raises detectron2's ``SizeMismatchError`` when ``image``
-    is not of the size the dict says."""
+    """Run ``DatasetMapper.__call__`` (detectron2's code, not a copy; it has no hook for this)
+    with ``image``, (H, W, C) uint8 in ``mapper.image_format``, as what it reads from
+    ``dataset_dict["file_name"]``: the code runs with copied globals whose ``utils`` answers the
+    first ``read_image``, so nothing global changes, nor ``dataset_dict``. Raises detectron2's
+    ``SizeMismatchError`` when ``image`` is not of the size the dict says."""
     from detectron2.data import DatasetMapper, detection_utils
 
-    if not DATASET_MAPPER_TAKES_IMAGE:
+    if "dataset_mapper_call" not in ACTIVE:
         raise RuntimeError(
             "This detectron2's DatasetMapper.__call__ does not read its image through "
             "detection_utils.read_image (as v0.6 to current main do), so retinafocal cannot hand "
@@ -268,15 +226,16 @@ def _detect_checkpoint_load_state() -> None:
     """Current detectron2 (not v0.6): ``DetectionCheckpointer.load`` sets
     ``_parsed_url_during_load`` and clears it only on success, so after one failed load every
     later ``load()`` fails its assert."""
-    global CHECKPOINT_LOAD_STATE_RESET
-    source = _detectron2_source("checkpoint/detection_checkpoint.py")
-    CHECKPOINT_LOAD_STATE_RESET = "_parsed_url_during_load" in source
+    if "_parsed_url_during_load" in _detectron2_source("checkpoint/detection_checkpoint.py"):
+        ACTIVE["checkpoint_load_state"] = (
+            "checkpointer load state cleared after a failed load, URL options read"
+        )
 
 
 def forget_failed_load(checkpointer: object) -> None:
     """After a ``DetectionCheckpointer.load`` raised, clear current detectron2's per-load state
     so that the checkpointer can load another file. Nothing on v0.6."""
-    if CHECKPOINT_LOAD_STATE_RESET:
+    if "checkpoint_load_state" in ACTIVE:
         checkpointer._parsed_url_during_load = None  # type: ignore[attr-defined]
 
 
@@ -285,18 +244,16 @@ def checkpoint_url_options(checkpointer: object) -> Dict[str, Any]:
     ``?matching_heuristics=True``; others raise, as there), for a subclass that reads files
     itself. {} on v0.6."""
     parsed = getattr(checkpointer, "_parsed_url_during_load", None)
-    if not CHECKPOINT_LOAD_STATE_RESET or parsed is None:
+    if "checkpoint_load_state" not in ACTIVE or parsed is None:
         return {}
     queries = parse_qs(parsed.query)
-    options: Dict[str, Any] = {}
-    if queries.pop("matching_heuristics", None) == ["True"]:
-        options["matching_heuristics"] = True
+    heuristics = queries.pop("matching_heuristics", None) == ["True"]
     if queries:
         raise ValueError(
             f"Unsupported option(s) {sorted(queries)} in the query of {parsed.geturl()}; "
             "detectron2 knows only matching_heuristics=True"
         )
-    return options
+    return {"matching_heuristics": True} if heuristics else {}
 
 
 # Modules that call torch.jit.script when imported (fvcore 0.1.5, detectron2 v0.6 to main).
@@ -307,37 +264,33 @@ _JIT_SCRIPT_DEPRECATION = "`torch.jit.script` is deprecated"
 def _import_scripting_modules_quietly() -> None:
     """torch >= 2.14 deprecates ``torch.jit.script``, which fvcore and detectron2 call on import:
     import those modules once with that warning filtered out (later calls still warn)."""
-    global JIT_SCRIPT_WARNING_SILENCED
     import torch
 
-    if JIT_SCRIPT_WARNING_SILENCED or all(m in sys.modules for m in _SCRIPTING_MODULES):
+    if "jit_script_warnings" in ACTIVE or all(m in sys.modules for m in _SCRIPTING_MODULES):
         return
     try:
-        source = inspect.getsource(torch.jit.script)
+        if _JIT_SCRIPT_DEPRECATION not in inspect.getsource(torch.jit.script):
+            return  # this torch does not deprecate it
     except (OSError, TypeError):
         return
-    if _JIT_SCRIPT_DEPRECATION not in source:
-        return  # this torch does not deprecate it
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=re.escape(_JIT_SCRIPT_DEPRECATION), category=FutureWarning
         )
         for module in _SCRIPTING_MODULES:
             importlib.import_module(module)
-    JIT_SCRIPT_WARNING_SILENCED = True
+    ACTIVE["jit_script_warnings"] = "import-time torch.jit.script deprecation warnings silenced"
 
 
 def _keep_registered_builtins_alive() -> None:
-    """torch (2.14 and before): TorchScript's builtin table is keyed by ``id()``, and
-    ``torch._ops`` registers op objects there that it may drop later (``_refresh_packet`` when a
-    ``torch.library`` adds an overload, as inductor's freezing does). An unrelated object born at
-    a dropped op's address is then taken for that op: scripting a module whose attribute it is
-    fails at random with "builtin cannot be used as a value". Registered objects are kept alive
-    here, in the list that already keeps torch's own builtins alive."""
-    global JIT_BUILTINS_KEPT_ALIVE
+    """torch <= 2.14: TorchScript's builtin table is keyed by ``id()``, and ``torch._ops`` may
+    drop an op it registered there (``_refresh_packet``, when a ``torch.library`` adds an
+    overload, as inductor's freezing does); an object later born at its address is taken for it,
+    and scripting fails at random ("builtin cannot be used as a value"). Keep registered objects
+    alive in the list that keeps torch's own builtins alive."""
     import torch.jit._builtins as builtins
 
-    if JIT_BUILTINS_KEPT_ALIVE:
+    if "jit_builtins" in ACTIVE:
         return
     register = builtins._register_builtin
     try:
@@ -352,7 +305,7 @@ def _keep_registered_builtins_alive() -> None:
         register(fn, op)
 
     builtins._register_builtin = register_and_keep
-    JIT_BUILTINS_KEPT_ALIVE = True
+    ACTIVE["jit_builtins"] = "TorchScript's registered builtin ops kept alive"
 
 
 def _distributed_worker(
@@ -385,8 +338,7 @@ def _distributed_worker(
         raise
     # v0.6's comm has no create_local_process_group; every process must create every group.
     for machine in range(world_size // per_machine):
-        first = machine * per_machine
-        group = dist.new_group(list(range(first, first + per_machine)))
+        group = dist.new_group(list(range(machine * per_machine, (machine + 1) * per_machine)))
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     if use_cuda:
@@ -398,21 +350,19 @@ def _distributed_worker(
 def _launch_gloo_without_cuda() -> None:
     """v0.6: ``launch`` with several workers asserts CUDA and joins with NCCL, so
     ``--num-gpus 2`` cannot run on CPU; give it current detectron2's worker (gloo on CPU)."""
-    global LAUNCH_GLOO_WITHOUT_CUDA
     source = _detectron2_source("engine/launch.py")
-    if LAUNCH_GLOO_WITHOUT_CUDA or "assert torch.cuda.is_available()" not in source:
+    if "launch_gloo" in ACTIVE or "assert torch.cuda.is_available()" not in source:
         return
     launch_module = importlib.import_module("detectron2.engine.launch")
     launch_module._distributed_worker = _distributed_worker  # launch() looks it up per call
-    LAUNCH_GLOO_WITHOUT_CUDA = True
+    ACTIVE["launch_gloo"] = "launch uses gloo without CUDA"
 
 
 def _ddp_cpu_model_without_device_ids() -> None:
     """v0.6 to current main: ``create_ddp_model`` passes ``device_ids=[local rank]``, which
     ``DistributedDataParallel`` rejects for a CPU model: leave them unset for a CPU model."""
-    global DDP_CPU_WITHOUT_DEVICE_IDS
     source = _detectron2_source("engine/defaults.py")
-    if DDP_CPU_WITHOUT_DEVICE_IDS or 'kwargs["device_ids"] = [comm.get_local_rank()]' not in source:
+    if "ddp_cpu" in ACTIVE or 'kwargs["device_ids"] = [comm.get_local_rank()]' not in source:
         return
     import detectron2.engine
     from detectron2.engine import defaults
@@ -429,7 +379,7 @@ def _ddp_cpu_model_without_device_ids() -> None:
     # DefaultTrainer calls it through the module global; users import it from either place.
     defaults.create_ddp_model = create_ddp_model
     detectron2.engine.create_ddp_model = create_ddp_model
-    DDP_CPU_WITHOUT_DEVICE_IDS = True
+    ACTIVE["ddp_cpu"] = "create_ddp_model gives CPU models no device_ids"
 
 
 def apply() -> None:
@@ -451,9 +401,6 @@ def describe() -> str:
     """One line saying which detectron2 is installed and which workarounds are active."""
     import detectron2
 
-    parts = [
-        f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}",
-        f"_C={'compiled' if HAS_D2_C else 'absent'}",
-    ]
-    parts += [f"compat: {label}" for flag, label in _DESCRIBED if globals()[flag]]
-    return ", ".join(parts)
+    compiled = "compiled" if HAS_D2_C else "absent"
+    parts = [f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}", f"_C={compiled}"]
+    return ", ".join(parts + [f"compat: {label}" for label in ACTIVE.values()])

@@ -1,10 +1,8 @@
-"""Reading a weights file without running any code it contains.
-
-Unpickling may call any function a file names. :func:`read_weights_file` reads ``.pkl`` files
-(detectron2's model zoo, Caffe2 / Detectron1 blobs) with an unpickler that builds only
-containers, scalars, strings and numpy arrays, and all else (``.pth``, pycls ``.pyth``) with
-``torch.load(weights_only=True)``; ``trusted=True`` (``--trust-weights-file``) unpickles fully.
-"""
+"""Reading a weights file without running code it contains (unpickling may call any function a
+file names): ``.pkl`` files (detectron2's model zoo, Caffe2 / Detectron1 blobs) with an
+unpickler that builds only containers, scalars, strings and numpy arrays, all else (``.pth``,
+pycls ``.pyth``) with ``torch.load(weights_only=True)``. ``trusted=True``
+(``--trust-weights-file``) unpickles fully."""
 from __future__ import annotations
 
 import codecs
@@ -125,10 +123,10 @@ def _refused_global(message: str, path: str) -> Optional[str]:
         with open(path, "rb") as f:
             _WeightsUnpickler(f, path).load()  # builds nothing but allowed objects
     except UnsafeWeightsFileError as e:
-        return e.global_name or ""
+        return e.global_name
     except Exception:  # unpickling raises several types on bytes that are not a pickle
-        return None
-    return None  # a plain pickle of arrays: not a torch file, so damaged as a .pth
+        pass
+    return None  # damage, or a plain pickle of arrays: not a torch file, so damaged as a .pth
 
 
 def _torch_load(path: str, trusted: bool) -> Any:
@@ -176,12 +174,10 @@ def _pkl_checkpoint(path: str, trusted: bool) -> Dict[str, Any]:
 
 
 def read_weights_file(path: str, *, trusted: bool = False) -> Dict[str, Any]:
-    """Read the local weights file ``path`` without running code (unless ``trusted``).
-
-    Returns:
-        the layout ``DetectionCheckpointer._load_model`` takes: ``"model"`` ({name: tensor or
-        ndarray}) and whatever else the file holds (``iteration``, ...; ``__author__`` and
-        ``matching_heuristics`` for ``.pkl`` / ``.pyth``).
+    """Read the local weights file ``path`` without running code (unless ``trusted``) into the
+    layout ``DetectionCheckpointer._load_model`` takes: ``"model"`` ({name: tensor or ndarray})
+    and whatever else the file holds (``iteration``, ...; ``__author__`` and
+    ``matching_heuristics`` for ``.pkl`` / ``.pyth``).
 
     Raises:
         UnsafeWeightsFileError: the file needs a global outside the allowlist.

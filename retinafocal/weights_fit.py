@@ -1,11 +1,9 @@
-"""Whether a loaded weights file fits the model (detectron2 only logs what does not).
-
-:func:`check_fit`'s rules: **exact** (evaluation, demo, export, ``--resume``): every tensor of
+"""Whether a loaded weights file fits the model (detectron2 only logs what does not), under
+:func:`check_fit`'s rules. **Exact** (evaluation, demo, export, ``--resume``): every tensor of
 the model and of the file matches, except ``pixel_mean`` / ``pixel_std`` (config),
-``num_batches_tracked`` and what detectron2 itself excuses (old ``anchor_generator.cell_anchors``);
-**initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another class
-count) and are only logged, but a file of which no tensor fits is an error.
-"""
+``num_batches_tracked`` and what detectron2 itself excuses (old ``anchor_generator.cell_anchors``).
+**Initial** (``MODEL.WEIGHTS``): partial loads are the point (an ImageNet backbone, another class
+count) and are only logged, but a file of which no tensor fits is an error."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence, Tuple

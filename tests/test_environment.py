@@ -26,7 +26,7 @@ class TestEnvironment(unittest.TestCase):
         print(f"\n[environment] {line}")
         self.assertIn(detectron2.__version__, line)
         # Exactly one of: a compiled _C, or our stub for the pure-Python v0.6 build.
-        self.assertNotEqual(compat.HAS_D2_C, compat.D2_C_STUBBED)
+        self.assertNotEqual(compat.HAS_D2_C, "d2_c_stub" in compat.ACTIVE)
 
     def test_model_zoo_config_files_shipped(self):
         from detectron2 import model_zoo
@@ -38,7 +38,7 @@ class TestEnvironment(unittest.TestCase):
         """With the stub, a compiled op raises naming itself; a real build has the op."""
         from detectron2 import _C
 
-        if not compat.D2_C_STUBBED:
+        if "d2_c_stub" not in compat.ACTIVE:
             self.assertTrue(callable(_C.deform_conv_forward))
             return
         with self.assertRaisesRegex(RuntimeError, "deform_conv_forward.*compiled ops"):
@@ -52,7 +52,7 @@ class TestEnvironment(unittest.TestCase):
         if "Image.LINEAR" in compat._detectron2_source("data/transforms/transform.py"):
             self.assertEqual(Image.LINEAR, Image.BILINEAR)  # v0.6's default argument resolves
         else:
-            self.assertFalse(compat.PIL_LINEAR_ALIASED)  # current detectron2: untouched
+            self.assertNotIn("pil_linear", compat.ACTIVE)  # current detectron2: untouched
 
     def test_jit_script_warnings_silenced_only_where_torch_deprecates_it(self):
         import inspect
@@ -60,7 +60,7 @@ class TestEnvironment(unittest.TestCase):
         import warnings
 
         deprecated = "`torch.jit.script` is deprecated" in inspect.getsource(torch.jit.script)
-        self.assertEqual(compat.JIT_SCRIPT_WARNING_SILENCED, deprecated)
+        self.assertEqual("jit_script_warnings" in compat.ACTIVE, deprecated)
         self.assertEqual("torch.jit.script deprecation" in compat.describe(), deprecated)
         # Importing retinafocal shows no warning meant for fvcore or detectron2 (issue 13).
         code = "import warnings; warnings.simplefilter('error', FutureWarning); import retinafocal"
@@ -84,7 +84,7 @@ class TestEnvironment(unittest.TestCase):
 
         register = builtins._register_builtin
         needed = "_builtin_ops" not in inspect.getsource(getattr(register, "__wrapped__", register))
-        self.assertEqual(compat.JIT_BUILTINS_KEPT_ALIVE, needed)
+        self.assertEqual("jit_builtins" in compat.ACTIVE, needed)
         self.assertEqual("builtin ops kept alive" in compat.describe(), needed)
 
         def dropped_op():
@@ -103,19 +103,19 @@ class TestEnvironment(unittest.TestCase):
         launch = importlib.import_module("detectron2.engine.launch")
         asserts_cuda = "cuda is not available" in compat._detectron2_source("engine/launch.py")
         # v0.6's worker asserts CUDA and is replaced; current detectron2's picks gloo itself.
-        self.assertEqual(compat.LAUNCH_GLOO_WITHOUT_CUDA, asserts_cuda)
+        self.assertEqual("launch_gloo" in compat.ACTIVE, asserts_cuda)
         self.assertEqual(launch._distributed_worker is compat._distributed_worker, asserts_cuda)
         self.assertEqual("launch uses gloo" in compat.describe(), asserts_cuda)
         # Both give a CPU model device_ids, which DDP rejects; one function serves both names.
         gives_ids = 'kwargs["device_ids"] = [comm.get_local_rank()]' in compat._detectron2_source(
             "engine/defaults.py")  # fmt: skip
-        self.assertEqual(compat.DDP_CPU_WITHOUT_DEVICE_IDS, gives_ids)
+        self.assertEqual("ddp_cpu" in compat.ACTIVE, gives_ids)
         self.assertIs(detectron2.engine.create_ddp_model, defaults.create_ddp_model)
         self.assertEqual(defaults.create_ddp_model.__module__ == compat.__name__, gives_ids)
 
     def test_apply_is_idempotent(self):
-        before = (compat.HAS_D2_C, compat.D2_C_STUBBED, compat.PIL_LINEAR_ALIASED)
+        before = (compat.HAS_D2_C, dict(compat.ACTIVE))
         stub = sys.modules.get("detectron2._C")
         compat.apply()
-        self.assertEqual(before, (compat.HAS_D2_C, compat.D2_C_STUBBED, compat.PIL_LINEAR_ALIASED))
+        self.assertEqual(before, (compat.HAS_D2_C, compat.ACTIVE))
         self.assertIs(stub, sys.modules.get("detectron2._C"))

@@ -279,16 +279,16 @@ class TestUrlOptions(_TmpDir):
             except Exception as e:  # v0.6: the query is part of a file name that does not exist
                 outcomes.append(type(e).__name__)
         self.assertEqual(outcomes[0], outcomes[1])
-        if compat.CHECKPOINT_LOAD_STATE_RESET:
+        if "checkpoint_load_state" in compat.ACTIVE:
             self.assertEqual(outcomes[1], weights["weight"].tolist())
 
     def test_options_follow_the_installed_version(self):
         from urllib.parse import urlparse
 
         loading = mock.Mock(_parsed_url_during_load=urlparse("w.pkl?matching_heuristics=True"))
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", False):
+        with mock.patch.dict(compat.ACTIVE, clear=True):
             self.assertEqual(compat.checkpoint_url_options(loading), {})
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True):
+        with mock.patch.dict(compat.ACTIVE, checkpoint_load_state="on"):
             self.assertEqual(compat.checkpoint_url_options(loading),
                              {"matching_heuristics": True})
             loading._parsed_url_during_load = urlparse("w.pkl?other=1")

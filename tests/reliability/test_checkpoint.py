@@ -266,14 +266,6 @@ class TestCheckpointMessages(unittest.TestCase):
         a.__context__, b.__context__ = b, a
         self.assertFalse(out_of_space(a))
 
-    def test_free_space_in_megabytes(self):
-        usage = shutil._ntuple_diskusage(10 * 2**20, 7 * 2**20, 3 * 2**20 + 2**19 - 1)
-        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", return_value=usage) as du:
-            self.assertEqual(rf_checkpoint._free_space("/some/dir"), "3 MB free there now")
-        du.assert_called_once_with("/some/dir")
-        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", side_effect=OSError(5, "io")):
-            self.assertEqual(rf_checkpoint._free_space("/x"), "free space unknown")
-
     def test_pid_alive(self):
         self.assertTrue(rf_checkpoint._pid_alive(os.getpid()))
         child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -284,18 +276,26 @@ class TestCheckpointMessages(unittest.TestCase):
         with mock.patch.object(rf_checkpoint.os, "kill", return_value=None):
             self.assertTrue(rf_checkpoint._pid_alive(child.pid))
 
-    def test_complete_checkpoints_newest_first(self):
+    def test_fallbacks_are_tried_newest_first(self):
         save_dir = tempfile.mkdtemp(prefix="retinafocal_order_")
         self.addCleanup(shutil.rmtree, save_dir, ignore_errors=True)
         ckpt = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), save_dir)
-        # Names in one order, modification times in another: the times decide.
+        # Names in one order, modification times in another: the times decide. All damaged.
         for name, mtime in (("model_a.pth", 300), ("model_b.pth", 100), ("model_c.pth", 200)):
             path = os.path.join(save_dir, name)
             with open(path, "wb") as f:
                 f.write(b"x")
             os.utime(path, (mtime, mtime))
-        paths = ckpt._complete_checkpoints_newest_first(os.path.join(save_dir, "model_c.pth"))
-        self.assertEqual([os.path.basename(p) for p in paths], ["model_a.pth", "model_b.pth"])
+        ckpt.tag_last_checkpoint("model_c.pth")
+        with self.assertLogs("fvcore.common.checkpoint", "INFO") as logs:
+            with self.assertRaises(CorruptCheckpointError):
+                ckpt.resume_or_load("", resume=True)
+        loads = [r.getMessage() for r in logs.records if r.levelname == "INFO"]
+        tried = ["model_c.pth", "model_a.pth", "model_b.pth"]  # the tagged one first, once
+        self.assertEqual(
+            loads,
+            [f"[Checkpointer] Loading from {os.path.join(save_dir, name)} ..." for name in tried],
+        )
 
 
 class TestKillDuringSave(unittest.TestCase):
@@ -353,16 +353,16 @@ class TestFailedLoadState(unittest.TestCase):
     def test_guard_follows_the_installed_detectron2(self):
         plain = DetectionCheckpointer(torch.nn.Linear(2, 2))
         has_state = hasattr(plain, "_parsed_url_during_load")
-        self.assertEqual(compat.CHECKPOINT_LOAD_STATE_RESET, has_state)
+        self.assertEqual("checkpoint_load_state" in compat.ACTIVE, has_state)
         listed = "checkpointer load state" in compat.describe()
         self.assertEqual(listed, has_state)
 
     def test_clears_only_where_needed(self):
         stale = mock.Mock(_parsed_url_during_load="file:///damaged.pth")
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", False):
+        with mock.patch.dict(compat.ACTIVE, clear=True):
             compat.forget_failed_load(stale)
         self.assertEqual(stale._parsed_url_during_load, "file:///damaged.pth")
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True):
+        with mock.patch.dict(compat.ACTIVE, checkpoint_load_state="on"):
             compat.forget_failed_load(stale)
         self.assertIsNone(stale._parsed_url_during_load)
 
@@ -388,7 +388,7 @@ class TestFailedLoadState(unittest.TestCase):
             raise CorruptCheckpointError(f"{path} is damaged")
 
         checkpointer = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2))
-        with mock.patch.object(compat, "CHECKPOINT_LOAD_STATE_RESET", True), mock.patch.object(
+        with mock.patch.dict(compat.ACTIVE, checkpoint_load_state="on"), mock.patch.object(
             DetectionCheckpointer, "load", autospec=True, side_effect=fail
         ), self.assertRaisesRegex(CorruptCheckpointError, "damaged.pth is damaged"):
             checkpointer.load("damaged.pth")

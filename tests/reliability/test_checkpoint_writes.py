@@ -4,6 +4,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import types
 import unittest
 from unittest import mock
@@ -71,6 +72,11 @@ class _LocalFolderHandler(PathHandler):
 
 
 PathManager.register_handler(_LocalFolderHandler())
+
+
+def _free(free: int):
+    """What shutil.disk_usage says of a 10 MB disk with ``free`` bytes free."""
+    return shutil._ntuple_diskusage(10 * 2**20, 10 * 2**20 - free, free)
 
 
 def no_space(obj, f):
@@ -142,8 +148,18 @@ class TestAtomicWrite(_InTempDir):
                 atomic_write(self.path("out.bin"), lambda f: f.write(b"data"))
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_free_space_in_megabytes(self):
+        usage = shutil._ntuple_diskusage(10 * 2**20, 7 * 2**20, 3 * 2**20 + 2**19 - 1)
+        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", return_value=usage) as du:
+            with self.assertRaisesRegex(DiskFullError, r"\(3 MB free there now\)"):
+                atomic_write(self.path("out.bin"), lambda f: no_space(None, f))
+        du.assert_called_once_with(self.dir)
+        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", side_effect=OSError(5, "io")):
+            with self.assertRaisesRegex(DiskFullError, r"\(free space unknown\)"):
+                atomic_write(self.path("out.bin"), lambda f: no_space(None, f))
+
     def test_full_disk_message_without_advice(self):
-        with mock.patch.object(rf_checkpoint, "_free_space", return_value="0 MB free there now"):
+        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", return_value=_free(0)):
             with self.assertRaises(DiskFullError) as ctx:
                 atomic_write(self.path("out.bin"), lambda f: no_space(None, f))
         self.assertEqual(str(ctx.exception), (
@@ -171,7 +187,7 @@ class TestAtomicWrite(_InTempDir):
 
 class TestSaveMessages(_InTempDir):
     def full_disk_message(self, checkpointer, name):
-        with mock.patch.object(rf_checkpoint, "_free_space", return_value="1 MB free there now"):
+        with mock.patch.object(rf_checkpoint.shutil, "disk_usage", return_value=_free(2**20)):
             with mock.patch.object(rf_checkpoint.torch, "save", side_effect=no_space):
                 with self.assertRaises(DiskFullError) as ctx:
                     checkpointer.save(name)

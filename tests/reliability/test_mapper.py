@@ -179,7 +179,7 @@ class TestEveryImageRejected(unittest.TestCase):
         from detectron2.data.common import MapDataset
 
         dataset = MapDataset(["a.jpg", "b.jpg", "c.jpg"], lambda d: None)
-        if compat.MAP_DATASET_RETRY_FIXED:
+        if "map_dataset_retry" in compat.ACTIVE:
             with self.assertRaisesRegex(RuntimeError, "rejected every one of the 3 images"):
                 dataset[0]
         else:  # current detectron2's own loop: whatever it raises, it does not hang
@@ -226,7 +226,7 @@ class TestDatasetMapperCall(_BrokenDatasetTest):
             compat.dataset_mapper_call(mapper, self.by_id[1], np.zeros((3, 4, 3), np.uint8))
 
     def test_unfit_detectron2_is_refused(self):
-        self.assertTrue(compat.DATASET_MAPPER_TAKES_IMAGE)
+        self.assertIn("dataset_mapper_call", compat.ACTIVE)
         self.assertIn("DatasetMapper.__call__ given a read image", compat.describe())
 
         def reads_elsewhere(self, dataset_dict):
@@ -234,12 +234,12 @@ class TestDatasetMapperCall(_BrokenDatasetTest):
 
         self.assertTrue(hasattr(DatasetMapper, "__call__"))
         with mock.patch.object(DatasetMapper, "__call__", reads_elsewhere):
-            with mock.patch.object(compat, "DATASET_MAPPER_TAKES_IMAGE", True):
+            with mock.patch.dict(compat.ACTIVE, clear=True):
                 compat._check_dataset_mapper_reads_through_utils()
-                self.assertFalse(compat.DATASET_MAPPER_TAKES_IMAGE)
+                self.assertNotIn("dataset_mapper_call", compat.ACTIVE)
                 with self.assertRaisesRegex(RuntimeError, "dataset_mapper_call"):
                     compat.dataset_mapper_call(None, self.by_id[1], None)
-        self.assertTrue(compat.DATASET_MAPPER_TAKES_IMAGE)
+        self.assertIn("dataset_mapper_call", compat.ACTIVE)
 
 
 if __name__ == "__main__":
