@@ -1,8 +1,6 @@
-"""Config keys that retinafocal adds to detectron2's defaults.
-
-``cfg.MODEL.RETINANET.*`` keeps its detectron2 meaning; what detectron2's RetinaNet has no key for
-lives under ``cfg.MODEL.RETINAFOCAL``, plus ``DATASETS.COCO_JSON`` and two ``DATALOADER`` keys.
-"""
+"""Config keys that retinafocal adds to detectron2's defaults. ``cfg.MODEL.RETINANET.*`` keeps its
+detectron2 meaning; what detectron2's RetinaNet has no key for lives under
+``cfg.MODEL.RETINAFOCAL``, plus ``DATASETS.COCO_JSON`` and two ``DATALOADER`` keys."""
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_retinafocal_config"]

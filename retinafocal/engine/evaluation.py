@@ -46,14 +46,12 @@ class CheckedCOCOEvaluator(COCOEvaluator):
 
 
 class InferenceStats(DatasetEvaluator):
-    """Time per image of ``model``'s forward calls in one evaluation, and its detections.
-
+    """Time per image of ``model``'s forward calls in one evaluation, and its detections:
     ``evaluate()`` returns, on the main process, ``{"inference": {"s_per_image": float,
-    "images": float, "detections": float}}``: ``s_per_image`` is this process's forward time
+    "images": float, "detections": float}}``. ``s_per_image`` is this process's forward time
     (synchronised on a GPU) per image without the first ``min(warmup, calls - 1)`` calls, as
     detectron2 times (NaN without calls); the counts sum all processes. ``model`` may be DDP;
-    ``clock`` gives seconds (tests fake it).
-    """
+    ``clock`` gives seconds (tests fake it)."""
 
     def __init__(
         self, model: nn.Module, *, warmup: int = 5, clock: Callable[[], float] = time.perf_counter

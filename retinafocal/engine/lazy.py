@@ -1,8 +1,6 @@
-"""The training loop for LazyConfig configs, with the features of the yacs
-:class:`~retinafocal.engine.trainer.Trainer`. A config provides what detectron2's
-``configs/common/train.py`` does, plus optionally ``datasets.coco_json`` (``[[name, json_file,
-image_root], ...]``, yacs ``DATASETS.COCO_JSON``) and ``datasets.num_classes_from_dataset``.
-"""
+"""The training loop for LazyConfig configs, with the features of the yacs ``Trainer``. A config
+provides what detectron2's ``configs/common/train.py`` does, plus optionally
+``datasets.coco_json`` (yacs ``DATASETS.COCO_JSON``) and ``datasets.num_classes_from_dataset``."""
 from __future__ import annotations
 
 import logging
