@@ -24,6 +24,7 @@ __all__ = [
     "apply_lazy_overrides",
 ]
 
+
 class ConfigKeyError(KeyError):
     """An unknown config key; the message suggests the nearest valid keys."""
 
