@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
     "ConfigKeyError",
@@ -23,6 +23,7 @@ __all__ = [
     "merge_yacs_file",
     "apply_lazy_overrides",
 ]
+
 
 class ConfigKeyError(KeyError):
     """An unknown config key; the message suggests the nearest valid keys."""
@@ -97,6 +98,26 @@ def _key_paths(node: Any, prefix: str = "", *, lists: bool = False) -> Iterator[
         yield from _key_paths(v, path + ".", lists=lists)
 
 
+def _checked(overrides: Iterable[Sequence[Any]], check: Callable[..., Any]) -> List[Any]:
+    """``check(*override)`` of every override, or all the :class:`ConfigKeyError` and
+    :class:`ConfigTypeError` they raise together (a ConfigKeyError if any key is unknown)."""
+    results: List[Any] = []
+    key_errors: List[str] = []
+    type_errors: List[str] = []
+    for override in overrides:
+        try:
+            results.append(check(*override))
+        except ConfigKeyError as e:
+            key_errors.append(str(e))
+        except ConfigTypeError as e:
+            type_errors.append(str(e))
+    if key_errors:
+        raise ConfigKeyError("\n".join(key_errors + type_errors))
+    if type_errors:
+        raise ConfigTypeError("\n".join(type_errors))
+    return results
+
+
 # yacs
 
 
@@ -124,35 +145,23 @@ def merge_yacs_overrides(cfg, opts: Optional[List[str]]) -> None:
         )
     if cfg.is_frozen():
         raise AttributeError("The config is frozen; apply overrides before cfg.freeze().")
-    key_errors: List[str] = []
-    type_errors: List[str] = []
-    updates = []
-    for full_key, raw in zip(opts[0::2], opts[1::2]):
+
+    def check(full_key: str, raw: str) -> Optional[Tuple[Any, str, Any]]:
         origin = f"override '{full_key} {raw}'"
         if cfg.key_is_deprecated(full_key):
-            continue
+            return None
         if cfg.key_is_renamed(full_key):
             cfg.raise_key_rename_error(full_key)
         found = _find_yacs_leaf(cfg, full_key)
         if found is None:
-            key_errors.append(_unknown_key_message(full_key, list(_key_paths(cfg)), origin))
-            continue
+            raise ConfigKeyError(_unknown_key_message(full_key, list(_key_paths(cfg)), origin))
         node, leaf = found
         value = type(cfg)._decode_cfg_value(raw)
         if leaf in node and isinstance(node[leaf], dict):
-            type_errors.append(_group_message(full_key, list(node[leaf]), origin))
-            continue
-        try:
-            value = _coerce(value, node.get(leaf), full_key, origin)
-        except ConfigTypeError as e:
-            type_errors.append(str(e))
-            continue
-        updates.append((node, leaf, value))
-    if key_errors:
-        raise ConfigKeyError("\n".join(key_errors + type_errors))
-    if type_errors:
-        raise ConfigTypeError("\n".join(type_errors))
-    for node, leaf, value in updates:
+            raise ConfigTypeError(_group_message(full_key, list(node[leaf]), origin))
+        return node, leaf, _coerce(value, node.get(leaf), full_key, origin)
+
+    for node, leaf, value in filter(None, _checked(zip(opts[0::2], opts[1::2]), check)):
         node[leaf] = value
 
 
@@ -232,10 +241,8 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=False)
-    key_errors: List[str] = []
-    type_errors: List[str] = []
-    updates = []
-    for key, value, explicit_add, text in _parse_lazy_overrides(list(opts or [])):
+
+    def check(key: str, value: Any, explicit_add: bool, text: str) -> Tuple[str, Any]:
         origin = f"override '{text}'"
         current = _lazy_lookup(container, key)
         # The deepest existing group on the way to the key: detectron2 creates missing ones.
@@ -245,28 +252,19 @@ def apply_lazy_overrides(cfg, opts: Optional[List[str]]):
         if current is _ABSENT and not explicit_add:
             valid_keys = list(_key_paths(container, lists=True))
             hint = f" To add a new key, write '+{text}'."
-            key_errors.append(_unknown_key_message(key, valid_keys, origin, hint))
-            continue
+            raise ConfigKeyError(_unknown_key_message(key, valid_keys, origin, hint))
         if current is _ABSENT and not isinstance(parent, dict):
             # detectron2's check: adding a.b.c needs a.b, if it exists, to be a config.
-            type_errors.append(f"Cannot add '{key}': its parent is not a config ({origin}).")
-            continue
+            raise ConfigTypeError(f"Cannot add '{key}': its parent is not a config ({origin}).")
         if isinstance(current, str) and (current == "???" or "${" in current):
             current = None  # missing or interpolated: the type is not known here
         if isinstance(current, dict) and not isinstance(value, dict):
-            type_errors.append(_group_message(key, list(current), origin))
-            continue
+            raise ConfigTypeError(_group_message(key, list(current), origin))
         if current is not _ABSENT and not isinstance(current, dict):
-            try:
-                value = _coerce(value, current, key, origin)
-            except ConfigTypeError as e:
-                type_errors.append(str(e))
-                continue
-        updates.append((key, value))
-    if key_errors:
-        raise ConfigKeyError("\n".join(key_errors + type_errors))
-    if type_errors:
-        raise ConfigTypeError("\n".join(type_errors))
+            value = _coerce(value, current, key, origin)
+        return key, value
+
+    updates = _checked(_parse_lazy_overrides(list(opts or [])), check)
     # On a copy first, so that what only omegaconf refuses raises before ``cfg`` changes.
     for target in (copy.deepcopy(cfg), cfg):
         for key, value in updates:

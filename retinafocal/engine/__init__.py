@@ -15,28 +15,5 @@ from .results import RESULTS_FILE, discard_results, evaluation_results, write_re
 from .train_loop import NonFiniteLossError, checked_trainer
 from .trainer import Trainer, build_evaluator
 
-__all__ = [
-    "CheckedCOCOEvaluator",
-    "InferenceStats",
-    "NonFiniteLossError",
-    "PredictionImageWriter",
-    "RESULTS_FILE",
-    "Trainer",
-    "build_evaluator",
-    "build_lazy_model",
-    "build_lazy_trainer",
-    "check_batch_size",
-    "check_model_num_classes",
-    "checked_trainer",
-    "default_setup",
-    "discard_results",
-    "evaluation_results",
-    "lazy_test",
-    "lazy_train",
-    "leave_process_group",
-    "log_bbox_ap",
-    "prepare_datasets",
-    "register_lazy_datasets",
-    "resolve_num_classes",
-    "write_results",
-]
+# As detectron2.engine: the public names are those imported above (with the modules).
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -96,13 +96,10 @@ def log_bbox_ap(results: Optional[Mapping]) -> None:
 
 
 def leave_process_group() -> None:
-    """End a multi-process run together: wait for every rank, then destroy the process group.
-    No-op in a single process.
-
-    detectron2's ``launch`` returns from its workers with the group alive, and a rank that exits
+    """End a multi-process run together: wait for every rank, then destroy the process group
+    (no-op in one process). detectron2's ``launch`` leaves the group alive, and a rank that exits
     while another still works (rank 0 writing its results) can abort in the group's teardown
-    ("terminate called without an active exception", SIGABRT).
-    """
+    ("terminate called without an active exception", SIGABRT)."""
     if dist.is_available() and dist.is_initialized():
         comm.synchronize()
         dist.destroy_process_group()

@@ -2,11 +2,9 @@
 ``inference_on_dataset`` only logs it; :class:`InferenceStats` returns it with the metrics)."""
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
-from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,50 +22,36 @@ class CheckedCOCOEvaluator(COCOEvaluator):
     as unreadable, which would count as missed) and is 0, not NaN, when the model detected
     nothing; both are logged."""
 
-    def reset(self) -> None:
-        super().reset()
-        self._image_ids: List[Any] = []
-        self._num_detections = 0
-
-    def process(self, inputs: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]]) -> None:
-        super().process(inputs, outputs)
-        self._image_ids.extend(x["image_id"] for x in inputs)
-        self._num_detections += sum(len(o["instances"]) for o in outputs if "instances" in o)
-
-    def evaluate(self, img_ids: Optional[Sequence[Any]] = None) -> Optional[OrderedDict]:
-        # Gathered to the main process, as the parent gathers its predictions.
-        local = (self._image_ids, self._num_detections)
-        gathered = comm.gather(local, dst=0) if self._distributed else [local]
-        if self._distributed and not comm.is_main_process():
-            return super().evaluate(img_ids)
-        evaluated = set(itertools.chain.from_iterable(ids for ids, _ in gathered))
-        num_detections = sum(n for _, n in gathered)
+    def _eval_predictions(
+        self, predictions: List[Dict[str, Any]], img_ids: Optional[Sequence[Any]] = None
+    ) -> None:
+        # ``predictions``: one per image evaluated, of all processes, with its detections in
+        # COCO json ("instances"); COCOEvaluator.evaluate gathers them and calls this.
+        evaluated = {p["image_id"] for p in predictions}
         in_json = self._coco_api.getImgIds()
-        if img_ids is None and evaluated and len(evaluated) < len(in_json):
+        if img_ids is None and len(evaluated) < len(in_json):
             img_ids = sorted(evaluated)
             logger.warning(
                 f"COCO AP on {self._metadata.name} covers the {len(evaluated)} images evaluated, "
                 f"of {len(in_json)} in its json (the others were left out)."
             )
-        results = super().evaluate(img_ids)
-        if results and "bbox" in results and num_detections == 0:
+        super()._eval_predictions(predictions, img_ids)
+        if "bbox" in self._results and not any(p["instances"] for p in predictions):
             logger.warning(
                 f"The model made no detection on {self._metadata.name} (none scored above its "
                 "test score threshold): every bbox metric is 0 (pycocotools would give NaN)."
             )
-            results["bbox"] = {k: 0.0 if math.isnan(v) else v for k, v in results["bbox"].items()}
-        return results
+            bbox = self._results["bbox"]
+            self._results["bbox"] = {k: 0.0 if math.isnan(v) else v for k, v in bbox.items()}
 
 
 class InferenceStats(DatasetEvaluator):
-    """Time per image of ``model``'s forward calls in one evaluation, and its detections.
-
+    """Time per image of ``model``'s forward calls in one evaluation, and its detections:
     ``evaluate()`` returns, on the main process, ``{"inference": {"s_per_image": float,
-    "images": float, "detections": float}}``: ``s_per_image`` is this process's forward time
+    "images": float, "detections": float}}``. ``s_per_image`` is this process's forward time
     (synchronised on a GPU) per image without the first ``min(warmup, calls - 1)`` calls, as
     detectron2 times (NaN without calls); the counts sum all processes. ``model`` may be DDP;
-    ``clock`` gives seconds (tests fake it).
-    """
+    ``clock`` gives seconds (tests fake it)."""
 
     def __init__(
         self, model: nn.Module, *, warmup: int = 5, clock: Callable[[], float] = time.perf_counter

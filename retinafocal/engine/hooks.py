@@ -21,6 +21,8 @@ __all__ = ["draw_predictions", "PredictionImageWriter"]
 
 logger = logging.getLogger(__name__)
 
+Mapper = Callable[[Dict[str, Any]], Dict[str, Any]]  # a dataset dict to the model's input
+
 
 def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
     """Tile rows of (H, W, 3) uint8 images into one image, in cells ``pad`` white pixels apart."""
@@ -37,7 +39,7 @@ def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
 def draw_predictions(
     model: torch.nn.Module,
     dataset_dicts: Sequence[Dict[str, Any]],
-    mapper: Callable[[Dict[str, Any]], Dict[str, Any]],
+    mapper: Mapper,
     metadata: Any,
     *,
     score_thresh: float = 0.5,
@@ -66,20 +68,13 @@ class PredictionImageWriter(HookBase):
     """After a completed training, write :func:`draw_predictions` of the first ``num_images``
     readable images of ``dataset_name`` to the PNG ``output_path`` (main process only)."""
 
-    def __init__(
-        self,
-        *,
-        dataset_name: str,
-        mapper: Callable[[Dict[str, Any]], Dict[str, Any]],
-        output_path: str,
-        num_images: int = 4,
-        score_thresh: float = 0.5,
-    ) -> None:
+    num_images = 4
+    score_thresh = 0.5
+
+    def __init__(self, *, dataset_name: str, mapper: Mapper, output_path: str) -> None:
         self._dataset_name = dataset_name
         self._mapper = mapper
         self._output_path = output_path
-        self._num_images = num_images
-        self._score_thresh = score_thresh
 
     def after_train(self) -> None:
         # Like detectron2's EvalHook: nothing to show after a run that stopped early.
@@ -87,11 +82,11 @@ class PredictionImageWriter(HookBase):
             return
         # DistributedDataParallel wraps the detector; draw with the detector itself.
         model = getattr(self.trainer.model, "module", self.trainer.model)
-        name, thresh = self._dataset_name, self._score_thresh
+        name, thresh = self._dataset_name, self.score_thresh
         reports = check_datasets(name, purpose="evaluation").values()  # a test set
         unreadable = {f for r in reports for f in r.unreadable_files}
         readable = (d for d in DatasetCatalog.get(name) if d["file_name"] not in unreadable)
-        dicts: List[Dict[str, Any]] = list(itertools.islice(readable, self._num_images))
+        dicts: List[Dict[str, Any]] = list(itertools.islice(readable, self.num_images))
         metadata = MetadataCatalog.get(name)
         figure = draw_predictions(model, dicts, self._mapper, metadata, score_thresh=thresh)
         os.makedirs(os.path.dirname(self._output_path) or ".", exist_ok=True)

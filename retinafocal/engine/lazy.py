@@ -1,8 +1,6 @@
-"""The training loop for LazyConfig configs, with the features of the yacs
-:class:`~retinafocal.engine.trainer.Trainer`. A config provides what detectron2's
-``configs/common/train.py`` does, plus optionally ``datasets.coco_json`` (``[[name, json_file,
-image_root], ...]``, yacs ``DATASETS.COCO_JSON``) and ``datasets.num_classes_from_dataset``.
-"""
+"""The training loop for LazyConfig configs, with the features of the yacs ``Trainer``. A config
+provides what detectron2's ``configs/common/train.py`` does, plus optionally
+``datasets.coco_json`` (yacs ``DATASETS.COCO_JSON``) and ``datasets.num_classes_from_dataset``."""
 from __future__ import annotations
 
 import logging
@@ -76,7 +74,7 @@ def build_lazy_trainer(
 ) -> Tuple[SimpleTrainer, AtomicDetectionCheckpointer]:
     """Check the batch size and both loaders' classes, then build the model, optimizer, loaders,
     checked trainer, checkpointer and hooks of ``cfg`` (:func:`lazy_train` loads and trains).
-    ``trainer.last_eval_results`` keeps the last evaluation's results (None before any)."""
+    ``trainer._last_eval_results`` keeps the last evaluation's results, as in ``DefaultTrainer``."""
     check_batch_size(cfg.dataloader.train.total_batch_size, "dataloader.train.total_batch_size")
     model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
@@ -93,11 +91,11 @@ def build_lazy_trainer(
         model, cfg.train.output_dir, trust_weights_file=trust_weights_file, trainer=trainer
     )
     trainer.checkpointer = checkpointer
-    trainer.last_eval_results = None
+    trainer._last_eval_results = None
 
     def test_and_keep() -> OrderedDict:
-        trainer.last_eval_results = lazy_test(cfg, model, test_loader)
-        return trainer.last_eval_results
+        trainer._last_eval_results = lazy_test(cfg, model, test_loader)
+        return trainer._last_eval_results
 
     main = comm.is_main_process()
     trainer.register_hooks(
@@ -130,6 +128,6 @@ def lazy_train(
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that had just finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    with recording_results(cfg.train.output_dir, trainer, lambda: trainer.last_eval_results):
+    with recording_results(cfg.train.output_dir, trainer):
         trainer.train(start_iter, cfg.train.max_iter)
-    return trainer.last_eval_results
+    return trainer._last_eval_results

@@ -1,6 +1,5 @@
 """Checks that stop a run before any work starts, for yacs and LazyConfigs: the training batch
-size, and the model's number of classes against its datasets' (or taken from them, opted in).
-"""
+size, and the model's number of classes against its datasets' (or taken from them, opted in)."""
 from __future__ import annotations
 
 import logging

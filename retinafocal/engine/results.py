@@ -31,7 +31,7 @@ import contextlib
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import numpy as np
 from detectron2.utils import comm
@@ -150,12 +150,11 @@ def _evaluation_history(storage: Any, max_iter: int) -> Dict[str, List[Any]]:
 
 
 def training_results(
-    trainer: Any,
-    evaluation: Optional[Mapping],
-    error: Union[NonFiniteLossError, NonFiniteWeightsError, None] = None,
+    trainer: Any, error: Union[NonFiniteLossError, NonFiniteWeightsError, None] = None
 ) -> Dict[str, Any]:
-    """The results of a training run, from ``trainer`` (``iter``, ``max_iter``, ``storage``)
-    after ``train()`` returned or raised ``error``, and the final ``evaluation`` (or None)."""
+    """The results of a training run, from ``trainer`` (``iter``, ``max_iter``, ``storage`` and
+    the final evaluation's ``_last_eval_results``, where ``DefaultTrainer``'s evaluation hook
+    keeps it) after ``train()`` returned or raised ``error``."""
     histories = trainer.storage.histories()
     times = [v for v, _ in histories["time"].values()] if "time" in histories else []
     status, non_finite = "completed", None
@@ -172,7 +171,7 @@ def training_results(
     # A checkpoint is saved after its iteration's step: that iteration was done.
     done = int(trainer.iter) + isinstance(error, NonFiniteWeightsError)
     return evaluation_results(
-        evaluation,
+        getattr(trainer, "_last_eval_results", None),
         status=status,
         eval_only=False,
         iterations=min(done, max_iter),
@@ -206,16 +205,13 @@ def discard_results(output_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def recording_results(
-    output_dir: str, trainer: Any, evaluation: Callable[[], Optional[Mapping]]
-) -> Iterator[None]:
+def recording_results(output_dir: str, trainer: Any) -> Iterator[None]:
     """Around ``trainer.train()``: write ``results.json`` when it returns or raises a non-finite
-    error (re-raised), and none, not even an earlier run's, when it raises anything else.
-    ``evaluation()`` gives the final evaluation's results."""
+    error (re-raised), and none, not even an earlier run's, when it raises anything else."""
     discard_results(output_dir)
     try:
         yield
     except (NonFiniteLossError, NonFiniteWeightsError) as e:
-        write_results(output_dir, training_results(trainer, evaluation(), error=e))
+        write_results(output_dir, training_results(trainer, error=e))
         raise
-    write_results(output_dir, training_results(trainer, evaluation()))
+    write_results(output_dir, training_results(trainer))

@@ -1,10 +1,9 @@
 """detectron2's training loops with one loss check that says what went wrong and where to restart.
 
 detectron2's ``SimpleTrainer`` stops with a bare ``FloatingPointError`` when the summed loss is
-not finite. The checked trainers test every loss term of each worker first, at the same point
-(after backward, before ``optimizer.step()`` could write NaN into the weights), and every worker
-raises :class:`NonFiniteLossError` when one finds a NaN. This is retinafocal's only loss check:
-the model does none.
+not finite. The checked trainers test every loss term of each worker first, before
+``optimizer.step()`` could write NaN into the weights, and every worker raises
+:class:`NonFiniteLossError` when one finds a NaN. The model itself checks no loss.
 """
 from __future__ import annotations
 
@@ -49,13 +48,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class FiniteLossCheckMixin:
-    """Mixed into a ``SimpleTrainer`` subclass: check every loss term before the optimizer step.
-
-    The check opens ``_write_metrics``, which both detectron2 versions call between backward and
-    the step, before their own check of the sum. (Current detectron2 can run it in a thread,
-    ``async_write_metrics=True``, where an error would not stop training: left off here.)
-    ``checkpointer``, set by the trainer's owner, names the last good checkpoint.
-    """
+    """Mixed into a ``SimpleTrainer`` subclass: the check, in ``_write_metrics``, which both
+    detectron2 versions call between backward and the step, before their own check of the sum
+    (current detectron2's ``async_write_metrics=True`` would run it in a thread, where an error
+    cannot stop training: left off). ``checkpointer`` names the last good checkpoint."""
 
     checkpointer: Optional[Checkpointer] = None
     iter: int
@@ -95,11 +91,9 @@ def checked_trainer(
     amp: bool,
     checkpointer: Optional[Checkpointer] = None,
 ) -> SimpleTrainer:
-    """The checked ``SimpleTrainer`` (``amp=False``) or ``AMPTrainer`` (``amp=True``).
-
-    A model with a ``precision`` (FocalRetinaNet) must agree with ``amp``
-    (:func:`~retinafocal.modeling.precision.check_precision_and_amp` raises otherwise).
-    """
+    """The checked ``SimpleTrainer`` (``amp=False``) or ``AMPTrainer`` (``amp=True``); a model
+    with a ``precision`` (FocalRetinaNet) must agree with ``amp``
+    (:func:`~retinafocal.modeling.precision.check_precision_and_amp` raises otherwise)."""
     # DDP wraps the model; the precision is an attribute of the model inside.
     precision = getattr(getattr(model, "module", model), "precision", None)
     if precision is not None:

@@ -79,14 +79,9 @@ class Trainer(DefaultTrainer):
 
     def train(self) -> Optional[OrderedDict]:
         """Train, write ``results.json``, return the final evaluation's results (or None)."""
-
-        def final_evaluation() -> Optional[OrderedDict]:
-            # DefaultTrainer's evaluation hook keeps its latest results here.
-            return getattr(self, "_last_eval_results", None)
-
-        with recording_results(self.cfg.OUTPUT_DIR, self, final_evaluation):
+        with recording_results(self.cfg.OUTPUT_DIR, self):
             super().train()
-        return final_evaluation()
+        return getattr(self, "_last_eval_results", None)  # set by DefaultTrainer's EvalHook
 
     @classmethod
     def test(

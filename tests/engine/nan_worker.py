@@ -45,7 +45,7 @@ def train(out_dir: str) -> None:
     trainer = checked_trainer(model, batches, optimizer, amp=False)
     record = {}
     try:
-        with recording_results(out_dir, trainer, lambda: None):
+        with recording_results(out_dir, trainer):
             trainer.train(0, len(batches))
     except NonFiniteLossError as e:
         record = {"iteration": e.iteration, "terms": e.terms, "message": str(e)}

@@ -150,11 +150,11 @@ class TestTrainingResults(unittest.TestCase):
         total = [(float(i), i) for i in range(45)]
         cls_ = [(float("nan") if i == 44 else 2.0 * i, i) for i in range(45)]
         times = [(0.5, i) for i in range(2, 45)]
-        trainer = mock.Mock(iter=45, max_iter=100)
+        trainer = mock.Mock(iter=45, max_iter=100, _last_eval_results=OrderedDict())
         trainer.storage = _Storage({"total_loss": _History(total), "loss_cls": _History(cls_),
                                     "time": _History(times), "lr": _History(total)})
         error = NonFiniteLossError(45, ["loss_cls"], "/out/model_0000039.pth", "losses {...}")
-        out = results.training_results(trainer, OrderedDict(), error=error)
+        out = results.training_results(trainer, error=error)
         self.assertEqual(out["status"], "non_finite_loss")
         self.assertEqual(out["non_finite"], {"iteration": 45, "terms": ["loss_cls"],
                                              "checkpoint": "/out/model_0000039.pth"})
@@ -174,11 +174,11 @@ class TestTrainingResults(unittest.TestCase):
         from retinafocal.checkpoint import NonFiniteWeightsError
 
         # The checkpoint after iteration 39 (the 40th) was refused: 40 iterations were done.
-        trainer = mock.Mock(iter=39, max_iter=100)
+        trainer = mock.Mock(iter=39, max_iter=100, _last_eval_results=None)
         trainer.storage = _Storage({"total_loss": _History([(1.0, i) for i in range(40)])})
         last = "/out/model_0000019.pth"
         error = NonFiniteWeightsError("/out/model_0000039.pth", 39, ["model.w"], last)
-        out = results.training_results(trainer, None, error=error)
+        out = results.training_results(trainer, error=error)
         self.assertEqual(out["status"], "non_finite_weights")
         self.assertEqual(out["non_finite"], {"iteration": 39, "terms": ["model.w"],
                                              "checkpoint": last})  # fmt: skip
@@ -191,10 +191,10 @@ class TestTrainingResults(unittest.TestCase):
         total = [(v, i) for i, v in enumerate([4.0, 6.0, 2.0, 9.0, float("inf"), 1.0])]
         cls_ = [(v / 2, i) for v, i in total]
         evals = {"bbox/AP": [(12.5, 5), (float("nan"), 10)], "bbox/AP50": [(30.0, 5), (40.0, 10)]}
-        trainer = mock.Mock(iter=10, max_iter=10)
+        trainer = mock.Mock(iter=10, max_iter=10, _last_eval_results=OrderedDict())
         trainer.storage = _Storage({"total_loss": _History(total), "loss_cls": _History(cls_),
                                     **{k: _History(v) for k, v in evals.items()}})
-        out = results.training_results(trainer, OrderedDict())
+        out = results.training_results(trainer)
         self.assertEqual(out["loss_extremes"], {
             "first": {"iteration": 0, "total_loss": 4.0, "loss_cls": 2.0},
             "largest": {"iteration": 3, "total_loss": 9.0, "loss_cls": 4.5},
@@ -204,7 +204,7 @@ class TestTrainingResults(unittest.TestCase):
         # With several test sets, the first set's metrics.
         trainer.storage = _Storage({
             "val_a/bbox/AP": _History([(1.0, 10)]), "val_b/bbox/AP": _History([(2.0, 10)])})
-        self.assertEqual(results.training_results(trainer, None)["evaluations"]["AP"], [1.0])
+        self.assertEqual(results.training_results(trainer)["evaluations"]["AP"], [1.0])
 
     def test_several_test_sets_report_the_first(self):
         evaluation = OrderedDict([
@@ -225,7 +225,7 @@ class TestTrainingResults(unittest.TestCase):
             for main_process, left in ((False, ["results.json"]), (True, [])):
                 with mock.patch.object(results.comm, "is_main_process", return_value=main_process):
                     with self.assertRaisesRegex(MemoryError, "out of memory"):
-                        with results.recording_results(tmp, mock.Mock(), lambda: None):
+                        with results.recording_results(tmp, mock.Mock()):
                             raise MemoryError("out of memory")
                 self.assertEqual(os.listdir(tmp), left)
 
