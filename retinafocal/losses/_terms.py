@@ -108,6 +108,4 @@ class HingeTerms:
         p_t, p_t_neg, _ = _sigmoid_parts(s * x)
         below = p_t < self.margin
         loss = torch.where(below, self.margin - p_t, 0.0)
-        if not need_grad:
-            return loss, None
-        return loss, torch.where(below, -s * (p_t * p_t_neg), 0.0)
+        return loss, (torch.where(below, -s * (p_t * p_t_neg), 0.0) if need_grad else None)

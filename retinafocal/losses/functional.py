@@ -28,10 +28,11 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 class _SigmoidFocalLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str):
+    def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str, need_grad):
         dtype = compute_dtype(inputs.dtype)
-        loss, grad = terms(inputs.to(dtype), targets.to(dtype), True)
-        ctx.grad = grad.to(inputs.dtype)
+        loss, grad = terms(inputs.to(dtype), targets.to(dtype), need_grad)
+        if need_grad:
+            ctx.grad = grad.to(inputs.dtype)
         ctx.reduction = reduction
         return _reduce(loss, reduction).to(inputs.dtype)
 
@@ -41,7 +42,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         grad = ctx.grad
         if ctx.reduction == "mean":
             grad_output = grad_output / max(grad.numel(), 1)
-        return grad * grad_output, None, None, None
+        return grad * grad_output, None, None, None, None
 
 
 def sigmoid_focal_loss(
@@ -74,14 +75,10 @@ def sigmoid_focal_loss(
             f"sigmoid_focal_loss: inputs {tuple(inputs.shape)} and targets "
             f"{tuple(targets.shape)} must have the same shape"
         )
-    terms = FocalTerms(alpha, gamma)
     if targets.requires_grad and torch.is_grad_enabled():
         return torchvision.ops.sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction)
-    if torch.is_grad_enabled() and inputs.requires_grad:
-        return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
-    dtype = compute_dtype(inputs.dtype)
-    loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
-    return _reduce(loss, reduction).to(inputs.dtype)
+    need_grad = torch.is_grad_enabled() and inputs.requires_grad
+    return _SigmoidFocalLoss.apply(inputs, targets, FocalTerms(alpha, gamma), reduction, need_grad)
 
 
 def label_focal_loss(
