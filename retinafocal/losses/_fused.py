@@ -51,10 +51,9 @@ def _num_valid_elements(labels: Tensor, num_classes: int) -> Tensor:
 
 class LabelLossRunner:
     """Applies one ``terms`` object to logits (..., K) against labels (...) (class in [0, K),
-    K = background, -1 = ignored). Results are fp32 (float64 for float64 logits), gradients in
-    the logits' dtype. With ``compile``, the pass is compiled on first use, dynamic in the
-    number of anchors; after a failed compilation the runner warns once and stays eager. The
-    compiled function is left out of pickled and deep-copied state."""
+    K = background, -1 = ignored): fp32 results (float64 for float64 logits), gradients in the
+    logits' dtype. With ``compile`` the pass compiles on first use (left out of pickled and
+    deep-copied state); after a failed compilation the runner warns once and stays eager."""
 
     def __init__(self, terms: Terms, compile: bool = False) -> None:
         self.terms = terms
