@@ -52,7 +52,10 @@ def sigmoid_focal_loss(
     gamma: float = 2.0,
     reduction: str = "none",
 ) -> Tensor:
-    """Focal loss (paper, Eq. 5) with ``torchvision.ops.sigmoid_focal_loss``'s signature.
+    """Focal loss (paper, Eq. 5) with ``torchvision.ops.sigmoid_focal_loss``'s signature, in the
+    dtype of ``inputs`` (computed in fp32, or float64), with its first-order gradient from the same
+    stable pass: finite for large logits, where torchvision's turns NaN for gamma < 1. Targets
+    that require grad get torchvision's own loss.
 
     Args:
         inputs: logits of any shape and floating dtype.
@@ -60,11 +63,6 @@ def sigmoid_focal_loss(
         alpha: weight of positives in [0, 1]; negatives get 1 - alpha; ``alpha < 0`` disables it.
         gamma: focusing parameter >= 0; 0 gives (alpha-balanced) binary cross-entropy.
         reduction: "none" (same shape as inputs) | "mean" (over all elements) | "sum".
-
-    Returns:
-        The loss in the dtype of ``inputs`` (computed in fp32, or float64), with its first-order
-        gradient from the same stable pass: finite for large logits, where torchvision's turns
-        NaN for gamma < 1. Targets that require grad get torchvision's own loss.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(
@@ -90,7 +88,9 @@ def label_focal_loss(
     compile: bool = False,
 ) -> Tensor:
     """Sigmoid focal loss of logits against one integer label per anchor, fused: equal to
-    :func:`sigmoid_focal_loss` on the one-hot targets of the non-ignored anchors.
+    :func:`sigmoid_focal_loss` on the one-hot targets of the non-ignored anchors, in fp32 (float64
+    for float64 logits), its gradient (logits' dtype) formed in the forward pass, which backward
+    only scales.
 
     Args:
         logits: (..., K), typically (N, R, K); any floating dtype.
@@ -100,10 +100,6 @@ def label_focal_loss(
             anchors * K)), or "none" ((..., K), 0 for ignored anchors).
         compile: run the pass through ``torch.compile``, eager if compilation fails (retried
             on each call; a :class:`~retinafocal.losses.FocalLoss` remembers the failure).
-
-    Returns:
-        fp32 loss (float64 for float64 logits), with its first-order gradient (logits' dtype)
-        computed in the forward pass; backward only scales it.
     """
     if gamma < 0:
         raise ValueError(f"label_focal_loss: gamma must be >= 0, got {gamma}")
