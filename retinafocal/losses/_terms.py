@@ -2,8 +2,7 @@
 
 x (logits) and t (binary targets, 0 or 1; soft ones in [0, 1] for :class:`FocalTerms`) are of the
 :func:`compute_dtype` and broadcast. Forming loss and analytic gradient together shares the
-sigmoid, log and modulating factor, and lets the fused losses skip autograd's temporaries.
-"""
+sigmoid, log and modulating factor, and lets the fused losses skip autograd's temporaries."""
 
 from __future__ import annotations
 

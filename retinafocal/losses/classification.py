@@ -86,10 +86,7 @@ class BalancedCELoss(FocalLoss):
 
     @classmethod
     def from_config(cls, cfg):
-        return {
-            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            "compile": cfg.MODEL.RETINAFOCAL.LOSS.COMPILE,
-        }
+        return {k: v for k, v in super().from_config(cfg).items() if k != "gamma"}
 
 
 @CLASSIFICATION_LOSS_REGISTRY.register()
