@@ -91,12 +91,7 @@ class OHEMLoss(nn.Module):
         """``batch_size_per_image``, ``neg_pos_ratio``, ``nms_thresh``: B, r and the threshold
         of :func:`ohem_select` (the paper: B in 128..512, r = 3); ``compile`` the scoring pass."""
         super().__init__()
-        if batch_size_per_image <= 0:
-            raise ValueError(
-                "OHEMLoss: batch_size_per_image (cfg.MODEL.RETINAFOCAL.LOSS."
-                f"OHEM_BATCH_SIZE_PER_IMAGE) must be > 0, got {batch_size_per_image}"
-            )
-        # B < 1 + r leaves room for no positive, hence no negative: a loss of 0 on every step.
+        # B < 1 + r (B <= 0 too) leaves room for no positive, hence no negative: always a loss of 0.
         if neg_pos_ratio < 0 or _floor_as_written(batch_size_per_image / (1 + neg_pos_ratio)) < 1:
             raise ValueError(
                 "OHEMLoss: neg_pos_ratio (cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO) must be "
