@@ -67,11 +67,10 @@ class LabelLossRunner:
         return state
 
     def loss(
-        self, logits: Tensor, labels: Tensor, reduction: str = "sum", where: str = ""
+        self, logits: Tensor, labels: Tensor, reduction: str = "sum", where: str = "LabelLossRunner"
     ) -> Tensor:
         """The loss, differentiable in the logits: ``reduction`` as in :func:`label_focal_loss`
         ("mean" is 0 when nothing is valid); ``where`` names the caller in error messages."""
-        where = where or type(self).__name__
         if reduction not in REDUCTIONS:
             raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         check_labels(logits, labels, where)
@@ -202,8 +201,7 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
         lo, hi = int(labels.min()), int(labels.max())
         more = (
             ". K is the number of classes, the logits' last dimension: in a detector, "
-            "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
-            "exceeds"
+            "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data exceeds"
             if hi > num_classes
             else ""
         )
