@@ -20,12 +20,6 @@ __all__ = [
 ]
 
 
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.mean()
-
-
 class _SigmoidFocalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str, need_grad):
@@ -34,7 +28,9 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         if need_grad:
             ctx.grad = grad.to(inputs.dtype)
         ctx.reduction = reduction
-        return _reduce(loss, reduction).to(inputs.dtype)
+        if reduction != "none":
+            loss = loss.sum() if reduction == "sum" else loss.mean()
+        return loss.to(inputs.dtype)
 
     @staticmethod
     @once_differentiable
