@@ -44,8 +44,7 @@ class FocalTerms:
     ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when alpha < 0).
     ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
     p (1 - p) / q is p or 1 - p for ``hard_targets`` (saving a division). gamma = 0 gives
-    exactly the (alpha-balanced) CE.
-    """
+    exactly the (alpha-balanced) CE."""
 
     def __init__(self, alpha: float, gamma: float, hard_targets: bool = False):
         self.alpha = float(alpha)
