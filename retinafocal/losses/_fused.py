@@ -1,7 +1,6 @@
-"""The single-pass engine behind the label-based losses: a :class:`LabelLossRunner` applies a
-"terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) against labels (M,)
-in one pass, eagerly over row chunks or as one ``torch.compile`` kernel, with no one-hot target
-and none of autograd's temporaries."""
+"""The single-pass engine behind the label-based losses (:class:`LabelLossRunner`): loss and
+analytic gradient (:mod:`._terms`) from one pass, eager over row chunks or one ``torch.compile``
+kernel, with no one-hot target and none of autograd's temporaries."""
 
 from __future__ import annotations
 
