@@ -96,8 +96,7 @@ class ChunkedIoUMatcher(nn.Module):
         and (R,) int8 ``match_labels``, as :data:`ANCHOR_MATCHER_REGISTRY` describes."""
         # A ``with`` block: TorchScript cannot compile the @torch.no_grad() decorator.
         with torch.no_grad():
-            matched_idxs, match_labels = self._match(gt_boxes, anchors)
-        return matched_idxs, match_labels
+            return self._match(gt_boxes, anchors)
 
     def _match(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
         """:meth:`forward` without its ``no_grad``."""
