@@ -1,7 +1,6 @@
-"""The single-pass engine behind the label-based losses: a :class:`LabelLossRunner` applies a
-"terms" object (loss and analytic gradient, :mod:`._terms`) to logits (M, K) against labels (M,)
-in one pass, eagerly over row chunks or as one ``torch.compile`` kernel, with no one-hot target
-and none of autograd's temporaries."""
+"""The single-pass engine behind the label-based losses (:class:`LabelLossRunner`): loss and
+analytic gradient (:mod:`._terms`) from one pass, eager over row chunks or one ``torch.compile``
+kernel, with no one-hot target and none of autograd's temporaries."""
 
 from __future__ import annotations
 
@@ -51,10 +50,9 @@ def _num_valid_elements(labels: Tensor, num_classes: int) -> Tensor:
 
 class LabelLossRunner:
     """Applies one ``terms`` object to logits (..., K) against labels (...) (class in [0, K),
-    K = background, -1 = ignored). Results are fp32 (float64 for float64 logits), gradients in
-    the logits' dtype. With ``compile``, the pass is compiled on first use, dynamic in the
-    number of anchors; after a failed compilation the runner warns once and stays eager. The
-    compiled function is left out of pickled and deep-copied state."""
+    K = background, -1 = ignored): fp32 results (float64 for float64 logits), gradients in the
+    logits' dtype. With ``compile`` the pass compiles on first use (left out of pickled and
+    deep-copied state); after a failed compilation the runner warns once and stays eager."""
 
     def __init__(self, terms: Terms, compile: bool = False) -> None:
         self.terms = terms
@@ -68,11 +66,10 @@ class LabelLossRunner:
         return state
 
     def loss(
-        self, logits: Tensor, labels: Tensor, reduction: str = "sum", where: str = ""
+        self, logits: Tensor, labels: Tensor, reduction: str = "sum", where: str = "LabelLossRunner"
     ) -> Tensor:
         """The loss, differentiable in the logits: ``reduction`` as in :func:`label_focal_loss`
         ("mean" is 0 when nothing is valid); ``where`` names the caller in error messages."""
-        where = where or type(self).__name__
         if reduction not in REDUCTIONS:
             raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         check_labels(logits, labels, where)
@@ -203,8 +200,7 @@ def check_labels(logits: Tensor, labels: Tensor, where: str) -> None:
         lo, hi = int(labels.min()), int(labels.max())
         more = (
             ". K is the number of classes, the logits' last dimension: in a detector, "
-            "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data "
-            "exceeds"
+            "MODEL.RETINANET.NUM_CLASSES (LazyConfig model.num_classes), which the data exceeds"
             if hi > num_classes
             else ""
         )

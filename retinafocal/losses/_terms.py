@@ -2,8 +2,7 @@
 
 x (logits) and t (binary targets, 0 or 1; soft ones in [0, 1] for :class:`FocalTerms`) are of the
 :func:`compute_dtype` and broadcast. Forming loss and analytic gradient together shares the
-sigmoid, log and modulating factor, and lets the fused losses skip autograd's temporaries.
-"""
+sigmoid, log and modulating factor, and lets the fused losses skip autograd's temporaries."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ class FocalTerms:
     ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (none when alpha < 0).
     ``d FL / d x = alpha_t q^gamma [(p - t) + gamma ce (1 - 2t) p (1 - p) / q]``, where
     p (1 - p) / q is p or 1 - p for ``hard_targets`` (saving a division). gamma = 0 gives
-    exactly the (alpha-balanced) CE.
-    """
+    exactly the (alpha-balanced) CE."""
 
     def __init__(self, alpha: float, gamma: float, hard_targets: bool = False):
         self.alpha = float(alpha)
@@ -108,6 +106,4 @@ class HingeTerms:
         p_t, p_t_neg, _ = _sigmoid_parts(s * x)
         below = p_t < self.margin
         loss = torch.where(below, self.margin - p_t, 0.0)
-        if not need_grad:
-            return loss, None
-        return loss, torch.where(below, -s * (p_t * p_t_neg), 0.0)
+        return loss, (torch.where(below, -s * (p_t * p_t_neg), 0.0) if need_grad else None)

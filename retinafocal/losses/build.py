@@ -11,7 +11,6 @@ __all__ = ["CLASSIFICATION_LOSS_REGISTRY", "build_classification_loss"]
 CLASSIFICATION_LOSS_REGISTRY = Registry("RETINAFOCAL_CLASSIFICATION_LOSS")
 CLASSIFICATION_LOSS_REGISTRY.__doc__ = """
 Classification losses of the dense detector, by ``cfg.MODEL.RETINAFOCAL.LOSS.NAME``.
-
 A member is a ``@configurable`` ``nn.Module`` with a class attribute ``self_normalizing: bool``,
 ``forward(pred_logits, gt_labels, anchor_boxes=None)`` and
 ``elementwise_losses(pred_logits, gt_labels, *, anchor_boxes=None)``, taking ``pred_logits``

@@ -23,7 +23,6 @@ class _FusedSumLoss(nn.Module):
 
     def __init__(self, terms: Terms, compile: bool):
         super().__init__()
-        # The runner owns this loss's compiled kernels (when ``compile``) and its fallback state.
         self.runner = LabelLossRunner(terms, compile)
 
     @torch.jit.unused  # training only: a scripted detector keeps it as a stub
@@ -40,8 +39,7 @@ class _FusedSumLoss(nn.Module):
         return self.runner.elementwise_losses(pred_logits, gt_labels)
 
     def anchor_losses(self, pred_logits: Tensor, gt_labels: Tensor) -> Tensor:
-        """(N, R) fp32 loss of each anchor summed over its K classes (0 for ignored anchors),
-        without gradient and without an (N, R, K) temporary."""
+        """(N, R) fp32 loss of each anchor summed over its K classes (0 if ignored), no gradient."""
         return self.runner.anchor_losses(pred_logits, gt_labels)
 
     def extra_repr(self) -> str:
@@ -88,17 +86,13 @@ class BalancedCELoss(FocalLoss):
 
     @classmethod
     def from_config(cls, cfg):
-        return {
-            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            "compile": cfg.MODEL.RETINAFOCAL.LOSS.COMPILE,
-        }
+        return {k: v for k, v in super().from_config(cfg).items() if k != "gamma"}
 
 
 @CLASSIFICATION_LOSS_REGISTRY.register()
 class FocalLossStar(_FusedSumLoss):
-    """FL* (paper, Appendix A): with ``x_t = x`` for the anchor's class and ``-x`` for the others,
-    ``FL* = -log(sigmoid(gamma x_t + beta)) / gamma``, gamma > 0; no alpha weighting. The paper
-    used gamma = 2, beta = 1."""
+    """FL* (paper, Appendix A; the formula in :class:`._terms.FocalStarTerms`): gamma > 0, no alpha
+    weighting. The paper used gamma = 2, beta = 1."""
 
     @configurable
     def __init__(self, *, gamma: float = 2.0, beta: float = 1.0, compile: bool = False):

@@ -20,20 +20,17 @@ __all__ = [
 ]
 
 
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.mean()
-
-
 class _SigmoidFocalLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str):
+    def forward(ctx, inputs: Tensor, targets: Tensor, terms: FocalTerms, reduction: str, need_grad):
         dtype = compute_dtype(inputs.dtype)
-        loss, grad = terms(inputs.to(dtype), targets.to(dtype), True)
-        ctx.grad = grad.to(inputs.dtype)
+        loss, grad = terms(inputs.to(dtype), targets.to(dtype), need_grad)
+        if need_grad:
+            ctx.grad = grad.to(inputs.dtype)
         ctx.reduction = reduction
-        return _reduce(loss, reduction).to(inputs.dtype)
+        if reduction != "none":
+            loss = loss.sum() if reduction == "sum" else loss.mean()
+        return loss.to(inputs.dtype)
 
     @staticmethod
     @once_differentiable
@@ -41,7 +38,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         grad = ctx.grad
         if ctx.reduction == "mean":
             grad_output = grad_output / max(grad.numel(), 1)
-        return grad * grad_output, None, None, None
+        return grad * grad_output, None, None, None, None
 
 
 def sigmoid_focal_loss(
@@ -51,7 +48,10 @@ def sigmoid_focal_loss(
     gamma: float = 2.0,
     reduction: str = "none",
 ) -> Tensor:
-    """Focal loss (paper, Eq. 5) with ``torchvision.ops.sigmoid_focal_loss``'s signature.
+    """Focal loss (paper, Eq. 5) with ``torchvision.ops.sigmoid_focal_loss``'s signature, in the
+    dtype of ``inputs`` (computed in fp32, or float64), with its first-order gradient from the same
+    stable pass: finite for large logits, where torchvision's turns NaN for gamma < 1. Targets
+    that require grad get torchvision's own loss.
 
     Args:
         inputs: logits of any shape and floating dtype.
@@ -59,11 +59,6 @@ def sigmoid_focal_loss(
         alpha: weight of positives in [0, 1]; negatives get 1 - alpha; ``alpha < 0`` disables it.
         gamma: focusing parameter >= 0; 0 gives (alpha-balanced) binary cross-entropy.
         reduction: "none" (same shape as inputs) | "mean" (over all elements) | "sum".
-
-    Returns:
-        The loss in the dtype of ``inputs`` (computed in fp32, or float64), with its first-order
-        gradient from the same stable pass: finite for large logits, where torchvision's turns
-        NaN for gamma < 1. Targets that require grad get torchvision's own loss.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(
@@ -74,14 +69,10 @@ def sigmoid_focal_loss(
             f"sigmoid_focal_loss: inputs {tuple(inputs.shape)} and targets "
             f"{tuple(targets.shape)} must have the same shape"
         )
-    terms = FocalTerms(alpha, gamma)
     if targets.requires_grad and torch.is_grad_enabled():
         return torchvision.ops.sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction)
-    if torch.is_grad_enabled() and inputs.requires_grad:
-        return _SigmoidFocalLoss.apply(inputs, targets, terms, reduction)
-    dtype = compute_dtype(inputs.dtype)
-    loss, _ = terms(inputs.to(dtype), targets.to(dtype), False)
-    return _reduce(loss, reduction).to(inputs.dtype)
+    need_grad = torch.is_grad_enabled() and inputs.requires_grad
+    return _SigmoidFocalLoss.apply(inputs, targets, FocalTerms(alpha, gamma), reduction, need_grad)
 
 
 def label_focal_loss(
@@ -93,7 +84,9 @@ def label_focal_loss(
     compile: bool = False,
 ) -> Tensor:
     """Sigmoid focal loss of logits against one integer label per anchor, fused: equal to
-    :func:`sigmoid_focal_loss` on the one-hot targets of the non-ignored anchors.
+    :func:`sigmoid_focal_loss` on the one-hot targets of the non-ignored anchors, in fp32 (float64
+    for float64 logits), its gradient (logits' dtype) formed in the forward pass, which backward
+    only scales.
 
     Args:
         logits: (..., K), typically (N, R, K); any floating dtype.
@@ -103,10 +96,6 @@ def label_focal_loss(
             anchors * K)), or "none" ((..., K), 0 for ignored anchors).
         compile: run the pass through ``torch.compile``, eager if compilation fails (retried
             on each call; a :class:`~retinafocal.losses.FocalLoss` remembers the failure).
-
-    Returns:
-        fp32 loss (float64 for float64 logits), with its first-order gradient (logits' dtype)
-        computed in the forward pass; backward only scales it.
     """
     if gamma < 0:
         raise ValueError(f"label_focal_loss: gamma must be >= 0, got {gamma}")

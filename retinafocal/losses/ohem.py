@@ -34,9 +34,8 @@ def _top_after_nms(boxes: Tensor, scores: Tensor, k: int, nms_thresh: float) -> 
 
 
 def _floor_as_written(value: float) -> int:
-    """floor(value) of a quotient or product of decimals as written: 13 // (1 + 0.3) is 9.0 and
-    0.57 * 100 is 56.99999999999999 in binary floats. The tolerance is far above such rounding
-    and far below the distance of any such non-integer fraction to the next integer."""
+    """floor(value) of a quotient or product of decimals as written (0.57 * 100 is 56.99...9 in
+    binary floats): 1e-9 is far above such rounding, far below a true fraction's gap."""
     return math.floor(value + 1e-9)
 
 
@@ -49,20 +48,14 @@ def ohem_select(
     neg_pos_ratio: float = 0.0,
     nms_thresh: float = 0.5,
 ) -> Tensor:
-    """Pick one image's OHEM minibatch: (S,) int64 indices into the R anchors, S <= B.
-
-    Args:
-        losses: (R,) per-anchor loss used as the hardness score.
-        labels: (R,) int: [0, K) = positive, K = background, -1 = ignored (never picked).
-        anchor_boxes: (R, 4) XYXY boxes of the anchors, for the NMS.
-        num_classes: K.
-        batch_size: B, the most anchors picked.
-        neg_pos_ratio: 0 picks the B highest-loss anchors surviving one NMS over all valid
-            anchors. r > 0 picks like SSD, with separate NMS over positives and negatives: the
-            floor(B / (1 + r)) highest-loss surviving positives, then floor(r * P) negatives for
-            the P positives taken (so an image without positives gives nothing).
-        nms_thresh: IoU above which a lower-loss anchor is suppressed.
-    """
+    """Pick one image's OHEM minibatch: (S,) int64 indices into the R anchors, S <= B =
+    ``batch_size``. ``losses`` (R,) rank the anchors, ``labels`` (R,) are [0, K) positive,
+    K = ``num_classes`` background, -1 ignored (never picked), and an NMS over ``anchor_boxes``
+    (R, 4) XYXY suppresses a lower-loss anchor above IoU ``nms_thresh``. ``neg_pos_ratio`` 0
+    picks the B highest-loss anchors surviving one NMS over all valid anchors; r > 0 picks like
+    SSD, with separate NMS over positives and negatives: the floor(B / (1 + r)) highest-loss
+    surviving positives, then floor(r * P) negatives for the P positives taken (so an image
+    without positives gives nothing)."""
     valid = labels >= 0
     if neg_pos_ratio <= 0:
         idx = torch.nonzero(valid).squeeze(1)
@@ -98,12 +91,7 @@ class OHEMLoss(nn.Module):
         """``batch_size_per_image``, ``neg_pos_ratio``, ``nms_thresh``: B, r and the threshold
         of :func:`ohem_select` (the paper: B in 128..512, r = 3); ``compile`` the scoring pass."""
         super().__init__()
-        if batch_size_per_image <= 0:
-            raise ValueError(
-                "OHEMLoss: batch_size_per_image (cfg.MODEL.RETINAFOCAL.LOSS."
-                f"OHEM_BATCH_SIZE_PER_IMAGE) must be > 0, got {batch_size_per_image}"
-            )
-        # B < 1 + r leaves room for no positive, hence no negative: a loss of 0 on every step.
+        # B < 1 + r (B <= 0 too) leaves room for no positive, hence no negative: always a loss of 0.
         if neg_pos_ratio < 0 or _floor_as_written(batch_size_per_image / (1 + neg_pos_ratio)) < 1:
             raise ValueError(
                 "OHEMLoss: neg_pos_ratio (cfg.MODEL.RETINAFOCAL.LOSS.OHEM_NEG_POS_RATIO) must be "

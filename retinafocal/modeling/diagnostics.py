@@ -15,18 +15,16 @@ def imbalance_statistics(
 ) -> Dict[str, float]:
     """How the classification loss splits between easy and hard negatives: each (anchor, class)
     pair of a non-ignored anchor is one binary example, a *negative* one with target 0. The losses
-    are the training loss's ``elementwise_losses``: the shares are what the optimiser sees.
+    are the training loss's ``elementwise_losses``: the shares are what the optimiser sees. Returns
+    ``num_pos_anchors`` and ``num_ignored_anchors`` per image, ``cls_loss_share_easy_neg`` (share
+    of the loss from negatives with p_t > 0.5) and ``cls_loss_share_hard_neg`` (from the
+    ``hard_fraction`` highest-loss negatives), both 0 without loss or negatives.
 
     Args:
         element_losses: (N, R, K) loss of each pair, 0 for ignored anchors.
         pred_logits: (N, R, K) logits, which tell easy from hard negatives.
         gt_labels: (N, R) int64; [0, K) = class, K = background, -1 = ignored.
         hard_fraction: fraction of negatives counted as "hardest" (0.1 = the 10% hardest).
-
-    Returns:
-        ``num_pos_anchors`` and ``num_ignored_anchors`` per image, ``cls_loss_share_easy_neg``
-        (share of the loss from negatives with p_t > 0.5) and ``cls_loss_share_hard_neg`` (from
-        the ``hard_fraction`` highest-loss negatives), both 0 without loss or negatives.
     """
     num_images, _, num_classes = pred_logits.shape
     if element_losses.shape != pred_logits.shape:

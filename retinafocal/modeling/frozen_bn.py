@@ -2,10 +2,9 @@
 
 A frozen BatchNorm is ``y = x * s + t`` with ``s = weight / sqrt(running_var + eps)`` and
 ``t = bias - running_mean * s``, so ``conv(x, W, b) * s + t == conv(x, W * s, b * s + t)``: one
-pass over the weights instead of over the activations, which outnumber them in a ResNet at
-detection resolutions. Parameters, buffers and the norm submodule stay, so checkpoints load and
-save as before; autograd differentiates through the fold (outputs equal up to float rounding).
-"""
+pass over the weights instead of over the activations (far more at detection resolutions).
+Parameters, buffers and the norm submodule stay, so checkpoints load and save as before; autograd
+differentiates through the fold (outputs equal up to float rounding)."""
 from __future__ import annotations
 
 from typing import Tuple

@@ -22,7 +22,6 @@ __all__ = [
 RETINAFOCAL_HEAD_REGISTRY = Registry("RETINAFOCAL_HEAD")
 RETINAFOCAL_HEAD_REGISTRY.__doc__ = """
 Dense heads of :class:`retinafocal.modeling.FocalRetinaNet`, by ``cfg.MODEL.RETINAFOCAL.HEAD_NAME``.
-
 A member is an ``nn.Module`` built as ``Head(cfg, input_shape)``, ``input_shape`` the ShapeSpecs
 of ``cfg.MODEL.RETINANET.IN_FEATURES`` (high to low resolution). ``forward(features)`` takes one
 (N, C, Hi, Wi) tensor per level and returns ``(logits, deltas)``, one (N, A*K, Hi, Wi) and one
@@ -63,8 +62,7 @@ class RetinaFocalHead(nn.Module):
     across levels but not with each other. Convs start from N(0, 0.01) weights and zero bias; the
     last class conv's bias is ``-log((1 - pi) / pi)``, so that every anchor starts at foreground
     probability pi (Sec. 4's prior, which keeps the many background anchors from swamping the
-    first iterations). Parameter names are detectron2 ``RetinaNetHead``'s: its checkpoints load.
-    """
+    first iterations). Parameter names are detectron2 ``RetinaNetHead``'s: its checkpoints load."""
 
     @configurable
     def __init__(

@@ -96,8 +96,7 @@ class ChunkedIoUMatcher(nn.Module):
         and (R,) int8 ``match_labels``, as :data:`ANCHOR_MATCHER_REGISTRY` describes."""
         # A ``with`` block: TorchScript cannot compile the @torch.no_grad() decorator.
         with torch.no_grad():
-            matched_idxs, match_labels = self._match(gt_boxes, anchors)
-        return matched_idxs, match_labels
+            return self._match(gt_boxes, anchors)
 
     def _match(self, gt_boxes: Tensor, anchors: Tensor) -> Tuple[Tensor, Tensor]:
         """:meth:`forward` without its ``no_grad``."""
@@ -122,9 +121,11 @@ class ChunkedIoUMatcher(nn.Module):
         match_labels = self._label_of_iou(best_iou)
         if self.allow_low_quality_matches:
             # Each ground truth's highest-IoU anchors (ties included) become foreground, keeping
-            # their own best match in matched_idxs, as detectron2 does.
+            # their own best match in matched_idxs, as detectron2 does. A best IoU of 0 (no
+            # overlap) becomes NaN, which no IoU equals.
+            target = best_iou_per_gt.masked_fill(best_iou_per_gt <= 0, float("nan"))[:, None]
             for start, end in self._chunks(num_gt, num_anchors):
-                is_best = self._reaches_best_in_chunk(gt, anchors[start:end], best_iou_per_gt)
+                is_best = (pairwise_iou(gt, Boxes(anchors[start:end])) == target).any(dim=0)
                 match_labels[start:end][is_best] = 1
         return matched_idxs, match_labels
 
@@ -142,13 +143,6 @@ class ChunkedIoUMatcher(nn.Module):
         for label, low in zip(self.labels[1:], self.thresholds):
             match_labels[best_iou >= low] = label
         return match_labels
-
-    @staticmethod
-    def _reaches_best_in_chunk(gt: Boxes, anchors: Tensor, best_iou_per_gt: Tensor) -> Tensor:
-        """(C,) bool: which of C anchors reach some ground truth's highest IoU, where it is > 0."""
-        target = best_iou_per_gt[:, None]
-        iou = pairwise_iou(gt, Boxes(anchors))
-        return ((iou == target) & (target > 0)).any(dim=0)
 
     def extra_repr(self) -> str:
         return (

@@ -88,10 +88,9 @@ def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
 
 
 def check_precision_and_amp(precision: str, amp_enabled: bool) -> None:
-    """Raise ``ValueError`` naming both keys unless ``SOLVER.AMP.ENABLED`` (detectron2's
-    ``AMPTrainer``: the step under fp16 autocast with a gradient scaler) fits the precision:
-    ``fp16`` needs AMP (without scaling small fp16 gradients underflow); AMP with ``bf16`` would
-    autocast to fp16 instead; AMP with ``fp32`` is detectron2's AMP, unchanged."""
+    """Raise ``ValueError`` naming both keys unless ``SOLVER.AMP.ENABLED`` (detectron2's fp16
+    ``AMPTrainer``, with gradient scaling) fits the precision: fp16 needs it, bf16 refuses it,
+    fp32 with AMP is detectron2's AMP, unchanged."""
     check_precision(precision)
     if precision == "fp16" and not amp_enabled:
         raise ValueError(

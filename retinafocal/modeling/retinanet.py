@@ -23,10 +23,6 @@ from .precision import PrecisionDenseDetector
 
 __all__ = ["FocalRetinaNet"]
 
-_BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
-_NORMALIZERS = ("num_pos", "ema")
-_MEMORY_FORMATS = ("NCHW", "NHWC")
-
 
 @META_ARCH_REGISTRY.register()
 class FocalRetinaNet(PrecisionDenseDetector):
@@ -66,20 +62,14 @@ class FocalRetinaNet(PrecisionDenseDetector):
     ):
         """Arguments not listed mean what they mean in detectron2's ``RetinaNet`` (inference
         defaults are the paper's); ``box_reg_loss_type`` also takes "l1" (smooth L1, beta 0).
-
-        Args:
-            head, anchor_matcher, classification_loss: members of ``RETINAFOCAL_HEAD_REGISTRY``,
-                ``ANCHOR_MATCHER_REGISTRY`` and ``CLASSIFICATION_LOSS_REGISTRY``.
-            num_classes: K, the number of foreground classes.
-            loss_normalizer: divide both losses by "num_pos" (foreground anchors in the batch,
-                the paper) or "ema" (detectron2's moving average of it, starting at 100, with
-                ``loss_normalizer_momentum``).
-            diagnostics_period: log imbalance diagnostics every this many iterations (0: off).
-            memory_format: layout of the 4-d weights: "NCHW" (detectron2's results exactly) or
-                "NHWC" (channels-last, which oneDNN and cuDNN convolve without reordering; equal
-                up to rounding).
-            precision, fold_frozen_bn: see :mod:`.precision` and :mod:`.frozen_bn`.
-        """
+        ``head``, ``anchor_matcher``, ``classification_loss``: members of retinafocal's head,
+        matcher and loss registries; ``num_classes``: K; ``loss_normalizer``: divide both losses
+        by "num_pos" (foreground anchors in the batch, the paper) or "ema" (detectron2's moving
+        average of it, from 100, with ``loss_normalizer_momentum``); ``diagnostics_period``: log
+        imbalance diagnostics every this many iterations (0: off); ``memory_format``: the 4-d
+        weights' layout, "NCHW" (detectron2's results exactly) or "NHWC" (channels-last, which
+        oneDNN and cuDNN convolve without reordering; equal up to rounding); ``precision``,
+        ``fold_frozen_bn``: see :mod:`.precision` and :mod:`.frozen_bn`."""
         super().__init__(
             backbone,
             head,
@@ -89,9 +79,9 @@ class FocalRetinaNet(PrecisionDenseDetector):
             precision=precision,
         )
         for name, value, choices in (
-            ("box_reg_loss_type", box_reg_loss_type, _BOX_LOSSES),
-            ("loss_normalizer", loss_normalizer, _NORMALIZERS),
-            ("memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT)", memory_format, _MEMORY_FORMATS),
+            ("box_reg_loss_type", box_reg_loss_type, ("smooth_l1", "l1", "giou", "diou", "ciou")),
+            ("loss_normalizer", loss_normalizer, ("num_pos", "ema")),
+            ("memory_format (MODEL.RETINAFOCAL.MEMORY_FORMAT)", memory_format, ("NCHW", "NHWC")),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
