@@ -1,7 +1,5 @@
-"""Datasets by name: registration of retinafocal's own (the shapes splits, ``DATASETS.COCO_JSON``),
-loaded by :func:`~.loading.load_coco_json_checked`, and the checks training runs on any (others'
-keep their loaders, as detectron2's ``coco_2017_*``): :func:`checked_dataset_dicts`, and their
-number of classes against the model's (:func:`check_num_classes`)."""
+"""Datasets by name: registration of retinafocal's own (the shapes splits, ``DATASETS.COCO_JSON``)
+and the checks training runs on any registered COCO json, its number of classes included."""
 from __future__ import annotations
 
 import logging
@@ -29,10 +27,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Registered datasets whose files are generated on first use: name -> (root, split, count, spec).
+# Shapes datasets, generated on first use: name -> (root, split, count, spec).
 _GENERATED: Dict[str, Tuple[str, str, int, ShapesSpec]] = {}
-# Datasets registered here, so loaded by load_coco_json_checked, which fixes boxes.
-_REGISTERED_HERE: set = set()
+_REGISTERED_HERE: set = set()  # loaded by load_coco_json_checked, which fixes boxes
 
 
 def datasets_root() -> str:
@@ -130,10 +127,9 @@ def check_datasets(
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
-    """:func:`~.loading.checked_report` (with ``on_unreadable``, ``purpose``) of the named
-    datasets registered as a COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type``
-    "coco"), whoever registered them; returns name -> report. Raises its
-    :class:`DatasetValidationError`, and one for malformed boxes that another loader would read."""
+    """:func:`~.loading.checked_report` of each named dataset registered as a COCO json (metadata
+    ``json_file``, ``image_root``, ``evaluator_type`` "coco"), by whoever; returns name -> report.
+    Also raises :class:`DatasetValidationError` for malformed boxes another loader would read."""
     reports = {}
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():
@@ -179,8 +175,7 @@ def checked_dataset_dicts(
     **kwargs: Any,
 ) -> List[Dict[str, Any]]:
     """detectron2's ``get_detection_dataset_dicts(names, **kwargs)`` once :func:`check_datasets`
-    passed ``names``; with ``on_unreadable="skip"`` the unreadable images are left out here, in
-    a warning. LazyConfig: ``dataset=L(checked_dataset_dicts)(names=...)``."""
+    passed ``names``, without the unreadable images (in a warning) if ``on_unreadable="skip"``."""
     reports = check_datasets(names, on_unreadable=on_unreadable, purpose=purpose)
     dataset_dicts = get_detection_dataset_dicts(names, **kwargs)
     if on_unreadable != "skip":
@@ -219,9 +214,8 @@ def _counts(names: Sequence[str]) -> Dict[str, int]:
 
 
 def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:
-    """Check that every dataset of ``names`` has the model's ``num_classes`` classes; else raise
-    :class:`NumClassesError` naming each dataset that differs, both numbers, the config ``key``
-    and the fix (``opt_in`` takes the number from the datasets)."""
+    """Raise :class:`NumClassesError`, naming the config ``key`` and the fix (``opt_in``), unless
+    every dataset of ``names`` that lists its classes has ``num_classes`` classes."""
     wrong = {name: n for name, n in _counts(names).items() if n != num_classes}
     if not wrong:
         return

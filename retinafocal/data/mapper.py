@@ -20,9 +20,6 @@ __all__ = ["UnreadableImageError", "read_image_converted", "RobustDatasetMapper"
 
 logger = logging.getLogger(__name__)
 
-_ON_UNREADABLE_CHOICES = ("error", "skip")
-
-
 class UnreadableImageError(OSError):
     """An image file cannot be used for training; the message names the file and the cause."""
 
@@ -44,11 +41,10 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """detectron2's ``read_image(file_name, format)`` (any path ``PathManager`` opens; EXIF
-    orientation applied; ``format`` None keeps the file's mode) for any Pillow mode: 16-bit /
-    float images are rescaled (:func:`_to_8bit`), alpha is dropped. Returns an (H, W, C) uint8
-    array in ``format`` ((H, W) for single-channel images with format None); raises
-    :class:`UnreadableImageError`, naming the file, when it is missing or cannot be decoded."""
+    """detectron2's ``read_image(file_name, format)`` for any Pillow mode: 16-bit / float images
+    rescaled (:func:`_to_8bit`), alpha dropped. Returns an (H, W, C) uint8 array in ``format``
+    ((H, W) for single-channel images with format None); raises :class:`UnreadableImageError`,
+    naming the file, when it is missing or cannot be decoded."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
@@ -61,9 +57,8 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
         pass
     image = _to_8bit(image)
     if image.mode == "P" and format is not None:
-        # Through RGBA, as Pillow asks: converting a palette image whose transparency is stored
-        # as bytes straight to RGB warns. convert_PIL_to_numpy's conversion then drops the alpha
-        # channel of this and of every other alpha mode, keeping the colour channels as stored.
+        # Through RGBA, as Pillow asks (a palette with transparency warns when converted straight
+        # to RGB); convert_PIL_to_numpy then drops the alpha channel of every alpha mode.
         image = image.convert("RGBA")
     return utils.convert_PIL_to_numpy(image, format)
 
@@ -74,8 +69,7 @@ class RobustDatasetMapper(DatasetMapper):
     :class:`UnreadableImageError`, "skip" returns None (``MapDataset`` draws another image), in
     training only, so that no image is evaluated twice. Counts are per data-loader worker: the
     first skipped image is logged by name, later ones summed up at most every
-    ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images mapped.
-    """
+    ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images mapped."""
 
     @configurable
     def __init__(
@@ -86,10 +80,10 @@ class RobustDatasetMapper(DatasetMapper):
         log_skipped_period: int = 20,
         **kwargs,
     ):
-        if on_unreadable not in _ON_UNREADABLE_CHOICES:
+        if on_unreadable not in ("error", "skip"):
             raise ValueError(
-                f"on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of "
-                f"{_ON_UNREADABLE_CHOICES}, got {on_unreadable!r}"
+                "on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of ('error', 'skip'), "
+                f"got {on_unreadable!r}"
             )
         if log_skipped_period < 1:
             raise ValueError(

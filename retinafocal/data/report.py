@@ -41,8 +41,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "background_image": ("info", "images with no usable annotation (kept, trained as background)"),
 }
 
-#: How many offending ids / examples a report keeps per kind.
-MAX_EXAMPLES = 5
+MAX_EXAMPLES = 5  # offending ids / examples kept per kind
 
 
 def _known(kind: str) -> str:
@@ -115,9 +114,8 @@ class ValidationReport:
         return sum(self.problems[k].count for k in self.kinds("unreadable"))
 
     def usable(self, on_unreadable: str) -> bool:
-        """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``: no
-        fatal problem, and no unreadable image ("error") or a readable image with a box
-        ("skip")."""
+        """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``:
+        nothing fatal, and no unreadable image ("error") or a readable image with a box ("skip")."""
         if on_unreadable not in ("error", "skip"):
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
         if self.has_fatal:
