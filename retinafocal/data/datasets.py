@@ -80,14 +80,12 @@ def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
                 f"DATASETS.COCO_JSON[{i}] must be [name, json_file, image_root], got {entry!r}"
             )
         name, json_file, image_root = (str(x) for x in entry)
-        if not os.path.isfile(json_file):
-            raise FileNotFoundError(
-                f"DATASETS.COCO_JSON[{i}] ({name!r}): json file {json_file!r} does not exist"
-            )
-        if not os.path.isdir(image_root):
-            raise FileNotFoundError(
-                f"DATASETS.COCO_JSON[{i}] ({name!r}): image root {image_root!r} is not a directory"
-            )
+        for missing, what in [
+            (not os.path.isfile(json_file), f"json file {json_file!r} does not exist"),
+            (not os.path.isdir(image_root), f"image root {image_root!r} is not a directory"),
+        ]:
+            if missing:
+                raise FileNotFoundError(f"DATASETS.COCO_JSON[{i}] ({name!r}): {what}")
         register_coco_dataset(name, json_file, image_root)
         names.append(name)
     return names
@@ -106,8 +104,7 @@ def register_shapes(
     for split, (num_images, spec) in (DEFAULT_SPLITS if splits is None else splits).items():
         name = f"{prefix}_{split}"
         json_file, image_root = shapes_json_path(root, split), os.path.join(root, split)
-        classes = {"thing_classes": list(SHAPE_CLASSES)}
-        if register_coco_dataset(name, json_file, image_root, classes):
+        if register_coco_dataset(name, json_file, image_root, {"thing_classes": list(SHAPE_CLASSES)}):
             _GENERATED[name] = (root, split, num_images, spec)
         names.append(name)
     return names
@@ -192,10 +189,9 @@ def checked_dataset_dicts(
 
 
 class NumClassesError(ValueError):
-    """The model's number of classes K does not fit the C classes (``thing_classes``) of its
-    datasets: detectron2 maps a json's categories to classes 0 .. C-1 and RetinaNet takes K as
-    background, so with K < C the last categories train as background, and with K > C COCO
-    evaluation fails after training. The message names the numbers, the key and the fix."""
+    """The model's number of classes K does not fit the C ``thing_classes`` of its datasets
+    (mapped to classes 0 .. C-1; RetinaNet takes K as background): with K < C the last categories
+    train as background, with K > C COCO evaluation fails after training."""
 
 
 def _counts(names: Sequence[str]) -> Dict[str, int]:

@@ -94,8 +94,7 @@ class RobustDatasetMapper(DatasetMapper):
         self.on_unreadable = on_unreadable if is_train else "error"
         self._configured_policy = on_unreadable  # what the user set, for the error's advice
         self.log_skipped_period = log_skipped_period
-        #: Images skipped so far by this process.
-        self.num_skipped = 0
+        self.num_skipped = 0  #: images skipped so far by this process
         self._num_mapped = 0
         self._last_summary_at = 0
         self._skipped_since_summary: List[str] = []

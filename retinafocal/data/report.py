@@ -1,8 +1,7 @@
-"""A dataset check's findings (:class:`ValidationReport`) and the rules that turn them into a
-verdict. The severity of a kind of problem (:data:`PROBLEM_KINDS`) says what happens to the run:
-"fatal": loading raises :class:`DatasetValidationError`; "unreadable" image files: it stops or
-leaves them out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says (:meth:`ValidationReport.usable`);
-"fixed" on loading or by the mapper; "info"."""
+"""A dataset check's findings (:class:`ValidationReport`). The severity of a kind of problem
+(:data:`PROBLEM_KINDS`) says what the run does: "fatal": loading raises
+:class:`DatasetValidationError`; "unreadable" image files: it stops or leaves them out
+(``DATALOADER.ON_UNREADABLE_IMAGE``, :meth:`ValidationReport.usable`); "fixed"; "info"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
