@@ -104,7 +104,8 @@ def register_shapes(
     for split, (num_images, spec) in (DEFAULT_SPLITS if splits is None else splits).items():
         name = f"{prefix}_{split}"
         json_file, image_root = shapes_json_path(root, split), os.path.join(root, split)
-        if register_coco_dataset(name, json_file, image_root, {"thing_classes": list(SHAPE_CLASSES)}):
+        classes = {"thing_classes": list(SHAPE_CLASSES)}
+        if register_coco_dataset(name, json_file, image_root, classes):
             _GENERATED[name] = (root, split, num_images, spec)
         names.append(name)
     return names
