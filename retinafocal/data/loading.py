@@ -135,13 +135,9 @@ def load_coco_json_checked(
     else:  # the usual case: no need to read the json twice
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
     for record in dataset_dicts:
-        kept = []
-        for anno in record.get("annotations", []):
-            _, box = fix_coco_box(anno.get("bbox"), record["width"], record["height"])
-            if box is not None:
-                anno["bbox"] = box
-                kept.append(anno)
-        record["annotations"] = kept
+        annos = record.get("annotations", [])
+        boxes = [fix_coco_box(a.get("bbox"), record["width"], record["height"])[1] for a in annos]
+        record["annotations"] = [{**a, "bbox": b} for a, b in zip(annos, boxes) if b is not None]
     # The check counted every box these dicts hold, and the malformed ones that never reach them.
     counted = ", ".join(f"{report.count(k)} {k[4:]}" for k in _BOX_FIXES if report.count(k))
     fixes = [f"{counted} box(es): clipped ones are kept, the others dropped"] if counted else []
