@@ -258,10 +258,9 @@ def check_coco_json(
     image_check: str = "quick",
     map_images: Callable[..., Iterable[Optional[ImageInfo]]] = map,
 ) -> ValidationReport:
-    """Check a COCO instances json and the image files it names; a bad dataset raises
-    nothing: every problem is in the returned report. ``inspect`` says what one existing image
-    file holds (None: the json alone), named ``image_check`` in the report, and ``map_images``
-    applies it to all files (``map``, or a thread pool's)."""
+    """Check a COCO instances json and the image files it names into the returned report (a bad
+    dataset raises nothing). ``inspect`` says what one existing file holds (None: the json alone),
+    named ``image_check`` in the report; ``map_images`` applies it (``map``, a thread pool's)."""
     report = ValidationReport(json_file=json_file, image_root=image_root)
     try:
         with open(json_file, encoding="utf-8") as f:

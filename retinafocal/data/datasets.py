@@ -50,9 +50,8 @@ def _load(name: str, json_file: str, image_root: str) -> List[Dict[str, Any]]:
 def register_coco_dataset(
     name: str, json_file: str, image_root: str, metadata: Dict[str, Any] | None = None
 ) -> bool:
-    """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP and loaded
-    by :func:`~.loading.load_coco_json_checked`. The same name again with the same files does
-    nothing (returns False); with other files it is an error."""
+    """Register a COCO-format detection dataset (COCO AP, :func:`~.loading.load_coco_json_checked`)
+    under ``name``; the same name again does nothing (returns False), with other files it raises."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         if _registered_files(name) == (json_file, image_root):

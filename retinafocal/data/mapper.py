@@ -1,6 +1,5 @@
-"""A dataset mapper that survives bad images. detectron2's ``DatasetMapper`` raises deep inside
-a data-loader worker on a corrupt file and turns a 16-bit PNG white (Pillow clips it to 8 bits).
-The start-up check (:func:`~retinafocal.data.checked_dataset_dicts`) finds most bad files first."""
+"""A dataset mapper that survives bad images, which detectron2's ``DatasetMapper`` raises on deep
+in a data-loader worker (corrupt files) or turns white (16-bit PNGs, clipped to 8 bits)."""
 from __future__ import annotations
 
 import logging

@@ -65,10 +65,9 @@ class ProblemRecord:
 
 @dataclass
 class ValidationReport:
-    """Everything :func:`~.checks.check_coco_json` found in one COCO json. ``image_check``:
-    "none", "quick" (header, size, end marker) or "full" (decode all); ``problems``: kind ->
-    record, for the kinds that occurred; ``unreadable_files``: the path of **every** unreadable
-    image, as detectron2's dataset dicts name it, so that they can be left out."""
+    """What :func:`~.checks.check_coco_json` found in one COCO json. ``image_check``: "none",
+    "quick" or "full"; ``problems``: kind -> record, for the kinds that occurred;
+    ``unreadable_files``: the path of **every** unreadable image, as the dataset dicts name it."""
 
     json_file: str
     image_root: str
