@@ -52,8 +52,7 @@ _PALETTE = np.array(
     dtype=np.float32,
 )
 
-# Offsets that separate the random streams of the splits for the same seed.
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # one random stream per split for a seed
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,13 @@ DEFAULT_SPLITS: Dict[str, Tuple[int, ShapesSpec]] = {
 
 def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A (size, size, 3) float32 image in [0, 255]: a dim random tint, low-frequency blotches,
-    a few faint lines and pixel noise, so that background anchors are not trivially flat."""
+    faint stripes in one direction and pixel noise, so that background anchors are not flat."""
     tint = rng.uniform(20, 110, size=3).astype(np.float32)
-    # Low-frequency blotches: a coarse random grid upsampled bilinearly by PIL.
     cells = int(rng.integers(3, 7))
     coarse = rng.uniform(-35, 35, size=(cells, cells, 3)).astype(np.float32)
     coarse_img = Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8))
     blotches = np.asarray(coarse_img.resize((size, size), Image.BILINEAR), np.float32) - 128
     img = tint + blotches
-    # Faint straight stripes, in one random direction.
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     period = rng.uniform(6, 20)
