@@ -70,8 +70,7 @@ def register_coco_dataset(
 
 
 def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
-    """Register ``DATASETS.COCO_JSON`` / ``datasets.coco_json`` entries,
-    ``[[name, json_file, image_root], ...]``; returns the names, in order."""
+    """Register ``DATASETS.COCO_JSON``: ``[[name, json_file, image_root]]``; returns the names."""
     names = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str) or len(entry) != 3:
@@ -231,8 +230,7 @@ def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_i
 
 
 def num_classes_from_datasets(names: Sequence[str], *, key: str) -> int:
-    """The class count shared by the datasets ``names``, for the opt-in ``key``; raises
-    :class:`NumClassesError` when they disagree or none lists its classes."""
+    """The class count shared by ``names`` (for the opt-in ``key``); else raises NumClassesError."""
     counts = _counts(names)
     if not counts:
         raise NumClassesError(

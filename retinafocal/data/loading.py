@@ -93,8 +93,7 @@ def checked_report(
 
 
 def _rejected_by_detectron2(annotation: dict) -> bool:
-    """``load_coco_json`` (v0.6 to main) stops the whole load at a ``bbox`` that is empty or
-    not a sequence."""
+    """``load_coco_json`` (v0.6 to main) stops the whole load at a ``bbox`` empty or no sequence."""
     bbox = annotation.get("bbox", ())
     return "bbox" in annotation and (not hasattr(bbox, "__len__") or len(bbox) == 0)
 

@@ -55,8 +55,7 @@ class DatasetValidationError(ValueError):
 
 @dataclass
 class ProblemRecord:
-    """How often one kind of problem occurs, with the first offending ids (image / annotation /
-    category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
+    """One kind's count and first :data:`MAX_EXAMPLES` offending ids and descriptions (examples)."""
 
     count: int = 0
     first_ids: List[Any] = field(default_factory=list)

@@ -172,8 +172,7 @@ def shapes_json_path(root: str, split: str) -> str:
 def generate_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """Write ``num_images`` images of ``split`` and their COCO json (atomically, last) under
-    ``root``; returns the json's path."""
+    """Write ``split`` (``num_images`` images, COCO json) under ``root``; returns the json path."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     image_dir = os.path.join(root, split)
@@ -224,8 +223,7 @@ def generate_shapes_split(
 def ensure_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """The json path of ``split`` under ``root``, generating the split first when it is missing
-    or of another size or spec."""
+    """The json of ``split`` under ``root``, generated first if missing or of other size / spec."""
     json_path = shapes_json_path(root, split)
     if os.path.isfile(json_path):
         with open(json_path) as f:
