@@ -223,7 +223,7 @@ def generate_shapes_split(
 def ensure_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """The json of ``split`` under ``root``, generated first if missing or of other size / spec."""
+    """The json path of ``split`` under ``root``, generating it if missing or stale (size, spec)."""
     json_path = shapes_json_path(root, split)
     if os.path.isfile(json_path):
         with open(json_path) as f:
