@@ -6,7 +6,7 @@ import logging
 from typing import List, Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
@@ -50,11 +50,7 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
             image.load()  # decode now, while the file is open, so errors surface here
     except Exception as e:  # noqa: BLE001 -- every decoding failure means the same to a user
         raise UnreadableImageError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 -- a broken EXIF block: keep the stored orientation
-        pass
-    image = _to_8bit(image)
+    image = _to_8bit(utils._apply_exif_orientation(image))  # read_image's own (broken EXIF: kept)
     if image.mode == "P" and format is not None:
         # Through RGBA, as Pillow asks (a palette with transparency warns when converted straight
         # to RGB); convert_PIL_to_numpy then drops the alpha channel of every alpha mode.
