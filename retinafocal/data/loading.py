@@ -41,12 +41,11 @@ def checked_report(
     purpose: str = "training",
 ) -> ValidationReport:
     """Check a COCO json (arguments as for ``load_coco_json``) and, with ``check_images``, its
-    image files, logging the report; raise :class:`DatasetValidationError` (with the report) for
-    what ``purpose`` ("training", "evaluation" or "loading": by the registered loader) cannot
-    use: fatal problems, annotations that pycocotools cannot evaluate (evaluation), and
-    unreadable images as ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``) says: "error"
-    refuses any, "skip" (the caller leaves them out) refuses when no image with a box is left,
-    None lets them through to the mapper."""
+    image files, logging the report; raise :class:`DatasetValidationError` for what ``purpose``
+    ("training", "evaluation" or "loading": by the registered loader) cannot use: fatal problems,
+    annotations that pycocotools cannot evaluate (evaluation), and unreadable images as
+    ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``) says: "error" refuses any, "skip" (the
+    caller leaves them out) refuses when no image with a box is left, None lets them through."""
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
     if purpose not in ("training", "evaluation", "loading"):

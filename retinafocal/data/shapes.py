@@ -145,8 +145,7 @@ def draw_shapes_image(
         if len(objects) == wanted:
             break
         side = int(rng.integers(spec.min_object_size, spec.max_object_size + 1))
-        x0 = int(rng.integers(0, size - side + 1))
-        y0 = int(rng.integers(0, size - side + 1))
+        x0, y0 = (int(rng.integers(0, size - side + 1)) for _ in range(2))
         box = torch.tensor([[x0, y0, x0 + side, y0 + side]], dtype=torch.float32)
         if len(placed) and box_iou(box, placed).max() > spec.max_overlap:
             continue
