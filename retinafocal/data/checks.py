@@ -191,8 +191,7 @@ def _check_annotations(
 
 @dataclass
 class ImageInfo:
-    """What :func:`inspect_image` found in one file; ``conversion``: the ``converted_*`` kind of
-    what the mapper does to it, set by callers that look (``tools/dataset_inspection.py``)."""
+    """One file as :func:`inspect_image` found it; ``conversion``: ``converted_*`` kind or None."""
 
     readable: bool
     reason: str = ""
