@@ -98,9 +98,8 @@ def _rejected_by_detectron2(annotation: dict) -> bool:
 
 
 def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]) -> List[dict]:
-    """``load_coco_json`` on a copy of the json (a file: it takes only a path) without what it
-    mishandles: boxes that stop the whole load, segmentations that would drop their box, and
-    annotations of no image (a warning at every load). Other bad boxes are dropped later."""
+    """``load_coco_json`` on a copy of the json (it takes a path) without what it mishandles: boxes
+    that stop the whole load, segmentations that drop their box, orphans (a warning per load)."""
     with open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     annotations = data.get("annotations", [])
