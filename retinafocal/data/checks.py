@@ -49,9 +49,7 @@ def segmentation_is_valid(segmentation: Any) -> bool:
         return True
     if isinstance(segmentation, dict):
         return "counts" in segmentation and "size" in segmentation
-    if not isinstance(segmentation, list):
-        return False
-    return any(
+    return isinstance(segmentation, list) and any(
         isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
         for polygon in segmentation
     )
@@ -207,8 +205,7 @@ def _exif_orientation(im: Image.Image) -> Optional[int]:
         if im.format == "PNG":
             # PngImageFile.getexif() decodes the whole image: use only what the header held.
             exif = Image.Exif()
-            if "exif" in im.info:
-                exif.load(im.info["exif"])
+            exif.load(im.info.get("exif", b""))
         else:
             exif = im.getexif()
         return exif.get(0x0112)
