@@ -110,11 +110,9 @@ def register_shapes(
 
 
 def ensure_dataset_files(name: str) -> None:
-    """Generate the files of a registered shapes dataset if missing or stale (evaluators read
-    the json before any loader runs); nothing for other datasets."""
+    """Generate a shapes dataset's files if missing or stale (evaluators read the json first)."""
     if name in _GENERATED:
-        root, split, num_images, spec = _GENERATED[name]
-        ensure_shapes_split(root, split, num_images, spec)
+        ensure_shapes_split(*_GENERATED[name])
 
 
 def check_datasets(

@@ -40,10 +40,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """detectron2's ``read_image(file_name, format)`` for any Pillow mode: 16-bit / float images
-    rescaled (:func:`_to_8bit`), alpha dropped. Returns an (H, W, C) uint8 array in ``format``
-    ((H, W) for single-channel images with format None); raises :class:`UnreadableImageError`,
-    naming the file, when it is missing or cannot be decoded."""
+    """detectron2's ``read_image(file_name, format)`` for any Pillow mode (16-bit / float rescaled
+    by :func:`_to_8bit`, alpha dropped): (H, W, C) uint8 in ``format``, (H, W) for one channel and
+    format None. Raises :class:`UnreadableImageError`, naming the file, if absent or undecodable."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
