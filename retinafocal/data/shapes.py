@@ -57,9 +57,8 @@ _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # one random stream per split
 
 @dataclass(frozen=True)
 class ShapesSpec:
-    """What one split looks like; every field is part of a generated split's cache key.
-    Sizes are in pixels and ranges inclusive; ``max_overlap`` is the largest IoU of a new box
-    with an earlier one, so every box stays a well-defined target."""
+    """What one split looks like (every field is in a generated split's cache key); sizes in pixels,
+    ranges inclusive; ``max_overlap``: the largest IoU a new box may have with an earlier one."""
 
     image_size: int = 128
     min_objects: int = 3
@@ -132,8 +131,7 @@ def draw_shapes_image(
     spec: ShapesSpec, rng: np.random.Generator
 ) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
     """Draw one image: an (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``, and per object
-    ``(index into SHAPE_CLASSES, [x, y, w, h])``, the box (absolute COCO XYWH) enclosing exactly
-    its drawn pixels."""
+    ``(index into SHAPE_CLASSES, [x, y, w, h])``, its box (absolute XYWH) enclosing its pixels."""
     size = spec.image_size
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
