@@ -140,9 +140,8 @@ class RobustDatasetMapper(DatasetMapper):
         self._last_summary_at = self._num_mapped
 
     def __call__(self, dataset_dict: dict) -> Optional[dict]:
-        """One image's dict in detectron2's dataset format (not modified) -> the model's input
-        (``image``: (C, H, W) uint8 tensor, ``instances`` when training), or None when the image
-        is unreadable and ``on_unreadable`` is "skip"."""
+        """A dataset dict (not modified) -> the model's input (``image``: (C, H, W) uint8 tensor,
+        ``instances`` in training), or None for an unreadable image under "skip"."""
         self._num_mapped += 1
         file_name = dataset_dict["file_name"]
         try:

@@ -115,11 +115,9 @@ class ValidationReport:
         nothing fatal, and no unreadable image ("error") or a readable image with a box ("skip")."""
         if on_unreadable not in ("error", "skip"):
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
-        if self.has_fatal:
-            return False
         if on_unreadable == "error":
-            return not self.num_unreadable_images
-        return self.num_images_with_boxes > self.num_unreadable_with_boxes
+            return not self.has_fatal and not self.num_unreadable_images
+        return not self.has_fatal and self.num_images_with_boxes > self.num_unreadable_with_boxes
 
     def unreadable_summary(self, max_files: int = 5) -> str:
         """One line: how many images cannot be read, of how many, why, and the first files."""
