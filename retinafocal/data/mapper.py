@@ -24,9 +24,8 @@ class UnreadableImageError(OSError):
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Rescale 16-bit integer ("I;16*", "I") and float ("F") images to 8-bit "L": integers
-    span 16 bits (value / 257) unless all fit in 8, floats span [0, 1] unless some value exceeds
-    1 (then clipped to [0, 255])."""
+    """Rescale 16-bit ("I;16*", "I") and float ("F") images to 8-bit "L": integers / 257 unless all
+    fit in 8 bits, floats * 255 unless some exceeds 1; then rounded and clipped to [0, 255]."""
     mode = image.mode
     if not (mode.startswith("I") or mode == "F"):
         return image
@@ -58,12 +57,11 @@ def read_image_converted(file_name: str, format: Optional[str] = None) -> np.nda
 
 
 class RobustDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`; built
-    like its parent, plus ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``): "error" raises
-    :class:`UnreadableImageError`, "skip" returns None (``MapDataset`` draws another image), in
-    training only, so that no image is evaluated twice. Counts are per data-loader worker: the
-    first skipped image is logged by name, later ones summed up at most every
-    ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images mapped."""
+    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`, plus
+    ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``): "error" raises
+    :class:`UnreadableImageError`, "skip" (training only: no image is evaluated twice) returns None,
+    and ``MapDataset`` draws another. Per worker, the first skipped image is logged by name, later
+    ones counted at most every ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images."""
 
     @configurable
     def __init__(

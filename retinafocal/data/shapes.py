@@ -32,12 +32,10 @@ __all__ = [
     "shapes_json_path",
 ]
 
-#: Category names; the COCO category id of ``SHAPE_CLASSES[i]`` is ``i + 1``. The colour of an
-#: object is drawn independently of its class, so the network has to learn the outline.
+#: Category names: ``SHAPE_CLASSES[i]`` has COCO category id ``i + 1``; only its outline tells it.
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 
-# Saturated object colours (RGB). Backgrounds stay darker and greyer, but a palette colour can
-# still appear faintly in the texture, so colour alone does not separate object from background.
+# Object colours (RGB): saturated, yet faint in some backgrounds, so colour alone is no cue.
 _PALETTE = np.array(
     [
         [230, 40, 40],
