@@ -94,9 +94,8 @@ def register_shapes(
     prefix: str = "shapes",
     splits: Dict[str, Tuple[int, ShapesSpec]] | None = None,
 ) -> List[str]:
-    """Register the embedded dataset's ``splits`` (name -> (images, spec); default
-    :data:`~retinafocal.data.shapes.DEFAULT_SPLITS`) as ``{prefix}_{split}``, generated under
-    ``root`` (default ``$DETECTRON2_DATASETS/shapes``) on first load; returns the names."""
+    """Register the shapes ``splits`` (name -> (images, spec); default :data:`DEFAULT_SPLITS`) as
+    ``{prefix}_{split}``, generated on first load in ``root`` (default: datasets_root()/shapes)."""
     root = os.path.join(datasets_root(), "shapes") if root is None else root
     names = []
     for split, (num_images, spec) in (DEFAULT_SPLITS if splits is None else splits).items():
