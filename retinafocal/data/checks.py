@@ -49,9 +49,7 @@ def segmentation_is_valid(segmentation: Any) -> bool:
         return True
     if isinstance(segmentation, dict):
         return "counts" in segmentation and "size" in segmentation
-    if not isinstance(segmentation, list):
-        return False
-    return any(
+    return isinstance(segmentation, list) and any(
         isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
         for polygon in segmentation
     )
@@ -64,18 +62,6 @@ def _is_id(value: Any) -> bool:
 
 def _is_positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def _read_json(json_file: str, report: ValidationReport) -> Optional[Any]:
-    try:
-        with open(json_file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        where = f"line {e.lineno} column {e.colno} (char {e.pos})"
-        report.add("malformed_json", example=f"{json_file}: {where}: {e.msg}")
-    except (OSError, UnicodeDecodeError) as e:
-        report.add("malformed_json", example=f"{json_file}: cannot be read ({e})")
-    return None
 
 
 def _check_structure(data: Any, report: ValidationReport) -> bool:
@@ -151,8 +137,7 @@ def _check_images(images: List[Any], report: ValidationReport) -> Dict[Any, dict
 def _check_annotations(
     annotations: List[Any], images: Dict[Any, dict], category_ids: set, report: ValidationReport
 ) -> set:
-    """Check every annotation, then count background images. Returns the ids of the images
-    with a box that trains (kept, not crowd)."""
+    """Returns the ids of the images with a box that trains (kept, not crowd)."""
     seen: set = set()
     images_with_boxes: set = set()
     known_categories = sorted(category_ids, key=str)[:10]  # shown in messages
@@ -204,9 +189,7 @@ def _check_annotations(
 
 @dataclass
 class ImageInfo:
-    """One file: whether it opens (else ``reason``), its size as ``read_image`` returns it, its
-    Pillow format, and the ``converted_*`` kind of what the mapper does to it, where the caller
-    looked (``tools/dataset_inspection.py`` does; the loader's check does not)."""
+    """One file as :func:`inspect_image` found it; ``conversion``: ``converted_*`` kind or None."""
 
     readable: bool
     reason: str = ""
@@ -222,8 +205,7 @@ def _exif_orientation(im: Image.Image) -> Optional[int]:
         if im.format == "PNG":
             # PngImageFile.getexif() decodes the whole image: use only what the header held.
             exif = Image.Exif()
-            if "exif" in im.info:
-                exif.load(im.info["exif"])
+            exif.load(im.info.get("exif", b""))
         else:
             exif = im.getexif()
         return exif.get(0x0112)
@@ -244,11 +226,9 @@ def _has_end_marker(path: str, image_format: str) -> bool:
 
 
 def inspect_image(path: str, *, full_decode: bool = False) -> ImageInfo:
-    """Whether the training data loader can read the local file ``path``, as checked on every
-    image before training starts: the header opens, its size is read after the EXIF orientation
-    that detectron2's ``read_image`` applies, and a JPEG / PNG file must end with its end marker
-    (found truncated without decoding); a file without one, or of another format, is decoded, as
-    is every file with ``full_decode`` (which also finds corrupt data inside a file)."""
+    """Whether the data loader can read the local file ``path``: its header opens, its size is
+    read after the EXIF orientation ``read_image`` applies, and it is decoded unless it is a JPEG /
+    PNG that ends with its end marker (so not truncated), or always with ``full_decode``."""
     try:
         with Image.open(path) as im:
             width, height = im.size
@@ -274,14 +254,21 @@ def check_coco_json(
     image_check: str = "quick",
     map_images: Callable[..., Iterable[Optional[ImageInfo]]] = map,
 ) -> ValidationReport:
-    """Check a COCO instances json and the image files it names; a bad dataset raises
-    nothing: every problem is in the returned report. ``inspect`` says what one existing image
-    file holds (None: the json alone), named ``image_check`` in the report, and ``map_images``
-    applies it to all files (``map``, or a thread pool's)."""
+    """Check a COCO instances json and the image files it names into the returned report (a bad
+    dataset raises nothing). ``inspect`` says what one existing file holds (None: the json alone),
+    named ``image_check`` in the report; ``map_images`` applies it (``map``, a thread pool's)."""
     report = ValidationReport(json_file=json_file, image_root=image_root)
-    data = _read_json(json_file, report)
-    # A json of just `null` also reads as None: the structure check reports it.
-    if report.count("malformed_json") or not _check_structure(data, report):
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno} (char {e.pos})"
+        report.add("malformed_json", example=f"{json_file}: {where}: {e.msg}")
+        return report
+    except (OSError, UnicodeDecodeError) as e:
+        report.add("malformed_json", example=f"{json_file}: cannot be read ({e})")
+        return report
+    if not _check_structure(data, report):
         return report
     annotations = data.get("annotations", [])
     report.num_images = len(data["images"])

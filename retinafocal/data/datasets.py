@@ -1,7 +1,5 @@
-"""Datasets by name: registration of retinafocal's own (the shapes splits, ``DATASETS.COCO_JSON``),
-loaded by :func:`~.loading.load_coco_json_checked`, and the checks training runs on any (others'
-keep their loaders, as detectron2's ``coco_2017_*``): :func:`checked_dataset_dicts`, and their
-number of classes against the model's (:func:`check_num_classes`)."""
+"""Datasets by name: registration of retinafocal's own (the shapes splits, ``DATASETS.COCO_JSON``)
+and the checks training runs on any registered COCO json, its number of classes included."""
 from __future__ import annotations
 
 import logging
@@ -29,10 +27,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Registered datasets whose files are generated on first use: name -> (root, split, count, spec).
+# Shapes datasets, generated on first use: name -> (root, split, count, spec).
 _GENERATED: Dict[str, Tuple[str, str, int, ShapesSpec]] = {}
-# Datasets registered here, so loaded by load_coco_json_checked, which fixes boxes.
-_REGISTERED_HERE: set = set()
+_REGISTERED_HERE: set = set()  # loaded by load_coco_json_checked, which fixes boxes
 
 
 def datasets_root() -> str:
@@ -53,9 +50,8 @@ def _load(name: str, json_file: str, image_root: str) -> List[Dict[str, Any]]:
 def register_coco_dataset(
     name: str, json_file: str, image_root: str, metadata: Dict[str, Any] | None = None
 ) -> bool:
-    """Register a COCO-format detection dataset under ``name``, evaluated by COCO AP and loaded
-    by :func:`~.loading.load_coco_json_checked`. The same name again with the same files does
-    nothing (returns False); with other files it is an error."""
+    """Register a COCO-format detection dataset (COCO AP, :func:`~.loading.load_coco_json_checked`)
+    under ``name``; the same name again does nothing (returns False), with other files it raises."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         if _registered_files(name) == (json_file, image_root):
@@ -74,8 +70,7 @@ def register_coco_dataset(
 
 
 def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
-    """Register ``DATASETS.COCO_JSON`` / ``datasets.coco_json`` entries,
-    ``[[name, json_file, image_root], ...]``; returns the names, in order."""
+    """Register ``DATASETS.COCO_JSON``: ``[[name, json_file, image_root]]``; returns the names."""
     names = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str) or len(entry) != 3:
@@ -83,14 +78,12 @@ def register_coco_json_datasets(entries: Sequence[Sequence[str]]) -> List[str]:
                 f"DATASETS.COCO_JSON[{i}] must be [name, json_file, image_root], got {entry!r}"
             )
         name, json_file, image_root = (str(x) for x in entry)
-        if not os.path.isfile(json_file):
-            raise FileNotFoundError(
-                f"DATASETS.COCO_JSON[{i}] ({name!r}): json file {json_file!r} does not exist"
-            )
-        if not os.path.isdir(image_root):
-            raise FileNotFoundError(
-                f"DATASETS.COCO_JSON[{i}] ({name!r}): image root {image_root!r} is not a directory"
-            )
+        for missing, what in [
+            (not os.path.isfile(json_file), f"json file {json_file!r} does not exist"),
+            (not os.path.isdir(image_root), f"image root {image_root!r} is not a directory"),
+        ]:
+            if missing:
+                raise FileNotFoundError(f"DATASETS.COCO_JSON[{i}] ({name!r}): {what}")
         register_coco_dataset(name, json_file, image_root)
         names.append(name)
     return names
@@ -101,9 +94,8 @@ def register_shapes(
     prefix: str = "shapes",
     splits: Dict[str, Tuple[int, ShapesSpec]] | None = None,
 ) -> List[str]:
-    """Register the embedded dataset's ``splits`` (name -> (images, spec); default
-    :data:`~retinafocal.data.shapes.DEFAULT_SPLITS`) as ``{prefix}_{split}``, generated under
-    ``root`` (default ``$DETECTRON2_DATASETS/shapes``) on first load; returns the names."""
+    """Register the shapes ``splits`` (name -> (images, spec); default :data:`DEFAULT_SPLITS`) as
+    ``{prefix}_{split}``, generated on first load in ``root`` (default: datasets_root()/shapes)."""
     root = os.path.join(datasets_root(), "shapes") if root is None else root
     names = []
     for split, (num_images, spec) in (DEFAULT_SPLITS if splits is None else splits).items():
@@ -117,11 +109,9 @@ def register_shapes(
 
 
 def ensure_dataset_files(name: str) -> None:
-    """Generate the files of a registered shapes dataset if missing or stale (evaluators read
-    the json before any loader runs); nothing for other datasets."""
+    """Generate a shapes dataset's files if missing or stale (evaluators read the json first)."""
     if name in _GENERATED:
-        root, split, num_images, spec = _GENERATED[name]
-        ensure_shapes_split(root, split, num_images, spec)
+        ensure_shapes_split(*_GENERATED[name])
 
 
 def check_datasets(
@@ -130,10 +120,9 @@ def check_datasets(
     on_unreadable: Optional[str] = None,
     purpose: str = "training",
 ) -> Dict[str, ValidationReport]:
-    """:func:`~.loading.checked_report` (with ``on_unreadable``, ``purpose``) of the named
-    datasets registered as a COCO json (metadata ``json_file``, ``image_root``, ``evaluator_type``
-    "coco"), whoever registered them; returns name -> report. Raises its
-    :class:`DatasetValidationError`, and one for malformed boxes that another loader would read."""
+    """:func:`~.loading.checked_report` of each named dataset registered as a COCO json (metadata
+    ``json_file``, ``image_root``, ``evaluator_type`` "coco"), by whoever; returns name -> report.
+    Also raises :class:`DatasetValidationError` for malformed boxes another loader would read."""
     reports = {}
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():
@@ -179,8 +168,7 @@ def checked_dataset_dicts(
     **kwargs: Any,
 ) -> List[Dict[str, Any]]:
     """detectron2's ``get_detection_dataset_dicts(names, **kwargs)`` once :func:`check_datasets`
-    passed ``names``; with ``on_unreadable="skip"`` the unreadable images are left out here, in
-    a warning. LazyConfig: ``dataset=L(checked_dataset_dicts)(names=...)``."""
+    passed ``names``, without the unreadable images (in a warning) if ``on_unreadable="skip"``."""
     reports = check_datasets(names, on_unreadable=on_unreadable, purpose=purpose)
     dataset_dicts = get_detection_dataset_dicts(names, **kwargs)
     if on_unreadable != "skip":
@@ -197,10 +185,9 @@ def checked_dataset_dicts(
 
 
 class NumClassesError(ValueError):
-    """The model's number of classes K does not fit the C classes (``thing_classes``) of its
-    datasets: detectron2 maps a json's categories to classes 0 .. C-1 and RetinaNet takes K as
-    background, so with K < C the last categories train as background, and with K > C COCO
-    evaluation fails after training. The message names the numbers, the key and the fix."""
+    """The model's number of classes K does not fit the C ``thing_classes`` of its datasets
+    (mapped to classes 0 .. C-1; RetinaNet takes K as background): with K < C the last categories
+    train as background, with K > C COCO evaluation fails after training."""
 
 
 def _counts(names: Sequence[str]) -> Dict[str, int]:
@@ -219,9 +206,8 @@ def _counts(names: Sequence[str]) -> Dict[str, int]:
 
 
 def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_in: str) -> None:
-    """Check that every dataset of ``names`` has the model's ``num_classes`` classes; else raise
-    :class:`NumClassesError` naming each dataset that differs, both numbers, the config ``key``
-    and the fix (``opt_in`` takes the number from the datasets)."""
+    """Raise :class:`NumClassesError`, naming the config ``key`` and the fix (``opt_in``), unless
+    every dataset of ``names`` that lists its classes has ``num_classes`` classes."""
     wrong = {name: n for name, n in _counts(names).items() if n != num_classes}
     if not wrong:
         return
@@ -241,8 +227,7 @@ def check_num_classes(num_classes: int, names: Sequence[str], *, key: str, opt_i
 
 
 def num_classes_from_datasets(names: Sequence[str], *, key: str) -> int:
-    """The class count shared by the datasets ``names``, for the opt-in ``key``; raises
-    :class:`NumClassesError` when they disagree or none lists its classes."""
+    """The class count shared by ``names`` (for the opt-in ``key``); else raises NumClassesError."""
     counts = _counts(names)
     if not counts:
         raise NumClassesError(

@@ -41,14 +41,11 @@ def checked_report(
     purpose: str = "training",
 ) -> ValidationReport:
     """Check a COCO json (arguments as for ``load_coco_json``) and, with ``check_images``, its
-    image files, logging the report; raise :class:`DatasetValidationError` (with the report) for
-    what ``purpose`` ("training", "evaluation" or "loading": by the registered loader) cannot
-    use: fatal problems (but ``no_usable_box`` in a json without annotations, which only
-    training needs: an image list, as COCO test-dev's), for evaluation the annotations that
-    pycocotools cannot evaluate (``box_invalid``, ``eval_field_missing``), and unreadable images
-    as ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``) says: "error" refuses any, "skip"
-    (the caller leaves them out) refuses when no image with a box is left, None lets them
-    through to the mapper."""
+    image files, logging the report; raise :class:`DatasetValidationError` for what ``purpose``
+    ("training", "evaluation" or "loading": by the registered loader) cannot use: fatal problems,
+    annotations that pycocotools cannot evaluate (evaluation), and unreadable images as
+    ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``) says: "error" refuses any, "skip" (the
+    caller leaves them out) refuses when no image with a box is left, None lets them through."""
     if on_unreadable not in (None, "error", "skip"):
         raise ValueError(f"on_unreadable must be 'error', 'skip' or None, got {on_unreadable!r}")
     if purpose not in ("training", "evaluation", "loading"):
@@ -95,16 +92,14 @@ def checked_report(
 
 
 def _rejected_by_detectron2(annotation: dict) -> bool:
-    """``load_coco_json`` (v0.6 to main) stops the whole load at a ``bbox`` that is empty or
-    not a sequence."""
+    """``load_coco_json`` (v0.6 to main) stops the whole load at a ``bbox`` empty or no sequence."""
     bbox = annotation.get("bbox", ())
     return "bbox" in annotation and (not hasattr(bbox, "__len__") or len(bbox) == 0)
 
 
 def _load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str]) -> List[dict]:
-    """``load_coco_json`` on a copy of the json (a file: it takes only a path) without what it
-    mishandles: boxes that stop the whole load, segmentations that would drop their box, and
-    annotations of no image (a warning at every load). Other bad boxes are dropped later."""
+    """``load_coco_json`` on a copy of the json (it takes a path) without what it mishandles: boxes
+    that stop the whole load, segmentations that drop their box, orphans (a warning per load)."""
     with open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     annotations = data.get("annotations", [])
@@ -137,13 +132,9 @@ def load_coco_json_checked(
     else:  # the usual case: no need to read the json twice
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
     for record in dataset_dicts:
-        kept = []
-        for anno in record.get("annotations", []):
-            _, box = fix_coco_box(anno.get("bbox"), record["width"], record["height"])
-            if box is not None:
-                anno["bbox"] = box
-                kept.append(anno)
-        record["annotations"] = kept
+        annos = record.get("annotations", [])
+        boxes = [fix_coco_box(a.get("bbox"), record["width"], record["height"])[1] for a in annos]
+        record["annotations"] = [{**a, "bbox": b} for a, b in zip(annos, boxes) if b is not None]
     # The check counted every box these dicts hold, and the malformed ones that never reach them.
     counted = ", ".join(f"{report.count(k)} {k[4:]}" for k in _BOX_FIXES if report.count(k))
     fixes = [f"{counted} box(es): clipped ones are kept, the others dropped"] if counted else []

@@ -1,13 +1,12 @@
-"""A dataset mapper that survives bad images. detectron2's ``DatasetMapper`` raises deep inside
-a data-loader worker on a corrupt file and turns a 16-bit PNG white (Pillow clips it to 8 bits).
-The start-up check (:func:`~retinafocal.data.checked_dataset_dicts`) finds most bad files first."""
+"""A dataset mapper that survives bad images, which detectron2's ``DatasetMapper`` raises on deep
+in a data-loader worker (corrupt files) or turns white (16-bit PNGs, clipped to 8 bits)."""
 from __future__ import annotations
 
 import logging
 from typing import List, Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
@@ -20,17 +19,13 @@ __all__ = ["UnreadableImageError", "read_image_converted", "RobustDatasetMapper"
 
 logger = logging.getLogger(__name__)
 
-_ON_UNREADABLE_CHOICES = ("error", "skip")
-
-
 class UnreadableImageError(OSError):
     """An image file cannot be used for training; the message names the file and the cause."""
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Rescale 16-bit integer ("I;16*", "I") and float ("F") images to 8-bit "L": integers
-    span 16 bits (value / 257) unless all fit in 8, floats span [0, 1] unless some value exceeds
-    1 (then clipped to [0, 255])."""
+    """Rescale 16-bit ("I;16*", "I") and float ("F") images to 8-bit "L": integers / 257 unless all
+    fit in 8 bits, floats * 255 unless some exceeds 1; then rounded and clipped to [0, 255]."""
     mode = image.mode
     if not (mode.startswith("I") or mode == "F"):
         return image
@@ -44,38 +39,29 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def read_image_converted(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """detectron2's ``read_image(file_name, format)`` (any path ``PathManager`` opens; EXIF
-    orientation applied; ``format`` None keeps the file's mode) for any Pillow mode: 16-bit /
-    float images are rescaled (:func:`_to_8bit`), alpha is dropped. Returns an (H, W, C) uint8
-    array in ``format`` ((H, W) for single-channel images with format None); raises
-    :class:`UnreadableImageError`, naming the file, when it is missing or cannot be decoded."""
+    """detectron2's ``read_image(file_name, format)`` for any Pillow mode (16-bit / float rescaled
+    by :func:`_to_8bit`, alpha dropped): (H, W, C) uint8 in ``format``, (H, W) for one channel and
+    format None. Raises :class:`UnreadableImageError`, naming the file, if absent or undecodable."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
             image.load()  # decode now, while the file is open, so errors surface here
     except Exception as e:  # noqa: BLE001 -- every decoding failure means the same to a user
         raise UnreadableImageError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 -- a broken EXIF block: keep the stored orientation
-        pass
-    image = _to_8bit(image)
+    image = _to_8bit(utils._apply_exif_orientation(image))  # read_image's own (broken EXIF: kept)
     if image.mode == "P" and format is not None:
-        # Through RGBA, as Pillow asks: converting a palette image whose transparency is stored
-        # as bytes straight to RGB warns. convert_PIL_to_numpy's conversion then drops the alpha
-        # channel of this and of every other alpha mode, keeping the colour channels as stored.
+        # Through RGBA, as Pillow asks (a palette with transparency warns when converted straight
+        # to RGB); convert_PIL_to_numpy then drops the alpha channel of every alpha mode.
         image = image.convert("RGBA")
     return utils.convert_PIL_to_numpy(image, format)
 
 
 class RobustDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`; built
-    like its parent, plus ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``): "error" raises
-    :class:`UnreadableImageError`, "skip" returns None (``MapDataset`` draws another image), in
-    training only, so that no image is evaluated twice. Counts are per data-loader worker: the
-    first skipped image is logged by name, later ones summed up at most every
-    ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images mapped.
-    """
+    """detectron2's ``DatasetMapper`` reading images with :func:`read_image_converted`, plus
+    ``on_unreadable`` (``DATALOADER.ON_UNREADABLE_IMAGE``): "error" raises
+    :class:`UnreadableImageError`, "skip" (training only: no image is evaluated twice) returns None,
+    and ``MapDataset`` draws another. Per worker, the first skipped image is logged by name, later
+    ones counted at most every ``log_skipped_period`` (``DATALOADER.LOG_SKIPPED_PERIOD``) images."""
 
     @configurable
     def __init__(
@@ -86,10 +72,10 @@ class RobustDatasetMapper(DatasetMapper):
         log_skipped_period: int = 20,
         **kwargs,
     ):
-        if on_unreadable not in _ON_UNREADABLE_CHOICES:
+        if on_unreadable not in ("error", "skip"):
             raise ValueError(
-                f"on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of "
-                f"{_ON_UNREADABLE_CHOICES}, got {on_unreadable!r}"
+                "on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of ('error', 'skip'), "
+                f"got {on_unreadable!r}"
             )
         if log_skipped_period < 1:
             raise ValueError(
@@ -100,8 +86,7 @@ class RobustDatasetMapper(DatasetMapper):
         self.on_unreadable = on_unreadable if is_train else "error"
         self._configured_policy = on_unreadable  # what the user set, for the error's advice
         self.log_skipped_period = log_skipped_period
-        #: Images skipped so far by this process.
-        self.num_skipped = 0
+        self.num_skipped = 0  #: images skipped so far by this process
         self._num_mapped = 0
         self._last_summary_at = 0
         self._skipped_since_summary: List[str] = []
@@ -153,9 +138,8 @@ class RobustDatasetMapper(DatasetMapper):
         self._last_summary_at = self._num_mapped
 
     def __call__(self, dataset_dict: dict) -> Optional[dict]:
-        """One image's dict in detectron2's dataset format (not modified) -> the model's input
-        (``image``: (C, H, W) uint8 tensor, ``instances`` when training), or None when the image
-        is unreadable and ``on_unreadable`` is "skip"."""
+        """A dataset dict (not modified) -> the model's input (``image``: (C, H, W) uint8 tensor,
+        ``instances`` in training), or None for an unreadable image under "skip"."""
         self._num_mapped += 1
         file_name = dataset_dict["file_name"]
         try:

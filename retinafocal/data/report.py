@@ -1,8 +1,7 @@
-"""A dataset check's findings (:class:`ValidationReport`) and the rules that turn them into a
-verdict. The severity of a kind of problem (:data:`PROBLEM_KINDS`) says what happens to the run:
-"fatal": loading raises :class:`DatasetValidationError`; "unreadable" image files: it stops or
-leaves them out, as ``DATALOADER.ON_UNREADABLE_IMAGE`` says (:meth:`ValidationReport.usable`);
-"fixed" on loading or by the mapper; "info"."""
+"""A dataset check's findings (:class:`ValidationReport`). The severity of a kind of problem
+(:data:`PROBLEM_KINDS`) says what the run does: "fatal": loading raises
+:class:`DatasetValidationError`; "unreadable" image files: it stops or leaves them out
+(``DATALOADER.ON_UNREADABLE_IMAGE``, :meth:`ValidationReport.usable`); "fixed"; "info"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +40,7 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str]] = {
     "background_image": ("info", "images with no usable annotation (kept, trained as background)"),
 }
 
-#: How many offending ids / examples a report keeps per kind.
-MAX_EXAMPLES = 5
+MAX_EXAMPLES = 5  # offending ids / examples kept per kind
 
 
 def _known(kind: str) -> str:
@@ -57,8 +55,7 @@ class DatasetValidationError(ValueError):
 
 @dataclass
 class ProblemRecord:
-    """How often one kind of problem occurs, with the first offending ids (image / annotation /
-    category) and descriptions, at most :data:`MAX_EXAMPLES` each."""
+    """One kind's count and first :data:`MAX_EXAMPLES` offending ids and descriptions (examples)."""
 
     count: int = 0
     first_ids: List[Any] = field(default_factory=list)
@@ -67,10 +64,9 @@ class ProblemRecord:
 
 @dataclass
 class ValidationReport:
-    """Everything :func:`~.checks.check_coco_json` found in one COCO json. ``image_check``:
-    "none", "quick" (header, size, end marker) or "full" (decode all); ``problems``: kind ->
-    record, for the kinds that occurred; ``unreadable_files``: the path of **every** unreadable
-    image, as detectron2's dataset dicts name it, so that they can be left out."""
+    """What :func:`~.checks.check_coco_json` found in one COCO json. ``image_check``: "none",
+    "quick" or "full"; ``problems``: kind -> record, for the kinds that occurred;
+    ``unreadable_files``: the path of **every** unreadable image, as the dataset dicts name it."""
 
     json_file: str
     image_root: str
@@ -115,16 +111,13 @@ class ValidationReport:
         return sum(self.problems[k].count for k in self.kinds("unreadable"))
 
     def usable(self, on_unreadable: str) -> bool:
-        """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``: no
-        fatal problem, and no unreadable image ("error") or a readable image with a box
-        ("skip")."""
+        """Whether training runs with ``DATALOADER.ON_UNREADABLE_IMAGE`` = ``on_unreadable``:
+        nothing fatal, and no unreadable image ("error") or a readable image with a box ("skip")."""
         if on_unreadable not in ("error", "skip"):
             raise ValueError(f"on_unreadable must be 'error' or 'skip', got {on_unreadable!r}")
-        if self.has_fatal:
-            return False
         if on_unreadable == "error":
-            return not self.num_unreadable_images
-        return self.num_images_with_boxes > self.num_unreadable_with_boxes
+            return not self.has_fatal and not self.num_unreadable_images
+        return not self.has_fatal and self.num_images_with_boxes > self.num_unreadable_with_boxes
 
     def unreadable_summary(self, max_files: int = 5) -> str:
         """One line: how many images cannot be read, of how many, why, and the first files."""

@@ -32,12 +32,10 @@ __all__ = [
     "shapes_json_path",
 ]
 
-#: Category names; the COCO category id of ``SHAPE_CLASSES[i]`` is ``i + 1``. The colour of an
-#: object is drawn independently of its class, so the network has to learn the outline.
+#: Category names: ``SHAPE_CLASSES[i]`` has COCO category id ``i + 1``; only its outline tells it.
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 
-# Saturated object colours (RGB). Backgrounds stay darker and greyer, but a palette colour can
-# still appear faintly in the texture, so colour alone does not separate object from background.
+# Object colours (RGB): saturated, yet faint in some backgrounds, so colour alone is no cue.
 _PALETTE = np.array(
     [
         [230, 40, 40],
@@ -52,15 +50,13 @@ _PALETTE = np.array(
     dtype=np.float32,
 )
 
-# Offsets that separate the random streams of the splits for the same seed.
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # one random stream per split for a seed
 
 
 @dataclass(frozen=True)
 class ShapesSpec:
-    """What one split looks like; every field is part of a generated split's cache key.
-    Sizes are in pixels and ranges inclusive; ``max_overlap`` is the largest IoU of a new box
-    with an earlier one, so every box stays a well-defined target."""
+    """What one split looks like (every field is in a generated split's cache key); sizes in pixels,
+    ranges inclusive; ``max_overlap``: the largest IoU a new box may have with an earlier one."""
 
     image_size: int = 128
     min_objects: int = 3
@@ -92,15 +88,13 @@ DEFAULT_SPLITS: Dict[str, Tuple[int, ShapesSpec]] = {
 
 def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A (size, size, 3) float32 image in [0, 255]: a dim random tint, low-frequency blotches,
-    a few faint lines and pixel noise, so that background anchors are not trivially flat."""
+    faint stripes in one direction and pixel noise, so that background anchors are not flat."""
     tint = rng.uniform(20, 110, size=3).astype(np.float32)
-    # Low-frequency blotches: a coarse random grid upsampled bilinearly by PIL.
     cells = int(rng.integers(3, 7))
     coarse = rng.uniform(-35, 35, size=(cells, cells, 3)).astype(np.float32)
     coarse_img = Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8))
     blotches = np.asarray(coarse_img.resize((size, size), Image.BILINEAR), np.float32) - 128
     img = tint + blotches
-    # Faint straight stripes, in one random direction.
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     period = rng.uniform(6, 20)
@@ -135,8 +129,7 @@ def draw_shapes_image(
     spec: ShapesSpec, rng: np.random.Generator
 ) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
     """Draw one image: an (H, W, 3) uint8 RGB array, H = W = ``spec.image_size``, and per object
-    ``(index into SHAPE_CLASSES, [x, y, w, h])``, the box (absolute COCO XYWH) enclosing exactly
-    its drawn pixels."""
+    ``(index into SHAPE_CLASSES, [x, y, w, h])``, its box (absolute XYWH) enclosing its pixels."""
     size = spec.image_size
     canvas = Image.fromarray(textured_background(rng, size).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -148,8 +141,7 @@ def draw_shapes_image(
         if len(objects) == wanted:
             break
         side = int(rng.integers(spec.min_object_size, spec.max_object_size + 1))
-        x0 = int(rng.integers(0, size - side + 1))
-        y0 = int(rng.integers(0, size - side + 1))
+        x0, y0 = (int(rng.integers(0, size - side + 1)) for _ in range(2))
         box = torch.tensor([[x0, y0, x0 + side, y0 + side]], dtype=torch.float32)
         if len(placed) and box_iou(box, placed).max() > spec.max_overlap:
             continue
@@ -175,8 +167,7 @@ def shapes_json_path(root: str, split: str) -> str:
 def generate_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """Write ``num_images`` images of ``split`` and their COCO json (atomically, last) under
-    ``root``; returns the json's path."""
+    """Write ``split`` (``num_images`` images, COCO json) under ``root``; returns the json path."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     image_dir = os.path.join(root, split)
@@ -227,8 +218,7 @@ def generate_shapes_split(
 def ensure_shapes_split(
     root: str, split: str, num_images: int, spec: ShapesSpec, *, progress: bool = True
 ) -> str:
-    """The json path of ``split`` under ``root``, generating the split first when it is missing
-    or of another size or spec."""
+    """The json path of ``split`` under ``root``, generating it if missing or stale (size, spec)."""
     json_path = shapes_json_path(root, split)
     if os.path.isfile(json_path):
         with open(json_path) as f:

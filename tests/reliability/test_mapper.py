@@ -1,6 +1,7 @@
 """RobustDatasetMapper: unusual pixel formats converted, unreadable images raised or skipped."""
 import logging
 import os
+import re
 import unittest
 from unittest import mock
 
@@ -106,7 +107,8 @@ class TestRobustDatasetMapper(_BrokenDatasetTest):
         )
         self.assertEqual((mapper.on_unreadable, mapper.log_skipped_period), ("skip", 7))
         self.assertEqual(RobustDatasetMapper(make_cfg()).on_unreadable, "error")
-        with self.assertRaisesRegex(ValueError, "ON_UNREADABLE_IMAGE"):
+        message = "on_unreadable (DATALOADER.ON_UNREADABLE_IMAGE) must be one of ('error', 'skip')"
+        with self.assertRaisesRegex(ValueError, "^" + re.escape(f"{message}, got 'ignore'") + "$"):
             RobustDatasetMapper(make_cfg(ON_UNREADABLE_IMAGE="ignore"))
 
     def test_same_output_as_detectron2_on_good_images(self):
