@@ -16,21 +16,5 @@ from .shapes import SHAPE_CLASSES, ShapesSpec
 
 register_shapes()
 
-__all__ = [
-    "DatasetValidationError",
-    "NumClassesError",
-    "RobustDatasetMapper",
-    "SHAPE_CLASSES",
-    "ShapesSpec",
-    "UnreadableImageError",
-    "ValidationReport",
-    "check_coco_json",
-    "check_datasets",
-    "checked_dataset_dicts",
-    "checked_report",
-    "fix_coco_box",
-    "load_coco_json_checked",
-    "register_coco_dataset",
-    "register_coco_json_datasets",
-    "register_shapes",
-]
+# As detectron2.data and detectron2.engine: the public names are those imported above.
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -12,17 +12,5 @@ from .functional import (
 )
 from .ohem import OHEMLoss, ohem_select
 
-__all__ = [
-    "CLASSIFICATION_LOSS_REGISTRY",
-    "build_classification_loss",
-    "sigmoid_focal_loss",
-    "label_focal_loss",
-    "label_focal_loss_star",
-    "label_hinge_loss",
-    "FocalLoss",
-    "BalancedCELoss",
-    "FocalLossStar",
-    "HingeLoss",
-    "OHEMLoss",
-    "ohem_select",
-]
+# As detectron2.data and detectron2.engine: the public names are those imported above.
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -6,12 +6,5 @@ from .head import RETINAFOCAL_HEAD_REGISTRY, RetinaFocalHead, build_retinafocal_
 from .matcher import ANCHOR_MATCHER_REGISTRY, ChunkedIoUMatcher, build_anchor_matcher
 from .retinanet import FocalRetinaNet
 
-__all__ = [
-    "ANCHOR_MATCHER_REGISTRY",
-    "ChunkedIoUMatcher",
-    "FocalRetinaNet",
-    "RETINAFOCAL_HEAD_REGISTRY",
-    "RetinaFocalHead",
-    "build_anchor_matcher",
-    "build_retinafocal_head",
-]
+# As detectron2.data and detectron2.engine: the public names are those imported above.
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
