@@ -89,6 +89,18 @@ class TestChunking(unittest.TestCase):
         torch.testing.assert_close(out["anchor"], out["element"].sum(-1))
         torch.testing.assert_close(out["anchor"].sum(), out["sum"])
 
+    def test_loss_value_is_the_same_with_and_without_a_gradient(self):
+        """A reported loss (no gradient) equals the training loss bit for bit: both sum the
+        per-anchor rows, in the same order (a sum over all elements rounds differently)."""
+        logits, labels = _batch(2, r=2000, k=80)
+        for name, terms in TERMS.items():
+            runner = _fused.LabelLossRunner(terms)
+            for reduction in ("sum", "mean"):
+                with self.subTest(terms=name, reduction=reduction):
+                    trained = runner.loss(logits.clone().requires_grad_(), labels, reduction)
+                    reported = runner.loss(logits, labels, reduction)
+                    self.assertTrue(torch.equal(reported, trained.detach()))
+
 
 class TestCompileState(unittest.TestCase):
     """torch.compile is mocked: a real compile costs ~20 s and stays in the benchmark."""
