@@ -130,7 +130,9 @@ def write_coco_json(root: str, num_images: int = 3) -> List[str]:
             )
         file_name = f"img{i}.jpg"
         img.save(os.path.join(image_root, file_name))
-        images.append({"id": i + 1, "file_name": file_name, "width": TINY_SIZE, "height": TINY_SIZE})
+        images.append(
+            {"id": i + 1, "file_name": file_name, "width": TINY_SIZE, "height": TINY_SIZE}
+        )
     categories = [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
     json_file = os.path.join(root, "instances.json")
     with open(json_file, "w") as f:
