@@ -96,10 +96,16 @@ def log_bbox_ap(results: Optional[Mapping]) -> None:
 
 
 def leave_process_group() -> None:
-    """End a multi-process run together: wait for every rank, then destroy the process group
-    (no-op in one process). detectron2's ``launch`` leaves the group alive, and a rank that exits
-    while another still works (rank 0 writing its results) can abort in the group's teardown
-    ("terminate called without an active exception", SIGABRT)."""
+    """End a multi-process run together: wait for every rank, destroy the process groups and
+    drop detectron2's references to them (no-op in one process). Gloo's worker threads live as
+    long as a group object does, and ``destroy_process_group`` frees none that detectron2's
+    ``comm`` still holds; a worker thread that finishes its last collective during interpreter
+    exit aborts the process ("terminate called without an active exception", SIGABRT)."""
     if dist.is_available() and dist.is_initialized():
         comm.synchronize()
         dist.destroy_process_group()
+        # Freeing the group objects joins their threads, now rather than at interpreter exit.
+        comm._get_global_gloo_group.cache_clear()
+        comm._LOCAL_PROCESS_GROUP = None
+        if hasattr(comm, "create_local_process_group"):  # current detectron2 caches it too
+            comm.create_local_process_group.cache_clear()

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 import retinafocal  # noqa: F401  (compat first)
 from detectron2.modeling import build_model
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from retinafocal.engine import leave_process_group
 
@@ -216,16 +217,29 @@ class TestNonFiniteLossInOneProcess(unittest.TestCase):
 
 
 class TestLeaveProcessGroup(unittest.TestCase):
-    """``leave_process_group`` (the end of ``train_net.py``'s main): the group is destroyed
-    after a barrier, so no rank meets the group's teardown at interpreter exit."""
+    """``leave_process_group`` (the end of ``train_net.py``'s main): the groups are destroyed
+    after a barrier, and their gloo worker threads have ended when it returns, so none is left
+    to abort the process at interpreter exit."""
 
-    def test_destroys_the_group(self):
+    @staticmethod
+    def _threads():
+        return set(os.listdir("/proc/self/task"))
+
+    @unittest.skipUnless(os.path.isdir("/proc/self/task"), "counts threads in /proc (Linux)")
+    def test_destroys_the_groups_and_ends_their_threads(self):
         tmp = tempfile.mkdtemp(prefix="rf_pg_")
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        before = self._threads()
         dist.init_process_group("gloo", init_method=f"file://{tmp}/store", world_size=1, rank=0)
         self.addCleanup(lambda: dist.is_initialized() and dist.destroy_process_group())
+        # What a run leaves in detectron2's comm: launch's local group, all_gather's cached group.
+        comm._LOCAL_PROCESS_GROUP = dist.new_group([0])
+        comm._get_global_gloo_group()
+        self.assertTrue(self._threads() - before)  # gloo's worker threads
         leave_process_group()
         self.assertFalse(dist.is_initialized())
+        self.assertIsNone(comm._LOCAL_PROCESS_GROUP)
+        self.assertEqual(self._threads() - before, set())
         leave_process_group()  # a single process, or a second call: nothing to do
         self.assertFalse(dist.is_initialized())
 
