@@ -71,6 +71,12 @@ def checked_report(
             f"iscrowd of each annotation in the json, unfixed, and cannot use the "
             f"{' and '.join(unreadable_by_cocoeval)} ones. Fix the json.\n{report.format()}"
         )
+    # detectron2's test loader fails on an empty list, and only after the training.
+    if predict_only and report.num_images <= len(report.unreadable_files):
+        raise DatasetValidationError(
+            f"{name} has no readable image to predict on: {report.num_images} listed, "
+            f"{len(report.unreadable_files)} unreadable.\n{report.format()}"
+        )
     if on_unreadable == "error" and report.num_unreadable_images:
         if purpose == "evaluation":
             rest = "evaluate on the other images (AP then covers those only)"

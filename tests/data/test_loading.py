@@ -189,6 +189,31 @@ class TestCheckedReport(_LoadingTest):
         dicts = load_coco_json_checked(json_file, image_root, "dev_test")  # the loader's call
         self.assertEqual([(d["image_id"], d["annotations"]) for d in dicts], [(1, []), (10, [])])
 
+    def test_image_list_with_no_readable_image_is_refused_before_training(self):
+        """Under "skip", an image list whose every file is unreadable (or that lists no image)
+        leaves the test loader nothing: detectron2 would crash on it after training."""
+        json_file, image_root, _ = write_broken_coco(self.root)
+        with open(json_file) as f:
+            data = json.load(f)
+        del data["annotations"]
+        for kept in ((1, 5, 6), (5, 6), ()):
+            data["images"] = [img for img in data["images"] if img["id"] in kept]
+            with open(json_file, "w") as f:
+                json.dump(data, f)
+            with self.subTest(kept=kept):
+                args = (json_file, image_root, "dev")
+                kwargs = dict(on_unreadable="skip", purpose="evaluation")
+                if 1 in kept:  # good.jpg: something to predict on
+                    self.assertEqual(checked_report(*args, **kwargs).num_images, 3)
+                    continue
+                with self.assertRaises(DatasetValidationError) as ctx:
+                    checked_report(*args, **kwargs)
+                self.assertIn(
+                    f"Test dataset 'dev' has no readable image to predict on: {len(kept)} "
+                    f"listed, {len(kept)} unreadable",
+                    str(ctx.exception),
+                )
+
 
 if __name__ == "__main__":
     unittest.main()
