@@ -19,6 +19,7 @@ __all__ = ["UnreadableImageError", "read_image_converted", "RobustDatasetMapper"
 
 logger = logging.getLogger(__name__)
 
+
 class UnreadableImageError(OSError):
     """An image file cannot be used for training; the message names the file and the cause."""
 

@@ -308,6 +308,7 @@ class TestBenchmarkRun(unittest.TestCase):
         # The subprocess's peak holds at least the model, on top of what it held before.
         self.assertGreater(mem["peak_rss_mib"] - mem["start_rss_mib"], weights / 2**20)
 
+
 class TestHeadFusionBenchmark(unittest.TestCase):
     """tools/benchmark_head_fusion.py: its fused heads give the per-level head's outputs, so its
     table compares equal work. (Weights of N(0, 0.3): every conv changes the outputs.
